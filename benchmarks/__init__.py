@@ -1,0 +1,1 @@
+"""Ratio benchmarks against the naive alternative; run all with ``make bench``."""

@@ -1,0 +1,44 @@
+"""grokscope: record training trajectories into one zarr store and analyse grokking offline.
+
+The public API (see DESIGN.md)::
+
+    import grokscope as gs
+    gs.Recorder, gs.open_run, gs.import_checkpoints, gs.train, gs.analyze, gs.report,
+    gs.Data, gs.GrokscopeError
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._version import __version__
+from .data import Data
+from .errors import GrokscopeError
+
+_LAZY = {
+    "Recorder": "grokscope.store.recorder",
+    "Schedule": "grokscope.store.schedule",
+    "open_run": "grokscope.store.run",
+    "Run": "grokscope.store.run",
+    "import_checkpoints": "grokscope.store.importers",
+    "train": "grokscope.train",
+    "analyze": "grokscope.engine",
+    "report": "grokscope.report",
+    "phase_diagram": "grokscope.sweep",
+    "sweep": "grokscope.sweep",
+    "make_task": "grokscope.tasks",
+    "build_model": "grokscope.models",
+}
+
+__all__ = ["Data", "GrokscopeError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in ("plot", "measures", "tasks", "models", "store"):
+        return importlib.import_module(f"grokscope.{name}")
+    raise AttributeError(f"module 'grokscope' has no attribute {name!r}")

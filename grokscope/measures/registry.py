@@ -1,0 +1,159 @@
+"""The measure registry and the context a measure receives.
+
+A measure is a function registered under a name. Two kinds exist:
+
+``kind="step"``
+    ``fn(ckpt: Checkpoint, **params) -> xr.Dataset`` computes the measure at one checkpoint.
+    The returned dataset has **no** ``step`` dim; the engine adds it and concatenates steps.
+    Dims like ``layer``, ``component``, ``sample`` are the measure's own.
+``kind="trajectory"``
+    ``fn(run: Run, steps: np.ndarray, **params) -> xr.Dataset`` computes over several steps at
+    once (e.g. ``phases`` from the accuracy curves). The dataset has a ``step`` dim (or, for a
+    run-level summary, no step dim and the step values in variables).
+
+Every parameter is an explicit keyword argument with a default; the registry reads them from
+the signature, so each default lives in exactly one place. ``applies(run_like)`` returns
+``None`` when the measure applies, or a one-line reason why not.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ..data import Data
+from ..errors import ConfigError, UnknownNameError
+
+
+@dataclass
+class Checkpoint:
+    """What a step measure sees.
+
+    Attributes
+    ----------
+    step : int
+        The training step of this checkpoint.
+    model : torch.nn.Module
+        The model at ``step``, in eval mode, on ``device``.
+    data : Data
+        The run's split, on ``device``.
+    device : torch.device
+    references : dict
+        Models at other steps, by key: ``"first"`` (step 0, or the first stored step) and
+        ``"last"`` (the final stored step). Use :meth:`reference`.
+    state : dict
+        Scratch space that persists across the steps of one measure on one run, visited in
+        increasing step order (warm starts). Empty for the first visited step.
+    config : dict
+        The run's config (task, model spec, optimiser settings), possibly empty.
+    """
+
+    step: int
+    model: torch.nn.Module
+    data: Data
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    references: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def reference(self, which: str) -> torch.nn.Module:
+        """The model at another step: ``"first"`` or ``"last"`` (loaded lazily, cached)."""
+        if which not in self.references:
+            raise ConfigError(
+                f"this measure needs the model at the {which!r} step, but none was provided"
+            )
+        ref = self.references[which]
+        if callable(ref) and not isinstance(ref, torch.nn.Module):
+            ref = ref()
+            self.references[which] = ref
+        return ref
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """A registered measure: its function, kind, default parameters and applicability test."""
+
+    name: str
+    fn: Callable[..., Any]
+    kind: Literal["step", "trajectory"]
+    defaults: dict[str, Any]
+    applies: Callable[[Any], str | None]
+    needs: tuple[str, ...] = ()
+    description: str = ""
+
+    def resolve(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        """Defaults overridden by ``params``; unknown names are an error."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise ConfigError(
+                f"measure {self.name!r} has no parameter(s) {unknown}; "
+                f"its parameters are {sorted(self.defaults)}"
+            )
+        return {**self.defaults, **params}
+
+
+_REGISTRY: dict[str, MeasureSpec] = {}
+
+
+def _always(_run: Any) -> None:
+    return None
+
+
+def register(
+    name: str,
+    *,
+    kind: Literal["step", "trajectory"] = "step",
+    applies: Callable[[Any], str | None] | None = None,
+    needs: tuple[str, ...] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a measure function under ``name``.
+
+    Parameters
+    ----------
+    kind : {"step", "trajectory"}
+    applies : callable, optional
+        ``applies(run_like) -> None | str``; ``run_like`` has ``.data`` (Data) and ``.config``.
+    needs : tuple of str
+        Reference models the measure uses (``"first"``, ``"last"``) so the engine loads them.
+    """
+    if kind not in ("step", "trajectory"):
+        raise ConfigError(f"measure kind must be 'step' or 'trajectory', got {kind!r}")
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+        defaults = {}
+        for p in list(sig.parameters.values())[(1 if kind == "step" else 2):]:
+            if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty:
+                raise ConfigError(
+                    f"measure {name!r}: parameter {p.name!r} must be keyword-only with a default"
+                )
+            defaults[p.name] = p.default
+        doc = (inspect.getdoc(fn) or "").split("\n\n")[0]
+        _REGISTRY[name] = MeasureSpec(name, fn, kind, defaults, applies or _always, needs, doc)
+        fn.measure_name = name  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+def _load_all() -> None:
+    from . import _discover  # noqa: F401  (imports every measure module once)
+
+
+def get(name: str) -> MeasureSpec:
+    """The registered measure ``name``."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise UnknownNameError(f"unknown measure {name!r}; registered measures: {names()}")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    """Names of all registered measures, in registration order."""
+    _load_all()
+    return list(_REGISTRY)
