@@ -12,8 +12,10 @@ A measure is a function registered under a name. Two kinds exist:
     run-level summary, no step dim and the step values in variables).
 
 Every parameter is an explicit keyword argument with a default; the registry reads them from
-the signature, so each default lives in exactly one place. ``applies(run_like)`` returns
-``None`` when the measure applies, or a one-line reason why not.
+the signature, so each default lives in exactly one place. ``applies(model, data)`` returns
+``None`` when the measure applies, or a one-line reason why not (the engine then skips it).
+``references`` names the other checkpoints a step measure uses (``"first"``, ``"last"``);
+``after`` names measures whose stored results this one reads (the engine runs them first).
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ class MeasureSpec:
     fn: Callable[..., Any]
     kind: Literal["step", "trajectory"]
     defaults: dict[str, Any]
-    applies: Callable[[Any], str | None]
-    needs: tuple[str, ...] = ()
+    applies: Callable[[Any, Any], str | None]
+    references: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
     description: str = ""
 
     def resolve(self, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -100,7 +103,7 @@ class MeasureSpec:
 _REGISTRY: dict[str, MeasureSpec] = {}
 
 
-def _always(_run: Any) -> None:
+def _always(_model: Any, _data: Any) -> None:
     return None
 
 
@@ -108,8 +111,9 @@ def register(
     name: str,
     *,
     kind: Literal["step", "trajectory"] = "step",
-    applies: Callable[[Any], str | None] | None = None,
-    needs: tuple[str, ...] = (),
+    applies: Callable[[Any, Any], str | None] | None = None,
+    references: tuple[str, ...] = (),
+    after: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a measure function under ``name``.
 
@@ -117,9 +121,12 @@ def register(
     ----------
     kind : {"step", "trajectory"}
     applies : callable, optional
-        ``applies(run_like) -> None | str``; ``run_like`` has ``.data`` (Data) and ``.config``.
-    needs : tuple of str
-        Reference models the measure uses (``"first"``, ``"last"``) so the engine loads them.
+        ``applies(model, data) -> None | str``: None when the measure applies to this model
+        and data, else a one-line reason.
+    references : tuple of str
+        Reference models a step measure uses (``"first"``, ``"last"``); the engine provides them.
+    after : tuple of str
+        Measures whose stored results this one reads; the engine runs them first.
     """
     if kind not in ("step", "trajectory"):
         raise ConfigError(f"measure kind must be 'step' or 'trajectory', got {kind!r}")
@@ -134,7 +141,9 @@ def register(
                 )
             defaults[p.name] = p.default
         doc = (inspect.getdoc(fn) or "").split("\n\n")[0]
-        _REGISTRY[name] = MeasureSpec(name, fn, kind, defaults, applies or _always, needs, doc)
+        _REGISTRY[name] = MeasureSpec(
+            name, fn, kind, defaults, applies or _always, tuple(references), tuple(after), doc
+        )
         fn.measure_name = name  # type: ignore[attr-defined]
         return fn
 

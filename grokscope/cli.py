@@ -1,0 +1,230 @@
+"""The ``grokscope`` command: train, import, info, analyze, demo.
+
+Errors that a user can cause are printed as one message (no traceback) with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, GrokscopeError
+
+
+def _json_arg(text: str | None, what: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what} must be a JSON object like '{{\"p\": 97}}', got {text!r}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a JSON object, got {text!r}")
+    return value
+
+
+def _kv(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = raw
+    return out
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def describe(run: Any) -> str:
+    """A human-readable summary of a run (the `info` command)."""
+    from .summary import milestones
+
+    info = run.info()
+    steps = run.steps
+    lines = [f"run: {run.path}"]
+    task = (run.config or {}).get("task") or (run.data.task if run.data is not None else None)
+    lines.append(f"task: {json.dumps(task) if task else 'unknown'}")
+    model = (run.config or {}).get("model")
+    lines.append(f"model: {json.dumps(model) if model else 'unknown'}")
+    if len(steps):
+        lines.append(f"steps: {len(steps)} recorded, {steps[0]} .. {steps[-1]}")
+    else:
+        lines.append("steps: none recorded")
+    tensors = info.get("tensors", {})
+    n_params = sum(int(_prod(shape)) for shape in tensors.values())
+    lines.append(f"tensors: {len(tensors)} ({n_params:,} parameters per step)")
+    for name, shape in list(tensors.items())[:12]:
+        lines.append(f"  {name:<32} {tuple(shape)}")
+    if len(tensors) > 12:
+        lines.append(f"  ... and {len(tensors) - 12} more")
+    metrics = info.get("metrics", [])
+    lines.append(f"metrics: {', '.join(metrics) if metrics else 'none'}")
+    if len(steps):
+        for m in ("train_acc", "test_acc", "train_loss", "test_loss"):
+            if m in run.metrics:
+                lines.append(f"  final {m}: {float(run.metrics[m].values[-1]):.4g}")
+        ms = milestones(run)
+        lines.append(f"train acc >= 0.9 first at step {ms['t_train']}; test acc >= 0.9 first at step {ms['t_test']}")
+    results = info.get("results") or []
+    lines.append(f"results: {', '.join(results) if results else 'none'}")
+    lines.append(f"size on disk: {_fmt_bytes(info.get('nbytes', 0))}")
+    return "\n".join(lines)
+
+
+def _prod(shape: Any) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    hp = _kv(args.set)
+    for name in ("steps", "lr", "weight_decay", "seed", "batch_size"):
+        value = getattr(args, name)
+        if value is not None:
+            hp[name] = value
+    run = train(
+        task=args.task, model=args.model, out=args.out,
+        task_kwargs=_json_arg(args.task_kwargs, "--task-kwargs"),
+        model_kwargs=_json_arg(args.model_kwargs, "--model-kwargs"),
+        device=args.device, overwrite=args.overwrite, progress=not args.quiet, **hp,
+    )
+    print(describe(run))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .store.run import open_run
+
+    for path in args.runs:
+        print(describe(open_run(path)))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .engine import analyze
+    from .summary import milestone_table
+
+    measures: Any = None
+    if args.measures:
+        measures = [m for item in args.measures for m in item.split(",") if m]
+    params = _json_arg(args.params, "--params")
+    if params:
+        measures = {m: params.get(m, {}) for m in (measures or params)}
+    from .store.run import open_run
+
+    for path in args.runs:
+        run = open_run(path, trust_code=args.trust_code)
+        t0 = time.perf_counter()
+        res = analyze(run, measures, steps=args.steps, device=args.device,
+                      progress=not args.quiet, recompute=args.recompute)
+        print(f"{path}: {len(res)} measures in {time.perf_counter() - t0:.1f} s "
+              f"({', '.join(res)}); skipped: {dict(res.skipped) or 'none'}")
+        print(milestone_table(run, res))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .defaults import DEMO
+    from .engine import analyze
+    from .summary import milestone_table
+    from .train import train
+
+    out = Path(args.out)
+    print(f"training the demo run into {out} (modular addition; should grok in about a minute)")
+    t0 = time.perf_counter()
+    run = train(**DEMO, out=str(out), overwrite=True, progress=not args.quiet)
+    print(f"trained in {time.perf_counter() - t0:.1f} s\n")
+    print(describe(run))
+    if args.no_analyze:
+        return 0
+    print("\nanalysing every recorded step with every applicable measure ...")
+    t0 = time.perf_counter()
+    res = analyze(run, steps=args.steps, progress=not args.quiet)
+    print(f"analysed in {time.perf_counter() - t0:.1f} s; skipped: {dict(res.skipped) or 'none'}\n")
+    print(milestone_table(run, res))
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grokscope", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a reference run into a store")
+    t.add_argument("--task", default="modular", help="task name (modular, parity, teacher, digits)")
+    t.add_argument("--task-kwargs", help='JSON, e.g. \'{"p": 97, "op": "+"}\'')
+    t.add_argument("--model", default="mlp", help="model name (mlp, transformer)")
+    t.add_argument("--model-kwargs", help='JSON, e.g. \'{"width": 256}\'')
+    t.add_argument("-o", "--out", required=True, help="the store to write (path or fsspec URL)")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other hyperparameter of gs.train")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    from .store.importers import add_import_parser
+
+    add_import_parser(sub)
+
+    i = sub.add_parser("info", help="print a run's summary")
+    i.add_argument("runs", nargs="+")
+    i.set_defaults(func=cmd_info)
+
+    a = sub.add_parser("analyze", help="compute measures over stored runs")
+    a.add_argument("runs", nargs="+")
+    a.add_argument("-m", "--measures", action="append", help="measure names (comma-separated); default all")
+    a.add_argument("--params", help='JSON {measure: {param: value}}')
+    a.add_argument("--steps", help="all | every:K | log:N | A:B | A:B:K | comma list")
+    a.add_argument("--device", default="auto")
+    a.add_argument("--recompute", action="store_true")
+    a.add_argument("--trust-code", action="store_true", help="allow importing the model factory named in the store")
+    a.add_argument("-q", "--quiet", action="store_true")
+    a.set_defaults(func=cmd_analyze)
+
+    d = sub.add_parser("demo", help="train, analyse and summarise the built-in grokking run")
+    d.add_argument("-o", "--out", default="runs/demo")
+    d.add_argument("--steps", help="analyse only these steps (default all)")
+    d.add_argument("--no-analyze", action="store_true")
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GrokscopeError as exc:
+        print(f"grokscope {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: everything committed so far is in the store", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""Run measures over a stored trajectory.
+
+The engine, not the measure, loads checkpoints (one at a time: memory stays bounded on long
+trajectories), picks the device, selects steps, shows progress, skips steps already computed
+with the same parameters, writes results into the store as it goes (an interrupted analysis
+resumes), and handles measures that do not apply (skipped with a one-line reason) and
+non-finite weights (NaN results with a ``nonfinite_weights`` flag).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from . import results_io
+from .errors import ConfigError, GrokscopeError
+from .measures import registry
+from .measures.registry import Checkpoint, MeasureSpec
+from .steps import StepSpec, select_steps
+
+MeasureSelection = None | str | Iterable[str] | Mapping[str, Mapping[str, Any] | None]
+
+
+class Results(dict):
+    """``{measure name: xr.Dataset}`` plus ``skipped``: ``{measure name: reason}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: dict[str, str] = {}
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` means CUDA when available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:N]'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available: use 'auto'")
+    return dev
+
+
+def resolve_measures(selection: MeasureSelection) -> list[tuple[MeasureSpec, dict[str, Any]]]:
+    """Measures to run with their resolved parameters, dependencies first.
+
+    ``selection``: None (every registered measure), a name, a list of names, or
+    ``{name: {param: value}}``.
+    """
+    if selection is None:
+        wanted: dict[str, dict[str, Any]] = {n: {} for n in registry.names()}
+    elif isinstance(selection, str):
+        wanted = {selection: {}}
+    elif isinstance(selection, Mapping):
+        wanted = {n: dict(p or {}) for n, p in selection.items()}
+    else:
+        wanted = {n: {} for n in selection}
+    if not wanted:
+        raise ConfigError("no measures selected: pass None for all, or a list of names")
+    ordered: list[tuple[MeasureSpec, dict[str, Any]]] = []
+    seen: set[str] = set()
+
+    def visit(name: str, params: dict[str, Any], chain: tuple[str, ...]) -> None:
+        if name in seen:
+            return
+        if name in chain:
+            raise ConfigError(f"measures depend on each other in a cycle: {' -> '.join(chain + (name,))}")
+        spec = registry.get(name)
+        for dep in spec.after:
+            visit(dep, wanted.get(dep, {}), chain + (name,))
+        seen.add(name)
+        ordered.append((spec, spec.resolve(params)))
+
+    for name, params in wanted.items():
+        visit(name, params, ())
+    return ordered
+
+
+@dataclass
+class _Job:
+    """One step measure's progress on one run."""
+
+    spec: MeasureSpec
+    params: dict[str, Any]
+    key: str
+    done: xr.Dataset | None
+    todo: set[int]
+    new: list[xr.Dataset] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _nan_like(template: xr.Dataset) -> xr.Dataset:
+    out = template.copy(deep=True)
+    for name, var in out.data_vars.items():
+        if var.dtype.kind == "f":
+            out[name] = xr.full_like(var, np.nan)
+    return out
+
+
+def _stack(parts: list[xr.Dataset]) -> xr.Dataset:
+    """Concatenate per-step datasets along ``step`` (variables missing somewhere become NaN)."""
+    names = set().union(*(p.data_vars for p in parts))
+    full = []
+    for p in parts:
+        missing = names - set(p.data_vars)
+        if missing:
+            template = next(q for q in parts if missing <= set(q.data_vars))
+            for m in missing:
+                p = p.assign({m: xr.full_like(template[m].isel(step=0, drop=True), np.nan).expand_dims(step=p.step.values)})
+        full.append(p)
+    return xr.concat(full, dim="step", join="outer", data_vars="all", coords="minimal", compat="override").sortby("step")
+
+
+class _References:
+    """Models at the first and last stored steps, loaded once and shared by all measures."""
+
+    def __init__(self, run: Any, device: torch.device) -> None:
+        self._run, self._device, self._cache = run, device, {}
+
+    def loader(self, which: str) -> Callable[[], torch.nn.Module]:
+        def load() -> torch.nn.Module:
+            if which not in self._cache:
+                step = int(self._run.steps[0] if which == "first" else self._run.steps[-1])
+                self._cache[which] = self._run.model_at(step, device=self._device).eval()
+            return self._cache[which]
+
+        return load
+
+
+def analyze(
+    run_or_path: Any,
+    measures: MeasureSelection = None,
+    *,
+    steps: StepSpec = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    recompute: bool = False,
+    trust_code: bool = False,
+    flush_seconds: float = 30.0,
+) -> Results:
+    """Compute measures over a stored run and persist them in its store.
+
+    Parameters
+    ----------
+    run_or_path : Run or str
+        A run, or a path/URL to open with :func:`grokscope.open_run`.
+    measures : None, str, list of str or dict
+        None runs every registered measure that applies; ``{name: {param: value}}`` overrides
+        parameters (a changed parameter recomputes that measure).
+    steps : see :func:`grokscope.steps.select_steps`
+    device : "auto", "cpu", "cuda", ...
+    progress : bool
+        Show a progress bar (and print skipped measures).
+    recompute : bool
+        Ignore stored results and compute everything again.
+    flush_seconds : float
+        Write partial results at least this often, so an interrupted analysis resumes.
+
+    Returns
+    -------
+    Results
+        ``{name: xr.Dataset}`` of every measure that ran (the whole stored result), with
+        ``.skipped`` giving the reason for each measure that did not apply.
+    """
+    from .store.run import Run, open_run
+
+    run = run_or_path if isinstance(run_or_path, Run) else open_run(run_or_path, trust_code=trust_code)
+    dev = pick_device(device)
+    selected = select_steps(run.steps, steps)
+    plan = resolve_measures(measures)
+    data = run.data.to(dev)
+    refs = _References(run, dev)
+    first_model = run.model_at(int(selected[0]), device=dev).eval()
+    out = Results()
+
+    step_jobs: list[_Job] = []
+    traj: list[tuple[MeasureSpec, dict[str, Any]]] = []
+    for spec, params in plan:
+        reason = spec.applies(first_model, data)
+        if reason:
+            out.skipped[spec.name] = reason
+            if progress:
+                print(f"skipped {spec.name}: {reason}")
+            continue
+        if spec.kind == "trajectory":
+            traj.append((spec, params))
+            continue
+        key = results_io.params_key(params)
+        stored = None if recompute else _read(run, spec.name)
+        if stored is not None and stored.attrs.get("params_key") != key:
+            stored = None
+        done_steps = set() if stored is None else set(stored.step.values.tolist())
+        todo = {int(s) for s in selected} - done_steps
+        step_jobs.append(_Job(spec, params, key, stored, todo))
+    del first_model
+
+    _run_step_jobs(run, step_jobs, selected, data, dev, refs, progress, flush_seconds)
+    for job in step_jobs:
+        ds = _read(run, job.spec.name)
+        if ds is not None:
+            out[job.spec.name] = ds
+
+    for spec, params in traj:
+        key = results_io.params_key(params)
+        stored = None if recompute else _read(run, spec.name)
+        fresh = stored is not None and stored.attrs.get("params_key") == key and np.array_equal(
+            np.asarray(stored.attrs.get("steps_analyzed", [])), selected
+        )
+        if not fresh:
+            ds = spec.fn(run, selected, **params)
+            ds = results_io.annotate(ds, spec.name, params, steps_analyzed=selected, device=str(dev))
+            _write(run, spec.name, ds)
+            stored = _read(run, spec.name)
+        out[spec.name] = stored
+    return out
+
+
+def _read(run: Any, name: str) -> xr.Dataset | None:
+    return results_io.read_result(str(run.path), name, storage_options=getattr(run, "storage_options", None))
+
+
+def _write(run: Any, name: str, ds: xr.Dataset) -> None:
+    results_io.write_result(str(run.path), name, ds, storage_options=getattr(run, "storage_options", None))
+
+
+def _flush(run: Any, job: _Job, dev: torch.device) -> None:
+    if not job.new:
+        return
+    parts = ([job.done] if job.done is not None else []) + job.new
+    ds = _stack(parts)
+    ds = results_io.annotate(ds, job.spec.name, job.params, device=str(dev))
+    _write(run, job.spec.name, ds)
+    job.done, job.new = ds, []
+
+
+def _run_step_jobs(
+    run: Any,
+    jobs: list[_Job],
+    selected: np.ndarray,
+    data: Any,
+    dev: torch.device,
+    refs: _References,
+    progress: bool,
+    flush_seconds: float,
+) -> None:
+    visit = [int(s) for s in selected if any(int(s) in j.todo for j in jobs)]
+    if not visit:
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(visit, desc="analyze", unit="step", disable=not progress, leave=False)
+    last_flush = time.monotonic()
+    config = dict(getattr(run, "config", {}) or {})
+    try:
+        for step in bar:
+            model = run.model_at(step, device=dev).eval()
+            finite = _finite(model)
+            if not finite:
+                warnings.warn(f"step {step} has non-finite weights: its results are NaN", stacklevel=2)
+            for job in jobs:
+                if step not in job.todo:
+                    continue
+                bar.set_postfix_str(job.spec.name)
+                ckpt = Checkpoint(
+                    step=step, model=model, data=data, device=dev,
+                    references={w: refs.loader(w) for w in job.spec.references},
+                    state=job.state, config=config,
+                )
+                ds = _compute(job, ckpt, finite)
+                if ds is not None:
+                    job.new.append(ds.expand_dims(step=np.array([step], dtype=np.int64)))
+            if time.monotonic() - last_flush > flush_seconds:
+                for job in jobs:
+                    _flush(run, job, dev)
+                last_flush = time.monotonic()
+    finally:
+        bar.close()
+        for job in jobs:
+            _flush(run, job, dev)
+
+
+def _compute(job: _Job, ckpt: Checkpoint, finite: bool) -> xr.Dataset | None:
+    template = job.new[-1].isel(step=0, drop=True) if job.new else (
+        job.done.isel(step=-1, drop=True) if job.done is not None else None
+    )
+    try:
+        ds = job.spec.fn(ckpt, **job.params)
+    except (GrokscopeError, ValueError, RuntimeError, np.linalg.LinAlgError):
+        if finite:
+            raise
+        if template is None:
+            return xr.Dataset({"nonfinite_weights": ((), True)})
+        ds = _nan_like(template)
+    if not isinstance(ds, xr.Dataset):
+        raise GrokscopeError(
+            f"measure {job.spec.name!r} returned {type(ds).__name__}, not an xarray Dataset"
+        )
+    if "step" in ds.dims:
+        raise GrokscopeError(f"step measure {job.spec.name!r} returned a 'step' dim; the engine adds it")
+    if not finite and template is not None:
+        ds = _nan_like(ds)
+    return ds.assign(nonfinite_weights=((), not finite))

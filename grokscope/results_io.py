@@ -1,0 +1,113 @@
+"""Analysis results inside a run's store: ``results/<measure>`` groups of labelled xarray data.
+
+A result group is written whole (``mode="w"``) and marked complete by a ``grokscope_complete``
+attribute written with it; a group without the marker (an analysis killed mid-write) is
+treated as absent and recomputed. Parameters live in the attrs (``params`` as JSON, and each
+parameter on its own), so two numbers computed differently are never mistaken for each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ._version import __version__
+
+RESULTS_GROUP = "results"
+COMPLETE_ATTR = "grokscope_complete"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` converted to plain JSON types (tuples to lists, numpy scalars to Python)."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def params_key(params: Mapping[str, Any]) -> str:
+    """A stable hash of a measure's resolved parameters."""
+    text = json.dumps(jsonable(params), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def annotate(ds: xr.Dataset, name: str, params: Mapping[str, Any], **extra: Any) -> xr.Dataset:
+    """``ds`` with the measure name, parameters and grokscope version in its attrs."""
+    ds = ds.copy()
+    attrs = {k: jsonable(v) for k, v in ds.attrs.items()}
+    attrs.update(
+        measure=name,
+        params=json.dumps(jsonable(params), sort_keys=True),
+        params_key=params_key(params),
+        grokscope_version=__version__,
+    )
+    for k, v in params.items():
+        attrs[f"param_{k}"] = jsonable(v)
+    attrs.update({k: jsonable(v) for k, v in extra.items()})
+    ds.attrs = attrs
+    return ds
+
+
+def _group(name: str) -> str:
+    return f"{RESULTS_GROUP}/{name}"
+
+
+def write_result(path: str, name: str, ds: xr.Dataset, *, storage_options: dict | None = None) -> None:
+    """Write ``ds`` as the complete result ``name`` of the store at ``path`` (replacing it)."""
+    ds = ds.copy()
+    ds.attrs = {**ds.attrs, COMPLETE_ATTR: False}
+    for var in ds.variables.values():
+        var.encoding = {}
+        if var.dtype.kind in "OU":  # variable-length strings: store as fixed-width unicode
+            var.values = np.asarray(var.values, dtype=str)
+    ds.to_zarr(
+        path, group=_group(name), mode="w", consolidated=False, zarr_format=3,
+        storage_options=storage_options,
+    )
+    import zarr
+
+    grp = zarr.open_group(path, path=_group(name), mode="r+", storage_options=storage_options)
+    grp.attrs[COMPLETE_ATTR] = True
+
+
+def read_result(path: str, name: str, *, storage_options: dict | None = None) -> xr.Dataset | None:
+    """The stored result ``name`` (loaded into memory), or None when absent or incomplete."""
+    import zarr
+
+    try:
+        grp = zarr.open_group(path, path=_group(name), mode="r", storage_options=storage_options)
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+    if not grp.attrs.get(COMPLETE_ATTR, False):
+        return None
+    ds = xr.open_zarr(
+        path, group=_group(name), consolidated=False, zarr_format=3, storage_options=storage_options
+    ).load()
+    ds.attrs.pop(COMPLETE_ATTR, None)
+    return ds
+
+
+def list_results(path: str, *, storage_options: dict | None = None) -> list[str]:
+    """Names of the result groups stored at ``path``."""
+    import zarr
+
+    try:
+        grp = zarr.open_group(path, path=RESULTS_GROUP, mode="r", storage_options=storage_options)
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return []
+    return sorted(name for name, _ in grp.groups())

@@ -1,0 +1,107 @@
+"""The engine: step selection, skipping, resume, inapplicable measures, non-finite weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import grokscope as gs
+from grokscope import results_io
+from grokscope.engine import pick_device, resolve_measures
+from grokscope.errors import ConfigError, UnknownNameError
+from grokscope.measures import registry
+
+from .conftest import record_tiny_run
+
+CALLS: list[int] = []
+
+
+@pytest.fixture
+def counting_measure():
+    """A step measure that counts its calls; removed from the registry afterwards."""
+
+    def never_on_transformers(model, data):
+        return "needs an MLP" if not hasattr(model, "layers") else None
+
+    @registry.register("_count", applies=never_on_transformers)
+    def _count(ckpt, *, scale=1.0):
+        """Test measure: the first weight's mean times ``scale``."""
+        CALLS.append(ckpt.step)
+        w = next(iter(ckpt.model.parameters()))
+        return xr.Dataset({"value": ((), float(w.mean()) * scale)})
+
+    CALLS.clear()
+    yield "_count"
+    registry._REGISTRY.pop("_count", None)
+
+
+def test_skip_computed_steps_and_resume(tmp_path, counting_measure):
+    run = record_tiny_run(tmp_path / "r.zarr")
+    steps = run.steps.tolist()
+    gs.analyze(run, ["_count"], steps=f"{steps[0]}:{steps[2]}", progress=False)
+    assert CALLS == steps[:3]
+    CALLS.clear()
+    res = gs.analyze(run, ["_count"], progress=False)  # the interrupted analysis resumes
+    assert CALLS == steps[3:]
+    assert res["_count"].step.values.tolist() == steps
+    CALLS.clear()
+    gs.analyze(run, ["_count"], progress=False)
+    assert CALLS == []
+    res = gs.analyze(run, {"_count": {"scale": 2.0}}, progress=False)
+    assert CALLS == steps
+    assert res["_count"].attrs["param_scale"] == 2.0
+
+
+def test_results_persist_in_store(tmp_path, counting_measure):
+    run = record_tiny_run(tmp_path / "r.zarr")
+    gs.analyze(run, ["_count"], progress=False)
+    reopened = gs.open_run(tmp_path / "r.zarr")
+    ds = results_io.read_result(str(reopened.path), "_count")
+    assert ds is not None and ds.sizes["step"] == len(run.steps)
+    plain = xr.open_zarr(str(tmp_path / "r.zarr"), group="results/_count", consolidated=False)
+    assert "value" in plain
+
+
+def test_incomplete_result_is_recomputed(tmp_path, counting_measure):
+    import zarr
+
+    run = record_tiny_run(tmp_path / "r.zarr")
+    gs.analyze(run, ["_count"], progress=False)
+    grp = zarr.open_group(str(run.path), path="results/_count", mode="r+")
+    grp.attrs[results_io.COMPLETE_ATTR] = False  # as if killed mid-write
+    CALLS.clear()
+    gs.analyze(run, ["_count"], progress=False)
+    assert CALLS == run.steps.tolist()
+
+
+def test_inapplicable_measure_is_skipped_with_reason(tmp_path, counting_measure):
+    run = record_tiny_run(tmp_path / "t.zarr", model_name="transformer", encoding="tokens")
+    res = gs.analyze(run, ["_count"], progress=False)
+    assert "_count" not in res and res.skipped["_count"] == "needs an MLP"
+
+
+def test_nonfinite_weights_give_nan_and_flag(tmp_path, counting_measure):
+    run = record_tiny_run(tmp_path / "n.zarr", break_at=10)
+    with pytest.warns(UserWarning, match="non-finite"):
+        res = gs.analyze(run, ["_count"], progress=False)
+    ds = res["_count"]
+    flagged = ds.nonfinite_weights.sel(step=10).item()
+    assert flagged and np.isnan(ds.value.sel(step=10).item())
+    assert not ds.nonfinite_weights.sel(step=0).item()
+
+
+def test_resolve_measures_orders_dependencies_and_checks_params():
+    plan = [s.name for s, _ in resolve_measures(["phases"])]
+    assert plan.index("curves") < plan.index("phases")
+    with pytest.raises(UnknownNameError):
+        resolve_measures(["no_such_measure"])
+    with pytest.raises(ConfigError, match="no parameter"):
+        resolve_measures({"curves": {"no_such_param": 1}})
+
+
+def test_pick_device():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ConfigError):
+        pick_device("warp-drive")

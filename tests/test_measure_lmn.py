@@ -1,0 +1,182 @@
+"""Known answers of the linear mapping number (METHODS.md section 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from grokscope.data import Data
+from grokscope.errors import ConfigError
+from grokscope.measures import get
+from grokscope.measures.lmn import linearity_matrix, lmn_from_matrix
+from grokscope.measures.registry import Checkpoint
+
+
+class TinyMLP(nn.Module):
+    """Implements the MLP interface lmn uses: hidden(x, layer) / from_hidden(h, layer)."""
+
+    def __init__(self, d_in: int = 6, width: int = 16, out: int = 4, depth: int = 2, act=None):
+        super().__init__()
+        dims = [d_in] + [width] * depth
+        self.layers = nn.ModuleList(
+            [nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])] + [nn.Linear(width, out)]
+        )
+        self.act = act if act is not None else nn.ReLU()
+        self.embed = None
+
+    def hidden(self, x: torch.Tensor, layer: int = 0) -> torch.Tensor:
+        h = x
+        for lin in self.layers[: layer + 1]:
+            h = self.act(lin(h))
+        return h
+
+    def from_hidden(self, h: torch.Tensor, layer: int = 0) -> torch.Tensor:
+        for lin in self.layers[layer + 1 : -1]:
+            h = self.act(lin(h))
+        return self.layers[-1](h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.from_hidden(self.hidden(x, 0), 0)
+
+
+def _data(n: int = 60, d: int = 6, seed: int = 0) -> Data:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = torch.randint(0, 4, (n,), generator=g)
+    return Data(x, y, x[:10], y[:10])
+
+
+def _ckpt(model: nn.Module, data: Data) -> Checkpoint:
+    return Checkpoint(step=0, model=model.eval(), data=data)
+
+
+def test_affine_g_gives_one():
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 5)
+    h = torch.randn(40, 8)
+    L = linearity_matrix(lin, h)
+    assert L.shape == (40, 40)
+    assert np.allclose(L, 1.0, atol=1e-9)
+    assert abs(lmn_from_matrix(L) - 1.0) < 1e-6
+
+
+def test_affine_g_float64_exact():
+    torch.manual_seed(1)
+    W = torch.randn(3, 7, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64)
+    h = torch.randn(25, 7, dtype=torch.float64)
+    L = linearity_matrix(lambda z: z @ W.T + b, h)
+    assert abs(lmn_from_matrix(L) - 1.0) < 1e-9
+
+
+def test_constant_output_counts_as_linear():
+    h = torch.randn(10, 3)
+    L = linearity_matrix(lambda z: torch.stack([z[:, 0] * 0 + 2.5, z.sum(1)], 1), h)
+    assert np.allclose(L, 1.0)
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 5])
+def test_block_diagonal_matrix(c):
+    L = np.kron(np.eye(c), np.ones((4, 4)))
+    assert lmn_from_matrix(L) == pytest.approx(c, abs=1e-9)
+
+
+def test_identity_matrix_gives_n():
+    assert lmn_from_matrix(np.eye(7)) == pytest.approx(7.0)
+
+
+def test_bad_matrix_raises():
+    with pytest.raises(ConfigError):
+        lmn_from_matrix(np.ones((2, 3)))
+    with pytest.raises(ConfigError):
+        lmn_from_matrix(np.full((2, 2), np.nan))
+
+
+def test_batched_matches_per_pair_loop():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(5, 12), nn.SiLU(), nn.Linear(12, 3))
+    h = torch.randn(9, 5)
+    L = linearity_matrix(net, h, chunk=5)
+    t = torch.linspace(0, 1, 21)
+    with torch.no_grad():
+        for i in range(9):
+            for j in range(i + 1, 9):
+                y = net(h[i] + t[:, None] * (h[j] - h[i])).double().numpy()
+                r2 = [np.corrcoef(t.double().numpy(), y[:, k])[0, 1] ** 2 for k in range(3)]
+                assert L[i, j] == pytest.approx(np.mean(r2), abs=1e-6)
+                assert L[j, i] == L[i, j]
+
+
+def test_relu_net_with_kinks_exceeds_one():
+    torch.manual_seed(3)
+    model = TinyMLP(depth=2)
+    ds = get("lmn").fn(_ckpt(model, _data()), n_samples=30)
+    assert float(ds.lmn) > 1.05
+    assert float(ds.lmn) == pytest.approx(2 ** float(ds.lmn_entropy))
+    assert int(ds.n_samples) == 30 and ds.sample_index.dims == ("sample",)
+    assert "step" not in ds.dims
+
+
+def test_depth_one_mlp_readout_is_affine():
+    torch.manual_seed(4)
+    ds = get("lmn").fn(_ckpt(TinyMLP(depth=1), _data()), n_samples=20)
+    assert float(ds.lmn) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_deterministic_under_seed():
+    torch.manual_seed(5)
+    model, data = TinyMLP(depth=2), _data()
+    fn = get("lmn").fn
+    a = fn(_ckpt(model, data), n_samples=15, seed=3)
+    b = fn(_ckpt(model, data), n_samples=15, seed=3)
+    c = fn(_ckpt(model, data), n_samples=15, seed=4)
+    assert np.array_equal(a.sample_index, b.sample_index)
+    assert float(a.lmn) == float(b.lmn)
+    assert not np.array_equal(a.sample_index, c.sample_index)
+
+
+def test_fewer_samples_than_requested():
+    ds = get("lmn").fn(_ckpt(TinyMLP(), _data(n=12)), n_samples=100)
+    assert int(ds.n_samples) == 12
+
+
+def test_hook_path_matches_hidden_path():
+    torch.manual_seed(6)
+    model, data = TinyMLP(depth=2), _data()
+    fn = get("lmn").fn
+    # Hooking the ReLU after layers.0 is not possible (shared act module), so hook layers.1
+    # and compare with an equivalent g built by hand.
+    a = fn(_ckpt(model, data), n_samples=12, module="layers.1")
+    x = data.x_train[a.sample_index.values]
+    with torch.no_grad():
+        h = model.layers[1](model.hidden(x, 0))
+    L = linearity_matrix(lambda z: model.layers[2](model.act(z)), h)
+    assert float(a.lmn) == pytest.approx(lmn_from_matrix(L), rel=1e-9)
+
+
+def test_hook_path_bad_module():
+    with pytest.raises(ConfigError, match="no module"):
+        get("lmn").fn(_ckpt(TinyMLP(), _data()), n_samples=5, module="nope")
+
+
+def test_applies():
+    spec = get("lmn")
+    assert spec.applies(TinyMLP(), _data()) is None
+    assert isinstance(spec.applies(nn.ReLU(), _data()), str)
+
+
+def test_with_registered_mlp():
+    models = pytest.importorskip("grokscope.models")
+    try:
+        model = models.build_model("mlp", in_dim=6, out_dim=4, width=16, depth=2)
+    except Exception as exc:  # the models package may still be in progress
+        pytest.skip(f"build_model('mlp') unavailable: {exc}")
+    ds = get("lmn").fn(_ckpt(model, _data()), n_samples=20)
+    assert float(ds.lmn) >= 1.0 - 1e-9
+    ds1 = get("lmn").fn(
+        _ckpt(models.build_model("mlp", in_dim=6, out_dim=4, width=16, depth=1), _data()),
+        n_samples=20,
+    )
+    assert float(ds1.lmn) == pytest.approx(1.0, abs=1e-6)
