@@ -187,7 +187,8 @@ def input_jacobian(view: InputView, e: torch.Tensor) -> torch.Tensor:
     def summed(inp: torch.Tensor) -> torch.Tensor:
         return view.forward(inp).sum(0)
 
-    with torch.enable_grad():
+    # torch.func transforms ignore an outer no_grad; it only stops tracking the parameters
+    with torch.no_grad():
         jac = torch.func.jacrev(summed)(e.detach())  # (C, n, d)
     return jac.permute(1, 0, 2)
 

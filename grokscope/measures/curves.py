@@ -216,8 +216,9 @@ def curves(ckpt: Checkpoint, *, chunk: int = 4096) -> xr.Dataset:
     ds.attrs.update(
         loss=kind,
         loss_definition=(
-            "mean cross-entropy" if kind == "ce" else "F.mse_loss (mean over samples and outputs; "
-            "one-hot targets for class labels)"
+            "mean cross-entropy"
+            if kind == "ce"
+            else "F.mse_loss (mean over samples and outputs; one-hot targets for class labels)"
         ),
         norms_over="named_parameters (floating point; buffers excluded)",
     )

@@ -9,6 +9,8 @@ before the first ``Linear``.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -17,9 +19,9 @@ from .activations import get_activation
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ConfigError(f"MLP: {name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 class MLP(nn.Module):

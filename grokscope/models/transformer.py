@@ -16,6 +16,7 @@ Module names (the store and the measures address parameters by them): ``embed`` 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -25,9 +26,9 @@ from .activations import get_activation
 
 
 def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ConfigError(f"Transformer: {name} must be an integer >= 1, got {value!r}")
-    return value
+    return int(value)
 
 
 class Attention(nn.Module):
@@ -155,8 +156,10 @@ class Transformer(nn.Module):
         self.vocab, self.n_ctx, self.out_dim = vocab, n_ctx, out_dim
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
         self.d_mlp, self.n_layers = d_mlp, n_layers
-        self.activation, self.layernorm, self.init_scale = activation, bool(layernorm), float(
-            init_scale
+        self.activation, self.layernorm, self.init_scale = (
+            activation,
+            bool(layernorm),
+            float(init_scale),
         )
 
         self.embed = nn.Embedding(vocab, d_model)
@@ -174,8 +177,8 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("mlp.W_out.weight"):
                 nn.init.normal_(p, std=1.0 / math.sqrt(self.d_mlp))
-            elif ".ln" in name or name.startswith("ln_final"):
-                nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
+            elif (".ln" in name or name.startswith("ln_final")) and name.endswith("weight"):
+                nn.init.ones_(p)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
             else:

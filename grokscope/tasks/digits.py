@@ -8,18 +8,28 @@ spec records the size actually used.
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 
 from ..data import Data
 from ._common import check_int, generator
 
 
-def _load() -> tuple[torch.Tensor, torch.Tensor]:
+@functools.cache
+def _load_arrays() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits  # lazy: sklearn is slow to import
 
     bunch = load_digits()
-    x = torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0
-    y = torch.as_tensor(bunch.target, dtype=torch.long)
+    return bunch.data, bunch.target
+
+
+def _load() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1797 images: float32 ``(1797, 64)`` in ``[0, 1]`` and int64 labels ``(1797,)``."""
+    data, target = _load_arrays()
+    x = torch.tensor(data, dtype=torch.float32) / 16.0
+    y = torch.tensor(target, dtype=torch.long)
     return x, y
 
 

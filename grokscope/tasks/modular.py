@@ -113,7 +113,9 @@ def encode(pairs: torch.Tensor, p: int, encoding: str = "onehot") -> torch.Tenso
     if encoding == "tokens":
         eq = torch.full((pairs.shape[0], 1), p, dtype=torch.long)
         return torch.cat([pairs, eq], dim=1)
-    raise ConfigError(f"task 'modular': unknown encoding {encoding!r}; use one of {list(ENCODINGS)}")
+    raise ConfigError(
+        f"task 'modular': unknown encoding {encoding!r}; use one of {list(ENCODINGS)}"
+    )
 
 
 def make_modular(

@@ -1,0 +1,486 @@
+"""Fourier progress measures for modular arithmetic (METHODS.md sections 6 and 9).
+
+Nanda et al. (2023) found that networks trained on modular addition learn a few *key
+frequencies* ``w_k = 2 pi k / p`` and compute ``cos(w_k (a + b - c))``. This module measures,
+at one checkpoint, how far that circuit has formed.
+
+Basis
+-----
+The real Fourier basis over ``Z_p`` (``p`` odd): row 0 the constant ``1/sqrt(p)``, then for
+``k = 1..(p-1)/2`` the rows ``cos(2 pi k x / p)`` and ``sin(2 pi k x / p)``, each normalised to
+unit length. It is orthonormal, so norms can be split exactly into components.
+
+Definitions [ours where the paper leaves a choice]
+--------------------------------------------------
+- **Neuron frequency.** Each hidden neuron's activation over all ``p^2`` inputs ``(a, b)``
+  (MLP: post-activation of the first hidden layer; transformer: input of
+  ``blocks.0.mlp.W_out`` at the last position) is centred and 2-D Fourier transformed,
+  ``C = B A B^T``. Frequency ``k`` owns the components ``(k, 0)``, ``(0, k)`` and ``(k, k)``
+  (cos/sin each: 2 + 2 + 4 terms); its share is their squared norm over the total squared
+  norm. Cross terms ``(k, k')`` with ``k != k'`` belong to no frequency. ``neuron_freq`` is the
+  frequency with the largest share, or 0 when that share is below ``min_share`` (a neuron not
+  explained by one frequency, e.g. at initialisation) or the neuron is dead.
+- **Key frequencies.** ``freq_share[k]`` is the fraction of *all* neurons whose
+  ``neuron_freq`` is ``k``; key frequencies are those with ``freq_share >= min_neurons_frac``,
+  or, when ``n_key`` is set, the ``n_key`` largest shares (ties by lower ``k``, only shares > 0).
+- **Restricted / excluded loss** (ops ``"+"`` and ``"-"`` only; ``s = a + b`` or ``a - b``).
+  The logits over the full ``p x p`` table, per class, are projected on the orthonormal
+  directions ``cos(w_k s)``, ``sin(w_k s)`` of the key frequencies (all at once). Restricted
+  logits = per-class mean over inputs + that projection; their cross-entropy is taken over the
+  whole table. Excluded logits = logits - projection; cross-entropy over the training pairs.
+  Other ops: NaN with the reason in attrs.
+- **key_logit_share** (Varma et al.): ``||projection||^2 / ||logits - mean||^2`` (squared-norm
+  share of the centred logits inside the key subspace; > 0.95 means the generalising circuit
+  dominates). NaN for ops other than ``"+"``/``"-"``.
+- **margin_per_norm**: mean correct-class margin (correct logit - largest other) over the
+  task's train and test samples, divided by the total parameter L2 norm.
+- **Gini** of per-frequency norms (``k = 1..(p-1)/2``, cos and sin combined, constant left out)
+  of the embedding (``embed.weight[:p]``; for a two-hot first layer each half of its weight,
+  the halves' norms combined) and of the neuron-to-logit map (transformer
+  ``unembed.weight @ blocks.0.mlp.W_out.weight``; MLP the readout ``layers[-1].weight``),
+  transformed over the token / output-class index.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+
+from ..errors import ConfigError, MeasureNotApplicable
+from .curves import forward_chunked, margins, param_vector_norms
+from .registry import Checkpoint, register
+
+__all__ = [
+    "fourier",
+    "fourier_basis",
+    "freq_norms",
+    "gini",
+    "key_frequencies",
+    "logit_decomposition",
+    "neuron_frequencies",
+]
+
+
+# --------------------------------------------------------------------------- basis maths
+def fourier_basis(
+    p: int, *, dtype: torch.dtype = torch.float64, device: Any = "cpu"
+) -> torch.Tensor:
+    """The real orthonormal Fourier basis over ``Z_p`` (``p`` odd).
+
+    Returns
+    -------
+    Tensor, shape ``(p, p)``
+        Row 0 constant; rows ``2k-1``, ``2k`` are ``cos``, ``sin`` of ``2 pi k x / p``.
+    """
+    if p < 3 or p % 2 == 0:
+        raise ConfigError(f"the real Fourier basis here needs an odd modulus p >= 3, got {p}")
+    x = torch.arange(p, dtype=torch.float64)
+    rows = [torch.ones(p, dtype=torch.float64)]
+    for k in range(1, (p - 1) // 2 + 1):
+        rows.append(torch.cos(2 * math.pi * k * x / p))
+        rows.append(torch.sin(2 * math.pi * k * x / p))
+    b = torch.stack(rows)
+    b = b / torch.linalg.vector_norm(b, dim=1, keepdim=True)
+    return b.to(device=device, dtype=dtype)
+
+
+def _row_freq(p: int) -> torch.Tensor:
+    """Frequency of each basis row: ``[0, 1, 1, 2, 2, ...]``."""
+    return torch.div(torch.arange(p) + 1, 2, rounding_mode="floor")
+
+
+def neuron_frequencies(acts: torch.Tensor, p: int) -> torch.Tensor:
+    """Share of each neuron's centred 2-D Fourier norm owned by each frequency.
+
+    Parameters
+    ----------
+    acts : Tensor, shape ``(p*p, N)``
+        Activations at inputs ``(a, b)`` in row-major order (row ``a*p + b``).
+    p : int
+
+    Returns
+    -------
+    Tensor, shape ``(K, N)``, ``K = (p-1)/2``
+        ``share[k-1, n]``: squared norm of components ``(k,0), (0,k), (k,k)`` over the total
+        (0 for a dead neuron).
+    """
+    if acts.ndim != 2 or acts.shape[0] != p * p:
+        raise ConfigError(
+            f"activations must have shape (p*p, N) = ({p * p}, N), got {tuple(acts.shape)}"
+        )
+    a = acts.double()
+    a = a - a.mean(dim=0, keepdim=True)
+    basis = fourier_basis(p, device=a.device)
+    coef = torch.einsum("ia,abn,jb->ijn", basis, a.reshape(p, p, -1), basis)
+    energy = (coef**2).reshape(p * p, -1)
+    f = _row_freq(p).to(a.device)
+    fi, fj = f[:, None].expand(p, p), f[None, :].expand(p, p)
+    owned = ((fi == fj) | (fi == 0) | (fj == 0)) & ((fi + fj) > 0)
+    group = torch.where(owned, torch.maximum(fi, fj), torch.zeros_like(fi)).reshape(-1)
+    k_max = (p - 1) // 2
+    sums = torch.zeros(k_max + 1, energy.shape[1], dtype=energy.dtype, device=a.device)
+    sums.index_add_(0, group, energy)
+    total = energy.sum(dim=0)
+    live = total > 1e-20 * max(float(total.max()), 1e-300)
+    return torch.where(live, sums[1:] / torch.where(live, total, 1.0), 0.0)
+
+
+def key_frequencies(
+    share: torch.Tensor, *, min_share: float, min_neurons_frac: float, n_key: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-neuron frequency and the key-frequency mask.
+
+    Parameters
+    ----------
+    share : Tensor, shape ``(K, N)``
+        From :func:`neuron_frequencies`.
+
+    Returns
+    -------
+    neuron_freq : int array ``(N,)`` (0 = none), neuron_share : float array ``(N,)``,
+    freq_share : float array ``(K,)``, key : bool array ``(K,)``
+    """
+    best, arg = share.max(dim=0)
+    best, arg = best.cpu().numpy(), arg.cpu().numpy() + 1
+    neuron_freq = np.where(best >= min_share, arg, 0).astype(np.int64)
+    if best.size and not (best > 0).any():
+        neuron_freq[:] = 0
+    k_max = share.shape[0]
+    counts = np.bincount(neuron_freq, minlength=k_max + 1)[1:]
+    freq_share = counts / max(len(neuron_freq), 1)
+    if n_key is None:
+        key = freq_share >= min_neurons_frac
+        key &= freq_share > 0
+    else:
+        if n_key < 0:
+            raise ConfigError(f"n_key must be a non-negative count, got {n_key}")
+        order = np.lexsort((np.arange(k_max), -freq_share))[:n_key]
+        key = np.zeros(k_max, dtype=bool)
+        key[order[freq_share[order] > 0]] = True
+    return neuron_freq, best.astype(np.float64), freq_share.astype(np.float64), key
+
+
+def _sum_directions(p: int, freqs: list[int], sign: int, device: Any) -> torch.Tensor:
+    """Orthonormal ``cos/sin(w_k (a + sign*b))`` columns over the ``p x p`` grid, ``(p*p, 2m)``."""
+    a = torch.arange(p, dtype=torch.float64, device=device)
+    s = (a[:, None] + sign * a[None, :]).reshape(-1)
+    cols = []
+    for k in freqs:
+        w = 2 * math.pi * k / p
+        cols += [torch.cos(w * s), torch.sin(w * s)]
+    if not cols:
+        return torch.zeros(p * p, 0, dtype=torch.float64, device=device)
+    u = torch.stack(cols, dim=1)
+    return u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
+
+
+def logit_decomposition(
+    logits: torch.Tensor, p: int, freqs: list[int], *, op: str = "+"
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Split table logits into the key-frequency part and the rest.
+
+    Parameters
+    ----------
+    logits : Tensor, shape ``(p*p, C)``
+        Logits at ``(a, b)`` in row-major order.
+    freqs : list of int
+        Key frequencies (``1..(p-1)/2``).
+    op : {"+", "-"}
+
+    Returns
+    -------
+    restricted : Tensor ``(p*p, C)``
+        Per-class mean + projection on the ``cos/sin(w_k (a op b))`` directions.
+    excluded : Tensor ``(p*p, C)``
+        ``logits - projection``.
+    key_share : float
+        ``||projection||^2 / ||logits - mean||^2`` (NaN when the centred logits are 0).
+    """
+    if op not in ("+", "-"):
+        raise ConfigError(f"logit_decomposition is defined for '+' and '-', got {op!r}")
+    lg = logits.double()
+    mean = lg.mean(dim=0, keepdim=True)
+    centred = lg - mean
+    u = _sum_directions(p, list(freqs), 1 if op == "+" else -1, lg.device)
+    proj = u @ (u.T @ centred)
+    total = float((centred**2).sum())
+    share = float((proj**2).sum()) / total if total > 0 else float("nan")
+    return mean + proj, lg - proj, share
+
+
+def freq_norms(mat: torch.Tensor, p: int) -> torch.Tensor:
+    """Per-frequency norms of ``mat`` Fourier-transformed along its first axis.
+
+    Parameters
+    ----------
+    mat : Tensor, shape ``(p, m)``
+
+    Returns
+    -------
+    Tensor, shape ``(K,)``
+        ``sqrt(||cos_k . mat||^2 + ||sin_k . mat||^2)`` for ``k = 1..(p-1)/2``.
+    """
+    coef = fourier_basis(p, device=mat.device) @ mat.double()
+    e = (coef**2).sum(dim=1)[1:]
+    return torch.sqrt(e[0::2] + e[1::2])
+
+
+def gini(values: Any) -> float:
+    """Gini coefficient of non-negative values (0 = all equal, ``(n-1)/n`` = one non-zero)."""
+    x = np.sort(np.abs(np.asarray(values, dtype=np.float64)).reshape(-1))
+    n, total = x.size, x.sum()
+    if n == 0 or total <= 0:
+        return float("nan")
+    i = np.arange(1, n + 1)
+    return float(((2 * i - n - 1) * x).sum() / (n * total))
+
+
+# --------------------------------------------------------------------------- model access
+def _input_format(data: Any, p: int) -> str | None:
+    x = data.x_train
+    if torch.is_floating_point(x) and x.ndim == 2 and x.shape[1] == 2 * p:
+        return "twohot"
+    if not torch.is_floating_point(x) and x.ndim == 2 and x.shape[1] >= 2:
+        return "tokens"
+    return None
+
+
+def _is_transformer(model: torch.nn.Module) -> bool:
+    blocks = getattr(model, "blocks", None)
+    try:
+        mlp = blocks[0].mlp  # type: ignore[index]
+    except (TypeError, IndexError, AttributeError):
+        return False
+    return hasattr(mlp, "W_out") and hasattr(model, "unembed")
+
+
+def _applies(model: torch.nn.Module, data: Any) -> str | None:
+    task = getattr(data, "task", None) or {}
+    if task.get("name") != "modular":
+        return (
+            f"fourier measures need a modular-arithmetic task (this task is {task.get('name')!r})"
+        )
+    p = task.get("p")
+    if not isinstance(p, int) or p < 3 or p % 2 == 0:
+        return f"fourier measures need an odd modulus p >= 3 in the task spec (got p={p!r})"
+    fmt = _input_format(data, p)
+    if fmt is None:
+        return "fourier measures need two-hot (n, 2p) float inputs or (a, b, ...) token inputs"
+    if _is_transformer(model):
+        return (
+            None
+            if isinstance(getattr(model, "embed", None), torch.nn.Embedding)
+            else ("the transformer has no nn.Embedding 'embed' to Fourier-transform")
+        )
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) < 2:
+        return "fourier measures need an MLP with 'layers' (hidden + readout) or a transformer"
+    if fmt == "tokens" and not isinstance(getattr(model, "embed", None), torch.nn.Embedding):
+        return "token inputs need the MLP's 'embed' (nn.Embedding)"
+    if fmt == "twohot" and getattr(layers[0], "in_features", None) != 2 * p:
+        return f"the MLP's first layer does not take the two-hot input of size 2p = {2 * p}"
+    return None
+
+
+def _grid_inputs(data: Any, p: int, device: Any) -> torch.Tensor:
+    """Model inputs for every ``(a, b)`` in row-major order, in the data's encoding."""
+    a = torch.arange(p, device=device)
+    aa, bb = torch.meshgrid(a, a, indexing="ij")
+    aa, bb = aa.reshape(-1), bb.reshape(-1)
+    x = data.x_train
+    if _input_format(data, p) == "twohot":
+        grid = torch.zeros(p * p, 2 * p, dtype=x.dtype, device=device)
+        rows = torch.arange(p * p, device=device)
+        grid[rows, aa] = 1
+        grid[rows, p + bb] = 1
+        return grid
+    rest = x[:1, 2:].to(device).expand(p * p, -1)
+    return torch.cat([aa[:, None], bb[:, None], rest], dim=1).to(x.dtype)
+
+
+def _pairs_of(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``(a, b)`` of each input row, ``(n, 2)``."""
+    if torch.is_floating_point(x):
+        return torch.stack([x[:, :p].argmax(dim=1), x[:, p:].argmax(dim=1)], dim=1)
+    return x[:, :2].long()
+
+
+@torch.no_grad()
+def _neuron_acts(model: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Hidden activations ``(n, N)`` (see the module docstring for which)."""
+    if not _is_transformer(model) and hasattr(model, "hidden"):
+        return torch.cat([model.hidden(x[i : i + chunk], layer=0) for i in range(0, len(x), chunk)])
+    target = model.blocks[0].mlp.W_out if _is_transformer(model) else model.layers[1]
+    captured: list[torch.Tensor] = []
+
+    def hook(_mod: torch.nn.Module, args: tuple) -> None:
+        h = args[0]
+        captured.append(h[:, -1, :] if h.ndim == 3 else h.reshape(h.shape[0], -1))
+
+    handle = target.register_forward_pre_hook(hook)
+    try:
+        for i in range(0, len(x), chunk):
+            model(x[i : i + chunk])
+    finally:
+        handle.remove()
+    return torch.cat(captured)
+
+
+def _embedding_norms(model: torch.nn.Module, p: int) -> torch.Tensor:
+    emb = getattr(model, "embed", None)
+    if isinstance(emb, torch.nn.Embedding):
+        return freq_norms(emb.weight.detach()[:p], p)
+    w = model.layers[0].weight.detach()
+    halves = freq_norms(w[:, :p].T, p) ** 2 + freq_norms(w[:, p:].T, p) ** 2
+    return torch.sqrt(halves)
+
+
+def _readout_norms(model: torch.nn.Module, p: int) -> torch.Tensor:
+    if _is_transformer(model):
+        m = model.unembed.weight.detach() @ model.blocks[0].mlp.W_out.weight.detach()
+    else:
+        m = model.layers[-1].weight.detach()
+    if m.shape[0] < p:
+        raise MeasureNotApplicable(
+            f"the model has {m.shape[0]} outputs, fewer than p = {p} classes"
+        )
+    return freq_norms(m[:p], p)
+
+
+# --------------------------------------------------------------------------- the measure
+@register("fourier", kind="step", applies=_applies)
+def fourier(
+    ckpt: Checkpoint,
+    *,
+    min_share: float = 0.25,
+    min_neurons_frac: float = 0.05,
+    n_key: int | None = None,
+    chunk: int = 4096,
+) -> xr.Dataset:
+    """Key frequencies, restricted/excluded loss, Gini sparsity and circuit efficiency.
+
+    Parameters
+    ----------
+    ckpt : Checkpoint
+        A modular-arithmetic run (see :func:`_applies`).
+    min_share : float
+        Smallest share of a neuron's centred Fourier norm its top frequency must hold for the
+        neuron to count as that frequency's.
+    min_neurons_frac : float
+        Fraction of all neurons a frequency needs to be key (ignored when ``n_key`` is set).
+    n_key : int or None
+        Take the ``n_key`` most frequent neuron frequencies as key instead.
+    chunk : int
+        Inputs per forward pass.
+
+    Returns
+    -------
+    xr.Dataset
+        dim ``neuron``: ``neuron_freq`` (0 = none), ``neuron_freq_share``;
+        dim ``freq`` (``1..(p-1)/2``): ``freq_share``, ``key_freqs`` (bool),
+        ``embed_freq_norm``, ``readout_freq_norm``;
+        scalars: ``n_key_freqs``, ``restricted_loss`` (all data), ``excluded_loss`` (train),
+        ``loss_all``, ``loss_train`` (unablated, same data), ``key_logit_share``,
+        ``gini_embed``, ``gini_readout``, ``margin``, ``param_norm``, ``margin_per_norm``.
+    """
+    model, data = ckpt.model, ckpt.data
+    reason = _applies(model, data)
+    if reason is not None:
+        raise MeasureNotApplicable(reason)
+    p = int(data.task["p"])
+    op = str(data.task.get("op", "+"))
+    device = ckpt.device
+    k_max = (p - 1) // 2
+
+    grid = _grid_inputs(data, p, device)
+    acts = _neuron_acts(model, grid, chunk)
+    share = neuron_frequencies(acts, p)
+    neuron_freq, neuron_share, freq_share, key = key_frequencies(
+        share, min_share=min_share, min_neurons_frac=min_neurons_frac, n_key=n_key
+    )
+    freqs = [int(k) for k in np.flatnonzero(key) + 1]
+
+    logits = forward_chunked(model, grid, chunk).double()
+    attrs: dict[str, Any] = {}
+    nan = float("nan")
+    restricted_loss = excluded_loss = loss_all = loss_train = key_share = nan
+    if op in ("+", "-"):
+        aa = torch.arange(p, device=device)
+        labels = torch.remainder(aa[:, None] + (1 if op == "+" else -1) * aa[None, :], p).reshape(
+            -1
+        )
+        tr_pairs = _pairs_of(data.x_train, p).to(device)
+        tr_rows = tr_pairs[:, 0] * p + tr_pairs[:, 1]
+        if torch.equal(labels[tr_rows], data.y_train.to(device).long()):
+            restricted, excluded, key_share = logit_decomposition(logits, p, freqs, op=op)
+            restricted_loss = float(F.cross_entropy(restricted, labels))
+            excluded_loss = float(F.cross_entropy(excluded[tr_rows], labels[tr_rows]))
+            loss_all = float(F.cross_entropy(logits, labels))
+            loss_train = float(F.cross_entropy(logits[tr_rows], labels[tr_rows]))
+        else:
+            attrs["restricted_skipped"] = (
+                f"the training labels are not (a {op} b) mod p for the decoded pairs"
+            )
+    else:
+        attrs["restricted_skipped"] = (
+            f"restricted/excluded loss and key_logit_share are defined for '+' and '-' only "
+            f"(op is {op!r})"
+        )
+
+    x_all = torch.cat([data.x_train, data.x_test]).to(device)
+    y_all = torch.cat([data.y_train, data.y_test]).to(device)
+    margin = float(margins(forward_chunked(model, x_all, chunk).double(), y_all).mean())
+    l2, _, _ = param_vector_norms(model)
+
+    emb_norm = _embedding_norms(model, p).cpu().numpy()
+    out_norm = _readout_norms(model, p).cpu().numpy()
+
+    ds = xr.Dataset(
+        {
+            "neuron_freq": (("neuron",), neuron_freq),
+            "neuron_freq_share": (("neuron",), neuron_share),
+            "freq_share": (("freq",), freq_share),
+            "key_freqs": (("freq",), key),
+            "embed_freq_norm": (("freq",), emb_norm),
+            "readout_freq_norm": (("freq",), out_norm),
+            "n_key_freqs": ((), int(key.sum())),
+            "restricted_loss": ((), restricted_loss),
+            "excluded_loss": ((), excluded_loss),
+            "loss_all": ((), loss_all),
+            "loss_train": ((), loss_train),
+            "key_logit_share": ((), key_share),
+            "gini_embed": ((), gini(emb_norm)),
+            "gini_readout": ((), gini(out_norm)),
+            "margin": ((), margin),
+            "param_norm": ((), l2),
+            "margin_per_norm": ((), margin / l2 if l2 > 0 else nan),
+        },
+        coords={"freq": np.arange(1, k_max + 1), "neuron": np.arange(len(neuron_freq))},
+    )
+    ds.attrs.update(
+        p=p,
+        op=op,
+        basis="real orthonormal Fourier basis over Z_p (constant, cos_k, sin_k)",
+        neuron_activation=(
+            "input of blocks.0.mlp.W_out at the last position"
+            if _is_transformer(model)
+            else "post-activation of the first hidden layer"
+        ),
+        frequency_components="(k,0), (0,k), (k,k) cos/sin terms of the centred 2-D transform",
+        key_rule=(
+            f"top {n_key} by neuron count"
+            if n_key is not None
+            else f"freq_share >= {min_neurons_frac}"
+        ),
+        excluded="all key frequencies ablated at once; loss on the training pairs",
+        restricted="per-class mean + key cos/sin(w_k(a op b)) projection; loss on the full table",
+        key_logit_share_definition="squared-norm share of centred table logits in the key subspace",
+        margin_definition="mean (correct logit - max other) over train+test / total L2 norm",
+        **attrs,
+    )
+    return ds

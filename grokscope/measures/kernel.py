@@ -1,0 +1,160 @@
+"""Kernel-regime escape: the empirical NTK over training (METHODS.md section 7).
+
+Mohamadi et al. (2024) argue grokking is the network leaving the kernel regime: the empirical
+neural tangent kernel barely moves while the training set is fit, then changes sharply.
+
+Definitions
+-----------
+- ``Theta_t = J J^T`` with ``J[i] = d f_o(x_i; theta_t) / d theta`` (all floating-point
+  parameters, flattened), ``f_o`` the logit ``output`` (default 0, the first), ``x_i`` the
+  first ``n_points`` training inputs (deterministic). Computed with ``torch.func``:
+  ``vmap(jacrev(f))`` over samples with ``functional_call``, ``chunk`` samples at a time;
+  the products are accumulated in float64, one parameter tensor at a time.
+- ``kernel_change = ||Theta_t - Theta_0||_F / ||Theta_0||_F``; ``Theta_0`` from
+  ``ckpt.reference("first")``, computed once per run and cached in ``ckpt.state``.
+- ``kernel_alignment = <Theta_t, Theta_0>_F / (||Theta_t||_F ||Theta_0||_F)`` (cosine).
+- ``param_linf = max |theta_i|``.
+- ``linf_margin`` [ours] ``= mean_i margin_i / param_linf ** homogeneity`` over the same
+  points, ``margin_i = f_{y_i}(x_i) - max_{c != y_i} f_c(x_i)``. For an ``L``-homogeneous
+  network (e.g. ``L = 3`` for a bias-free two-layer network with quadratic activation) set
+  ``homogeneity = L`` so the value is scale-invariant; the default 1 simply divides by the
+  l-infinity norm. NaN for regression targets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import xarray as xr
+from torch.func import functional_call, jacrev, vmap
+
+from ..errors import ConfigError
+from .curves import margins, named_float_params, param_vector_norms
+from .registry import Checkpoint, register
+
+__all__ = ["empirical_ntk", "kernel"]
+
+
+def empirical_ntk(
+    model: torch.nn.Module, x: torch.Tensor, *, output: int = 0, chunk: int = 64
+) -> torch.Tensor:
+    """Empirical NTK of one output of ``model`` on inputs ``x``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps ``(n, *input_shape)`` to ``(n, C)`` (or ``(n,)``).
+    x : Tensor, shape ``(n, *input_shape)``
+    output : int
+        Which output (logit) to differentiate.
+    chunk : int
+        Samples per ``vmap(jacrev)`` call.
+
+    Returns
+    -------
+    Tensor, shape ``(n, n)``, float64
+        ``Theta[i, j] = <grad_theta f_o(x_i), grad_theta f_o(x_j)>``.
+    """
+    if chunk < 1:
+        raise ConfigError(f"chunk must be a positive number of samples, got {chunk}")
+    params = {k: v.detach() for k, v in named_float_params(model).items()}
+
+    def f(p: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, p, (xi.unsqueeze(0),)).reshape(-1)
+        return out[output]
+
+    with torch.no_grad():
+        n_out = model(x[:1]).reshape(-1).shape[0]
+    if not -n_out <= output < n_out:
+        raise ConfigError(f"output={output} is out of range for a model with {n_out} outputs")
+    jac_fn = vmap(jacrev(f), in_dims=(None, 0))
+    blocks: dict[str, list[torch.Tensor]] = {k: [] for k in params}
+    for i in range(0, x.shape[0], chunk):
+        jac = jac_fn(params, x[i : i + chunk])
+        for k in params:
+            blocks[k].append(jac[k].reshape(jac[k].shape[0], -1))
+    theta = torch.zeros(x.shape[0], x.shape[0], dtype=torch.float64, device=x.device)
+    for k in params:
+        j = torch.cat(blocks[k]).double()
+        blocks[k] = []
+        theta += j @ j.T
+    return theta
+
+
+@register("kernel", kind="step", references=("first",))
+def kernel(
+    ckpt: Checkpoint,
+    *,
+    n_points: int = 64,
+    output: int = 0,
+    homogeneity: int = 1,
+    chunk: int = 64,
+) -> xr.Dataset:
+    """Empirical-NTK change from the first checkpoint, l-infinity norm and normalised margin.
+
+    Parameters
+    ----------
+    ckpt : Checkpoint
+        Uses ``ckpt.model``, ``ckpt.data.x_train`` and ``ckpt.reference("first")``.
+    n_points : int
+        The first ``n_points`` training inputs (all if fewer).
+    output : int
+        The logit whose NTK is taken.
+    homogeneity : int
+        Power of ``param_linf`` dividing the margin (see the module docstring).
+    chunk : int
+        Samples per Jacobian batch.
+
+    Returns
+    -------
+    xr.Dataset
+        Scalars ``kernel_change``, ``kernel_alignment``, ``kernel_norm`` (``||Theta_t||_F``),
+        ``param_linf``, ``margin`` (mean over the points), ``linf_margin``.
+    """
+    if n_points < 1:
+        raise ConfigError(f"n_points must be >= 1, got {n_points}")
+    data = ckpt.data
+    n = min(n_points, data.x_train.shape[0])
+    x = data.x_train[:n].to(ckpt.device)
+    y = data.y_train[:n].to(ckpt.device)
+
+    key = ("kernel_theta0", n, output)
+    theta0 = ckpt.state.get(key)
+    if theta0 is None:
+        theta0 = empirical_ntk(ckpt.reference("first"), x, output=output, chunk=chunk)
+        ckpt.state[key] = theta0
+    theta = empirical_ntk(ckpt.model, x, output=output, chunk=chunk)
+    theta0 = theta0.to(theta.device)
+    n0, nt = float(torch.linalg.norm(theta0)), float(torch.linalg.norm(theta))
+    change = float(torch.linalg.norm(theta - theta0)) / n0 if n0 > 0 else float("nan")
+    align = float((theta * theta0).sum()) / (n0 * nt) if n0 > 0 and nt > 0 else float("nan")
+
+    _, linf, _ = param_vector_norms(ckpt.model)
+    margin = float("nan")
+    if not torch.is_floating_point(y) and y.ndim == 1:
+        with torch.no_grad():
+            logits = ckpt.model(x).reshape(n, -1).double()
+        if logits.shape[1] >= 2:
+            margin = float(margins(logits, y).mean())
+    scale = linf**homogeneity
+    linf_margin = margin / scale if scale > 0 and math.isfinite(margin) else float("nan")
+
+    ds = xr.Dataset(
+        {
+            "kernel_change": ((), change),
+            "kernel_alignment": ((), align),
+            "kernel_norm": ((), nt),
+            "param_linf": ((), linf),
+            "margin": ((), margin),
+            "linf_margin": ((), linf_margin),
+        }
+    )
+    ds.attrs.update(
+        n_points_used=int(n),
+        points="the first n_points training inputs",
+        ntk="J J^T of one logit w.r.t. all floating-point parameters (torch.func vmap(jacrev))",
+        linf_margin_definition="mean correct-class margin / param_linf ** homogeneity",
+        reference="first",
+    )
+    return ds

@@ -1,0 +1,248 @@
+"""Low-level store access: opening a path or URL, atomic writes, raw keys and JSON documents.
+
+Every byte the store writes goes through :func:`put_file` (local disk) or the fsspec store's
+``set``; both are wrapped here so that
+
+* a local write is atomic (a temporary file in the same folder, then ``os.replace``): a
+  ``SIGKILL`` can never leave a torn chunk or a torn ``zarr.json``;
+* an ``OSError`` (disk full, permissions) surfaces as one exception type the recorder turns
+  into :class:`~grokscope.errors.StoreWriteError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import zarr
+from zarr.abc.store import ByteRequest, RangeByteRequest, Store
+from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.buffer import cpu as cpu_buffer
+from zarr.core.sync import sync
+from zarr.storage import FsspecStore, LocalStore
+
+from ..errors import CorruptStoreError, NotAStoreError
+
+TMP_SUFFIX = ".gstmp"
+
+
+def put_file(path: Path, data: Any) -> None:
+    """Write ``data`` (bytes-like) to ``path`` atomically: temporary file, then ``os.replace``.
+
+    The temporary file lives in the same folder (same file system), is named
+    ``.<name>.<random>.gstmp`` and is removed on failure; a killed process may leave one behind,
+    which :func:`remove_stale_tmp` deletes when a writer next opens the store.
+    """
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
+    try:
+        try:
+            f = open(tmp, "wb")  # noqa: SIM115 (closed below, before the replace)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "wb")  # noqa: SIM115
+        with f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+class AtomicLocalStore(LocalStore):
+    """A zarr ``LocalStore`` whose every ``set`` is an atomic replace (see :func:`put_file`)."""
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        self._ensure_open_sync()
+        self._check_writable()
+        put_file(self.root / key, value.as_buffer_like())
+
+    async def set(self, key: str, value: Buffer) -> None:
+        if not self._is_open:
+            await self._open()
+        self._check_writable()
+        put_file(self.root / key, value.as_buffer_like())
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        if not (self.root / key).exists():
+            await self.set(key, value)
+
+
+def remove_stale_tmp(store: Store) -> int:
+    """Delete temporary files a killed writer left behind (local stores only); return the count."""
+    if not isinstance(store, LocalStore):
+        return 0
+    n = 0
+    for dirpath, _dirs, files in os.walk(store.root):
+        for name in files:
+            if name.endswith(TMP_SUFFIX) or name.endswith(".partial"):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    n += 1
+                except FileNotFoundError:
+                    pass
+    return n
+
+
+def _local_path(path_or_url: str | os.PathLike) -> Path | None:
+    s = os.fspath(path_or_url)
+    if s.startswith("file://"):
+        return Path(s[len("file://") :])
+    if "://" in s:
+        return None
+    return Path(s)
+
+
+def open_store(
+    path_or_url: str | os.PathLike,
+    *,
+    read_only: bool,
+    storage_options: dict | None = None,
+) -> Store:
+    """A zarr store for a local path, a ``file://`` URL or any fsspec URL (``memory://`` ...).
+
+    Local paths (and ``file://`` URLs) get an :class:`AtomicLocalStore`; other URLs a zarr
+    ``FsspecStore`` built with ``storage_options``.
+    """
+    local = _local_path(path_or_url)
+    if local is not None:
+        return AtomicLocalStore(local.expanduser().absolute(), read_only=read_only)
+    return FsspecStore.from_url(
+        os.fspath(path_or_url), storage_options=storage_options, read_only=read_only
+    )
+
+
+def store_label(store: Store) -> str:
+    """A human-readable location of ``store`` for messages."""
+    if isinstance(store, LocalStore):
+        return str(store.root)
+    if isinstance(store, FsspecStore):
+        proto = store.fs.protocol
+        proto = proto[0] if isinstance(proto, tuple | list) else proto
+        return f"{proto}://{store.path}"
+    return repr(store)
+
+
+# ---------------------------------------------------------------------------- raw keys
+def put_bytes(store: Store, key: str, data: Any) -> None:
+    """Write raw bytes (any buffer-protocol object) to ``key``."""
+    if isinstance(store, AtomicLocalStore):
+        put_file(store.root / key, data)
+        return
+    buf = cpu_buffer.Buffer.from_bytes(bytes(data))
+    sync(store.set(key, buf))
+
+
+def get_bytes(store: Store, key: str, byte_range: tuple[int, int] | None = None) -> bytes | None:
+    """Raw bytes of ``key`` (``None`` when missing); ``byte_range`` is ``(start, end)``."""
+    if isinstance(store, LocalStore):
+        path = store.root / key
+        try:
+            with open(path, "rb") as f:
+                if byte_range is None:
+                    return f.read()
+                f.seek(byte_range[0])
+                return f.read(byte_range[1] - byte_range[0])
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+    req: ByteRequest | None = None if byte_range is None else RangeByteRequest(*byte_range)
+    buf = sync(store.get(key, prototype=default_buffer_prototype(), byte_range=req))
+    return None if buf is None else buf.to_bytes()
+
+
+def delete_key(store: Store, key: str) -> None:
+    sync(store.delete(key))
+
+
+def delete_prefix(store: Store, prefix: str) -> None:
+    """Delete every key under ``prefix/``."""
+    sync(store.delete_dir(prefix))
+
+
+def list_dir(store: Store, prefix: str) -> list[str]:
+    async def _collect() -> list[str]:
+        return [k async for k in store.list_dir(prefix)]
+
+    return sync(_collect())
+
+
+def exists(store: Store, key: str) -> bool:
+    return sync(store.exists(key))
+
+
+def read_json(store: Store, key: str, *, what: str) -> dict | None:
+    """Parse the JSON document ``key``; ``None`` when missing, CorruptStoreError when unreadable."""
+    raw = get_bytes(store, key)
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptStoreError(
+            f"{what} ({key!r} in {store_label(store)}) is not valid JSON: {exc}. The store is "
+            "damaged; restore it from a copy, or re-record/re-import the run"
+        ) from exc
+    if not isinstance(doc, dict):
+        raise CorruptStoreError(
+            f"{what} ({key!r} in {store_label(store)}) is not a JSON object. The store is "
+            "damaged; restore it from a copy, or re-record/re-import the run"
+        )
+    return doc
+
+
+def write_json(store: Store, key: str, doc: dict) -> None:
+    put_bytes(store, key, json.dumps(doc, allow_nan=True, separators=(",", ":")).encode())
+
+
+def store_nbytes(store: Store) -> int:
+    """Bytes the store occupies (sum of every key's size)."""
+    if isinstance(store, LocalStore):
+        total = 0
+        for dirpath, _dirs, files in os.walk(store.root):
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:
+                    pass
+        return total
+
+    async def _sum() -> int:
+        total = 0
+        async for key in store.list():
+            total += await store.getsize(key)
+        return total
+
+    return sync(_sum())
+
+
+def open_zarr_array(store: Store, path: str, *, what: str) -> zarr.Array:
+    """Open the array at ``path`` read/write as the store allows, errors named."""
+    try:
+        return zarr.open_array(store=store, path=path, zarr_format=3, mode="r" if store.read_only else "r+")
+    except (FileNotFoundError, KeyError) as exc:
+        raise CorruptStoreError(
+            f"{what} {path!r} is listed in the store's metadata but its array is missing from "
+            f"{store_label(store)}; the store is damaged: restore it from a copy or re-record the run"
+        ) from exc
+    except (ValueError, TypeError) as exc:
+        raise CorruptStoreError(
+            f"the metadata of {what} {path!r} in {store_label(store)} is unreadable ({exc}); "
+            "restore the store from a copy or re-record the run"
+        ) from exc
+
+
+def check_root(store: Store) -> dict:
+    """The root ``zarr.json`` document, or NotAStoreError."""
+    doc = read_json(store, "zarr.json", what="the root metadata document")
+    if doc is None:
+        raise NotAStoreError(
+            f"{store_label(store)} is not a grokscope store (no zarr.json at its root). Record "
+            "a run with grokscope.Recorder or grokscope.train, or import checkpoints with "
+            "grokscope.import_checkpoints"
+        )
+    return doc

@@ -1,0 +1,744 @@
+"""The writer: :class:`Recorder` appends committed checkpoints to a trajectory store.
+
+Commit protocol (see :mod:`grokscope.store.schema`): arrays are pre-allocated with a capacity
+along ``step`` that doubles when full (a metadata-only resize, O(log n) times). One record
+writes each tensor's chunk (raw little-endian bytes straight to the chunk key when
+uncompressed), every scalar array's current chunk (metrics, ``nonfinite``, ``step``), the
+resume state when given, and finally the root ``zarr.json`` carrying the committed count.
+Every write is atomic, so a killed writer leaves the store at its last commit; readers use
+only the first ``count`` rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch import nn
+
+from ..data import Data
+from ..errors import (
+    ConfigError,
+    GrokscopeError,
+    ModelMismatchError,
+    NotAStoreError,
+    StepOrderError,
+    StoreError,
+    StoreWriteError,
+)
+from . import _io, schema
+from .schedule import Schedule
+
+_COMMITS = ("count", "consolidated")
+
+
+# ---------------------------------------------------------------------------- helpers
+def _jsonable(obj: Any, where: str) -> Any:
+    """``obj`` as plain JSON types (numpy scalars, tuples, Paths, dtypes converted)."""
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, torch.dtype | Path):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{where}: keys must be strings, got {k!r}")
+            out[k] = _jsonable(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    raise ConfigError(
+        f"{where} holds a {type(obj).__name__}, which cannot be stored as JSON; pass plain "
+        "numbers, strings, lists and dicts"
+    )
+
+
+def _model_spec(model: nn.Module) -> dict:
+    try:
+        from ..models import spec_of
+    except ImportError:
+        spec = getattr(model, "grokscope_spec", None)
+        if isinstance(spec, dict):
+            return copy.deepcopy(spec)
+        return {"factory": f"{type(model).__module__}:{type(model).__qualname__}", "kwargs": None}
+    return spec_of(model)
+
+
+def _tensor_numpy(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """A C-contiguous little-endian numpy copy/view of ``t`` in ``dtype``."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    a = t.numpy() if not t.is_conj() else t.resolve_conj().numpy()
+    return np.ascontiguousarray(a, dtype=dtype.newbyteorder("<"))
+
+
+def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"expected a torch nn.Module (the model whose weights are recorded), got "
+            f"{type(model).__name__}"
+        )
+    return {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def mismatch_message(
+    expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]], what: str
+) -> str | None:
+    """A message naming missing/unexpected keys and shape differences, or None when equal."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shapes = [
+        f"{k}: stored {tuple(expected[k])} vs model {tuple(got[k])}"
+        for k in expected
+        if k in got and tuple(expected[k]) != tuple(got[k])
+    ]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected}")
+    if shapes:
+        parts.append("shape differences [" + "; ".join(shapes) + "]")
+    return f"{what}: " + ", ".join(parts)
+
+
+class _Scalar:
+    """A root array of one value per row, written chunk by chunk from an in-memory buffer."""
+
+    def __init__(self, name: str, array: zarr.Array) -> None:
+        self.name = name
+        self.array = array
+        self.dtype = np.dtype(array.dtype).newbyteorder("<")
+        self.fill = schema.fill_value(self.dtype)
+        self.chunk = -1
+        self.buf = np.full(schema.SCALAR_CHUNK, self.fill, dtype=self.dtype)
+
+    def key(self, chunk: int) -> str:
+        return f"{self.name}/{self.array.metadata.encode_chunk_key((chunk,))}"
+
+    def load(self, store: Any, row: int) -> None:
+        """Load the chunk holding ``row``; entries at and after ``row`` reset to the fill."""
+        chunk = row // schema.SCALAR_CHUNK
+        self.buf = np.full(schema.SCALAR_CHUNK, self.fill, dtype=self.dtype)
+        start = chunk * schema.SCALAR_CHUNK
+        if row > start:
+            self.buf[: row - start] = self.array[start:row]
+        self.chunk = chunk
+
+    def set(self, store: Any, row: int, value: Any) -> None:
+        chunk = row // schema.SCALAR_CHUNK
+        if chunk != self.chunk:
+            self.load(store, row)
+        self.buf[row - chunk * schema.SCALAR_CHUNK] = value
+        _io.put_bytes(store, self.key(chunk), memoryview(self.buf).cast("B"))
+
+    def reset(self, row: int) -> None:
+        if row // schema.SCALAR_CHUNK == self.chunk:
+            self.buf[row - self.chunk * schema.SCALAR_CHUNK] = self.fill
+
+
+class _Param:
+    """A root array holding one tensor per row (one chunk per row)."""
+
+    def __init__(self, name: str, array: zarr.Array) -> None:
+        self.name = name
+        self.array = array
+        self.shape = tuple(array.shape[1:])
+        self.dtype = np.dtype(array.dtype).newbyteorder("<")
+        codecs = array.metadata.codecs
+        self.raw = len(codecs) == 1 and type(codecs[0]).__name__ == "BytesCodec"
+        self._zeros = (0,) * len(self.shape)
+
+    def write(self, store: Any, row: int, a: np.ndarray) -> None:
+        if self.raw:
+            key = f"{self.name}/{self.array.metadata.encode_chunk_key((row, *self._zeros))}"
+            _io.put_bytes(store, key, memoryview(a.reshape(-1)).cast("B"))
+        else:
+            self.array[row] = a
+
+
+# ---------------------------------------------------------------------------- Recorder
+class Recorder:
+    """Record a training trajectory into a zarr store, one committed checkpoint at a time.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Local folder, ``file://`` URL or any fsspec URL (``memory://run``, ...).
+    model : nn.Module
+        The model whose ``state_dict()`` is recorded (its keys and shapes fix the store's
+        arrays). Its spec (``grokscope.models.spec_of``) goes into ``config["model"]``.
+    data : Data or None
+        The train/test split, stored once in the ``data/`` group (its task spec becomes
+        ``config["task"]``).
+    config : dict, optional
+        JSON-able run settings (seeds, optimizer, hyper-parameters); kept as ``run.config``.
+    schedule : Schedule, optional
+        Which steps :meth:`due` selects; default ``Schedule()``.
+    compression : {None, "lz4"}
+        None (default, fastest) or Blosc lz4 with bit-shuffle for tensors.
+    overwrite : bool
+        Delete an existing store at ``path`` and start over. Otherwise an existing store is
+        re-opened and appended to (its uncommitted tail trimmed).
+    storage_options : dict, optional
+        Passed to fsspec for URLs.
+    commit : {"count", "consolidated"}
+        How a record is published: ``"count"`` (default) rewrites the root attributes with the
+        committed row count; ``"consolidated"`` also writes consolidated metadata whose shapes
+        are the committed length (so plain ``xr.open_zarr`` sees exactly the committed prefix
+        while recording, at some extra cost per step).
+    consolidate : bool
+        Consolidate metadata on :meth:`close` (after trimming), so plain ``xr.open_zarr`` opens
+        the closed store quickly and without warnings.
+
+    Examples
+    --------
+    >>> with Recorder("run.zarr", model, data, config={"lr": 1e-3}) as rec:  # doctest: +SKIP
+    ...     for step in range(10_000):
+    ...         train_step()
+    ...         if rec.due(step):
+    ...             rec.record(step, metrics={"train_loss": loss}, optimizer=opt)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        model: nn.Module,
+        data: Data | None,
+        *,
+        config: dict | None = None,
+        schedule: Schedule | None = None,
+        compression: str | None = None,
+        overwrite: bool = False,
+        storage_options: dict | None = None,
+        commit: str = "count",
+        consolidate: bool = True,
+    ) -> None:
+        if compression not in (None, "lz4"):
+            raise ConfigError(f"compression={compression!r}: use None or 'lz4'")
+        if commit not in _COMMITS:
+            raise ConfigError(f"commit={commit!r}: use one of {_COMMITS}")
+        if data is not None and not isinstance(data, Data):
+            raise ConfigError(f"data must be a grokscope.Data or None, got {type(data).__name__}")
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise ConfigError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+        self.path = path
+        self.schedule = schedule or Schedule()
+        self.compression = compression
+        self.commit_mode = commit
+        self.consolidate = consolidate
+        self._model = model
+        sd = _state_dict(model)
+        self._store = _io.open_store(path, read_only=False, storage_options=storage_options)
+        self._where = _io.store_label(self._store)
+        self._closed = False
+        self._params: dict[str, _Param] = {}
+        self._scalars: dict[str, _Scalar] = {}
+        self._metric_names: list[str] = []
+        self._static_nodes: dict[str, dict] = {}
+        self._warned_nonfinite = False
+        try:
+            root = self._existing_root(overwrite)
+            if root is None:
+                self._create(sd, data, config)
+            else:
+                self._reopen(root, sd, data, config)
+        except OSError as exc:
+            raise StoreWriteError(
+                f"could not set up the store at {self._where}: {exc}. Check free space and "
+                "permissions"
+            ) from exc
+
+    # ------------------------------------------------------------------ open / create
+    def _existing_root(self, overwrite: bool) -> dict | None:
+        store = self._store
+        root = _io.read_json(store, "zarr.json", what="the root metadata document")
+        is_ours = root is not None and schema.SCHEMA_KEY in root.get("attributes", {})
+        if root is not None and not is_ours:
+            raise NotAStoreError(
+                f"{self._where} holds a zarr group that is not a grokscope store; choose another "
+                "path (grokscope will not delete it, even with overwrite=True)"
+            )
+        if root is None and isinstance(store, _io.LocalStore):
+            if store.root.exists() and (not store.root.is_dir() or any(store.root.iterdir())):
+                raise ConfigError(
+                    f"{self._where} exists and is not a grokscope store; choose another path "
+                    "(grokscope will not delete it, even with overwrite=True)"
+                )
+        if root is not None and overwrite:
+            from zarr.core.sync import sync
+
+            sync(store.clear())
+            return None
+        if root is not None:
+            schema.check_version(root["attributes"], self._where)
+            if root["attributes"][schema.META_KEY]["commit"]["count"] == 0:
+                from zarr.core.sync import sync
+
+                sync(store.clear())  # nothing committed: start afresh
+                return None
+        return root
+
+    def _new_array(self, name: str, shape: tuple, chunks: tuple, dtype: np.dtype, dims: tuple,
+                   *, compress: bool) -> zarr.Array:
+        compressors = None
+        if compress:
+            compressors = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+        return zarr.create_array(
+            store=self._store,
+            name=name,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=schema.fill_value(dtype),
+            dimension_names=dims,
+            compressors=compressors,
+            filters=None,
+            zarr_format=3,
+            overwrite=True,
+            write_data=False,
+        )
+
+    def _create(self, sd: dict[str, torch.Tensor], data: Data | None, config: dict | None) -> None:
+        cfg = dict(_jsonable(config or {}, "config"))
+        cfg.setdefault("model", _jsonable(_model_spec(self._model), "model spec"))
+        if data is not None and data.task is not None:
+            cfg.setdefault("task", _jsonable(data.task, "data.task"))
+        cfg.setdefault("schedule", self.schedule.to_dict())
+        params = {}
+        for key, t in sd.items():
+            schema.check_param_name(key)
+            params[key] = {
+                "shape": list(t.shape),
+                "dtype": schema.storage_dtype(t.dtype).name,
+                "source_dtype": str(t.dtype),
+            }
+        self._meta = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": schema.package_versions(),
+            "config": cfg,
+            "params": params,
+            "metrics": [],
+            "compression": self.compression,
+            "commit": {"count": 0, "last_step": None, "resume": None},
+        }
+        # the root document first (count 0), so a crash during set-up leaves a store that a
+        # new Recorder recognises and restarts
+        self._write_root(self._meta)
+        self._capacity = schema.INITIAL_CAPACITY
+        for key, info in params.items():
+            shape = tuple(info["shape"])
+            arr = self._new_array(
+                key, (self._capacity, *shape), (1, *shape), np.dtype(info["dtype"]),
+                schema.dim_names(key, len(shape)), compress=self.compression is not None,
+            )
+            self._params[key] = _Param(key, arr)
+        for name, dtype in ((schema.STEP, "int64"), (schema.NONFINITE, "int64")):
+            self._add_scalar(name, np.dtype(dtype))
+        if data is not None:
+            self._write_data(data)
+        self._count = 0
+        self._last_step: int | None = None
+        self._resume: dict | None = None
+        self._collect_static_nodes()
+
+    def _add_scalar(self, name: str, dtype: np.dtype) -> _Scalar:
+        arr = self._new_array(name, (self._capacity,), (schema.SCALAR_CHUNK,), dtype,
+                              (schema.STEP,), compress=False)
+        sc = _Scalar(name, arr)
+        self._scalars[name] = sc
+        return sc
+
+    def _write_data(self, data: Data) -> None:
+        zarr.create_group(
+            store=self._store, path=schema.DATA_GROUP, zarr_format=3, overwrite=True,
+            attributes={"task": _jsonable(data.task, "data.task")},
+        )
+        arrays = {n: getattr(data, n) for n in schema.SPLITS}
+        arrays.update({schema.EXTRA_PREFIX + k: v for k, v in data.extras.items()})
+        for name, t in arrays.items():
+            a = _tensor_numpy(t, schema.storage_dtype(t.dtype))
+            arr = zarr.create_array(
+                store=self._store, name=f"{schema.DATA_GROUP}/{name}", shape=a.shape,
+                chunks=a.shape if a.size else None, dtype=a.dtype,
+                fill_value=schema.fill_value(a.dtype),
+                dimension_names=schema.dim_names(name, a.ndim, leading=None),
+                compressors=None, zarr_format=3, overwrite=True,
+                attributes={"torch_dtype": str(t.dtype)},
+            )
+            if a.size:
+                arr[...] = a
+
+    def _reopen(self, root: dict, sd: dict[str, torch.Tensor], data: Data | None,
+                config: dict | None) -> None:
+        store = self._store
+        meta = root["attributes"][schema.META_KEY]
+        stored = {k: tuple(v["shape"]) for k, v in meta["params"].items()}
+        msg = mismatch_message(stored, {k: tuple(v.shape) for k, v in sd.items()},
+                               f"the model does not match the store at {self._where}")
+        if msg:
+            raise ModelMismatchError(
+                msg + ". Pass the same architecture to continue this run, or overwrite=True "
+                "(or another path) to start a new one"
+            )
+        if data is not None:
+            self._check_same_data(data)
+        if config is not None and _jsonable(config, "config") != {
+            k: v for k, v in meta["config"].items() if k in config
+        }:
+            warnings.warn(
+                f"re-opening {self._where}: the config passed differs from the stored one; the "
+                "stored config is kept",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.compression = meta.get("compression")
+        self._meta = meta
+        self._count = int(meta["commit"]["count"])
+        self._last_step = meta["commit"]["last_step"]
+        self._resume = meta["commit"]["resume"]
+        _io.remove_stale_tmp(store)
+        # invalidate consolidated metadata before anything changes
+        self._write_root(meta)
+        for key in meta["params"]:
+            self._params[key] = _Param(key, _io.open_zarr_array(store, key, what="parameter"))
+        self._metric_names = list(meta["metrics"])
+        for name in (schema.STEP, schema.NONFINITE, *self._metric_names):
+            arr = _io.open_zarr_array(store, name, what="scalar array")
+            self._scalars[name] = _Scalar(name, arr)
+        self._drop_orphan_resume()
+        # trim the uncommitted tail (deletes its chunks), then pre-allocate again
+        self._capacity = self._count
+        self._resize_all(self._count)
+        self._resize_all(max(schema.INITIAL_CAPACITY, 1 << math.ceil(math.log2(self._count + 1))))
+        for sc in self._scalars.values():
+            sc.load(store, self._count)
+        self._collect_static_nodes()
+
+    def _check_same_data(self, data: Data) -> None:
+        from .run import read_data
+
+        try:
+            stored = read_data(self._store)
+        except StoreError:
+            return
+        for name in schema.SPLITS:
+            a, b = getattr(stored, name), getattr(data, name)
+            if a.shape != b.shape or not torch.equal(a.to(b.dtype), b):
+                raise ConfigError(
+                    f"the data split passed differs from the one stored at {self._where} "
+                    f"({name}: stored {tuple(a.shape)}, given {tuple(b.shape)}); pass the same "
+                    "data to continue this run, or overwrite=True to start a new one"
+                )
+
+    def _drop_orphan_resume(self) -> None:
+        keep = self._resume["key"] if self._resume else None
+        if not _io.exists(self._store, f"{schema.RESUME_GROUP}/zarr.json"):
+            return
+        for name in _io.list_dir(self._store, schema.RESUME_GROUP):
+            full = f"{schema.RESUME_GROUP}/{name}"
+            if name != "zarr.json" and full != keep:
+                _io.delete_prefix(self._store, full)
+
+    def _collect_static_nodes(self) -> None:
+        """Metadata of the data group and its arrays, for consolidated commits."""
+        if self.commit_mode != "consolidated":
+            return
+        nodes = {}
+        doc = _io.read_json(self._store, f"{schema.DATA_GROUP}/zarr.json", what="data group")
+        if doc is not None:
+            doc = dict(doc)
+            doc["consolidated_metadata"] = {"kind": "inline", "must_understand": False,
+                                            "metadata": {}}
+            nodes[schema.DATA_GROUP] = doc
+            for name in _io.list_dir(self._store, schema.DATA_GROUP):
+                sub = _io.read_json(self._store, f"{schema.DATA_GROUP}/{name}/zarr.json",
+                                    what="data array")
+                if sub is not None:
+                    nodes[f"{schema.DATA_GROUP}/{name}"] = sub
+        self._static_nodes = nodes
+
+    # ------------------------------------------------------------------ root document
+    def _root_doc(self, meta: dict, count: int | None = None) -> dict:
+        doc: dict[str, Any] = {
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": {schema.SCHEMA_KEY: schema.SCHEMA_VERSION, schema.META_KEY: meta},
+        }
+        if count is not None:
+            nodes = dict(self._static_nodes)
+            for sc in self._scalars.values():
+                nodes[sc.name] = sc.array.metadata.to_dict()
+                nodes[sc.name]["shape"] = [count]
+            for p in self._params.values():
+                nodes[p.name] = p.array.metadata.to_dict()
+                nodes[p.name]["shape"] = [count, *p.shape]
+            doc["consolidated_metadata"] = {"kind": "inline", "must_understand": False,
+                                            "metadata": nodes}
+        return doc
+
+    def _write_root(self, meta: dict, *, count: int | None = None) -> None:
+        _io.write_json(self._store, "zarr.json", self._root_doc(meta, count))
+
+    # ------------------------------------------------------------------ capacity
+    def _resize_all(self, capacity: int) -> None:
+        for p in self._params.values():
+            p.array.resize((capacity, *p.shape))
+        for sc in self._scalars.values():
+            sc.array.resize((capacity,))
+        self._capacity = capacity
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def last_step(self) -> int | None:
+        """The last committed step (None when nothing is recorded)."""
+        return self._last_step
+
+    @property
+    def count(self) -> int:
+        """Number of committed checkpoints."""
+        return self._count
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is due under the schedule and after the last committed step."""
+        return self.schedule.due(step) and (self._last_step is None or step > self._last_step)
+
+    def record(
+        self,
+        step: int,
+        model: nn.Module | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        *,
+        optimizer: torch.optim.Optimizer | dict | None = None,
+        extra: Any = None,
+    ) -> None:
+        """Write one committed checkpoint.
+
+        Parameters
+        ----------
+        step : int
+            Training step; must be greater than the last committed one.
+        model : nn.Module, optional
+            Whose ``state_dict()`` to record (default: the Recorder's model). Keys and shapes
+            must match the store's.
+        metrics : mapping of str to float, optional
+            Scalar metrics (``train_loss``, ``test_acc`` ...); one float64 array each.
+        optimizer : Optimizer or dict, optional
+            Saved (its ``state_dict``) with ``extra`` as the resume state of this step; only
+            the latest is kept.
+        extra : object, optional
+            Anything ``torch.load(weights_only=True)`` can read back (RNG states, scheduler
+            state, plain containers), saved with the optimizer state.
+
+        Raises
+        ------
+        StepOrderError
+            ``step`` is not greater than the last committed step (nothing is written).
+        ModelMismatchError
+            The model's keys or shapes differ from the store's.
+        StoreWriteError
+            A write failed; the store stays at its last commit.
+        """
+        self._check_open()
+        if isinstance(step, torch.Tensor):
+            step = step.item()
+        if isinstance(step, bool) or not isinstance(step, int | np.integer):
+            raise ConfigError(f"step must be an integer, got {step!r}")
+        step = int(step)
+        if step < 0:
+            raise StepOrderError(f"step {step} is negative; steps count from 0")
+        if self._last_step is not None and step <= self._last_step:
+            raise StepOrderError(
+                f"step {step} is not after the last committed step {self._last_step} of "
+                f"{self._where}: steps must strictly increase (nothing was written)"
+            )
+        sd = _state_dict(model if model is not None else self._model)
+        msg = mismatch_message(
+            {k: p.shape for k, p in self._params.items()},
+            {k: tuple(v.shape) for k, v in sd.items()},
+            f"the model passed at step {step} does not match the store",
+        )
+        if msg:
+            raise ModelMismatchError(msg + "; record the same architecture the store was made for")
+        values = self._metric_values(metrics or {})
+        arrays = {k: _tensor_numpy(sd[k], p.dtype) for k, p in self._params.items()}
+        nonfinite, bad = 0, []
+        for k, a in arrays.items():
+            if a.dtype.kind in "fc":
+                n = int(a.size - np.count_nonzero(np.isfinite(a)))
+                if n:
+                    nonfinite += n
+                    bad.append(k)
+        resume_bytes = None
+        if optimizer is not None or extra is not None:
+            resume_bytes = self._resume_bytes(optimizer, extra)
+        if nonfinite and not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            warnings.warn(
+                f"step {step}: {nonfinite} non-finite parameter entries (in {bad}) recorded "
+                "as they are; see the 'nonfinite' metric (warned once per Recorder)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._write_record(step, arrays, values, nonfinite, resume_bytes)
+
+    def _metric_values(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        values = {}
+        for name, v in metrics.items():
+            schema.check_metric_name(name, self._params)
+            if isinstance(v, torch.Tensor):
+                if v.numel() != 1:
+                    raise ConfigError(f"metric {name!r} must be a scalar, got shape {tuple(v.shape)}")
+                v = v.item()
+            try:
+                values[name] = float(v)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"metric {name!r} must be a number, got {v!r}") from exc
+        return values
+
+    def _resume_bytes(self, optimizer: Any, extra: Any) -> bytes:
+        state = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
+        if state is not None and not isinstance(state, dict):
+            raise ConfigError(
+                f"optimizer must be a torch optimizer or its state_dict, got {type(state).__name__}"
+            )
+        buf = io.BytesIO()
+        torch.save({"optimizer": state, "extra": extra}, buf)
+        raw = buf.getvalue()
+        try:
+            torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 (any unpickling failure means: not loadable)
+            raise ConfigError(
+                f"the resume state (optimizer/extra) cannot be re-loaded with weights_only=True "
+                f"({exc}); keep it to tensors, numbers, strings and plain containers"
+            ) from exc
+        return raw
+
+    def _write_record(self, step: int, arrays: dict[str, np.ndarray], values: dict[str, float],
+                      nonfinite: int, resume_bytes: bytes | None) -> None:
+        store, row = self._store, self._count
+        fixed = (schema.STEP, schema.NONFINITE)
+        pending = [n for n in self._scalars if n not in fixed and n not in self._metric_names]
+        new_metrics = [n for n in values if n not in self._scalars]
+        resume = self._resume
+        try:
+            if row >= self._capacity:
+                self._resize_all(max(schema.INITIAL_CAPACITY, 2 * self._capacity))
+            for name in new_metrics:
+                self._add_scalar(name, np.dtype("float64"))
+            for key, a in arrays.items():
+                self._params[key].write(store, row, a)
+            names = self._metric_names + pending + new_metrics
+            for name in names:
+                self._scalars[name].set(store, row, values.get(name, np.nan))
+            self._scalars[schema.NONFINITE].set(store, row, nonfinite)
+            self._scalars[schema.STEP].set(store, row, step)
+            if resume_bytes is not None:
+                resume = self._write_resume(step, resume_bytes)
+            meta = dict(self._meta)
+            meta["metrics"] = names
+            meta["commit"] = {"count": row + 1, "last_step": step, "resume": resume}
+            self._write_root(
+                meta, count=row + 1 if self.commit_mode == "consolidated" else None
+            )
+        except OSError as exc:
+            for sc in self._scalars.values():
+                sc.reset(row)
+            raise StoreWriteError(
+                f"writing step {step} to {self._where} failed ({exc}); the store keeps its "
+                f"{row} committed checkpoints. Free disk space or fix permissions, then record "
+                "again"
+            ) from exc
+        old = self._resume
+        self._meta = meta
+        self._metric_names = meta["metrics"]
+        self._count = row + 1
+        self._last_step = step
+        self._resume = resume
+        if old is not None and resume is not None and old["key"] != resume["key"]:
+            try:
+                _io.delete_prefix(store, old["key"])
+            except OSError:
+                pass  # an orphan the next writer deletes (_drop_orphan_resume)
+
+    def _write_resume(self, step: int, raw: bytes) -> dict:
+        store = self._store
+        if not _io.exists(store, f"{schema.RESUME_GROUP}/zarr.json"):
+            _io.write_json(store, f"{schema.RESUME_GROUP}/zarr.json",
+                           {"zarr_format": 3, "node_type": "group", "attributes": {}})
+        key = f"{schema.RESUME_GROUP}/s{step}"
+        arr = zarr.create_array(
+            store=store, name=key, shape=(len(raw),), chunks=(max(len(raw), 1),), dtype="uint8",
+            fill_value=0, compressors=None, zarr_format=3, overwrite=True,
+            dimension_names=("byte",), write_data=False,
+        )
+        _io.put_bytes(store, f"{key}/{arr.metadata.encode_chunk_key((0,))}", raw)
+        return {"step": step, "key": key, "nbytes": len(raw)}
+
+    def resume_state(self) -> dict | None:
+        """``{"step", "optimizer", "extra"}`` saved with the last committed record that had
+        one, or None."""
+        self._check_open()
+        from .run import load_resume
+
+        return load_resume(self._store, self._resume)
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Trim arrays to the committed length and (optionally) consolidate metadata."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._resize_all(self._count)
+            if self.consolidate:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", category=UserWarning)
+                    zarr.consolidate_metadata(self._store)
+        except OSError as exc:
+            raise StoreWriteError(
+                f"closing {self._where} failed ({exc}); the {self._count} committed checkpoints "
+                "are intact (re-open with a Recorder to trim again)"
+            ) from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"the Recorder for {self._where} is closed; open a new one to append")
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except (OSError, GrokscopeError) as close_exc:
+            warnings.warn(f"closing the store after an error also failed: {close_exc}",
+                          RuntimeWarning, stacklevel=2)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"Recorder({self._where!r}, {self._count} checkpoints, last_step={self._last_step}, "
+            f"{state})"
+        )

@@ -1,0 +1,492 @@
+"""The reader: :func:`open_run` returns a :class:`Run`, a consistent view of a store's committed
+prefix (safe to open while a :class:`~grokscope.store.Recorder` is still appending)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+from torch import nn
+
+from ..data import Data
+from ..errors import (
+    ConfigError,
+    CorruptStoreError,
+    ModelMismatchError,
+    StoreError,
+)
+from . import _io, schema
+from .recorder import mismatch_message
+
+_READ_ERRORS = (ValueError, RuntimeError, TypeError, OSError, EOFError)
+
+
+class StepNotFoundError(StoreError, KeyError):
+    """A step that the run did not record."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _corrupt(where: str, name: str, detail: str) -> CorruptStoreError:
+    return CorruptStoreError(
+        f"array {name!r} of the store at {where} is damaged ({detail}). Restore the store from a "
+        "copy, or re-record/re-import the run; a writer re-opening it will not repair committed "
+        "data"
+    )
+
+
+class _ArrayReader:
+    """Read access to the first ``count`` rows of one root array, errors named.
+
+    Uncompressed arrays are read as raw chunk bytes (length-checked, so a truncated or missing
+    chunk is detected); compressed ones through zarr. Also a dask-compatible array-like.
+    """
+
+    def __init__(self, store: Any, where: str, name: str, array: zarr.Array, count: int,
+                 source_dtype: str | None = None) -> None:
+        self.store, self.where, self.name, self.array = store, where, name, array
+        self.inner = tuple(array.shape[1:])
+        self.shape = (count, *self.inner)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+        self.source_dtype = source_dtype
+        codecs = array.metadata.codecs
+        self.raw = len(codecs) == 1 and type(codecs[0]).__name__ == "BytesCodec"
+        self.chunk_rows = array.chunks[0]
+        self._per_row = array.chunks[0] == 1 and tuple(array.chunks[1:]) == self.inner
+        self._nbytes_chunk = int(np.prod(array.chunks)) * self.dtype.itemsize
+        self._le = self.dtype.newbyteorder("<")
+
+    def _key(self, chunk: int) -> str:
+        zeros = (0,) * len(self.inner)
+        return f"{self.name}/{self.array.metadata.encode_chunk_key((chunk, *zeros))}"
+
+    def _raw_chunk(self, chunk: int, byte_range: tuple[int, int] | None = None) -> bytes:
+        raw = _io.get_bytes(self.store, self._key(chunk), byte_range)
+        want = self._nbytes_chunk if byte_range is None else byte_range[1] - byte_range[0]
+        if raw is None:
+            raise _corrupt(self.where, self.name, f"chunk {chunk} of a committed row is missing")
+        if len(raw) != want:
+            raise _corrupt(self.where, self.name,
+                           f"chunk {chunk} holds {len(raw)} bytes, expected {self._nbytes_chunk}")
+        return raw
+
+    def rows(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (positions, not steps), shape ``(len(idx), *inner)``."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
+            raise IndexError(f"row out of range for {self.name!r} with {self.shape[0]} rows")
+        if self.raw and self._per_row:
+            out = np.empty((idx.size, *self.inner), dtype=self.dtype)
+            flat = out.reshape(idx.size, -1)
+            for j, i in enumerate(idx):
+                flat[j] = np.frombuffer(self._raw_chunk(int(i)), dtype=self._le)
+            return out
+        try:
+            return np.asarray(self.array.get_orthogonal_selection((idx,)))
+        except _READ_ERRORS as exc:
+            raise _corrupt(self.where, self.name, f"{type(exc).__name__}: {exc}") from exc
+
+    def element(self, idx: Sequence[int] | np.ndarray, index: tuple[int, ...]) -> np.ndarray:
+        """One entry ``index`` of the tensor at rows ``idx``, shape ``(len(idx),)``."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        index = tuple(int(i) for i in index)
+        if len(index) != len(self.inner) or any(
+            not -n <= i < n for i, n in zip(index, self.inner)
+        ):
+            raise ConfigError(f"index {index} does not address an entry of shape {self.inner}")
+        index = tuple(i % n for i, n in zip(index, self.inner))
+        if self.raw and self._per_row:
+            off = int(np.ravel_multi_index(index, self.inner)) * self.dtype.itemsize if index else 0
+            br = (off, off + self.dtype.itemsize)
+            return np.array(
+                [np.frombuffer(self._raw_chunk(int(i), br), dtype=self._le)[0] for i in idx],
+                dtype=self.dtype,
+            )
+        return self.rows(idx)[(slice(None), *index)]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        first = key[0]
+        if isinstance(first, slice):
+            start, stop, stride = first.indices(self.shape[0])
+            rest = key[1:]
+            if self.raw and self._per_row:
+                return self.rows(np.arange(start, stop, stride))[(slice(None), *rest)]
+            key = (slice(start, stop, stride), *rest)
+        elif isinstance(first, int | np.integer) and not 0 <= first < self.shape[0]:
+            raise IndexError(f"row {first} out of range for {self.name!r}")
+        try:
+            return np.asarray(self.array[key])
+        except _READ_ERRORS as exc:
+            raise _corrupt(self.where, self.name, f"{type(exc).__name__}: {exc}") from exc
+
+    def dask(self, token: str) -> da.Array:
+        chunks = (1 if self._per_row else self.chunk_rows, *self.inner)
+        return da.from_array(
+            self, chunks=chunks, asarray=False, lock=False, fancy=False,
+            meta=np.empty((0,) * self.ndim, dtype=self.dtype),
+            name=f"grokscope-{token}-{self.name}-{self.shape[0]}",
+        )
+
+
+def read_data(store: Any) -> Data:
+    """The ``data/`` group of a store as a :class:`~grokscope.data.Data`."""
+    where = _io.store_label(store)
+    doc = _io.read_json(store, f"{schema.DATA_GROUP}/zarr.json", what="the data group metadata")
+    if doc is None:
+        raise StoreError(
+            f"the store at {where} holds no data split (it was recorded with data=None); pass "
+            "the Data yourself"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for name in _io.list_dir(store, schema.DATA_GROUP):
+        if name == "zarr.json":
+            continue
+        arr = _io.open_zarr_array(store, f"{schema.DATA_GROUP}/{name}", what="data array")
+        try:
+            a = np.asarray(arr[...]) if arr.size else np.empty(arr.shape, dtype=arr.dtype)
+        except _READ_ERRORS as exc:
+            raise _corrupt(where, f"{schema.DATA_GROUP}/{name}", f"{type(exc).__name__}: {exc}") from exc
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        tdtype = arr.attrs.get("torch_dtype")
+        if tdtype == "torch.bfloat16":
+            t = t.to(torch.bfloat16)
+        tensors[name] = t
+    missing = [s for s in schema.SPLITS if s not in tensors]
+    if missing:
+        raise CorruptStoreError(
+            f"the data group of {where} lacks {missing}; restore the store from a copy or "
+            "re-record the run"
+        )
+    extras = {
+        k[len(schema.EXTRA_PREFIX):]: v for k, v in tensors.items()
+        if k.startswith(schema.EXTRA_PREFIX)
+    }
+    return Data(*(tensors[s] for s in schema.SPLITS), task=doc.get("attributes", {}).get("task"),
+                extras=extras)
+
+
+def load_resume(store: Any, resume: dict | None) -> dict | None:
+    """``{"step", "optimizer", "extra"}`` from the resume record ``resume`` (None passes)."""
+    if resume is None:
+        return None
+    where = _io.store_label(store)
+    arr = _io.open_zarr_array(store, resume["key"], what="resume state")
+    raw = _io.get_bytes(store, f"{resume['key']}/{arr.metadata.encode_chunk_key((0,))}")
+    if raw is None or len(raw) != resume.get("nbytes", len(raw)):
+        raise _corrupt(where, resume["key"], "the saved optimizer state is missing or truncated")
+    try:
+        state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise _corrupt(where, resume["key"], f"cannot load the optimizer state: {exc}") from exc
+    return {"step": resume["step"], "optimizer": state.get("optimizer"), "extra": state.get("extra")}
+
+
+class _Results(Mapping):
+    """``name -> xr.Dataset`` over the ``results/<name>`` groups of a store."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def _names(self) -> list[str]:
+        if not _io.exists(self._store, f"{schema.RESULTS_GROUP}/zarr.json"):
+            return []
+        return sorted(
+            n for n in _io.list_dir(self._store, schema.RESULTS_GROUP)
+            if _io.exists(self._store, f"{schema.RESULTS_GROUP}/{n}/zarr.json")
+        )
+
+    def __getitem__(self, name: str) -> xr.Dataset:
+        if name not in self._names():
+            raise KeyError(
+                f"no result {name!r} in this run (have {self._names()}); compute it with "
+                "grokscope.analyze"
+            )
+        return xr.open_zarr(self._store, group=f"{schema.RESULTS_GROUP}/{name}",
+                            consolidated=False, zarr_format=3)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return f"<results: {self._names()}>"
+
+
+class Run:
+    """A recorded trajectory: the committed prefix of a store (see :func:`open_run`).
+
+    Attributes
+    ----------
+    path : str or PathLike
+        What was opened.
+    steps : np.ndarray, shape (n,), int64
+        The committed steps, strictly increasing.
+    config : dict
+        The run's config (``"model"``: the model spec, ``"task"``: the task spec, ...).
+    """
+
+    def __init__(self, path: Any, store: Any, *, trust_code: bool = False) -> None:
+        self.path = path
+        self.trust_code = trust_code
+        self._store = store
+        self._where = _io.store_label(store)
+        self.refresh()
+
+    # ------------------------------------------------------------------ loading
+    def refresh(self) -> Run:
+        """Re-read the store (a writer may have committed more steps); returns ``self``."""
+        store = self._store
+        doc = _io.check_root(store)
+        attrs = doc.get("attributes", {})
+        schema.check_version(attrs, self._where)
+        try:
+            meta = attrs[schema.META_KEY]
+            count = int(meta["commit"]["count"])
+            params, metrics = meta["params"], list(meta["metrics"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStoreError(
+                f"the root metadata of {self._where} lacks {exc}; the store is damaged: restore "
+                "it from a copy or re-record the run"
+            ) from exc
+        self._meta = meta
+        self._count = count
+        self._readers: dict[str, _ArrayReader] = {}
+        for key, info in params.items():
+            arr = _io.open_zarr_array(store, key, what="parameter")
+            self._check_rows(arr, key, count)
+            self._readers[key] = _ArrayReader(store, self._where, key, arr, count,
+                                              info.get("source_dtype"))
+        self._scalar_readers: dict[str, _ArrayReader] = {}
+        for name in (schema.STEP, schema.NONFINITE, *metrics):
+            arr = _io.open_zarr_array(store, name, what="scalar array")
+            self._check_rows(arr, name, count)
+            self._scalar_readers[name] = _ArrayReader(store, self._where, name, arr, count)
+        self.steps = self._scalar_readers[schema.STEP][:]
+        if count and np.any(np.diff(self.steps) <= 0):
+            raise _corrupt(self._where, schema.STEP, "steps are not strictly increasing")
+        self._index = {int(s): i for i, s in enumerate(self.steps)}
+        self._token = f"{abs(hash((self._where, meta.get('created'), count))):x}"
+        self._params_ds: xr.Dataset | None = None
+        self._metrics_ds: xr.Dataset | None = None
+        self._data: Data | None = None
+        return self
+
+    def _check_rows(self, arr: zarr.Array, name: str, count: int) -> None:
+        if arr.ndim < 1 or arr.shape[0] < count:
+            raise _corrupt(
+                self._where, name,
+                f"it has {arr.shape[0] if arr.ndim else 0} rows but {count} are committed",
+            )
+
+    # ------------------------------------------------------------------ views
+    @property
+    def config(self) -> dict:
+        return self._meta["config"]
+
+    @property
+    def meta(self) -> dict:
+        """The store's grokscope metadata (versions, created, params, metrics, commit)."""
+        return self._meta
+
+    @property
+    def params(self) -> xr.Dataset:
+        """Lazy (dask) dataset of every state-dict tensor, dims ``(step, <key>.dim0, ...)``."""
+        if self._params_ds is None:
+            self._params_ds = xr.Dataset(
+                {k: (schema.dim_names(k, len(r.inner)), r.dask(self._token))
+                 for k, r in self._readers.items()},
+                coords={schema.STEP: self.steps},
+            )
+        return self._params_ds
+
+    @property
+    def metrics(self) -> xr.Dataset:
+        """Lazy dataset of the scalar metrics and ``nonfinite``, dim ``step``."""
+        if self._metrics_ds is None:
+            self._metrics_ds = xr.Dataset(
+                {n: ((schema.STEP,), r.dask(self._token))
+                 for n, r in self._scalar_readers.items() if n != schema.STEP},
+                coords={schema.STEP: self.steps},
+            )
+        return self._metrics_ds
+
+    @property
+    def data(self) -> Data:
+        """The stored train/test split."""
+        if self._data is None:
+            self._data = read_data(self._store)
+        return self._data
+
+    @property
+    def results(self) -> Mapping[str, xr.Dataset]:
+        """``name -> xr.Dataset`` of the analysis results stored under ``results/``."""
+        return _Results(self._store)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the store occupies."""
+        return _io.store_nbytes(self._store)
+
+    @property
+    def store(self) -> Any:
+        """The underlying zarr store (for writers of ``results/``)."""
+        return self._store
+
+    # ------------------------------------------------------------------ checkpoints
+    def index_of(self, step: int) -> int:
+        """Row position of ``step``; StepNotFoundError listing nearby steps when absent."""
+        try:
+            return self._index[int(step)]
+        except (KeyError, TypeError, ValueError):
+            pass
+        if not self._count:
+            raise StepNotFoundError(f"step {step!r} is not in {self._where}: the run is empty")
+        pos = int(np.searchsorted(self.steps, step)) if isinstance(step, int | np.integer) else 0
+        near = self.steps[max(0, pos - 3): pos + 3].tolist()
+        raise StepNotFoundError(
+            f"step {step!r} is not in {self._where}; nearby recorded steps: {near} (range "
+            f"{int(self.steps[0])}..{int(self.steps[-1])}, {self._count} steps)"
+        )
+
+    def state_dict_at(self, step: int) -> dict[str, torch.Tensor]:
+        """The recorded ``state_dict`` at ``step`` (CPU tensors in their recorded dtype)."""
+        i = self.index_of(step)
+        out = {}
+        for k, r in self._readers.items():
+            t = torch.from_numpy(r.rows([i])[0])
+            if r.source_dtype == "torch.bfloat16":
+                t = t.to(torch.bfloat16)
+            out[k] = t
+        return out
+
+    def trajectory(self, key: str, *, steps: Sequence[int] | None = None,
+                   index: tuple[int, ...] | None = None) -> np.ndarray:
+        """One tensor (or one entry ``index`` of it) across steps, read eagerly.
+
+        Returns
+        -------
+        np.ndarray
+            ``(n_steps, *shape)``, or ``(n_steps,)`` with ``index``.
+        """
+        r = self._readers.get(key) or self._scalar_readers.get(key)
+        if r is None:
+            raise ConfigError(
+                f"no tensor or metric {key!r} in {self._where}; have {sorted(self._readers)}"
+            )
+        rows = np.arange(self._count) if steps is None else [self.index_of(s) for s in steps]
+        if index is not None:
+            return r.element(rows, index)
+        return r.rows(rows)
+
+    def model_at(self, step: int, model: nn.Module | type | None = None,
+                 device: str | torch.device = "cpu") -> nn.Module:
+        """The model with the weights of ``step``, in eval mode on ``device``.
+
+        Parameters
+        ----------
+        model : nn.Module instance, class, or None
+            An instance gets the weights loaded in place; a class is called with the stored
+            spec's kwargs; None rebuilds from the stored spec (``grokscope.models
+            .build_from_spec``; a ``module:qualname`` factory only with ``trust_code=True``).
+        """
+        sd = self.state_dict_at(step)
+        spec = self.config.get("model") or {}
+        if model is None:
+            from ..models import build_from_spec
+
+            model = build_from_spec(spec, trust_code=self.trust_code)
+        elif isinstance(model, type):
+            if not issubclass(model, nn.Module):
+                raise ConfigError(f"model class {model.__name__} is not an nn.Module subclass")
+            kwargs = spec.get("kwargs") or {}
+            try:
+                model = model(**kwargs)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"{model.__name__}(**{kwargs!r}) failed ({exc}); pass a built model instance"
+                ) from exc
+        elif not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"model must be an nn.Module, a class or None, got {type(model).__name__}"
+            )
+        own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        msg = mismatch_message({k: tuple(v.shape) for k, v in sd.items()}, own,
+                               f"the model does not match the weights stored in {self._where}")
+        if msg:
+            raise ModelMismatchError(msg + "; pass the architecture the run was recorded with")
+        model.load_state_dict(sd)
+        return model.to(device).eval()
+
+    # ------------------------------------------------------------------ description
+    def info(self) -> dict[str, Any]:
+        """A summary: steps, tensors (shapes), metrics, task, size on disk."""
+        return {
+            "path": str(self.path),
+            "steps": {
+                "count": self._count,
+                "first": int(self.steps[0]) if self._count else None,
+                "last": int(self.steps[-1]) if self._count else None,
+            },
+            "tensors": {k: list(r.inner) for k, r in self._readers.items()},
+            "n_params": int(sum(int(np.prod(r.inner)) for r in self._readers.values())),
+            "metrics": [n for n in self._scalar_readers if n != schema.STEP],
+            "task": self.config.get("task"),
+            "model": self.config.get("model"),
+            "results": list(self.results),
+            "nbytes": self.nbytes,
+            "versions": self._meta.get("versions"),
+            "created": self._meta.get("created"),
+        }
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        rng = f"steps {int(self.steps[0])}..{int(self.steps[-1])}" if self._count else "no steps"
+        task = (self.config.get("task") or {}).get("name")
+        model = self.config.get("model") or {}
+        mname = model.get("name") or model.get("factory")
+        return (
+            f"<grokscope.Run {self._where!r}: {self._count} checkpoints ({rng}), "
+            f"{len(self._readers)} tensors, task={task!r}, model={mname!r}>"
+        )
+
+
+def open_run(path_or_url: str | os.PathLike | Run, *, trust_code: bool = False,
+             storage_options: dict | None = None) -> Run:
+    """Open a recorded run (a local path or an fsspec URL) for reading.
+
+    Parameters
+    ----------
+    path_or_url : str, PathLike or Run
+        The store; a Run is returned as is.
+    trust_code : bool
+        Allow :meth:`Run.model_at` to import a ``module:qualname`` factory named in the store.
+    storage_options : dict, optional
+        fsspec options for URLs.
+
+    Raises
+    ------
+    NotAStoreError, SchemaVersionError, CorruptStoreError
+    """
+    if isinstance(path_or_url, Run):
+        return path_or_url
+    local = _io._local_path(path_or_url)
+    store = _io.open_store(path_or_url, read_only=True, storage_options=storage_options)
+    if local is not None and not local.expanduser().exists():
+        _io.check_root(store)  # raises NotAStoreError naming the path
+    return Run(path_or_url, store, trust_code=trust_code)

@@ -1,0 +1,142 @@
+"""The store schema, written down in code.
+
+A run is one zarr v3 group::
+
+    zarr.json                 root group; attrs:
+                                grokscope_schema   int, this module's SCHEMA_VERSION
+                                grokscope          {created, versions, config, params, metrics,
+                                                    compression, commit}
+                                  config           caller's config + "model" spec + "task" spec
+                                  params           {key: {"shape", "dtype", "source_dtype"}}
+                                  metrics          [name, ...]   (scalar float64 arrays)
+                                  commit           {"count": n, "last_step": s,
+                                                    "resume": {"step", "key"} | None}
+    step                      int64 (capacity,), chunks 1024, dims ("step",)
+    nonfinite                 int64 (capacity,): non-finite parameter entries at that row
+    <metric>                  float64 (capacity,), chunks 1024, NaN fill
+    <state-dict key>          (capacity, *shape), one chunk per step, NaN fill,
+                              dims ("step", "<key>.dim0", ...)
+    data/                     x_train, y_train, x_test, y_test, extra.<name>; attrs: task
+    _resume/s<step>           uint8 torch.save bytes of {"optimizer", "extra"} (latest only)
+    results/<measure>/        analysis outputs (written by the engine, read by Run.results)
+
+``capacity`` grows geometrically; readers use only the first ``commit.count`` rows, which the
+writer publishes last (an atomic rewrite of the root ``zarr.json``). A cleanly closed store is
+trimmed to exactly ``count`` rows and consolidated, so plain ``xr.open_zarr`` shows the data.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, SchemaVersionError
+
+SCHEMA_VERSION = 1
+SCHEMA_KEY = "grokscope_schema"
+META_KEY = "grokscope"
+
+STEP = "step"
+NONFINITE = "nonfinite"
+DATA_GROUP = "data"
+RESUME_GROUP = "_resume"
+RESULTS_GROUP = "results"
+EXTRA_PREFIX = "extra."
+SPLITS = ("x_train", "y_train", "x_test", "y_test")
+
+SCALAR_CHUNK = 1024
+INITIAL_CAPACITY = 64
+RESERVED = frozenset({STEP, NONFINITE, DATA_GROUP, RESUME_GROUP, RESULTS_GROUP})
+
+
+def check_version(attrs: dict, where: str) -> int:
+    """The schema version in root ``attrs``; SchemaVersionError when newer than this code's."""
+    version = attrs.get(SCHEMA_KEY)
+    if not isinstance(version, int):
+        from ..errors import NotAStoreError
+
+        raise NotAStoreError(
+            f"{where} is a zarr group but not a grokscope store (no integer "
+            f"{SCHEMA_KEY!r} attribute). Record runs with grokscope.Recorder or import "
+            "checkpoints with grokscope.import_checkpoints"
+        )
+    if version > SCHEMA_VERSION:
+        from .._version import __version__
+
+        raise SchemaVersionError(
+            f"{where} was written with grokscope store schema {version}, but this grokscope "
+            f"({__version__}) reads schemas up to {SCHEMA_VERSION}: upgrade grokscope "
+            "(pip install -U grokscope)"
+        )
+    return version
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape what is stored."""
+    import xarray
+    import zarr
+
+    from .._version import __version__
+
+    return {
+        "grokscope": __version__,
+        "torch": torch.__version__,
+        "zarr": zarr.__version__,
+        "numpy": np.__version__,
+        "xarray": xarray.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def storage_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype a tensor of ``dtype`` is stored as (bfloat16 widens to float32)."""
+    if dtype == torch.bfloat16:
+        return np.dtype("float32")
+    try:
+        return np.dtype(torch.empty(0, dtype=dtype).numpy().dtype)
+    except TypeError as exc:
+        raise ConfigError(
+            f"tensors of dtype {dtype} cannot be stored; convert them to float32 first"
+        ) from exc
+
+
+def fill_value(dtype: np.dtype) -> Any:
+    """NaN for floating dtypes, 0 (False) otherwise."""
+    if np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.complexfloating):
+        return float("nan")
+    if dtype == np.bool_:
+        return False
+    return 0
+
+
+def dim_names(name: str, ndim: int, *, leading: str | None = STEP) -> tuple[str, ...]:
+    """Unique dimension names: ``("step", "<name>.dim0", ...)``."""
+    dims = tuple(f"{name}.dim{i}" for i in range(ndim))
+    return ((leading,) + dims) if leading else dims
+
+
+def check_metric_name(name: Any, params: dict) -> str:
+    """A metric name usable as a root array (not reserved, not a parameter key)."""
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ConfigError(
+            f"metric name {name!r} is not usable: use a non-empty string without '/' "
+            "(e.g. 'train_loss')"
+        )
+    if name in RESERVED or name in params:
+        raise ConfigError(
+            f"metric name {name!r} clashes with a reserved store name or a parameter key; "
+            "rename the metric"
+        )
+    return name
+
+
+def check_param_name(name: str) -> str:
+    if not name or "/" in name or name.startswith(".") or name in RESERVED:
+        raise ConfigError(
+            f"state-dict key {name!r} cannot name a store array (empty, contains '/', starts "
+            f"with '.', or is one of {sorted(RESERVED)}); rename the module"
+        )
+    return name

@@ -1,0 +1,200 @@
+"""GrokAlign alignment measure: known answers on tiny models (METHODS.md section 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from grokscope.data import Data
+from grokscope.errors import ConfigError, DataError
+from grokscope.measures import Checkpoint, get
+from grokscope.measures._jacobian import (
+    JacobianError,
+    centroid,
+    evaluation_inputs,
+    input_jacobian,
+    input_view,
+)
+from grokscope.measures.alignment import alignment, alignment_per_point
+
+D, C = 6, 4
+
+
+def _data(n_train=20, n_test=15, d=D, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Data(
+        torch.randn(n_train, d, generator=g, dtype=torch.float64),
+        torch.randint(0, C, (n_train,), generator=g),
+        torch.randn(n_test, d, generator=g, dtype=torch.float64),
+        torch.randint(0, C, (n_test,), generator=g),
+    )
+
+
+def _relu_net(seed=0, bias=False):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(D, 16, bias=bias), nn.ReLU(), nn.Linear(16, 16, bias=bias), nn.ReLU(),
+        nn.Linear(16, C, bias=bias),
+    ).double()
+
+
+class RadialModel(nn.Module):
+    """``f_c(x) = w_c |x|^2 / 2``: every Jacobian row ``w_c x^T`` is parallel to ``x``."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.arange(1.0, C + 1, dtype=torch.float64))
+
+    def forward(self, x):
+        return 0.5 * (x**2).sum(1, keepdim=True) * self.w
+
+
+class TokenModel(nn.Module):
+    """Tokens -> embeddings -> bias-free linear readout, with the embed_inputs convention."""
+
+    def __init__(self, vocab=7, n_tok=2, dim=3):
+        super().__init__()
+        torch.manual_seed(1)
+        self.embed = nn.Embedding(vocab, dim).double()
+        self.out = nn.Linear(n_tok * dim, C, bias=False).double()
+
+    def embed_inputs(self, x):
+        return self.embed(x).flatten(1)
+
+    def forward_from_input(self, e):
+        return self.out(e)
+
+    def forward(self, x):
+        return self.forward_from_input(self.embed_inputs(x))
+
+
+def test_bias_free_linear_known_answers():
+    torch.manual_seed(0)
+    model = nn.Linear(D, C, bias=False).double()
+    data = _data()
+    w = model.weight.detach()
+    x = data.x_test
+    view = input_view(model)
+    mu = centroid(view, view.embed(x))
+    np.testing.assert_allclose(mu.numpy(), np.tile(w.sum(0).numpy(), (x.shape[0], 1)), atol=1e-12)
+    ds = alignment(Checkpoint(0, model, data))
+    assert float(ds.jacobian_norm) == pytest.approx(float(w.norm()), rel=1e-12)
+    assert int(ds.n_points) == x.shape[0]
+    ca = (x @ w.sum(0)) / (x.norm(dim=1) * w.sum(0).norm())
+    assert float(ds.centroid_alignment_mean) == pytest.approx(float(ca.mean()), rel=1e-10)
+    assert float(ds.centroid_alignment_min) == pytest.approx(float(ca.min()), rel=1e-10)
+    assert float(ds.centroid_alignment_max) == pytest.approx(float(ca.max()), rel=1e-10)
+    assert "step" not in ds.dims
+
+
+def test_bias_free_relu_is_positively_homogeneous():
+    model = _relu_net()
+    x = _data().x_test
+    view = input_view(model)
+    e = view.embed(x)
+    jac = input_jacobian(view, e)
+    with torch.no_grad():
+        f = model(x)
+    np.testing.assert_allclose(torch.einsum("ncd,nd->nc", jac, e).numpy(), f.numpy(), atol=1e-12)
+    per = alignment_per_point(model, x, chunk=4)
+    # <mu_x, x> = 1^T J_x x = sum_c f_c(x)
+    np.testing.assert_allclose(per["centroid_inner"], f.sum(1).numpy(), atol=1e-12)
+    # A(x) = |f(x)|^2 / (||J_x||_F^2 |x|^2)
+    expect = (f**2).sum(1) / (jac.flatten(1).norm(dim=1) ** 2 * (x**2).sum(1))
+    np.testing.assert_allclose(per["jacobian_alignment"], expect.numpy(), rtol=1e-10)
+
+
+def test_centroid_is_sum_of_jacobian_rows_and_chunking_is_invisible():
+    model = _relu_net(bias=True)
+    x = _data().x_test
+    view = input_view(model)
+    e = view.embed(x)
+    np.testing.assert_allclose(
+        centroid(view, e).numpy(), input_jacobian(view, e).sum(1).numpy(), atol=1e-12
+    )
+    a = alignment_per_point(model, x, chunk=3)
+    b = alignment_per_point(model, x, chunk=100)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-12, atol=1e-14)
+
+
+def test_rows_parallel_to_x_give_alignment_and_rank_one_of_one():
+    ds = alignment(Checkpoint(0, RadialModel(), _data()))
+    assert float(ds.jacobian_alignment_mean) == pytest.approx(1.0, abs=1e-12)
+    assert float(ds.rank_one_mean) == pytest.approx(1.0, abs=1e-12)
+    # mu_x = (sum_c w_c) x: perfectly aligned centroid
+    assert float(ds.centroid_alignment_min) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_rank_one_against_svd_and_bounds():
+    model = _relu_net(seed=3, bias=True)
+    x = _data().x_test
+    per = alignment_per_point(model, x)
+    view = input_view(model)
+    s = torch.linalg.svdvals(input_jacobian(view, view.embed(x))) ** 2
+    np.testing.assert_allclose(per["rank_one"], (s[:, 0] / s.sum(1)).numpy(), rtol=1e-10)
+    assert np.all(per["rank_one"] >= 1.0 / C - 1e-12) and np.all(per["rank_one"] <= 1 + 1e-12)
+    assert np.all(np.abs(per["centroid_alignment"]) <= 1 + 1e-12)
+    assert np.all((per["jacobian_alignment"] >= 0) & (per["jacobian_alignment"] <= 1 + 1e-12))
+
+
+def test_split_and_max_points():
+    data = _data(n_train=20, n_test=15)
+    assert evaluation_inputs(data, "all", None).shape[0] == 35
+    assert torch.equal(evaluation_inputs(data, "train", 5), data.x_train[:5])
+    ds = alignment(Checkpoint(0, _relu_net(), data), split="all", max_points=30)
+    assert int(ds.n_points) == 30
+    with pytest.raises(ConfigError, match="split"):
+        evaluation_inputs(data, "val", None)
+    with pytest.raises(ConfigError, match="max_points"):
+        evaluation_inputs(data, "test", 0)
+    empty = Data(data.x_train, data.y_train, data.x_test[:0], data.y_test[:0])
+    with pytest.raises(DataError, match="no samples"):
+        evaluation_inputs(empty, "test", None)
+
+
+def test_token_model_uses_embedded_input_and_applies():
+    model = TokenModel()
+    g = torch.Generator().manual_seed(0)
+    toks = torch.randint(0, 7, (12, 2), generator=g)
+    data = Data(toks, torch.zeros(12, dtype=torch.long), toks, torch.zeros(12, dtype=torch.long))
+    spec = get("alignment")
+    assert spec.applies(model, data) is None
+    ds = alignment(Checkpoint(0, model, data))
+    assert float(ds.jacobian_norm) == pytest.approx(float(model.out.weight.detach().norm()), rel=1e-12)
+    assert ds.attrs["input_convention"] == "embed_inputs"
+    # a token run whose model lacks the convention does not apply, and says why
+    plain = nn.Linear(2, C)
+    assert "embed_inputs" in spec.applies(plain, data)
+    with pytest.raises(JacobianError, match="integer"):
+        alignment_per_point(plain, toks)
+
+
+def test_registered_defaults():
+    spec = get("alignment")
+    assert spec.kind == "step"
+    assert spec.defaults == {"split": "test", "max_points": 1024, "chunk": 256}
+
+
+def test_grokscope_models():
+    models = pytest.importorskip("grokscope.models")
+    torch.manual_seed(0)
+    mlp = models.build_model("mlp", in_dim=D, out_dim=C, width=8, bias=False).double()
+    x = _data().x_test
+    per = alignment_per_point(mlp, x)
+    with torch.no_grad():
+        f = mlp(x)
+    np.testing.assert_allclose(per["centroid_inner"], f.sum(1).numpy(), atol=1e-12)
+
+    tf = models.build_model("transformer", vocab=6, n_ctx=3, out_dim=5, d_model=8, n_heads=2, d_mlp=16)
+    toks = torch.randint(0, 6, (10, 3))
+    data = Data(toks, torch.zeros(10, dtype=torch.long), toks, torch.zeros(10, dtype=torch.long))
+    ds = alignment(Checkpoint(0, tf, data))
+    assert np.isfinite(float(ds.jacobian_norm)) and float(ds.jacobian_norm) > 0
+    # oracle: Jacobian of the logits w.r.t. the embedded tokens by a per-sample loop
+    e = tf.embed_inputs(toks[:1]).detach()
+    jac = torch.autograd.functional.jacobian(tf.forward_from_input, e)[0, :, 0]  # (C, d)
+    per = alignment_per_point(tf, toks[:1])
+    assert per["jacobian_norm"][0] == pytest.approx(float(jac.norm()), rel=1e-5)

@@ -1,0 +1,208 @@
+"""Known-answer tests of the Fourier progress measures (METHODS.md sections 6 and 9)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from grokscope.data import Data
+from grokscope.errors import MeasureNotApplicable
+from grokscope.measures import get
+from grokscope.measures.fourier import (
+    fourier,
+    fourier_basis,
+    freq_norms,
+    gini,
+    logit_decomposition,
+    neuron_frequencies,
+)
+from grokscope.measures.registry import Checkpoint
+
+P = 23
+KEYS = (3, 7)
+
+
+class Quadratic(nn.Module):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * z
+
+
+class TinyMLP(nn.Module):
+    """Two-hot MLP with the agreed interface (``layers``, ``act``, ``hidden``)."""
+
+    def __init__(self, in_dim: int, width: int, out_dim: int) -> None:
+        super().__init__()
+        self.embed = None
+        self.layers = nn.ModuleList([nn.Linear(in_dim, width, bias=False), nn.Linear(width, out_dim, bias=False)])
+        self.act = Quadratic()
+
+    def hidden(self, x: torch.Tensor, layer: int = 0) -> torch.Tensor:
+        return self.act(self.layers[0](x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[1](self.hidden(x))
+
+
+def fourier_sparse_mlp(p: int = P, keys: tuple[int, ...] = KEYS, m: int = 3) -> TinyMLP:
+    """Neurons ``(cos(w a + phi) + cos(w b + psi))^2`` over an ``m x m`` phase grid per key.
+
+    With ``m >= 3`` the readout ``cos(w c + phi + psi)`` cancels every term except
+    ``(m^2 / 2) cos(w (a + b - c))``, so the logits hold only key frequencies exactly.
+    """
+    width = len(keys) * m * m
+    model = TinyMLP(2 * p, width, p)
+    x = torch.arange(p, dtype=torch.float64)
+    w_in = torch.zeros(width, 2 * p, dtype=torch.float64)
+    w_out = torch.zeros(p, width, dtype=torch.float64)
+    n = 0
+    for k in keys:
+        w = 2 * math.pi * k / p
+        for i in range(m):
+            for j in range(m):
+                phi, psi = 2 * math.pi * i / m, 2 * math.pi * j / m
+                w_in[n, :p] = torch.cos(w * x + phi)
+                w_in[n, p:] = torch.cos(w * x + psi)
+                w_out[:, n] = torch.cos(w * x + phi + psi)
+                n += 1
+    model.layers[0].weight.data = w_in.float()
+    model.layers[1].weight.data = w_out.float()
+    return model.eval()
+
+
+def modular_data(p: int = P, op: str = "+", frac: float = 0.4, tokens: bool = False) -> Data:
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    pairs = torch.stack([a.reshape(-1), b.reshape(-1)], 1)
+    y = (pairs[:, 0] + pairs[:, 1]) % p if op == "+" else (pairs[:, 0] * pairs[:, 1]) % p
+    if tokens:
+        x = torch.cat([pairs, torch.full((p * p, 1), p)], 1)
+    else:
+        x = torch.zeros(p * p, 2 * p)
+        x[torch.arange(p * p), pairs[:, 0]] = 1
+        x[torch.arange(p * p), p + pairs[:, 1]] = 1
+    perm = torch.randperm(p * p, generator=torch.Generator().manual_seed(0))
+    n = int(frac * p * p)
+    tr, te = perm[:n], perm[n:]
+    task = {"name": "modular", "p": p, "op": op, "n_classes": p, "encoding": "tokens" if tokens else "onehot"}
+    return Data(x[tr], y[tr], x[te], y[te], task=task)
+
+
+def test_basis_is_orthonormal():
+    b = fourier_basis(P)
+    assert torch.allclose(b @ b.T, torch.eye(P, dtype=torch.float64), atol=1e-12)
+
+
+def test_gini_known_values():
+    assert gini([1, 1, 1, 1]) == pytest.approx(0.0)
+    assert gini([0, 0, 0, 5]) == pytest.approx(0.75)
+    assert math.isnan(gini([0, 0]))
+
+
+def test_neuron_frequency_of_pure_cosine_neurons():
+    a, b = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
+    acts = torch.stack(
+        [torch.cos(2 * math.pi * k * (a + b).double() / P).reshape(-1) for k in (1, 4, 11)], 1
+    )
+    share = neuron_frequencies(acts, P)
+    assert share.shape == ((P - 1) // 2, 3)
+    for col, k in enumerate((1, 4, 11)):
+        assert share[k - 1, col] == pytest.approx(1.0, abs=1e-10)
+
+
+def test_known_answer_fourier_sparse_model():
+    model, data = fourier_sparse_mlp(), modular_data()
+    ds = fourier(Checkpoint(step=0, model=model, data=data))
+    key = set(ds["freq"].values[ds["key_freqs"].values].tolist())
+    assert key == set(KEYS)
+    assert set(np.unique(ds["neuron_freq"].values).tolist()) == set(KEYS)
+    # each neuron's own frequency holds 1 / (1 + 1/4) of its centred norm (harmonic 2k the rest)
+    assert np.allclose(ds["neuron_freq_share"].values, 0.8, atol=1e-5)
+    assert float(ds["freq_share"].sel(freq=3)) == pytest.approx(0.5)
+    assert float(ds["key_logit_share"]) == pytest.approx(1.0, abs=1e-6)
+    # logits are pure key frequencies: restricted == full, excluded == uniform logits
+    assert float(ds["restricted_loss"]) == pytest.approx(float(ds["loss_all"]), rel=1e-5)
+    assert float(ds["excluded_loss"]) == pytest.approx(math.log(P), rel=1e-5)
+    # the readout is supported on the key frequencies only -> Gini of 11 values = 9/11 ideal
+    assert float(ds["gini_readout"]) > 0.8
+    assert float(ds["gini_embed"]) > 0.8
+    assert float(ds["margin"]) > 0 and float(ds["margin_per_norm"]) > 0
+    assert ds.sizes == {"neuron": 18, "freq": 11}
+
+
+def test_key_share_of_mixed_logits():
+    a, b = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
+    s, c = (a + b).reshape(-1, 1).double(), torch.arange(P).double()[None, :]
+    key = torch.cos(2 * math.pi * 3 * (s - c) / P)
+    other = 0.5 * torch.cos(2 * math.pi * 5 * a.reshape(-1, 1).double() / P) * torch.ones_like(c)
+    logits = key + other + 2.0  # constant offset is not part of the centred norm
+    restricted, excluded, share = logit_decomposition(logits, P, [3])
+    expect = float((key**2).sum()) / float((key**2).sum() + (other**2).sum())
+    assert share == pytest.approx(expect, rel=1e-10)
+    assert torch.allclose(restricted, key + 2.0, atol=1e-10)
+    assert torch.allclose(excluded, other + 2.0, atol=1e-10)
+
+
+def test_freq_norms_of_single_frequency_embedding():
+    x = torch.arange(P, dtype=torch.float64)
+    emb = torch.stack([torch.cos(2 * math.pi * 4 * x / P), torch.sin(2 * math.pi * 4 * x / P)], 1)
+    norms = freq_norms(emb, P)
+    assert norms[3] == pytest.approx(math.sqrt(P), rel=1e-10)
+    assert float(norms.sum() - norms[3]) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_non_addition_op_gives_nan_restricted_loss_with_reason():
+    model, data = fourier_sparse_mlp(), modular_data(op="*")
+    ds = fourier(Checkpoint(step=0, model=model, data=data))
+    assert math.isnan(float(ds["restricted_loss"])) and math.isnan(float(ds["key_logit_share"]))
+    assert "'*'" in ds.attrs["restricted_skipped"]
+    assert set(ds["freq"].values[ds["key_freqs"].values].tolist()) == set(KEYS)
+
+
+def test_n_key_picks_top_frequencies():
+    model, data = fourier_sparse_mlp(), modular_data()
+    ds = fourier(Checkpoint(step=0, model=model, data=data), n_key=1)
+    assert int(ds["n_key_freqs"]) == 1 and int(ds["key_freqs"].sum()) == 1
+
+
+class TinyTransformerLike(nn.Module):
+    """Embed -> sum of token embeddings -> MLP(W_in, W_out) -> unembed, transformer names."""
+
+    def __init__(self, p: int, d: int = 16, d_mlp: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(p + 1, d)
+        block = nn.Module()
+        block.mlp = nn.Module()
+        block.mlp.W_in = nn.Linear(d, d_mlp)
+        block.mlp.W_out = nn.Linear(d_mlp, d)
+        self.blocks = nn.ModuleList([block])
+        self.unembed = nn.Linear(d, p + 1, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens).cumsum(dim=1)  # (n, 3, d): each position sees its prefix
+        mlp = self.blocks[0].mlp
+        h = h + mlp.W_out(torch.relu(mlp.W_in(h)))
+        return self.unembed(h[:, -1])
+
+
+def test_transformer_path_uses_hook_and_token_grid():
+    torch.manual_seed(0)
+    model, data = TinyTransformerLike(P).eval(), modular_data(tokens=True)
+    ds = fourier(Checkpoint(step=0, model=model, data=data))
+    assert ds.sizes == {"neuron": 32, "freq": 11}
+    assert 0.0 <= float(ds["key_logit_share"]) <= 1.0
+    assert np.isfinite(float(ds["restricted_loss"])) and np.isfinite(float(ds["excluded_loss"]))
+    assert "W_out" in ds.attrs["neuron_activation"]
+
+
+def test_applies_reasons():
+    spec = get("fourier")
+    model = fourier_sparse_mlp()
+    assert spec.applies(model, modular_data()) is None
+    other = Data(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), torch.randn(2, 3), torch.tensor([0, 1]),
+                 task={"name": "parity"})
+    assert "modular" in spec.applies(model, other)
+    with pytest.raises(MeasureNotApplicable):
+        fourier(Checkpoint(step=0, model=model, data=other))

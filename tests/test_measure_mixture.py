@@ -1,0 +1,181 @@
+"""Known answers of the Gaussian-mixture measure (METHODS.md section 2)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from grokscope.data import Data
+from grokscope.errors import ConfigError
+from grokscope.measures import get
+from grokscope.measures.mixture import (
+    compute_order_parameter,
+    fit_mixtures,
+    fourier_order_parameter,
+)
+from grokscope.measures.registry import Checkpoint
+
+D = 8
+
+
+class TwoLayer(nn.Module):
+    def __init__(self, W1: torch.Tensor):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(W1.shape[1], W1.shape[0]), nn.Linear(W1.shape[0], 1)])
+        with torch.no_grad():
+            self.layers[0].weight.copy_(W1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[1](torch.erf(self.layers[0](x)))
+
+
+def _teacher_data() -> Data:
+    x = torch.randn(20, D)
+    w_star = torch.zeros(D)
+    w_star[0] = 1.0
+    y = x[:, :1]
+    return Data(x, y, x, y, task={"name": "teacher"}, extras={"w_star": w_star})
+
+
+def _w1_with_overlaps(phi: np.ndarray, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    W1 = 0.3 * torch.randn(len(phi), D, generator=g)
+    W1[:, 0] = torch.as_tensor(phi, dtype=torch.float32)
+    return W1
+
+
+def _mixture_samples(n, w, mus, sd, seed=0):
+    rng = np.random.default_rng(seed)
+    comp = rng.random(n) < w
+    return np.where(comp, rng.normal(mus[0], sd, n), rng.normal(mus[1], sd, n))
+
+
+def _run(W1, data, state=None, **params):
+    ckpt = Checkpoint(step=0, model=TwoLayer(W1).eval(), data=data, state=state if state is not None else {})
+    return get("mixture").fn(ckpt, **params), ckpt.state
+
+
+def test_one_gaussian_gives_one_component():
+    phi = np.random.default_rng(1).normal(0.0, 0.2, 600)
+    ds, _ = _run(_w1_with_overlaps(phi), _teacher_data())
+    assert ds.attrs["order_parameter_used"] == "teacher"
+    assert int(ds.k) == 1
+    assert float(ds.bic_gap) == 0.0
+    assert float(ds.droplet_fraction) == pytest.approx(0.0)
+    assert float(ds.means[0]) == pytest.approx(0.0, abs=0.03)
+    assert float(ds.variances[0]) == pytest.approx(0.04, rel=0.15)
+    assert np.isnan(ds.weights[1:]).all() and ds.weights.sizes["component"] == 4
+    assert int(ds.hist_counts.sum()) == 600 and ds.hist_edges.size == 51
+    assert bool(ds.converged)
+
+
+def test_two_separated_gaussians():
+    phi = _mixture_samples(1000, 0.7, (0.0, 2.0), 0.15)
+    ds, _ = _run(_w1_with_overlaps(phi), _teacher_data())
+    assert int(ds.k) == 2
+    w = ds.weights.values[:2]
+    assert w[0] == pytest.approx(0.7, abs=0.05) and w[1] == pytest.approx(0.3, abs=0.05)
+    assert ds.means.values[:2] == pytest.approx([0.0, 2.0], abs=0.05)
+    assert float(ds.droplet_fraction) == pytest.approx(0.3, abs=0.05)
+    assert int(ds.zero_component) == 0
+    assert float(ds.bic_gap) > 100
+    assert not bool(ds.warm_started)
+
+
+def test_scale_invariance_of_choice():
+    phi = _mixture_samples(800, 0.7, (0.0, 2.0), 0.15)
+    small, _ = _run(_w1_with_overlaps(phi * 1e-4), _teacher_data())
+    assert int(small.k) == 2
+    assert small.weights.values[0] == pytest.approx(0.7, abs=0.05)
+
+
+def test_warm_start_keeps_component_order():
+    data = _teacher_data()
+    state: dict = {}
+    phi1 = _mixture_samples(1000, 0.7, (0.5, -2.0), 0.1, seed=2)
+    ds1, state = _run(_w1_with_overlaps(phi1), data, state)
+    assert int(ds1.k) == 2 and ds1.means.values[0] == pytest.approx(0.5, abs=0.05)
+    # Second step: the modes move so that |mean| order flips; identity must follow the modes.
+    phi2 = _mixture_samples(1000, 0.7, (1.8, -1.2), 0.1, seed=3)
+    ds2, _ = _run(_w1_with_overlaps(phi2), data, state)
+    assert bool(ds2.warm_started)
+    assert ds2.means.values[:2] == pytest.approx([1.8, -1.2], abs=0.05)
+    assert ds2.weights.values[0] == pytest.approx(0.7, abs=0.05)
+    cold, _ = _run(_w1_with_overlaps(phi2), data)
+    assert cold.means.values[:2] == pytest.approx([-1.2, 1.8], abs=0.05)
+    assert int(cold.zero_component) == 0 and int(ds2.zero_component) == 1
+
+
+def test_deterministic_under_seed():
+    phi = _mixture_samples(400, 0.6, (0.0, 1.0), 0.3)
+    a, _ = _run(_w1_with_overlaps(phi), _teacher_data())
+    b, _ = _run(_w1_with_overlaps(phi), _teacher_data())
+    np.testing.assert_array_equal(a.bic.values, b.bic.values)
+    np.testing.assert_array_equal(a.means.values, b.means.values)
+
+
+def test_constant_order_parameter():
+    fits = fit_mixtures(np.zeros(50), max_components=4)
+    assert list(fits) == [1]
+    assert fits[1].means[0, 0] == 0.0
+
+
+def test_fourier_order_parameter():
+    p = 11
+    x = torch.arange(p, dtype=torch.float64)
+    wave = torch.cos(2 * math.pi * 3 * x / p)
+    g = torch.Generator().manual_seed(0)
+    W1 = 0.01 * torch.randn(40, 2 * p, generator=g, dtype=torch.float64)
+    W1[:10] = torch.cat([wave, torch.roll(wave, 2)])
+    phi = fourier_order_parameter(W1, p)
+    assert phi[:10] == pytest.approx(1 - 1 / 5)
+    assert (phi[10:] < 0.6).all() and (phi[10:] >= 0).all()
+    kind, phi2 = compute_order_parameter(
+        W1.float(), {"name": "modular", "p": p, "encoding": "onehot"}, {}
+    )
+    assert kind == "fourier" and phi2 == pytest.approx(phi, abs=1e-5)
+
+
+def test_fourier_auto_on_modular_data():
+    p = 11
+    x = torch.eye(2 * p)[:20]
+    y = torch.zeros(20, dtype=torch.long)
+    data = Data(x, y, x, y, task={"name": "modular", "p": p, "encoding": "onehot"})
+    W1 = 0.1 * torch.randn(64, 2 * p)
+    ds, _ = _run(W1, data)
+    assert ds.attrs["order_parameter_used"] == "fourier"
+    assert "[ours]" in ds.attrs["order_parameter_definition"]
+
+
+def test_pca_fallback_vector_valued():
+    x = torch.randn(20, D)
+    y = torch.zeros(20, dtype=torch.long)
+    data = Data(x, y, x, y)
+    rng = np.random.default_rng(0)
+    W1 = torch.as_tensor(rng.normal(0, 0.1, (300, D)), dtype=torch.float32)
+    W1[:90, 0] += 3.0  # a droplet of neurons along one direction
+    ds, state = _run(W1, data)
+    assert ds.attrs["order_parameter_used"] == "pca"
+    assert ds.means.dims == ("component", "feature") and ds.means.sizes["feature"] == 2
+    assert int(ds.k) >= 2
+    assert float(ds.droplet_fraction) == pytest.approx(0.3, abs=0.05)
+    ds2, _ = _run(W1, data, state)
+    assert bool(ds2.warm_started)
+
+
+def test_bad_order_parameter():
+    with pytest.raises(ConfigError):
+        _run(torch.randn(10, D), _teacher_data(), order_parameter="fourier")
+    with pytest.raises(ConfigError):
+        _run(torch.randn(10, D), _teacher_data(), order_parameter="nope")
+    with pytest.raises(ConfigError):
+        _run(torch.randn(10, D), _teacher_data(), module="missing")
+
+
+def test_applies():
+    assert get("mixture").applies(TwoLayer(torch.randn(4, D)), None) is None
+    assert isinstance(get("mixture").applies(nn.ReLU(), None), str)

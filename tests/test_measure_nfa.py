@@ -1,0 +1,326 @@
+"""Neural feature ansatz (NFM vs AGOP): known answers and oracles (METHODS.md section 5)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import jacrev, vmap
+
+from grokscope.data import Data
+from grokscope.errors import ConfigError
+from grokscope.measures import Checkpoint, get
+from grokscope.measures.nfa import (
+    agop,
+    default_layers,
+    layer_agops,
+    matrix_power_psd,
+    nfa,
+    pearson,
+)
+
+D, H, C = 5, 12, 3
+
+
+class Quadratic(nn.Module):
+    def forward(self, z):
+        return z**2
+
+
+class TinyMLP(nn.Module):
+    """grokscope's MLP convention: ``layers`` (hidden..., readout) and an elementwise ``act``."""
+
+    def __init__(self, act, depth=1, bias=True, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        sizes = [D] + [H] * depth + [C]
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(sizes, sizes[1:]))
+        self.act = act
+        self.double()
+
+    def forward(self, x):
+        for lin in self.layers[:-1]:
+            x = self.act(lin(x))
+        return self.layers[-1](x)
+
+
+def _x(n=40, d=D, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _data(n=40, seed=0):
+    x = _x(n, seed=seed)
+    y = torch.zeros(n, dtype=torch.long)
+    return Data(x, y, _x(10, seed=seed + 1), y[:10])
+
+
+def _oracle(rest, h):
+    """AGOP by hand: mean over samples of J^T J with J = jacrev of ``rest`` at each ``h``."""
+    with torch.no_grad():  # torch.func still differentiates; no graph to the parameters
+        jac = vmap(jacrev(lambda v: rest(v[None])[0]))(h)  # (n, C, in)
+    g = torch.einsum("nci,ncj->ij", jac, jac) / h.shape[0]
+    jbar = jac.mean(0)
+    return g, g - jbar.T @ jbar
+
+
+def _close(a, b, rtol=1e-5):
+    scale = float(b.abs().max())
+    assert float((a - b).abs().max()) <= rtol * scale, float((a - b).abs().max()) / scale
+
+
+def test_one_layer_linear_agop_is_nfm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(D, C, bias=False)).double()
+    x = _x()
+    g = agop(model, x, "0")
+    w = model[0].weight.detach()
+    _close(g, w.T @ w, rtol=1e-12)
+    assert pearson(w.T @ w, g) == pytest.approx(1.0, abs=1e-12)
+    # the readout is left out by default: a one-Linear model has no default layer
+    with pytest.raises(ConfigError, match="readout"):
+        default_layers(model, x)
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(), Quadratic(), nn.SiLU()], ids=["relu", "quadratic", "silu"])
+def test_closed_form_matches_vmap_jacrev(act):
+    model = TinyMLP(act)
+    x = _x()
+    res = layer_agops(model, x, method="closed_form", chunk=7)["layers.0"]
+    assert res.method == "closed_form"
+    g, gc = _oracle(model, x)
+    _close(res.agop, g)
+    _close(res.agop_centred, gc)
+    gen = layer_agops(model, x, method="general", chunk=16)["layers.0"]
+    assert gen.method == "general"
+    _close(gen.agop, g)
+    _close(gen.agop_centred, gc)
+
+
+def test_sequential_closed_form_is_detected():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(D, H), nn.Tanh(), nn.Linear(H, C)).double()
+    res = layer_agops(model, _x())
+    assert list(res) == ["0"] and res["0"].method == "closed_form"
+    _close(res["0"].agop, _oracle(model, _x())[0])
+
+
+def test_general_path_two_hidden_layers():
+    model = TinyMLP(nn.SiLU(), depth=2)
+    x = _x()
+    res = layer_agops(model, x, chunk=16)
+    assert list(res) == ["layers.0", "layers.1"]
+    assert res["layers.0"].method == "general" and res["layers.1"].method == "closed_form"
+    with pytest.raises(ConfigError, match="closed form does not apply"):
+        layer_agops(model, x, method="closed_form")
+    _close(res["layers.0"].agop, _oracle(model, x)[0])
+    h1 = model.act(model.layers[0](x)).detach()
+
+    def rest(h):
+        return model.layers[2](model.act(model.layers[1](h)))
+
+    g1, gc1 = _oracle(rest, h1)
+    gen = layer_agops(model, x, method="general", layers=["layers.1"])["layers.1"]
+    for r in (res["layers.1"], gen):
+        _close(r.agop, g1)
+        _close(r.agop_centred, gc1)
+
+
+def test_centred_differs_when_mean_jacobian_nonzero():
+    model = TinyMLP(nn.ReLU(), seed=2)
+    x = _x().abs()  # positive inputs: a clearly non-zero mean Jacobian
+    r = layer_agops(model, x)["layers.0"]
+    g, gc = _oracle(model, x)
+    _close(r.agop_centred, gc)
+    assert float((r.agop - r.agop_centred).abs().max()) > 1e-3 * float(r.agop.abs().max())
+    nfm = r.weight.T @ r.weight
+    assert pearson(nfm, matrix_power_psd(r.agop, 0.5)) != pytest.approx(
+        pearson(nfm, matrix_power_psd(r.agop_centred, 0.5)), abs=1e-6
+    )
+
+
+def test_matrix_power_and_pearson():
+    a = torch.randn(6, 6, dtype=torch.float64)
+    g = a @ a.T
+    root = matrix_power_psd(g, 0.5)
+    _close(root @ root, g, rtol=1e-10)
+    neg = torch.diag(torch.tensor([4.0, -1.0], dtype=torch.float64))
+    _close(matrix_power_psd(neg, 0.5), torch.diag(torch.tensor([2.0, 0.0], dtype=torch.float64)))
+    assert pearson(g, 3 * g + 2) == pytest.approx(1.0, abs=1e-12)
+    assert np.isnan(pearson(torch.zeros(3, 3), g[:3, :3]))
+
+
+class TinyTransformer(nn.Module):
+    """Tokens -> embeddings + positions -> causal prefix mean -> per-position MLP -> last logits."""
+
+    def __init__(self, vocab=7, t=3, dm=6, dmlp=10, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab, dm)
+        self.pos = nn.Parameter(torch.randn(t, dm))
+        self.W_in = nn.Linear(dm, dmlp)
+        self.W_out = nn.Linear(dmlp, dm)
+        self.unembed = nn.Linear(dm, C, bias=False)
+        self.dm = dm
+        self.double()
+
+    def embed_inputs(self, tokens):
+        return self.embed(tokens).flatten(1)
+
+    def resid_mid(self, e):
+        r = e.view(e.shape[0], -1, self.dm) + self.pos
+        counts = torch.arange(1, r.shape[1] + 1, dtype=r.dtype)[:, None]
+        return r + r.cumsum(1) / counts
+
+    def forward_from_input(self, e):
+        r = self.resid_mid(e)
+        r = r + self.W_out(torch.tanh(self.W_in(r)))
+        return self.unembed(r[:, -1])
+
+    def forward(self, tokens):
+        return self.forward_from_input(self.embed_inputs(tokens))
+
+
+def test_general_path_transformer_w_in_last_position():
+    model = TinyTransformer()
+    toks = torch.randint(0, 7, (30, 3), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        r = model.resid_mid(model.embed_inputs(toks))[:, -1]  # W_in's input, last position
+    res = layer_agops(model, toks, layers=["W_in"], chunk=8)["W_in"]
+    assert res.method == "general"
+
+    def through_w_in(h, resid):  # the logits as a function of W_in's input only
+        return model.unembed(resid + model.W_out(torch.tanh(model.W_in(h))))
+
+    jac = vmap(jacrev(through_w_in))(r, r)  # (n, C, dm)
+    g = torch.einsum("nci,ncj->ij", jac, jac) / len(r)
+    _close(res.agop, g)
+    # earlier positions do not reach the last-position logits through the MLP
+    allpos = layer_agops(model, toks, layers=["W_in"], position="all")["W_in"]
+    _close(allpos.agop, g)
+    assert default_layers(model, toks) == ["W_in", "W_out"]
+
+
+def _ckpt(model, data, first=None, last=None):
+    refs = {"first": first if first is not None else model, "last": last if last is not None else model}
+    return Checkpoint(3, model, data, references=refs)
+
+
+def test_measure_outputs_and_cnfa_at_init():
+    model = TinyMLP(nn.ReLU(), depth=2)
+    data = _data()
+    ds = nfa(_ckpt(model, data))  # W = W0: C-NFA undefined, AGOP alignment with itself = 1
+    assert list(ds.layer.values) == ["layers.0", "layers.1"]
+    assert np.all(np.isnan(ds.cnfa.values))
+    np.testing.assert_allclose(ds.agop_alignment.values, 1.0, atol=1e-12)
+    for v in ("nfa_corr_sqrt", "nfa_corr", "nfa_corr_centred"):
+        assert np.all(np.abs(ds[v].values) <= 1)
+    assert int(ds.n_points) == 40 and ds.in_dim.values.tolist() == [D, H]
+    assert ds.attrs["method_per_layer"] == ["general", "closed_form"]
+    assert "step" not in ds.dims
+
+
+def test_measure_cnfa_and_alignment_against_direct_computation():
+    model = TinyMLP(nn.ReLU(), depth=1, seed=0)
+    first = TinyMLP(nn.ReLU(), depth=1, seed=1)
+    last = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in last.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    data = _data()
+    ck = _ckpt(model, data, first, last)
+    ds = nfa(ck, store_matrices=True)
+    x = data.x_train
+    g, _ = _oracle(model, x)
+    w = model.layers[0].weight.detach()
+    d = w - first.layers[0].weight.detach()
+    z = model.layers[0](x).detach()
+    w2 = model.layers[1].weight.detach()
+    m = (z > 0).double()
+    kmat = (w2.T @ w2) * (m.T @ m / len(x))
+    assert float(ds.cnfa[0]) == pytest.approx(pearson(d.T @ kmat @ d, d.T @ d), rel=1e-9)
+    g_last, _ = _oracle(last, x)
+    cos = float((g * g_last).sum() / (g.norm() * g_last.norm()))
+    assert float(ds.agop_alignment[0]) == pytest.approx(cos, rel=1e-9)
+    assert float(ds.nfa_corr[0]) == pytest.approx(pearson(w.T @ w, g), rel=1e-9)
+    np.testing.assert_allclose(ds.agop.values[0], g.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ds.nfm.values[0], (w.T @ w).numpy(), rtol=1e-12)
+    assert ds.agop.dims == ("layer", "in_i", "in_j")
+    # the final AGOP is cached for the next steps of the same run
+    assert len(ck.state) == 1
+    ds2 = nfa(ck)
+    assert float(ds2.agop_alignment[0]) == pytest.approx(cos, rel=1e-9)
+
+
+def test_general_path_cnfa_matches_closed_form():
+    model = TinyMLP(Quadratic(), seed=0)
+    first = TinyMLP(Quadratic(), seed=5)
+    data = _data()
+    a = nfa(_ckpt(model, data, first), method="closed_form")
+    b = nfa(_ckpt(model, data, first), method="general")
+    for v in ("nfa_corr_sqrt", "nfa_corr", "nfa_corr_centred", "cnfa", "agop_alignment"):
+        np.testing.assert_allclose(a[v].values, b[v].values, rtol=1e-8, atol=1e-10)
+
+
+def test_bad_parameters():
+    model = TinyMLP(nn.ReLU(), depth=2)
+    data = _data()
+    with pytest.raises(ConfigError, match="not nn.Linear"):
+        nfa(_ckpt(model, data), layers=["nope"])
+    with pytest.raises(ConfigError, match="method"):
+        nfa(_ckpt(model, data), method="fast")
+    with pytest.raises(ConfigError, match="position"):
+        nfa(_ckpt(model, data), position="first")
+    with pytest.raises(ConfigError, match="one input size"):
+        nfa(_ckpt(model, data), store_matrices=True)
+    with pytest.raises(ConfigError, match="same architecture"):
+        layer_agops(model, data.x_train, reference=TinyMLP(nn.ReLU(), depth=1))
+
+
+def test_registration():
+    spec = get("nfa")
+    assert spec.kind == "step" and spec.references == ("first", "last")
+    assert spec.defaults["split"] == "train" and spec.defaults["max_points"] is None
+    assert "readout" in spec.applies(nn.Sequential(nn.Linear(2, 2)), _data())
+
+
+def test_grokscope_models():
+    models = pytest.importorskip("grokscope.models")
+    torch.manual_seed(0)
+    x = _x()
+    for act in ("relu", "quadratic", "silu"):
+        mlp = models.build_model("mlp", in_dim=D, out_dim=C, width=H, activation=act).double()
+        res = layer_agops(mlp, x)
+        assert list(res) == ["layers.0"] and res["layers.0"].method == "closed_form"
+        _close(res["layers.0"].agop, _oracle(mlp, x)[0])
+    deep = models.build_model("mlp", in_dim=D, out_dim=C, width=H, depth=2).double()
+    res = layer_agops(deep, x)
+    assert [r.method for r in res.values()] == ["general", "closed_form"]
+    _close(res["layers.0"].agop, _oracle(deep, x)[0])
+
+    tf = models.build_model(
+        "transformer", vocab=6, n_ctx=3, out_dim=5, d_model=8, n_heads=2, d_mlp=16
+    ).double()
+    toks = torch.randint(0, 6, (20, 3), generator=torch.Generator().manual_seed(0))
+    names = default_layers(tf, toks)
+    assert "unembed" not in names and "blocks.0.mlp.W_in" in names
+    res = layer_agops(tf, toks, chunk=7)
+    w_in = tf.blocks[0].mlp
+    captured = {}
+    hook = w_in.W_in.register_forward_hook(lambda m, a, o: captured.update(h=a[0].detach()))
+    with torch.no_grad():
+        tf(toks)
+    hook.remove()
+    h_all = captured["h"]  # (n, T, d_model): W_in's input (no LayerNorm: the residual)
+
+    def through_w_in(h, hs):  # last-position logits as a function of W_in's last-position input
+        resid = hs[-1]
+        return tf.unembed(resid + w_in.W_out(w_in.act(w_in.W_in(h))))
+
+    jac = vmap(jacrev(through_w_in))(h_all[:, -1], h_all)
+    g = torch.einsum("nci,ncj->ij", jac, jac) / len(toks)
+    _close(res["blocks.0.mlp.W_in"].agop, g)
+    for r in res.values():
+        assert torch.isfinite(r.agop).all()
