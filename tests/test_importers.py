@@ -66,6 +66,14 @@ def assert_roundtrip(run, sds, steps):
             assert g.dtype == v.dtype and torch.equal(g, v), (step, k)
 
 
+def assert_source(source, sds, steps):
+    """A scanned source yields exactly the saved tensors at ``steps`` (no store written)."""
+    assert source.steps == list(steps)
+    for item, sd, step in zip(source, sds, steps):
+        assert item.step == step and set(item.state_dict) == set(sd)
+        assert all(torch.equal(item.state_dict[k], v) for k, v in sd.items())
+
+
 # ---------------------------------------------------------------------------- formats
 def test_per_epoch_folder_roundtrip_and_metrics(tmp_path, model, sds):
     write_per_epoch(tmp_path / "ck", sds, STEPS)
@@ -88,8 +96,7 @@ def test_per_epoch_folder_roundtrip_and_metrics(tmp_path, model, sds):
 def test_bare_state_dicts_step_from_name(tmp_path, model, sds, names):
     for sd, step, name in zip(sds, STEPS, names):
         write_per_epoch(tmp_path / "ck", [sd], [step], name=name, state_key=None)
-    run = _imp(tmp_path / "ck", tmp_path / "run.zarr", model, small_data())
-    assert_roundtrip(run, sds, STEPS)
+    assert_source(open_source(tmp_path / "ck"), sds, STEPS)
 
 
 def test_name_kinds():
@@ -106,8 +113,7 @@ def test_name_kinds():
 @pytest.mark.parametrize("state_key", ["state_dict", "model_state_dict", "net", "params"])
 def test_state_dict_key_variants(tmp_path, model, sds, state_key):
     write_per_epoch(tmp_path / "ck", sds, STEPS, state_key=state_key, step_in_file="step")
-    run = _imp(tmp_path / "ck", tmp_path / "run.zarr", model, small_data())
-    assert_roundtrip(run, sds, STEPS)
+    assert_source(open_source(tmp_path / "ck"), sds, STEPS)
 
 
 def test_step_key_and_state_key_options(tmp_path, model, sds):
@@ -128,7 +134,8 @@ def test_step_key_and_state_key_options(tmp_path, model, sds):
 
 
 def test_lightning_prefix_stripped(tmp_path, model, sds):
-    write_lightning(tmp_path / "lt", sds, STEPS)
+    paths = write_lightning(tmp_path / "lt", sds, STEPS)
+    (tmp_path / "lt" / "last.ckpt").write_bytes(paths[-1].read_bytes())  # Lightning's alias
     run = _imp(tmp_path / "lt", tmp_path / "run.zarr", model, small_data())
     assert_roundtrip(run, sds, STEPS)  # global_step wins over epoch and the file name
     np.testing.assert_array_equal(run.metrics["epoch"].values, [s // 10 for s in STEPS])
@@ -137,6 +144,7 @@ def test_lightning_prefix_stripped(tmp_path, model, sds):
     assert cfg["import"]["stripped_prefix"] == "model."
     assert cfg["import"]["ignored_keys"] == ["criterion.weight"]
     assert cfg["import"]["source_config"]["hyper_parameters"] == {"lr": 0.01, "width": 8}
+    assert cfg["import"]["skipped_aliases"] == ["last.ckpt (= epoch=3-step=30.ckpt)"]
 
 
 def test_prefix_added_when_model_wraps(tmp_path, sds):
@@ -459,27 +467,44 @@ def test_cli_import(tmp_path, capsys):
 
     bad = _parse(["import", str(ck), "-o", str(tmp_path / "r2.zarr"), "--model", "mlp",
                   "--model-kwargs", '{"width": 9}', "--no-progress"])
-    assert cmd_import(bad) == 1
+    assert cmd_import(bad) == 2
     assert "does not match" in capsys.readouterr().err
     code = _parse(["import", str(ck), "-o", str(tmp_path / "r3.zarr"), "--model",
                    "torch.nn:Linear", "--model-kwargs", '{"in_features": 4, "out_features": 3}'])
-    assert cmd_import(code) == 1
+    assert cmd_import(code) == 2
     assert "trust" in capsys.readouterr().err
 
 
-def test_cli_task_and_full_set(tmp_path, capsys):
+def test_cli_full_set_for_index_splits(tmp_path, capsys):
+    from grokscope.models import build_model
+
     p = 5
-    x_all, y_all, _ = modular_full_set(p, "+")
-    net = torch.nn.Sequential(torch.nn.Embedding(p + 1, 4), torch.nn.Flatten(),
-                              torch.nn.Linear(12, p))
+    net = build_model("mlp", in_dim=12, out_dim=p, vocab=p + 1, n_tokens=3, embed_dim=4, width=8)
     sds = trajectory(net, 2)
-    write_nanda_bundle(tmp_path / "run.pth", sds, [0, 1], n_epochs=2,
-                       indices=(torch.arange(10), torch.arange(10, 25)))
-    args = _parse(["import", str(tmp_path / "run.pth"), "-o", str(tmp_path / "a.zarr"),
-                   "--model", "transformer", "--full-set", '{"p": 5}', "--no-progress"])
-    # a registered transformer does not match this Sequential: a clean error, exit 1
-    assert cmd_import(args) == 1
-    assert "does not match" in capsys.readouterr().err
+    tr, te = torch.arange(10), torch.arange(10, 25)
+    write_nanda_bundle(tmp_path / "run.pth", sds, [0, 1], n_epochs=2, indices=(tr, te))
+    out = tmp_path / "a.zarr"
+    args = _parse(["import", str(tmp_path / "run.pth"), "-o", str(out), "--model", "mlp",
+                   "--model-kwargs", '{"embed_dim": 4, "width": 8}', "--full-set", '{"p": 5}',
+                   "--no-progress"])
+    assert cmd_import(args) == 0, capsys.readouterr().err
+    from grokscope.store.run import open_run
+
+    run = open_run(out)
+    assert_roundtrip(run, sds, [0, 1])
+    x_all, y_all, _ = modular_full_set(p, "+")
+    assert torch.equal(torch.as_tensor(np.asarray(run.data.x_test)), x_all[te])
+    assert run.data.task["name"] == "modular" and run.data.task["p"] == p
+    assert torch.equal(torch.as_tensor(np.asarray(run.data.extras["pairs_train"])), x_all[tr, :2])
+    bad = _parse(["import", str(tmp_path / "run.pth"), "-o", str(tmp_path / "b.zarr"),
+                  "--model", "mlp", "--full-set", "[5]"])
+    assert cmd_import(bad) == 2
+    assert "--full-set must be a JSON object" in capsys.readouterr().err
+    from grokscope.cli import main
+
+    assert main(["import", str(tmp_path / "run.pth"), "-o", str(tmp_path / "c.zarr"), "--model",
+                 "mlp", "--model-kwargs", '{"embed_dim": 4, "width": 8}', "--full-set",
+                 '{"p": 5}', "--no-progress"]) == 0
 
 
 def test_progress_bar_shown(tmp_path, model, sds, capsys):
@@ -515,3 +540,14 @@ def test_interrupted_import_resumes(tmp_path, model, sds, monkeypatch):
     with pytest.warns(UserWarning, match="up to 10"):
         run = _imp(tmp_path / "ck", tmp_path / "run.zarr", model, small_data())
     assert_roundtrip(run, sds, STEPS)
+
+
+def test_pickled_module_needs_trust(tmp_path, model, sds):
+    (tmp_path / "ck").mkdir()
+    for sd, step in zip(sds, STEPS):
+        net = small_model()
+        net.load_state_dict(sd)
+        torch.save({"model": net, "epoch": step}, tmp_path / "ck" / f"m{step}.pt")
+    with pytest.raises(UnsafeCheckpointError, match="Sequential"):
+        open_source(tmp_path / "ck")
+    assert_source(open_source(tmp_path / "ck", trust_pickle=True), sds, STEPS)

@@ -206,3 +206,18 @@ def test_applies_reasons():
     assert "modular" in spec.applies(model, other)
     with pytest.raises(MeasureNotApplicable):
         fourier(Checkpoint(step=0, model=model, data=other))
+
+
+def test_known_answer_with_library_mlp_and_task():
+    from grokscope.models import build_model
+    from grokscope.tasks import make_task
+
+    hand = fourier_sparse_mlp()
+    model = build_model("mlp", in_dim=2 * P, out_dim=P, width=18, activation="quadratic", bias=False)
+    model.load_state_dict(hand.state_dict())
+    data = make_task("modular", p=P, train_frac=0.3, seed=1, encoding="onehot")
+    ds = fourier(Checkpoint(step=0, model=model.eval(), data=data))
+    assert set(ds["freq"].values[ds["key_freqs"].values].tolist()) == set(KEYS)
+    assert float(ds["key_logit_share"]) == pytest.approx(1.0, abs=1e-6)
+    assert float(ds["excluded_loss"]) == pytest.approx(math.log(P), rel=1e-5)
+    assert float(ds["margin"]) > 0

@@ -179,3 +179,25 @@ def test_bad_order_parameter():
 def test_applies():
     assert get("mixture").applies(TwoLayer(torch.randn(4, D)), None) is None
     assert isinstance(get("mixture").applies(nn.ReLU(), None), str)
+
+
+def test_with_registered_mlp_on_tasks():
+    models = pytest.importorskip("grokscope.models")
+    tasks = pytest.importorskip("grokscope.tasks")
+    if not (hasattr(models, "build_model") and hasattr(tasks, "make_task")):
+        pytest.skip("models/tasks not written yet")
+    torch.manual_seed(0)
+    data = tasks.make_task("modular", p=13, encoding="onehot")
+    model = models.build_model("mlp", in_dim=26, out_dim=13, width=64)
+    ds, _ = _run_model(model, data)
+    assert ds.attrs["order_parameter_used"] == "fourier" and ds.attrs["module"] == "layers.0"
+    teacher = tasks.make_task("teacher", d=20, n_train=50, n_test=10)
+    model = models.build_model("mlp", in_dim=20, out_dim=1, width=64, activation="erf")
+    ds, _ = _run_model(model, teacher)
+    assert ds.attrs["order_parameter_used"] == "teacher"
+    assert 1 <= int(ds.k) <= 4
+
+
+def _run_model(model, data):
+    ckpt = Checkpoint(step=0, model=model.eval(), data=data)
+    return get("mixture").fn(ckpt), ckpt.state

@@ -186,7 +186,7 @@ def test_bfloat16_and_buffers(run_path):
     for k, v in model.state_dict().items():
         assert sd[k].dtype == v.dtype and torch.equal(sd[k], v), k
     with pytest.raises(gs.GrokscopeError, match="no data split"):
-        run.data
+        _ = run.data
 
 
 def test_results_mapping(run_path):
@@ -345,10 +345,10 @@ def test_corrupt_chunk_truncated(run_path):
     chunk = run_path / "fc1.weight" / "c" / "3" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:10])
     run = open_run(run_path)
-    with pytest.raises(CorruptStoreError, match="fc1.weight.*restore"):
+    with pytest.raises(CorruptStoreError, match="fc1.weight.*Restore"):
         run.state_dict_at(5)
     with pytest.raises(CorruptStoreError, match="fc1.weight"):
-        run.params["fc1.weight"].values
+        _ = run.params["fc1.weight"].values
     run.state_dict_at(10)  # other steps still read
     chunk.unlink()
     with pytest.raises(CorruptStoreError, match="missing"):

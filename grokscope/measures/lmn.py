@@ -64,19 +64,24 @@ def _entropy_bits(L: np.ndarray | torch.Tensor) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def _pair_r2(
-    y: torch.Tensor, t: torch.Tensor, eval_dtype: torch.dtype
-) -> torch.Tensor:
-    """Mean over outputs of r^2(t, y_k) per pair: ``y (P, T, K)`` -> ``(P,)`` float64."""
+def _pair_r2(y: torch.Tensor, t: torch.Tensor, eval_dtype: torch.dtype) -> torch.Tensor:
+    """Mean over outputs of r^2(t, y_k) per pair: ``y (P, T, K)`` -> ``(P,)`` float64.
+
+    One pass over ``y`` in float64: ``cov = sum_t (t - mean t) y_t`` (no centring of ``y``
+    needed), ``ss_y = sum y^2 - (sum y)^2 / T``. An output whose spread is below
+    ``_CONST_EPS`` machine epsilons (of ``eval_dtype``) of its RMS is constant: ``r^2 = 1``.
+    """
+    n_t = t.numel()
     y = y.to(torch.float64)
-    tc = t.to(torch.float64) - t.to(torch.float64).mean()
-    yc = y - y.mean(dim=1, keepdim=True)
-    cov = torch.einsum("ptk,t->pk", yc, tc)
-    ss_y = (yc * yc).sum(dim=1)
+    t64 = t.to(torch.float64)
+    tc = t64 - t64.mean()
+    cov = torch.einsum("ptk,t->pk", y, tc)
+    s1 = y.sum(dim=1)
+    s2 = (y * y).sum(dim=1)
+    ss_y = (s2 - s1 * s1 / n_t).clamp_min(0.0)
     r2 = cov * cov / (ss_y * (tc * tc).sum()).clamp_min(torch.finfo(torch.float64).tiny)
     eps = torch.finfo(eval_dtype).eps if eval_dtype.is_floating_point else 0.0
-    scale = y.abs().amax(dim=1)
-    constant = ss_y <= t.numel() * (_CONST_EPS * eps * scale) ** 2
+    constant = ss_y <= (_CONST_EPS * eps) ** 2 * s2
     r2 = torch.where(constant, torch.ones_like(r2), r2.clamp(0.0, 1.0))
     return r2.mean(dim=-1)
 
@@ -101,8 +106,7 @@ def _linearity(
     with torch.no_grad():
         for s in range(0, iu.numel(), chunk):
             i, j = iu[s : s + chunk], ju[s : s + chunk]
-            hi = h[i]
-            pts = hi[:, None, :] + t[None, :, None] * (h[j] - hi)[:, None, :]
+            pts = torch.lerp(h[i][:, None, :], h[j][:, None, :], t[None, :, None])
             out = fn(pts.reshape(-1, h.shape[1]), i.repeat_interleave(n_points))
             y = out.reshape(i.numel(), n_points, -1)
             vals[s : s + chunk] = _pair_r2(y, t, out.dtype)
@@ -152,13 +156,23 @@ def _has_hidden(model: nn.Module) -> bool:
     return callable(getattr(model, "hidden", None)) and callable(getattr(model, "from_hidden", None))
 
 
-def _default_module(model: nn.Module) -> str | None:
+def _has_input_split(model: nn.Module) -> bool:
+    return callable(getattr(model, "embed_inputs", None)) and callable(
+        getattr(model, "forward_from_input", None)
+    )
+
+
+def _default_module(model: nn.Module, layer: int = 0) -> str | None:
+    """Where to cut a model without ``hidden()``: block ``layer``'s ``mlp.W_in`` (the MLP
+    neurons' pre-activation: after their activation a one-block transformer is affine), else
+    (layer 0) the first nn.Linear."""
     names = dict(model.named_modules())
-    if "blocks.0.mlp.W_in" in names:
-        return "blocks.0.mlp.W_in"
-    for name, mod in names.items():
-        if isinstance(mod, nn.Linear):
-            return name
+    if f"blocks.{layer}.mlp.W_in" in names:
+        return f"blocks.{layer}.mlp.W_in"
+    if layer == 0:
+        for name, mod in names.items():
+            if isinstance(mod, nn.Linear):
+                return name
     return None
 
 
@@ -237,13 +251,19 @@ def lmn(
         only at equal ``N``; the number actually used (fewer when the split is smaller) is
         stored as ``n_samples``.
     layer : int
-        For models with ``hidden(x, layer)``/``from_hidden(h, layer)`` (the MLP): ``g`` maps the
-        post-activation of hidden layer ``layer`` to the logits [ours]. For a depth-1 MLP this
-        ``g`` is the affine read-out, so LMN = 1 by construction.
+        ``>= 0``: for models with ``hidden(x, layer)``/``from_hidden(h, layer)`` (the MLP),
+        ``g`` maps the post-activation of hidden layer ``layer`` to the logits [ours]; for the
+        last hidden layer that ``g`` is the affine read-out, so LMN = 1 by construction (a
+        depth-1 MLP: use ``layer=-1``). For models without ``hidden`` (the transformer) the cut
+        is at the output of ``blocks.{layer}.mlp.W_in`` (the MLP neurons' pre-activation: the
+        rest of a one-block transformer after the activation is affine) [ours], else
+        (layer 0) the first nn.Linear.
+        ``-1``: ``g`` is the whole network from its input after embedding
+        (``embed_inputs``/``forward_from_input``; the flattened float input otherwise).
     module : str, optional
-        Cut the network at this module instead (a forward hook replaces its output); the rest
-        of the model sees the other inputs of the segment's first sample [ours]. Default for
-        models without ``hidden``: ``blocks.0.mlp.W_in`` if present, else the first nn.Linear.
+        Cut the network at this module instead (a forward hook replaces its output; ``layer``
+        is then ignored); the rest of the model sees the other inputs (e.g. the residual
+        stream) of the segment's first sample [ours].
     split : {"train", "test"}
     seed : int
         Seed of the sample choice (deterministic).
@@ -268,7 +288,31 @@ def lmn(
         raise MeasureNotApplicable(f"lmn needs at least 2 samples; split {split!r} has {n_avail}")
     xs = x[idx.to(x.device)]
     model = ckpt.model
-    if module is None and _has_hidden(model):
+    affine = False
+    if module is None and layer == -1:
+        if _has_input_split(model):
+            with torch.no_grad():
+                h = model.embed_inputs(xs)
+
+            def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
+                return model.forward_from_input(pts).reshape(pts.shape[0], -1)
+
+            subnet = "network input (model.embed_inputs) -> logits (model.forward_from_input)"
+        else:
+            if not torch.is_floating_point(xs):
+                raise ConfigError(
+                    "lmn: layer=-1 needs float inputs or a model with embed_inputs()/"
+                    "forward_from_input(); pass layer>=0 or module='...'"
+                )
+            h = xs.flatten(1)
+
+            def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
+                return model(pts.view(pts.shape[0], *xs.shape[1:])).reshape(pts.shape[0], -1)
+
+            subnet = "network input (flattened) -> model output"
+    elif module is None and layer < 0:
+        raise ConfigError(f"lmn: layer must be -1 (the input) or a hidden layer >= 0, got {layer}")
+    elif module is None and _has_hidden(model):
         with torch.no_grad():
             h = model.hidden(xs, layer)
         h = h.reshape(h.shape[0], -1)
@@ -277,11 +321,14 @@ def lmn(
             return model.from_hidden(pts, layer).reshape(pts.shape[0], -1)
 
         subnet = f"hidden layer {layer} post-activation -> logits (model.hidden/from_hidden)"
+        layers = getattr(model, "layers", None)
+        affine = isinstance(layers, nn.ModuleList) and layer == len(layers) - 2
     else:
-        name = module if module is not None else _default_module(model)
+        name = module if module is not None else _default_module(model, layer)
         if name is None:
             raise MeasureNotApplicable(
-                "lmn: the model has no hidden()/from_hidden() and no nn.Linear; pass module=..."
+                f"lmn: the model has no hidden()/from_hidden() and no default cut for layer "
+                f"{layer}; pass module='...' or layer=-1"
             )
         h, fn = _hook_subnetwork(model, name, xs)
         subnet = f"output of module {name!r} -> model output (forward hook) [ours]"
@@ -299,5 +346,9 @@ def lmn(
             "method": "batched pairs; r^2 per output in float64; LMN = 2^S over |eigvals| of L",
             "constant_output": "an output constant along a segment counts as linear (r^2 = 1) [ours]",
             "lmn_entropy_units": "bits",
+            "note": "g is the affine read-out of the last hidden layer, so LMN = 1 by "
+            "construction; use layer=-1 (the input) or an earlier layer"
+            if affine
+            else "",
         },
     )

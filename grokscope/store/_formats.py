@@ -41,7 +41,6 @@ step are an error unless the extra ones are unnumbered aliases with identical we
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import warnings
@@ -248,9 +247,13 @@ def find_state_dict(obj: Any, state_key: str | None, label: str) -> tuple[dict, 
     CheckpointFormatError
         No state dict found; the message lists the top-level keys.
     """
+    if isinstance(obj, torch.nn.Module):  # a pickled module (only with trust_pickle)
+        return _strip_extra(obj.state_dict()), None
     if state_key is not None:
         try:
             sd = _get_path(obj, state_key)
+            if isinstance(sd, torch.nn.Module):
+                sd = sd.state_dict()
         except KeyError:
             raise CheckpointFormatError(
                 f"{label}: no key {state_key!r} (state_key); top-level keys: {_keys_of(obj)}"
@@ -267,6 +270,9 @@ def find_state_dict(obj: Any, state_key: str | None, label: str) -> tuple[dict, 
         for key in STATE_KEYS:
             if key in obj and is_state_dict(obj[key]):
                 return _strip_extra(obj[key]), key
+        for key in STATE_KEYS:
+            if isinstance(obj.get(key), torch.nn.Module):
+                return _strip_extra(obj[key].state_dict()), key
     raise CheckpointFormatError(
         f"{label}: found no state dict (a dict of tensors) under any of {list(STATE_KEYS)}; "
         f"top-level keys: {_keys_of(obj)}. Name the key holding the weights with state_key= "
@@ -587,8 +593,7 @@ def _scan_files(
         found = step_from_meta(meta, step_key, label)
         if found is not None:
             step, key = found
-            entry = _Entry(path, label, name_k if name_k != "numeric" else "numeric", step,
-                           f"key:{key}", {})
+            entry = _Entry(path, label, name_k, step, f"key:{key}", {})
             used = {key}
         elif step_key is not None and name_k in ("numeric", "unknown"):
             raise CheckpointFormatError(
@@ -656,8 +661,7 @@ def _resolve_steps(entries: list[_Entry], kind: _FileKind, notes: dict) -> list[
     for step in sorted(by_step):
         group = by_step[step]
         if len(group) > 1:
-            named = [e for e in group if e.kind == "numeric" or e.step_from.startswith("key")
-                     and e.kind == "numeric"]
+            named = [e for e in group if e.kind == "numeric"]
             keep = named[0] if named else group[0]
             aliases = [e for e in group if e is not keep and e.kind != "numeric"]
             clash = [e for e in group if e is not keep and e not in aliases]
@@ -842,7 +846,3 @@ def _bundle_source(path: Path, obj: Any, *, step_key: str | None, state_key: str
     return Source("bundle", path, [e[3]["file"] for e in entries], [e[0] for e in entries],
                   split, label if split else None, notes, 1, load)
 
-
-def dumps_notes(notes: dict) -> str:
-    """The notes as compact JSON (for messages)."""
-    return json.dumps(jsonable(notes), sort_keys=True)

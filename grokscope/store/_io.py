@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -155,13 +156,17 @@ def get_bytes(store: Store, key: str, byte_range: tuple[int, int] | None = None)
     return None if buf is None else buf.to_bytes()
 
 
-def delete_key(store: Store, key: str) -> None:
-    sync(store.delete(key))
-
-
-def delete_prefix(store: Store, prefix: str) -> None:
-    """Delete every key under ``prefix/``."""
-    sync(store.delete_dir(prefix))
+def delete_entry(store: Store, name: str) -> None:
+    """Delete ``name`` whether it is one key or a prefix (a folder on disk)."""
+    if isinstance(store, LocalStore):
+        path = store.root / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=False)
+        else:
+            path.unlink(missing_ok=True)
+        return
+    sync(store.delete_dir(name))
+    sync(store.delete(name))
 
 
 def list_dir(store: Store, prefix: str) -> list[str]:

@@ -516,7 +516,7 @@ def _json_arg(text: str | None, flag: str) -> dict:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Run ``grokscope import``; print a summary. Returns the exit status."""
+    """Run ``grokscope import``; print a summary. Returns 0, or 2 after printing an error."""
     try:
         data = None
         if args.task:
@@ -541,7 +541,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         )
     except GrokscopeError as exc:
         print(f"grokscope import: error: {exc}", file=sys.stderr)
-        return 1
+        return 2  # as grokscope.cli.main does for every GrokscopeError
     steps = run.steps
     print(f"imported {len(steps)} checkpoints (steps {int(steps[0])}..{int(steps[-1])}, "
           f"format {run.config.get('format')}) into {args.out}")

@@ -284,17 +284,11 @@ class Recorder:
                     "(grokscope will not delete it, even with overwrite=True)"
                 )
         if root is not None and overwrite:
-            from zarr.core.sync import sync
-
-            sync(store.clear())
-            return None
+            return None  # _create replaces the root document first, then deletes the rest
         if root is not None:
             schema.check_version(root["attributes"], self._where)
             if root["attributes"][schema.META_KEY]["commit"]["count"] == 0:
-                from zarr.core.sync import sync
-
-                sync(store.clear())  # nothing committed: start afresh
-                return None
+                return None  # nothing committed: start afresh
         return root
 
     def _new_array(self, name: str, shape: tuple, chunks: tuple, dtype: np.dtype, dims: tuple,
@@ -340,9 +334,12 @@ class Recorder:
             "compression": self.compression,
             "commit": {"count": 0, "last_step": None, "resume": None},
         }
-        # the root document first (count 0), so a crash during set-up leaves a store that a
-        # new Recorder recognises and restarts
-        self._write_root(self._meta)
+        # the root document first (count 0, no arrays yet), so a crash during set-up leaves a
+        # store that a new Recorder recognises and restarts, and readers see an empty run
+        self._write_root({**self._meta, "params": {}, "initialized": False})
+        for name in _io.list_dir(self._store, ""):
+            if name != "zarr.json":
+                _io.delete_entry(self._store, name)
         self._capacity = schema.INITIAL_CAPACITY
         for key, info in params.items():
             shape = tuple(info["shape"])
@@ -359,6 +356,7 @@ class Recorder:
         self._last_step: int | None = None
         self._resume: dict | None = None
         self._collect_static_nodes()
+        self._write_root(self._meta)
 
     def _add_scalar(self, name: str, dtype: np.dtype) -> _Scalar:
         arr = self._new_array(name, (self._capacity,), (schema.SCALAR_CHUNK,), dtype,
@@ -456,7 +454,7 @@ class Recorder:
         for name in _io.list_dir(self._store, schema.RESUME_GROUP):
             full = f"{schema.RESUME_GROUP}/{name}"
             if name != "zarr.json" and full != keep:
-                _io.delete_prefix(self._store, full)
+                _io.delete_entry(self._store, full)
 
     def _collect_static_nodes(self) -> None:
         """Metadata of the data group and its arrays, for consolidated commits."""
@@ -675,7 +673,7 @@ class Recorder:
         self._resume = resume
         if old is not None and resume is not None and old["key"] != resume["key"]:
             try:
-                _io.delete_prefix(store, old["key"])
+                _io.delete_entry(store, old["key"])
             except OSError:
                 pass  # an orphan the next writer deletes (_drop_orphan_resume)
 

@@ -271,11 +271,13 @@ class Run:
             self._readers[key] = _ArrayReader(store, self._where, key, arr, count,
                                               info.get("source_dtype"))
         self._scalar_readers: dict[str, _ArrayReader] = {}
-        for name in (schema.STEP, schema.NONFINITE, *metrics):
+        initialized = meta.get("initialized", True) is not False  # False: being created
+        for name in (schema.STEP, schema.NONFINITE, *metrics) if initialized else ():
             arr = _io.open_zarr_array(store, name, what="scalar array")
             self._check_rows(arr, name, count)
             self._scalar_readers[name] = _ArrayReader(store, self._where, name, arr, count)
-        self.steps = self._scalar_readers[schema.STEP][:]
+        self.steps = (self._scalar_readers[schema.STEP][:] if initialized
+                      else np.empty(0, dtype=np.int64))
         if count and np.any(np.diff(self.steps) <= 0):
             raise _corrupt(self._where, schema.STEP, "steps are not strictly increasing")
         self._index = {int(s): i for i, s in enumerate(self.steps)}
@@ -367,7 +369,7 @@ class Run:
         i = self.index_of(step)
         out = {}
         for k, r in self._readers.items():
-            t = torch.from_numpy(r.rows([i])[0])
+            t = torch.from_numpy(np.asarray(r.rows([i])[0]))
             if r.source_dtype == "torch.bfloat16":
                 t = t.to(torch.bfloat16)
             out[k] = t
