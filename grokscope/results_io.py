@@ -71,10 +71,14 @@ def write_result(path: str, name: str, ds: xr.Dataset, *, storage_options: dict 
     """Write ``ds`` as the complete result ``name`` of the store at ``path`` (replacing it)."""
     ds = ds.copy()
     ds.attrs = {**ds.attrs, COMPLETE_ATTR: False}
-    for var in ds.variables.values():
+    for vname, var in list(ds.variables.items()):
         var.encoding = {}
-        if var.dtype.kind in "OU":  # variable-length strings: store as fixed-width unicode
-            var.values = np.asarray(var.values, dtype=str)
+        if var.dtype.kind == "O":  # variable-length strings: store as fixed-width unicode
+            fixed = np.asarray(var.values, dtype=str)
+            if vname in ds.indexes:  # an index coordinate cannot be assigned in place
+                ds = ds.assign_coords({vname: (var.dims, fixed, var.attrs)})
+            else:
+                var.values = fixed
     ds.to_zarr(
         path, group=_group(name), mode="w", consolidated=False, zarr_format=3,
         storage_options=storage_options,

@@ -282,6 +282,7 @@ def train(
     stop_when: dict | None = None,
     compression: str | None = None,
     storage_options: dict | None = None,
+    num_threads: int | None = None,
 ) -> Any:
     """Train a model on a task, recording the trajectory into the store ``out``.
 
@@ -347,6 +348,10 @@ def train(
         Store compression (see :class:`~grokscope.store.recorder.Recorder`).
     storage_options : dict, optional
         fsspec options for URL stores.
+    num_threads : int, optional
+        CPU threads for torch while training (restored afterwards); ``None`` leaves torch's
+        setting. Small models train fastest with 1 thread on a busy machine: intra-op threads
+        that wait for a core spin, and were measured 10x slower there.
 
     Returns
     -------
@@ -360,6 +365,25 @@ def train(
     TrainError
         ``out`` holds a run that cannot be continued (no resume state at its last step).
     """
+    num_threads = _check_int("num_threads", num_threads, 1, allow_none=True)
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _train(**{k: v for k, v in locals().items() if k not in ("previous",
+                                                                         "num_threads")})
+    finally:
+        if num_threads is not None:
+            torch.set_num_threads(previous)
+
+
+def _train(*, task: Any, model: Any, out: Any, task_kwargs: Any, model_kwargs: Any, steps: Any,
+           lr: Any, weight_decay: Any, optimizer: Any, betas: Any, momentum: Any,
+           batch_size: Any, warmup: Any, loss: Any, dtype: Any, jacobian_reg: Any,
+           norm_project: Any, schedule: Any, seed: Any, device: Any, progress: bool,
+           eval_every: Any, overwrite: bool, stop_when: Any, compression: Any,
+           storage_options: Any) -> Any:
+    """The body of :func:`train` (arguments as there)."""
     from .store.recorder import Recorder
     from .store.run import open_run
     from .store.schedule import Schedule

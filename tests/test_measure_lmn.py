@@ -214,3 +214,32 @@ def test_layer_minus_one_without_input_split():
     assert float(ds.lmn) == pytest.approx(lmn_from_matrix(linearity_matrix(net, x)), rel=1e-9)
     with pytest.raises(ConfigError):
         get("lmn").fn(_ckpt(net, _data()), n_samples=10, layer=-2)
+
+
+def test_push_through_first_linear_matches_plain_path():
+    torch.manual_seed(10)
+    model, data = TinyMLP(depth=3, act=nn.SiLU()), _data()
+    ds = get("lmn").fn(_ckpt(model, data), n_samples=25)
+    assert "mapped through layers.1" in ds.attrs["subnetwork"]
+    x = data.x_train[ds.sample_index.values]
+    with torch.no_grad():
+        plain = linearity_matrix(lambda z: model.from_hidden(z, 0), model.hidden(x, 0))
+    assert float(ds.lmn) == pytest.approx(lmn_from_matrix(plain), rel=1e-4)
+
+
+class OddMLP(TinyMLP):
+    """from_hidden does not follow layers/act: the push-through must not be used."""
+
+    def from_hidden(self, h: torch.Tensor, layer: int = 0) -> torch.Tensor:
+        return super().from_hidden(torch.tanh(h), layer)
+
+
+def test_push_through_falls_back_when_structure_differs():
+    torch.manual_seed(11)
+    model, data = OddMLP(depth=2), _data()
+    ds = get("lmn").fn(_ckpt(model, data), n_samples=15)
+    assert "mapped through" not in ds.attrs["subnetwork"]
+    x = data.x_train[ds.sample_index.values]
+    with torch.no_grad():
+        plain = linearity_matrix(lambda z: model.from_hidden(z, 0), model.hidden(x, 0))
+    assert float(ds.lmn) == pytest.approx(lmn_from_matrix(plain), rel=1e-9)

@@ -343,3 +343,53 @@ def test_class_loop_fallback_gives_the_same_agop(monkeypatch):
     for k in expect:
         _close(got[k].agop, expect[k].agop, rtol=1e-12)
         _close(got[k].agop_centred, expect[k].agop_centred, rtol=1e-12)
+
+
+class SharedLayer(nn.Module):
+    """``out(act(L(act(L(act(first(x)))))))``: ``L`` is called twice (shared weights)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first = nn.Linear(D, H)
+        self.L = nn.Linear(H, H)
+        self.out = nn.Linear(H, C)
+        self.double()
+
+    def forward(self, x):
+        h = torch.tanh(self.first(x))
+        return self.out(torch.tanh(self.L(torch.tanh(self.L(h)))))
+
+
+def test_shared_module_is_left_out_by_default_and_refused_explicitly():
+    from grokscope.measures._jacobian import JacobianError
+
+    model = SharedLayer()
+    x = _x()
+    assert default_layers(model, x) == ["first"]
+    _close(layer_agops(model, x)["first"].agop, _oracle(model, x)[0])
+    with pytest.raises(JacobianError, match="called 2 times"):
+        layer_agops(model, x, layers=["L"])
+
+
+def test_uneven_sample_and_class_chunks(monkeypatch):
+    from grokscope.measures import _jacobian
+
+    model = TinyMLP(nn.SiLU(), depth=2)
+    x = _x(23)
+    expect = _oracle(model, x)
+    # a tiny gradient budget: the class blocks differ between the full and the last sample chunk
+    monkeypatch.setitem(_jacobian.preactivation_jacobians.__kwdefaults__, "max_elements", 100)
+    blocks = list(
+        _jacobian.preactivation_jacobians(model, x, {"layers.0": model.layers[0]}, chunk=10)
+    )
+    assert len({(b[1].start, b[1].stop) for b in blocks}) > 2
+    full = torch.zeros(C, len(x), H, dtype=torch.float64)
+    for samples, classes, grads, _inputs in blocks:
+        full[classes, samples] = grads["layers.0"].detach()
+    jac = torch.einsum("cnh,hi->nci", full, model.layers[0].weight.detach())
+    g = torch.einsum("nci,ncj->ij", jac, jac) / len(x)
+    _close(g, expect[0])
+    r = layer_agops(model, x, method="general", chunk=10)["layers.0"]
+    _close(r.agop, expect[0])
+    _close(r.agop_centred, expect[1])

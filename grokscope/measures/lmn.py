@@ -14,6 +14,7 @@ of ``g``); the correlations are accumulated in float64.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -75,8 +76,8 @@ def _pair_r2(y: torch.Tensor, t: torch.Tensor, eval_dtype: torch.dtype) -> torch
     y = y.to(torch.float64)
     t64 = t.to(torch.float64)
     tc = t64 - t64.mean()
-    cov = torch.einsum("ptk,t->pk", y, tc)
-    s1 = y.sum(dim=1)
+    moments = torch.matmul(y.transpose(1, 2), torch.stack([tc, torch.ones_like(tc)], dim=1))
+    cov, s1 = moments[..., 0], moments[..., 1]
     s2 = (y * y).sum(dim=1)
     ss_y = (s2 - s1 * s1 / n_t).clamp_min(0.0)
     r2 = cov * cov / (ss_y * (tc * tc).sum()).clamp_min(torch.finfo(torch.float64).tiny)
@@ -106,7 +107,8 @@ def _linearity(
     with torch.no_grad():
         for s in range(0, iu.numel(), chunk):
             i, j = iu[s : s + chunk], ju[s : s + chunk]
-            pts = torch.lerp(h[i][:, None, :], h[j][:, None, :], t[None, :, None])
+            hi = h[i]
+            pts = torch.addcmul(hi[:, None, :], t[None, :, None], (h[j] - hi)[:, None, :])
             out = fn(pts.reshape(-1, h.shape[1]), i.repeat_interleave(n_points))
             y = out.reshape(i.numel(), n_points, -1)
             vals[s : s + chunk] = _pair_r2(y, t, out.dtype)
@@ -229,6 +231,132 @@ def _hook_subnetwork(
     return h, fn
 
 
+@dataclass
+class SubNetwork:
+    """A cut of a model for LMN.
+
+    Attributes
+    ----------
+    h : tensor, shape ``(N, d)``
+        The samples at the cut (what gets interpolated).
+    fn : callable
+        ``fn(points (m, d), anchor (m,)) -> (m, K)``: the rest of the network; ``anchor`` is
+        the index (into the samples) of each segment's first sample.
+    description : str
+    affine : bool
+        True when ``g`` is affine by construction (LMN = 1).
+    """
+
+    h: torch.Tensor
+    fn: PairFn
+    description: str
+    affine: bool = False
+
+    def linearity(self, n_points: int = 21, chunk: int = 2048) -> np.ndarray:
+        """The linearity matrix ``(N, N)`` of this cut (all pairs batched, ``chunk`` at a time)."""
+        return _linearity(self.fn, self.h, n_points, chunk)
+
+
+def _push_through_linear(model: nn.Module, layer: int, h: torch.Tensor) -> SubNetwork | None:
+    """Move the cut past the first Linear of ``from_hidden`` when that is exact [ours].
+
+    Interpolation commutes with an affine map, so segments between ``h_i, h_j`` map to
+    segments between ``W h_i + b, W h_j + b``: ``g`` then starts at the pre-activation of
+    layer ``layer + 1``, saving its matmul for every interpolated point. Used only for models
+    with ``layers`` (nn.Linear list) and ``act`` whose ``from_hidden`` is checked to agree.
+    """
+    layers, act = getattr(model, "layers", None), getattr(model, "act", None)
+    if not isinstance(layers, nn.ModuleList) or not isinstance(act, nn.Module):
+        return None
+    if not 0 <= layer < len(layers) - 1 or not isinstance(layers[layer + 1], nn.Linear):
+        return None
+    nxt = layer + 1
+    readout = nxt == len(layers) - 1
+
+    def fn(z: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
+        if readout:
+            return z
+        return model.from_hidden(act(z), nxt).reshape(z.shape[0], -1)
+
+    with torch.no_grad():
+        z = layers[nxt](h)
+        probe = h[: min(4, h.shape[0])]
+        want = model.from_hidden(probe, layer).reshape(probe.shape[0], -1)
+        got = fn(layers[nxt](probe), torch.zeros(probe.shape[0], dtype=torch.long, device=h.device))
+    tol = 1e-9 if h.dtype == torch.float64 else 1e-3
+    atol = tol * float(want.abs().max().clamp_min(1.0)) if want.numel() else tol
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=atol):
+        return None
+    return SubNetwork(
+        z.reshape(z.shape[0], -1),
+        fn,
+        f"hidden layer {layer} post-activation -> logits (model.hidden/from_hidden; segments "
+        f"mapped through layers.{nxt} first, exact for an affine map)",
+        affine=readout,
+    )
+
+
+def subnetwork(
+    model: nn.Module, xs: torch.Tensor, *, layer: int = 0, module: str | None = None
+) -> SubNetwork:
+    """The samples at the cut and the rest of the network (see :func:`lmn` for the rules).
+
+    Parameters
+    ----------
+    model : nn.Module
+    xs : tensor, shape ``(N, *input_shape)``
+        The chosen samples' inputs.
+    layer, module
+        As in :func:`lmn`.
+    """
+    affine = False
+    if module is None and layer == -1:
+        if _has_input_split(model):
+            with torch.no_grad():
+                h = model.embed_inputs(xs)
+
+            def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
+                return model.forward_from_input(pts).reshape(pts.shape[0], -1)
+
+            subnet = "network input (model.embed_inputs) -> logits (model.forward_from_input)"
+        else:
+            if not torch.is_floating_point(xs):
+                raise ConfigError(
+                    "lmn: layer=-1 needs float inputs or a model with embed_inputs()/"
+                    "forward_from_input(); pass layer>=0 or module='...'"
+                )
+            h = xs.flatten(1)
+
+            def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
+                return model(pts.view(pts.shape[0], *xs.shape[1:])).reshape(pts.shape[0], -1)
+
+            subnet = "network input (flattened) -> model output"
+    elif module is None and layer < 0:
+        raise ConfigError(f"lmn: layer must be -1 (the input) or a hidden layer >= 0, got {layer}")
+    elif module is None and _has_hidden(model):
+        with torch.no_grad():
+            h = model.hidden(xs, layer)
+        h = h.reshape(h.shape[0], -1)
+        pushed = _push_through_linear(model, layer, h)
+        if pushed is not None:
+            return pushed
+
+        def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
+            return model.from_hidden(pts, layer).reshape(pts.shape[0], -1)
+
+        subnet = f"hidden layer {layer} post-activation -> logits (model.hidden/from_hidden)"
+    else:
+        name = module if module is not None else _default_module(model, layer)
+        if name is None:
+            raise MeasureNotApplicable(
+                f"lmn: the model has no hidden()/from_hidden() and no default cut for layer "
+                f"{layer}; pass module='...' or layer=-1"
+            )
+        h, fn = _hook_subnetwork(model, name, xs)
+        subnet = f"output of module {name!r} -> model output (forward hook) [ours]"
+    return SubNetwork(h, fn, subnet, affine)
+
+
 @register("lmn", kind="step", applies=_applies)
 def lmn(
     ckpt: Checkpoint,
@@ -287,52 +415,8 @@ def lmn(
     if idx.numel() < 2:
         raise MeasureNotApplicable(f"lmn needs at least 2 samples; split {split!r} has {n_avail}")
     xs = x[idx.to(x.device)]
-    model = ckpt.model
-    affine = False
-    if module is None and layer == -1:
-        if _has_input_split(model):
-            with torch.no_grad():
-                h = model.embed_inputs(xs)
-
-            def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
-                return model.forward_from_input(pts).reshape(pts.shape[0], -1)
-
-            subnet = "network input (model.embed_inputs) -> logits (model.forward_from_input)"
-        else:
-            if not torch.is_floating_point(xs):
-                raise ConfigError(
-                    "lmn: layer=-1 needs float inputs or a model with embed_inputs()/"
-                    "forward_from_input(); pass layer>=0 or module='...'"
-                )
-            h = xs.flatten(1)
-
-            def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
-                return model(pts.view(pts.shape[0], *xs.shape[1:])).reshape(pts.shape[0], -1)
-
-            subnet = "network input (flattened) -> model output"
-    elif module is None and layer < 0:
-        raise ConfigError(f"lmn: layer must be -1 (the input) or a hidden layer >= 0, got {layer}")
-    elif module is None and _has_hidden(model):
-        with torch.no_grad():
-            h = model.hidden(xs, layer)
-        h = h.reshape(h.shape[0], -1)
-
-        def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
-            return model.from_hidden(pts, layer).reshape(pts.shape[0], -1)
-
-        subnet = f"hidden layer {layer} post-activation -> logits (model.hidden/from_hidden)"
-        layers = getattr(model, "layers", None)
-        affine = isinstance(layers, nn.ModuleList) and layer == len(layers) - 2
-    else:
-        name = module if module is not None else _default_module(model, layer)
-        if name is None:
-            raise MeasureNotApplicable(
-                f"lmn: the model has no hidden()/from_hidden() and no default cut for layer "
-                f"{layer}; pass module='...' or layer=-1"
-            )
-        h, fn = _hook_subnetwork(model, name, xs)
-        subnet = f"output of module {name!r} -> model output (forward hook) [ours]"
-    L = _linearity(fn, h, n_points, chunk)
+    sub = subnetwork(ckpt.model, xs, layer=layer, module=module)
+    L = sub.linearity(n_points, chunk)
     s_bits = _entropy_bits(L)
     return xr.Dataset(
         {
@@ -342,13 +426,13 @@ def lmn(
             "sample_index": (("sample",), idx.cpu().numpy().astype(np.int64)),
         },
         attrs={
-            "subnetwork": subnet,
+            "subnetwork": sub.description,
             "method": "batched pairs; r^2 per output in float64; LMN = 2^S over |eigvals| of L",
             "constant_output": "an output constant along a segment counts as linear (r^2 = 1) [ours]",
             "lmn_entropy_units": "bits",
             "note": "g is the affine read-out of the last hidden layer, so LMN = 1 by "
             "construction; use layer=-1 (the input) or an earlier layer"
-            if affine
+            if sub.affine
             else "",
         },
     )

@@ -125,7 +125,10 @@ def matrix_power_psd(g: torch.Tensor, s: float) -> torch.Tensor:
 
 # ------------------------------------------------------------------------ layer selection
 def _linear_call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Names of the nn.Linear modules in the order they are called on ``x[:2]``."""
+    """Names of the nn.Linear modules in the order they are first called on ``x[:2]``.
+
+    A module called more than once per forward pass appears with a ``"*"`` suffix.
+    """
     order: list[str] = []
     named = {m: k for k, m in model.named_modules() if isinstance(m, nn.Linear)}
     handles = [
@@ -142,26 +145,35 @@ def _linear_call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     for k in order:
         if k not in seen:
             seen.append(k)
-    return seen
+    return [k if order.count(k) == 1 else k + "*" for k in seen]
 
 
 def default_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     """Every nn.Linear the forward pass calls, except the readout (the last one called).
+
+    Modules called more than once per forward pass (shared weights) are left out too: their
+    AGOP has no single input ``h``.
 
     Parameters
     ----------
     model : nn.Module
     x : tensor, shape ``(n, *input_shape)``
         Inputs (two are run through the model to find the call order).
+
+    Returns
+    -------
+    list of str
+        Module names in call order.
     """
     order = _linear_call_order(model, x)
-    if len(order) < 2:
+    chosen = [k for k in order[:-1] if not k.endswith("*")]
+    if not chosen:
         raise ConfigError(
-            f"the model calls {len(order)} nn.Linear module(s); the default leaves out the "
-            "readout (the last one called), so no layer remains: pass layers=[...] explicitly "
-            f"(linear modules: {order})"
+            f"the model calls {len(order)} nn.Linear module(s) ({order}; '*' = called more than "
+            "once); the default leaves out the readout (the last one called) and shared modules, "
+            "so no layer remains: pass layers=[...] explicitly"
         )
-    return order[:-1]
+    return chosen
 
 
 def _resolve_layers(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str] | None) -> list[str]:
@@ -310,7 +322,7 @@ def _general(
         cost_proj = sum(out_dim * in_dim + in_dim * in_dim for _ in projs)
         plan[k] = [("I", None)] if out_dim * out_dim <= cost_proj else projs
     gram: dict[tuple[str, str], torch.Tensor] = {}
-    mean: dict[tuple[str, str], dict[int, torch.Tensor]] = {}  # first class -> (c, T, k) sums
+    mean: dict[tuple[str, str], dict[int, torch.Tensor]] = {}  # class -> (T, k) sums
     for _samples, classes, grads, _inputs in preactivation_jacobians(model, x, modules, chunk=chunk):
         for k, g in grads.items():  # g: (c, n, *z.shape[1:])
             if g.ndim == 3:
@@ -327,15 +339,15 @@ def _general(
                 gram[key] = part if key not in gram else gram[key] + part
                 s = gp.sum(1).double()  # (c, T, k): sum over the samples of this block
                 per_class = mean.setdefault(key, {})
-                prev = per_class.get(classes.start)
-                per_class[classes.start] = s if prev is None else prev + s
+                for i, c in enumerate(range(classes.start, classes.stop)):
+                    per_class[c] = s[i] if c not in per_class else per_class[c] + s[i]
     n = x.shape[0]
     result = {}
     for k, w in weights.items():
         w64 = w.double()
         tag = plan[k][0][0]
         second = gram[(k, tag)] / n
-        jbar = torch.cat([mean[(k, tag)][c] for c in sorted(mean[(k, tag)])], dim=0) / n
+        jbar = torch.stack([mean[(k, tag)][c] for c in sorted(mean[(k, tag)])]) / n
         jbar = jbar.reshape(-1, jbar.shape[-1])  # (C*T, k): sum over classes and positions
         centred = second - jbar.T @ jbar
         if tag == "I":
@@ -376,7 +388,8 @@ def layer_agops(
     position : {"last", "all"}
         For layers with a position axis: the last position, or the sum over positions.
     reference : nn.Module, optional
-        The model at initialisation; when given, ``(W-W0)^T K (W-W0)`` is also computed.
+        The model at initialisation; when given and ``W != W0``, ``(W-W0)^T K (W-W0)`` is
+        also computed (``cnfa_matrix``; None where ``W = W0``).
 
     Returns
     -------
@@ -402,7 +415,8 @@ def layer_agops(
                 f"the reference model has no weight {k!r} of shape {tuple(weights[k].shape)}: "
                 "it must be the same architecture"
             )
-        deltas[k] = weights[k] - w0.detach().to(weights[k])
+        delta = weights[k] - w0.detach().to(weights[k])
+        deltas[k] = delta if bool(delta.any()) else None  # W = W0: C-NFA undefined
     closed = {k: method != "general" and _closed_form_ok(model, x, k) for k in names}
     if method == "closed_form" and not all(closed.values()):
         bad = [k for k, ok in closed.items() if not ok]

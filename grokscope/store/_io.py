@@ -156,6 +156,26 @@ def get_bytes(store: Store, key: str, byte_range: tuple[int, int] | None = None)
     return None if buf is None else buf.to_bytes()
 
 
+def read_into(store: Store, key: str, out: memoryview) -> int | None:
+    """Read ``key`` into the writable buffer ``out``; the byte count (``None`` when missing).
+
+    A byte count different from ``len(out)`` means a truncated or oversized chunk.
+    """
+    if isinstance(store, LocalStore):
+        try:
+            with open(store.root / key, "rb", buffering=0) as f:
+                n = f.readinto(out)
+                return n + len(f.read(1)) if n == len(out) else n
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+    raw = get_bytes(store, key)
+    if raw is None:
+        return None
+    if len(raw) == len(out):
+        out[:] = raw
+    return len(raw)
+
+
 def delete_entry(store: Store, name: str) -> None:
     """Delete ``name`` whether it is one key or a prefix (a folder on disk)."""
     if isinstance(store, LocalStore):

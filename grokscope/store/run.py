@@ -85,11 +85,15 @@ class _ArrayReader:
         if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
             raise IndexError(f"row out of range for {self.name!r} with {self.shape[0]} rows")
         if self.raw and self._per_row:
-            out = np.empty((idx.size, *self.inner), dtype=self.dtype)
+            out = np.empty((idx.size, *self.inner), dtype=self._le)
             flat = out.reshape(idx.size, -1)
             for j, i in enumerate(idx):
-                flat[j] = np.frombuffer(self._raw_chunk(int(i)), dtype=self._le)
-            return out
+                n = _io.read_into(self.store, self._key(int(i)), memoryview(flat[j]).cast("B"))
+                if n != self._nbytes_chunk:
+                    detail = (f"chunk {int(i)} of a committed row is missing" if n is None else
+                              f"chunk {int(i)} holds {n} bytes, expected {self._nbytes_chunk}")
+                    raise _corrupt(self.where, self.name, detail)
+            return out.astype(self.dtype, copy=False)
         try:
             return np.asarray(self.array.get_orthogonal_selection((idx,)))
         except _READ_ERRORS as exc:
