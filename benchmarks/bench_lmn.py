@@ -66,7 +66,7 @@ def _run(quick: bool) -> list[Row]:
     total_pairs = n * (n - 1) // 2
 
     def ours_fn() -> np.ndarray:
-        return subnetwork(model, x, layer=0).linearity(21, 2048)  # what the lmn measure runs
+        return subnetwork(model, x, layer=0).linearity(21, 1024)  # what the lmn measure runs
 
     ours = median_time(lambda: lmn_from_matrix(ours_fn()), repeat=3, warmup=1)
 
@@ -84,7 +84,7 @@ def _run(quick: bool) -> list[Row]:
     return [
         Row(
             benchmark=f"lmn N={n} ({total_pairs} pairs x 21 pts), MLP 64-100-100-31 SiLU, 1 thread",
-            ours_label="batched pairs (chunk 2048), segments mapped through layers.1",
+            ours_label="batched pairs (chunk 1024), segments mapped through layers.1",
             ours_s=ours,
             naive_label=f"per-pair loop, {len(pairs)} pairs timed, extrapolated",
             naive_s=loop_s,

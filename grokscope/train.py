@@ -517,7 +517,8 @@ def _train(*, task: Any, model: Any, out: Any, task_kwargs: Any, model_kwargs: A
             target_norm = extra.get("target_norm")
             met_at = extra.get("met_at")
         elif norm_project is not None:
-            target_norm = float(norm_project * _param_norm(params))
+            with torch.no_grad():
+                target_norm = norm_project * float(_param_norm(params))
             _project(params, target_norm)
 
         def lr_at(t: int) -> float:

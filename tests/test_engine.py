@@ -29,7 +29,7 @@ def counting_measure():
         """Test measure: the first weight's mean times ``scale``."""
         CALLS.append(ckpt.step)
         w = next(iter(ckpt.model.parameters()))
-        return xr.Dataset({"value": ((), float(w.mean()) * scale)})
+        return xr.Dataset({"value": ((), float(w.detach().mean()) * scale)})
 
     CALLS.clear()
     yield "_count"

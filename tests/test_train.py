@@ -106,7 +106,7 @@ def test_warmup_ramps_the_learning_rate(tmp_path):
     run = train("modular", "mlp", tmp_path / "w", steps=20, warmup=10, **FAST)
     lr = run.metrics["lr"].to_series()
     assert lr[0] == pytest.approx(1e-2 / 10)
-    assert lr[5] == pytest.approx(1e-2 * 6 / 10)
+    assert lr[6] == pytest.approx(1e-2 * 7 / 10)
     assert lr[10] == pytest.approx(1e-2) and lr[20] == pytest.approx(1e-2)
 
 
@@ -192,7 +192,7 @@ def test_model_and_task_forms(tmp_path):
 )
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        train("modular", "mlp", tmp_path / "bad", steps=2, **{**FAST, **kwargs})
+        train("modular", "mlp", tmp_path / "bad", **{**FAST, "steps": 2, **kwargs})
 
 
 def test_cross_entropy_on_regression_is_refused(tmp_path):

@@ -124,7 +124,7 @@ def linearity_matrix(
     h: torch.Tensor,
     n_points: int = 21,
     *,
-    chunk: int = 2048,
+    chunk: int = 1024,
 ) -> np.ndarray:
     """The linearity matrix ``L`` of ``g`` over the samples ``h``.
 
@@ -252,7 +252,7 @@ class SubNetwork:
     description: str
     affine: bool = False
 
-    def linearity(self, n_points: int = 21, chunk: int = 2048) -> np.ndarray:
+    def linearity(self, n_points: int = 21, chunk: int = 1024) -> np.ndarray:
         """The linearity matrix ``(N, N)`` of this cut (all pairs batched, ``chunk`` at a time)."""
         return _linearity(self.fn, self.h, n_points, chunk)
 
@@ -367,7 +367,7 @@ def lmn(
     split: str = "train",
     seed: int = 0,
     n_points: int = 21,
-    chunk: int = 2048,
+    chunk: int = 1024,
 ) -> xr.Dataset:
     """Linear mapping number of the sub-network after a hidden layer (Liu et al. 2023).
 
