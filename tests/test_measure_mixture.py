@@ -132,8 +132,8 @@ def test_fourier_order_parameter():
     W1 = 0.01 * torch.randn(40, 2 * p, generator=g, dtype=torch.float64)
     W1[:10] = torch.cat([wave, torch.roll(wave, 2)])
     phi = fourier_order_parameter(W1, p)
-    assert phi[:10] == pytest.approx(1 - 1 / 5)
-    assert (phi[10:] < 0.6).all() and (phi[10:] >= 0).all()
+    assert phi[:10] == pytest.approx(math.log(5))
+    assert (phi[10:] < 0.8 * math.log(5)).all() and (phi[10:] >= 0).all()
     kind, phi2 = compute_order_parameter(
         W1.float(), {"name": "modular", "p": p, "encoding": "onehot"}, {}
     )
@@ -149,6 +149,14 @@ def test_fourier_auto_on_modular_data():
     ds, _ = _run(W1, data)
     assert ds.attrs["order_parameter_used"] == "fourier"
     assert "[ours]" in ds.attrs["order_parameter_definition"]
+
+
+def test_fourier_random_init_is_one_gaussian():
+    p = 97
+    torch.manual_seed(0)
+    W1 = nn.Linear(2 * p, 512).weight.detach()
+    fits = fit_mixtures(fourier_order_parameter(W1, p))
+    assert min(fits.values(), key=lambda f: f.bic).k == 1
 
 
 def test_pca_fallback_vector_valued():
@@ -201,3 +209,20 @@ def test_with_registered_mlp_on_tasks():
 def _run_model(model, data):
     ckpt = Checkpoint(step=0, model=model.eval(), data=data)
     return get("mixture").fn(ckpt), ckpt.state
+
+
+def test_fourier_droplets_found():
+    p = 31
+    g = torch.Generator().manual_seed(1)
+    x = torch.arange(p, dtype=torch.float32)
+    W1 = torch.randn(300, 2 * p, generator=g)
+    for r in range(90):  # 30% of the neurons specialise on one frequency each
+        k = 1 + r % 15
+        wave = torch.cos(2 * math.pi * k * x / p + r)
+        W1[r] = torch.cat([wave, wave]) + 0.05 * torch.randn(2 * p, generator=g)
+    kind, phi = compute_order_parameter(W1, {"name": "modular", "p": p, "encoding": "onehot"}, {})
+    fits = fit_mixtures(phi)
+    best = min(fits.values(), key=lambda f: f.bic)
+    assert best.k >= 2
+    zero = int(np.argmin(np.abs(best.means[:, 0])))
+    assert 1 - best.weights[zero] == pytest.approx(0.3, abs=0.05)

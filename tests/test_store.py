@@ -12,7 +12,6 @@ import pytest
 import torch
 import xarray as xr
 import zarr
-from _store_helpers import TinyNet, check_run_exact, fill_step, tiny_data
 
 import grokscope as gs
 from grokscope.errors import (
@@ -27,6 +26,7 @@ from grokscope.errors import (
 )
 from grokscope.store import Recorder, Schedule, StepNotFoundError, open_run
 from grokscope.store import _io as store_io
+from tests._store_helpers import TinyNet, check_run_exact, fill_step, tiny_data
 
 STEPS = [0, 1, 2, 5, 10, 30, 100]
 
@@ -71,7 +71,7 @@ def test_roundtrip_exact(run_path):
     assert run.data.task == data.task
     assert run.config["seed"] == 3 and run.config["optimizer"] == {"lr": 1e-3}
     assert run.config["task"] == data.task
-    assert run.config["model"]["factory"] == "_store_helpers:TinyNet"
+    assert run.config["model"]["factory"] == "tests._store_helpers:TinyNet"
     info = run.info()
     assert info["steps"] == {"count": len(STEPS), "first": 0, "last": 100}
     assert info["tensors"]["fc1.weight"] == [8, 4]

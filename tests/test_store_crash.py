@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
-from _store_helpers import TinyNet, check_run_exact, child_main, fill_step, tiny_data
 
 from grokscope.store import Recorder, open_run
+from tests._store_helpers import TinyNet, check_run_exact, child_main, fill_step, tiny_data
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 

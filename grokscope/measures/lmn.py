@@ -25,7 +25,7 @@ from ..errors import ConfigError, MeasureNotApplicable
 from .registry import Checkpoint, register
 
 #: An output is "constant along the segment" when its spread is below this many machine
-#: epsilons (of the dtype ``g`` computed in) times its magnitude [ours].
+#: epsilons (of the dtype ``g`` computed in) times its RMS along the segment [ours].
 _CONST_EPS = 64.0
 
 PairFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -11,9 +11,12 @@ Order parameters (``order_parameter="auto"`` picks the first that applies):
     ``phi_i = <W1[i], w*>`` when the data carries ``extras["w_star"]`` of size ``in``.
 ``"fourier"`` [ours]
     Modular tasks with two-hot inputs (``in = 2p``): per neuron the power
-    ``|FFT(W1[i,:p])_k|^2 + |FFT(W1[i,p:])_k|^2`` at ``k = 1..(p-1)/2``; ``phi_i`` is the
-    fraction of that power at the neuron's dominant frequency minus ``1/n_freq``, so a neuron
-    with power spread evenly sits at 0 and a single-frequency neuron at ``1 - 1/n_freq``.
+    ``|FFT(W1[i,:p])_k|^2 + |FFT(W1[i,p:])_k|^2`` at ``k = 1..(p-1)/2``; ``phi_i`` is the log
+    of the share of that power at the neuron's dominant frequency relative to the uniform
+    share, ``log(n_freq * max_k P_k / sum_k P_k)``: 0 for a neuron with power spread evenly,
+    ``log(n_freq)`` for a single-frequency neuron. The log makes the random-init distribution
+    (a right-skewed maximum) close enough to one Gaussian that BIC picks k = 1 there (the raw
+    share gives a spurious k = 2 at init for p = 59, 97, 113).
 ``"pca"`` [ours]
     Otherwise: each neuron's weight vector projected on the top ``n_components`` right
     singular vectors of the *uncentred* ``W1`` (the origin is kept, so "near 0" still means
@@ -103,7 +106,7 @@ def _fourier_p(task: dict[str, Any] | None, n_in: int) -> int | None:
 
 
 def fourier_order_parameter(W1: torch.Tensor, p: int) -> np.ndarray:
-    """Dominant-frequency power fraction minus ``1/n_freq`` per neuron [ours].
+    """``log(n_freq * dominant-frequency share of Fourier power)`` per neuron [ours].
 
     Parameters
     ----------
@@ -122,7 +125,7 @@ def fourier_order_parameter(W1: torch.Tensor, p: int) -> np.ndarray:
     )
     total = power.sum(dim=1)
     frac = power.max(dim=1).values / total.clamp_min(torch.finfo(torch.float64).tiny)
-    phi = torch.where(total > 0, frac - 1.0 / n_freq, torch.zeros_like(frac))
+    phi = torch.where(total > 0, torch.log(n_freq * frac), torch.zeros_like(frac))
     return phi.numpy()
 
 
@@ -349,8 +352,9 @@ def mixture(
         means, variances = means[:, 0], variances[:, 0]
     descriptions = {
         "teacher": "phi_i = <W1[i], w*> (teacher overlap)",
-        "fourier": "dominant-frequency share of |FFT(W1[i,:p])_k|^2 + |FFT(W1[i,p:])_k|^2, "
-        "k=1..(p-1)/2, minus 1/n_freq [ours]",
+        "fourier": "log(n_freq * dominant-frequency share of |FFT(W1[i,:p])_k|^2 + "
+        "|FFT(W1[i,p:])_k|^2 over k=1..(p-1)/2): 0 = power spread evenly, log(n_freq) = one "
+        "frequency [ours]",
         "pca": f"projection of W1[i] on the top {n_components} right singular vectors of "
         "uncentred W1 [ours]",
     }

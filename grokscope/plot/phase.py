@@ -56,7 +56,8 @@ def _transform(scale: str, values: np.ndarray) -> tuple[Any, Any]:
 
         def fwd(v: np.ndarray) -> np.ndarray:
             v = np.asarray(v, dtype=np.float64)
-            return np.where(np.abs(v) <= t, v / t, np.sign(v) * (1 + np.log10(np.abs(v) / t)))
+            a = np.maximum(np.abs(v), t)
+            return np.where(np.abs(v) <= t, v / t, np.sign(v) * (1 + np.log10(a / t)))
 
         def inv(u: np.ndarray) -> np.ndarray:
             u = np.asarray(u, dtype=np.float64)
@@ -133,7 +134,7 @@ def _task_title(ds: xr.Dataset) -> str:
 def _caption(ds: xr.Dataset) -> str:
     parts = []
     if "threshold" in ds.attrs:
-        parts.append(f"accuracy threshold {ds.attrs['threshold']:g}")
+        parts.append(f"threshold {ds.attrs['threshold']:g}")
     if "comprehension_gap" in ds.attrs:
         parts.append(f"grokking gap >= {ds.attrs['comprehension_gap']:g} steps")
     if "step_budget" in ds.attrs:
@@ -169,8 +170,8 @@ def plot_phase_diagram(
         Write in each cell the seed agreement ``k/n`` (labels, when several seeds) or the
         value (numeric variables).
     title : str, optional
-        Replaces the first title line (the task); the caption line (thresholds, step
-        budget, seeds) is always drawn.
+        Replaces the default title (the task and its fixed parameters); the caption below
+        the x label (thresholds, step budget, seeds) is always drawn.
     cmap : str
         Colour map of numeric variables.
 
@@ -229,9 +230,12 @@ def plot_phase_diagram(
     _set_axis(ax, "y", ys, sy, ey, y)
     if annotate:
         _annotate(ax, ds, da, cx, cy, categorical, sx, sy)
-    head = title if title is not None else _task_title(ds)
+    ax.set_title(title if title is not None else _task_title(ds))
     caption = _caption(ds)
-    ax.set_title(f"{head}\n{caption}" if caption else head, fontsize="medium")
+    if caption:  # below the x label, inside the axes' layout box
+        ax.annotate(caption, xy=(0.5, 0.0), xycoords=ax.xaxis.label, xytext=(0, -4),
+                    textcoords="offset points", ha="center", va="top", fontsize="small",
+                    color="0.3")
     return ax
 
 
