@@ -230,7 +230,8 @@ def analyze(
 
 
 def _read(run: Any, name: str) -> xr.Dataset | None:
-    return results_io.read_result(str(run.path), name, storage_options=getattr(run, "storage_options", None))
+    ds = run.results.get(name)
+    return None if ds is None else ds.load()
 
 
 def _write(run: Any, name: str, ds: xr.Dataset) -> None:

@@ -24,6 +24,7 @@ from grokscope.errors import (
     StoreWriteError,
     UntrustedCodeError,
 )
+from grokscope.results_io import write_result
 from grokscope.store import Recorder, Schedule, StepNotFoundError, open_run
 from grokscope.store import _io as store_io
 from tests._store_helpers import TinyNet, check_run_exact, fill_step, tiny_data
@@ -194,6 +195,8 @@ def test_results_mapping(run_path):
     ds = xr.Dataset({"norm": (("step",), np.arange(3.0))}, coords={"step": [0, 1, 2]},
                     attrs={"p": 1})
     ds.to_zarr(run_path, group="results/norms", mode="w", zarr_format=3, consolidated=False)
+    assert list(open_run(run_path).results) == []  # written without the completion marker
+    write_result(str(run_path), "norms", ds)
     run = open_run(run_path)
     assert list(run.results) == ["norms"]
     got = run.results["norms"]

@@ -214,8 +214,8 @@ def plot_phase_diagram(
         codes = np.vectorize(names.index, otypes=[np.int64])(values)
         cmap_obj = ListedColormap(colors)
         norm = BoundaryNorm(np.arange(len(names) + 1) - 0.5, len(names))
-        ax.pcolormesh(ex, ey, codes.T, cmap=cmap_obj, norm=norm, edgecolors="white",
-                      linewidth=1.0)
+        mesh = ax.pcolormesh(ex, ey, codes.T, cmap=cmap_obj, norm=norm, edgecolors="white",
+                             linewidth=1.0)
         present = [n for n in names if n in set(values.ravel().tolist())]
         handles = [Patch(facecolor=colors[names.index(n)], edgecolor="none", label=n)
                    for n in present]
@@ -229,7 +229,7 @@ def plot_phase_diagram(
     _set_axis(ax, "x", xs, sx, ex, x)
     _set_axis(ax, "y", ys, sy, ey, y)
     if annotate:
-        _annotate(ax, ds, da, cx, cy, categorical, sx, sy)
+        _annotate(ax, ds, da, mesh, cx, cy, categorical, sx, sy)
     ax.set_title(title if title is not None else _task_title(ds))
     caption = _caption(ds)
     if caption:  # below the x label, inside the axes' layout box
@@ -239,9 +239,16 @@ def plot_phase_diagram(
     return ax
 
 
-def _annotate(ax: Axes, ds: xr.Dataset, da: xr.DataArray, cx: np.ndarray, cy: np.ndarray,
-              categorical: bool, sx: str, sy: str) -> None:
+def _ink(rgba: Any) -> str:
+    """Black or white, whichever reads better on ``rgba``."""
+    r, g, b = rgba[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
+
+
+def _annotate(ax: Axes, ds: xr.Dataset, da: xr.DataArray, mesh: Any, cx: np.ndarray,
+              cy: np.ndarray, categorical: bool, sx: str, sy: str) -> None:
     x, y = ds.attrs["x"], ds.attrs["y"]
+    colours = mesh.to_rgba(np.asarray(mesh.get_array())).reshape(cy.size, cx.size, 4)
     px = np.arange(cx.size) if sx == "category" else cx
     py = np.arange(cy.size) if sy == "category" else cy
     if categorical:
@@ -256,11 +263,11 @@ def _annotate(ax: Axes, ds: xr.Dataset, da: xr.DataArray, cx: np.ndarray, cy: np
                 if n[i, j] > 0:
                     k = int(round(agree[i, j] * n[i, j]))
                     ax.text(px[i], py[j], f"{k}/{int(n[i, j])}", ha="center", va="center",
-                            fontsize="small", color="white")
+                            fontsize="small", color=_ink(colours[j, i]))
         return
     v = da.values.astype(np.float64)
     for i in range(px.size):
         for j in range(py.size):
             if np.isfinite(v[i, j]):
                 ax.text(px[i], py[j], f"{v[i, j]:.3g}", ha="center", va="center",
-                        fontsize="small", color="white")
+                        fontsize="small", color=_ink(colours[j, i]))

@@ -198,27 +198,39 @@ def load_resume(store: Any, resume: dict | None) -> dict | None:
 
 
 class _Results(Mapping):
-    """``name -> xr.Dataset`` over the ``results/<name>`` groups of a store."""
+    """``name -> xr.Dataset`` over the complete ``results/<name>`` groups of a store.
+
+    A group whose ``grokscope_complete`` attribute is not true (an analysis killed while
+    writing it) is not listed: the engine recomputes it.
+    """
 
     def __init__(self, store: Any) -> None:
         self._store = store
 
+    def _complete(self, name: str) -> bool:
+        from ..results_io import COMPLETE_ATTR
+
+        doc = _io.read_json(self._store, f"{schema.RESULTS_GROUP}/{name}/zarr.json",
+                            what=f"result {name!r}")
+        return bool(doc and doc.get("attributes", {}).get(COMPLETE_ATTR, False))
+
     def _names(self) -> list[str]:
         if not _io.exists(self._store, f"{schema.RESULTS_GROUP}/zarr.json"):
             return []
-        return sorted(
-            n for n in _io.list_dir(self._store, schema.RESULTS_GROUP)
-            if _io.exists(self._store, f"{schema.RESULTS_GROUP}/{n}/zarr.json")
-        )
+        return sorted(n for n in _io.list_dir(self._store, schema.RESULTS_GROUP) if self._complete(n))
 
     def __getitem__(self, name: str) -> xr.Dataset:
-        if name not in self._names():
+        from ..results_io import COMPLETE_ATTR
+
+        if not self._complete(name):
             raise KeyError(
                 f"no result {name!r} in this run (have {self._names()}); compute it with "
                 "grokscope.analyze"
             )
-        return xr.open_zarr(self._store, group=f"{schema.RESULTS_GROUP}/{name}",
-                            consolidated=False, zarr_format=3)
+        ds = xr.open_zarr(self._store, group=f"{schema.RESULTS_GROUP}/{name}",
+                          consolidated=False, zarr_format=3)
+        ds.attrs.pop(COMPLETE_ATTR, None)
+        return ds
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names())
@@ -245,6 +257,7 @@ class Run:
 
     def __init__(self, path: Any, store: Any, *, trust_code: bool = False) -> None:
         self.path = path
+        self.storage_options: dict | None = None
         self.trust_code = trust_code
         self._store = store
         self._where = _io.store_label(store)
@@ -495,4 +508,6 @@ def open_run(path_or_url: str | os.PathLike | Run, *, trust_code: bool = False,
     store = _io.open_store(path_or_url, read_only=True, storage_options=storage_options)
     if local is not None and not local.expanduser().exists():
         _io.check_root(store)  # raises NotAStoreError naming the path
-    return Run(path_or_url, store, trust_code=trust_code)
+    run = Run(path_or_url, store, trust_code=trust_code)
+    run.storage_options = storage_options
+    return run
