@@ -22,7 +22,8 @@ One store per (grid cell, seed) under ``out/``; its directory name is for humans
 phase diagram reads every hyperparameter from the store's config). A store already trained to
 the requested ``steps`` is skipped (after checking that its config holds the requested
 values); a partial one is continued by the trainer. ``out/sweep.json`` records the grid, the
-seeds, the fixed arguments and the run paths. Runs go serially in-process, on a local Dask
+seeds, the fixed arguments and the run paths; it accumulates over calls into the same
+folder (a grid extended later keeps its earlier runs listed). Runs go serially in-process, on a local Dask
 cluster (``workers=N``) or on an existing one (``scheduler="tcp://..."``), see
 :mod:`grokscope.distributed`.
 
@@ -158,6 +159,7 @@ class RunPlan:
     """One run of a sweep: where it goes and the full arguments of :func:`grokscope.train`."""
 
     path: str
+    name: str
     cell: dict[str, Any]
     seed: int
     kwargs: dict[str, Any]
@@ -295,7 +297,7 @@ def plan_sweep(
             names[name] = (cell, seed)
             path = _join(out, name)
             kw["out"] = path
-            plans.append(RunPlan(path=path, cell=cell, seed=seed, kwargs=kw))
+            plans.append(RunPlan(path=path, name=name, cell=cell, seed=seed, kwargs=kw))
     return plans
 
 
@@ -381,6 +383,20 @@ def train_one(**kwargs: Any) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0}
 
 
+def _merge_manifest(old: dict | None, new: dict) -> dict:
+    """``new`` plus the runs, grid values and seeds of an earlier call into the same folder."""
+    if not old:
+        return new
+    runs = {r["path"]: r for r in old.get("runs", []) if isinstance(r, dict) and "path" in r}
+    runs.update({r["path"]: r for r in new["runs"]})
+    grid = {k: list(v) for k, v in (old.get("grid") or {}).items()}
+    for key, values in new["grid"].items():
+        known = grid.setdefault(key, [])
+        known.extend(v for v in values if v not in known)
+    seeds = sorted(set(old.get("seeds") or []) | set(new["seeds"]))
+    return {**new, "grid": grid, "seeds": seeds, "runs": list(runs.values())}
+
+
 def _write_manifest(out: str, doc: dict, storage_options: dict | None) -> None:
     text = json.dumps(doc, indent=2, sort_keys=False)
     if "://" in out:
@@ -459,14 +475,11 @@ def sweep(
         "seeds": _seed_list(seeds),
         "fixed": _jsonable({k: v for k, v in fixed.items() if k != "storage_options"},
                            "fixed arguments"),
-        "runs": [
-            {"path": os.path.relpath(p.path, out_s) if "://" not in out_s else p.path,
-             "cell": p.cell, "seed": p.seed}
-            for p in plans
-        ],
+        "runs": [{"path": p.name, "cell": p.cell, "seed": p.seed} for p in plans],
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     status = {p.path: run_status(p, storage_options) for p in plans}
+    manifest = _merge_manifest(_read_manifest(out_s, storage_options), manifest)
     _write_manifest(out_s, manifest, storage_options)
     todo = [p for p in plans if status[p.path] != "done"]
     if progress:
@@ -523,7 +536,21 @@ def config_value(config: Mapping[str, Any], name: str) -> Any:
     return found
 
 
-def _collect_runs(runs: Any) -> tuple[list[Any], dict | None]:
+def _read_manifest(folder: str, storage_options: dict | None) -> dict | None:
+    """The ``sweep.json`` of a sweep folder (local or URL), or None when there is none."""
+    if "://" not in folder:
+        path = Path(folder) / MANIFEST
+        return json.loads(path.read_text()) if path.is_file() else None
+    import fsspec
+
+    try:
+        with fsspec.open(_join(folder, MANIFEST), "r", **(storage_options or {})) as fh:
+            return json.loads(fh.read())
+    except FileNotFoundError:
+        return None
+
+
+def _collect_runs(runs: Any, storage_options: dict | None = None) -> tuple[list[Any], dict | None]:
     """Run objects or paths, plus the sweep manifest when ``runs`` is a sweep folder."""
     from .store.run import Run
 
@@ -531,9 +558,10 @@ def _collect_runs(runs: Any) -> tuple[list[Any], dict | None]:
         return [runs], None
     if isinstance(runs, str | os.PathLike):
         text = os.fspath(runs)
-        if "://" not in text and (Path(text) / MANIFEST).is_file():
-            manifest = json.loads((Path(text) / MANIFEST).read_text())
-            paths = [str(Path(text) / r["path"]) for r in manifest.get("runs", [])]
+        manifest = _read_manifest(text, storage_options)
+        if manifest is not None:
+            paths = [r["path"] if "://" in r["path"] else _join(text, r["path"])
+                     for r in manifest.get("runs", [])]
             return paths, manifest
         if "://" not in text and Path(text).is_dir() and not (Path(text) / "zarr.json").exists():
             children = sorted(c for c in Path(text).iterdir() if (c / "zarr.json").is_file())
@@ -644,7 +672,7 @@ def phase_diagram(
     if "seed" in (x, y):
         raise ConfigError("phase_diagram: 'seed' is the third dim of the diagram; pick x and y "
                           "among the other hyperparameters")
-    items, manifest = _collect_runs(runs)
+    items, manifest = _collect_runs(runs, storage_options)
     records = []
     first_cfg: dict | None = None
     budget = -1

@@ -510,12 +510,20 @@ def _train(*, task: Any, model: Any, out: Any, task_kwargs: Any, model_kwargs: A
             opt.load_state_dict(state["optimizer"])
             extra = state["extra"] or {}
             batch_gen.set_state(extra["batch_gen"])
-            reg_gen.set_state(extra["reg_gen"])
+            if extra.get("reg_gen_device") == dev.type:
+                reg_gen.set_state(extra["reg_gen"])
+            elif jacobian_reg > 0:
+                warnings.warn(
+                    f"train: continuing a run recorded on {extra.get('reg_gen_device')} on "
+                    f"{dev.type}; the regulariser's random projections are reseeded, so the "
+                    "continuation is not bit-identical to an uninterrupted run",
+                    UserWarning, stacklevel=3)
             perm = extra.get("perm")
             perm = perm.to(dev) if perm is not None else None
             pos = int(extra.get("pos", n_train))
             target_norm = extra.get("target_norm")
-            met_at = extra.get("met_at")
+            if extra.get("stop_rule") == stop_rule:  # a new rule starts afresh
+                met_at = extra.get("met_at")
         elif norm_project is not None:
             with torch.no_grad():
                 target_norm = norm_project * float(_param_norm(params))
@@ -534,8 +542,12 @@ def _train(*, task: Any, model: Any, out: Any, task_kwargs: Any, model_kwargs: A
                 from .regularizers import jacobian_norm_penalty
 
                 g = torch.Generator(device=dev).manual_seed(seed + 2)
-                vals.append(jacobian_norm_penalty(net, dd.x_train, n_proj=1,
-                                                  generator=g).detach())
+                total = torch.zeros((), dtype=torch.float64, device=dev)
+                for i in range(0, n_train, EVAL_CHUNK):
+                    xc = dd.x_train[i:i + EVAL_CHUNK]
+                    total += jacobian_norm_penalty(net, xc, n_proj=1,
+                                                   generator=g).detach().double() * len(xc)
+                vals.append(total / n_train)
             net.train()
             nums = torch.stack([v.double().to(dev) for v in vals]).tolist()  # one host sync
             names = ["train_loss", "test_loss"] + (
@@ -549,10 +561,12 @@ def _train(*, task: Any, model: Any, out: Any, task_kwargs: Any, model_kwargs: A
             return {
                 "batch_gen": batch_gen.get_state(),
                 "reg_gen": reg_gen.get_state(),
+                "reg_gen_device": dev.type,
                 "perm": None if perm is None else perm.cpu(),
                 "pos": pos,
                 "target_norm": target_norm,
                 "met_at": met_at,
+                "stop_rule": stop_rule,
             }
 
         from tqdm.auto import tqdm
@@ -568,6 +582,8 @@ def _train(*, task: Any, model: Any, out: Any, task_kwargs: Any, model_kwargs: A
             t = start
             while True:
                 stop_now = met_at is not None and t >= met_at + stop_rule["patience"]
+                if stop_now and t < steps:
+                    bar.total = t  # stopped early: the bar ends full
                 last = t >= steps or stop_now
                 record = (rec.last_step is None or t > rec.last_step) and (rec.due(t) or last)
                 if record or (eval_every is not None and t % eval_every == 0 and t > start):

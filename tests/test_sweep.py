@@ -315,7 +315,9 @@ def test_sweep_trains_resumes_and_skips(tmp_path, monkeypatch):
     assert runs[0].config["task"]["p"] == 7
 
     # a second call trains nothing
-    import grokscope.sweep as sweep_mod
+    import sys
+
+    sweep_mod = sys.modules["grokscope.sweep"]  # the module, whatever gs.sweep is bound to
 
     def boom(**kwargs):
         raise AssertionError(f"trained again: {kwargs['out']}")
@@ -388,3 +390,34 @@ def test_cli_phase_diagram_writes_figures_and_data(fake_sweep, tmp_path, capsys)
     back = xr.open_dataset(tmp_path / "phase_diagram.nc")
     assert back.attrs["x"] == "weight_decay"
     back.close()
+
+
+def test_cli_sweep_end_to_end(tmp_path, capsys):
+    out = tmp_path / "cli_sweep"
+    args = _parser().parse_args([
+        "sweep", "--task-kwargs", '{"p": 5}', "--grid", "weight_decay=0.5", "--seeds", "1",
+        "--set", "steps=2", "--set", "model.width=4", "--set", "device=cpu", "-o", str(out),
+        "-q",
+    ])
+    assert args.func(args) == 0
+    assert "1 runs" in capsys.readouterr().out
+    manifest = json.loads((out / MANIFEST).read_text())
+    run = gs.open_run(out / manifest["runs"][0]["path"])
+    assert run.config["weight_decay"] == 0.5
+    assert run.config["task"]["p"] == 5
+    assert run.config["model"]["kwargs"]["width"] == 4
+
+
+def test_manifest_accumulates_over_calls():
+    from grokscope.sweep import _merge_manifest
+
+    old = {"grid": {"lr": [1, 2]}, "seeds": [0], "fixed": {"steps": 5},
+           "runs": [{"path": "a"}, {"path": "b"}]}
+    new = {"grid": {"lr": [2, 3]}, "seeds": [1], "fixed": {"steps": 9},
+           "runs": [{"path": "b"}, {"path": "c"}]}
+    merged = _merge_manifest(old, new)
+    assert merged["grid"] == {"lr": [1, 2, 3]}
+    assert merged["seeds"] == [0, 1]
+    assert [r["path"] for r in merged["runs"]] == ["a", "b", "c"]
+    assert merged["fixed"] == {"steps": 9}
+    assert _merge_manifest(None, new) is new

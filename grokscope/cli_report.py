@@ -1,0 +1,52 @@
+"""The ``grokscope report`` subcommand.
+
+``grokscope.cli`` calls :func:`add_report_parser` on its subparsers::
+
+    grokscope report runs/demo -o reports/demo [--analyze] [--formats png,pdf]
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .errors import ConfigError
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the report folder and print where its index.html is."""
+    from .report import report
+
+    formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
+    if not formats:
+        raise ConfigError("--formats needs at least one of png, pdf, svg")
+    out = report(
+        args.run, args.out, analyze=args.analyze, formats=formats, threshold=args.threshold,
+        dpi=args.dpi, steps=args.steps, trust_code=args.trust_code, progress=not args.quiet,
+    )
+    n_figs = len(list((out / "figures").glob("*.png")))
+    print(f"report written to {out} ({n_figs} figures): open {out / 'index.html'}")
+    return 0
+
+
+def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``report`` to the ``grokscope`` subcommand parsers; returns its parser."""
+    r = subparsers.add_parser(
+        "report", help="write figures, summary.json and index.html for a run",
+        description="Draw every figure the run's stored results support into DIR/figures "
+        "(PNG and PDF), write DIR/summary.json and a self-contained DIR/index.html. Only "
+        "stored results are used unless --analyze computes the missing measures first.",
+    )
+    r.add_argument("run", help="the run store (path or fsspec URL)")
+    r.add_argument("-o", "--out", required=True, help="the report folder to write")
+    r.add_argument("--analyze", action="store_true",
+                   help="first compute the measures that have no stored result")
+    r.add_argument("--steps", help="steps to analyse with --analyze (all | every:K | log:N | A:B)")
+    r.add_argument("--formats", default="png,pdf", help="figure files to write (png,pdf,svg)")
+    r.add_argument("--threshold", type=float, default=0.9, help="accuracy that counts as reached")
+    r.add_argument("--dpi", type=int, default=150, help="resolution of the PNG figures")
+    r.add_argument("--trust-code", action="store_true",
+                   help="allow importing the model factory named in the store")
+    r.add_argument("-q", "--quiet", action="store_true")
+    r.set_defaults(func=cmd_report)
+    return r

@@ -1,0 +1,164 @@
+"""Fourier features of modular-arithmetic networks (the ``fourier`` measure).
+
+:func:`plot_fourier` draws the share of neurons per frequency at one step with the key
+frequencies highlighted; :func:`plot_fourier_evolution` the same shares over all steps as a
+heat map; :func:`plot_fourier_losses` the restricted, excluded and full losses vs step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from matplotlib.axes import Axes
+from matplotlib.patches import Patch
+
+from ._style import (
+    PlotDataError,
+    any_finite,
+    cell_edges,
+    color,
+    finish,
+    new_axes,
+    require,
+    set_step_axis,
+    steps_of,
+    values,
+)
+
+__all__ = ["plot_fourier", "plot_fourier_evolution", "plot_fourier_losses"]
+
+_KEY = color(1)
+_OTHER = "#9FB7CC"
+
+
+def plot_fourier(
+    ds: xr.Dataset, ax: Axes | None = None, *, step: int | None = None, title: str | None = None
+) -> Axes:
+    """Share of neurons per frequency at one step; key frequencies highlighted.
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        The ``fourier`` result: ``freq_share`` (dims ``[step,] freq``) and optionally
+        ``key_freqs`` (bool, same dims).
+    step : int, optional
+        The step to show (the nearest stored one); default the last.
+
+    Returns
+    -------
+    Axes
+        One bar per frequency.
+    """
+    require(ds, "freq_share", what="plot_fourier")
+    shown = None
+    if "step" in ds.dims:
+        if step is None:
+            one = ds.isel(step=-1)
+        else:
+            one = ds.sel(step=step, method="nearest")
+        shown = int(one["step"].values)
+    else:
+        one = ds
+        shown = int(ds["step"].values) if "step" in ds.coords else None
+    share = values(one["freq_share"])
+    if not any_finite(share):
+        raise PlotDataError(f"plot_fourier: freq_share has no finite value at step {shown}")
+    freqs = (np.asarray(one["freq"].values) if "freq" in one.coords
+             else np.arange(1, share.size + 1))
+    key = (np.asarray(one["key_freqs"].values, dtype=bool) if "key_freqs" in one
+           else np.zeros(share.size, dtype=bool))
+    ax = new_axes(ax)
+    ax.bar(freqs, share, color=[_KEY if k else _OTHER for k in key], width=0.8,
+           edgecolor="white", linewidth=0.4)
+    for f, s, k in zip(freqs, share, key, strict=True):
+        if k:
+            ax.annotate(str(int(f)), (f, s), textcoords="offset points", xytext=(0, 2),
+                        ha="center", fontsize=8, color=_KEY)
+    ax.set_xlabel("frequency k (of 2πk/p)")
+    ax.legend(handles=[Patch(color=_KEY, label=f"key ({int(key.sum())})"),
+                       Patch(color=_OTHER, label="other")], loc="best", fontsize=8)
+    where = f" at step {shown:,}" if shown is not None else ""
+    p = ds.attrs.get("p")
+    head = f"Neuron frequencies (p = {p}){where}" if p else f"Neuron frequencies{where}"
+    finish(ax, title or head, "share of neurons")
+    ax.grid(True, axis="y", alpha=0.25)
+    ax.grid(False, axis="x")
+    return ax
+
+
+def plot_fourier_evolution(
+    ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None
+) -> Axes:
+    """Share of neurons per frequency over steps (heat map, step x frequency).
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        The ``fourier`` result: ``freq_share`` ``(step, freq)``.
+
+    Returns
+    -------
+    Axes
+    """
+    require(ds, "freq_share", what="plot_fourier_evolution")
+    steps = steps_of(ds, "plot_fourier_evolution")
+    share = values(ds["freq_share"].transpose("step", "freq"))
+    if not any_finite(share):
+        raise PlotDataError("plot_fourier_evolution: freq_share has no finite value")
+    freqs = np.asarray(ds["freq"].values)
+    ax = new_axes(ax, figsize=(7.0, 4.2))
+    scale = set_step_axis(ax, steps)
+    xe = cell_edges(steps, scale)
+    ye = np.concatenate([freqs - 0.5, [freqs[-1] + 0.5]])
+    mesh = ax.pcolormesh(xe, ye, np.ma.masked_invalid(share.T), cmap="cividis", shading="flat",
+                         vmin=0, rasterized=True)
+    ax.set_xlim(xe[0], xe[-1])
+    ax.figure.colorbar(mesh, ax=ax, label="share of neurons", pad=0.01)
+    finish(ax, title or "Neuron frequencies over training", "frequency k")
+    ax.grid(False)
+    return ax
+
+
+def plot_fourier_losses(
+    ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None
+) -> Axes:
+    """Restricted, excluded and full loss vs step (Nanda et al.'s progress measures).
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        The ``fourier`` result: ``restricted_loss`` (key frequencies only, all pairs),
+        ``excluded_loss`` (key frequencies removed, training pairs), ``loss_all`` and
+        ``loss_train`` (unablated), dim ``step``.
+
+    Returns
+    -------
+    Axes
+        One line per loss with a finite value.
+    """
+    require(ds, "restricted_loss", "excluded_loss", what="plot_fourier_losses")
+    steps = steps_of(ds, "plot_fourier_losses")
+    lines = [
+        ("restricted_loss", "restricted (key freqs only, all pairs)", color(2), "-"),
+        ("excluded_loss", "excluded (key freqs removed, train)", color(4), "-"),
+        ("loss_all", "full (all pairs)", color(7), "--"),
+        ("loss_train", "full (train pairs)", color(0), ":"),
+    ]
+    present = [ln for ln in lines if ln[0] in ds and any_finite(values(ds[ln[0]]))]
+    if not present:
+        why = ds.attrs.get("restricted_skipped", "all values are NaN")
+        raise PlotDataError(f"plot_fourier_losses: no loss to draw ({why})")
+    ax = new_axes(ax)
+    set_step_axis(ax, steps)
+    allv = []
+    for name, label, c, style in present:
+        v = values(ds[name])
+        allv.append(v[np.isfinite(v)])
+        ax.plot(steps, v, color=c, linestyle=style, marker="." if style == "-" else None,
+                markersize=4, label=label)
+    allv = np.concatenate(allv)
+    if allv.size and allv.min() > 0:
+        ax.set_yscale("log")
+    finish(ax, title or "Fourier progress measures", "cross-entropy loss (nats)")
+    ax.legend(loc="best", fontsize=8)
+    return ax

@@ -1,0 +1,69 @@
+"""Neural feature ansatz per layer (the ``nfa`` measure)."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from matplotlib.axes import Axes
+
+from ._style import (
+    PlotDataError,
+    any_finite,
+    color,
+    finish,
+    new_axes,
+    require,
+    set_step_axis,
+    steps_of,
+    values,
+)
+
+__all__ = ["plot_nfa"]
+
+
+def plot_nfa(
+    ds: xr.Dataset,
+    ax: Axes | None = None,
+    *,
+    agop_alignment: bool = False,
+    title: str | None = None,
+) -> Axes:
+    """NFA correlation per layer vs step: ``s = 1/2`` solid, ``s = 1`` dashed.
+
+    Parameters
+    ----------
+    ds : xr.Dataset
+        The ``nfa`` result: dims ``(step, layer)``; ``nfa_corr_sqrt`` (Pearson of ``W^T W``
+        with ``AGOP^(1/2)``), optionally ``nfa_corr`` (``s = 1``) and ``agop_alignment``.
+    agop_alignment : bool
+        Also draw the cosine of each step's AGOP with the final one (dotted).
+
+    Returns
+    -------
+    Axes
+        One line per layer and variable drawn (``n_layers * (1 + has nfa_corr + agop)``).
+    """
+    require(ds, "nfa_corr_sqrt", what="plot_nfa")
+    steps = steps_of(ds, "plot_nfa")
+    names = [("nfa_corr_sqrt", "-", "s=1/2")]
+    if "nfa_corr" in ds:
+        names.append(("nfa_corr", "--", "s=1"))
+    if agop_alignment and "agop_alignment" in ds:
+        names.append(("agop_alignment", ":", "AGOP vs final"))
+    ref = ds["nfa_corr_sqrt"]
+    layers = [str(v) for v in ref["layer"].values] if "layer" in ref.dims else [""]
+    if not any_finite(values(ref)):
+        raise PlotDataError("plot_nfa: nfa_corr_sqrt has no finite value")
+    ax = new_axes(ax)
+    set_step_axis(ax, steps)
+    for i, layer in enumerate(layers):
+        for var, style, tag in names:
+            da = ds[var]
+            v = values(da.isel(layer=i)) if "layer" in da.dims else values(da)
+            label = f"{layer} ({tag})" if layer else tag
+            ax.plot(steps, np.asarray(v).reshape(-1), color=color(i), linestyle=style,
+                    marker="." if style == "-" else None, markersize=4, label=label)
+    finish(ax, title or "Neural feature ansatz: corr(WᵀW, AGOPˢ) per layer",
+           "Pearson correlation")
+    ax.legend(loc="best", fontsize=8, ncol=1 if len(layers) < 4 else 2)
+    return ax
