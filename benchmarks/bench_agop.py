@@ -9,13 +9,14 @@ Set-up (full size): all ``p^2 = 9409`` two-hot inputs of mod-97 arithmetic (194 
 - naive: a per-sample loop of ``torch.autograd.functional.jacobian``, timed on a subset and
   extrapolated linearly to all inputs (the label says so).
 
-Every timing is a median, single-threaded (``torch.set_num_threads(1)`` for the duration: on
+Every timing is a median over interleaved rounds, single-threaded (``torch.set_num_threads(1)`` for the duration: on
 a shared machine oversubscribed threads dominate the timings); the results are checked to
 agree before timing.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 
 import torch
@@ -88,11 +89,20 @@ def _run(quick: bool) -> list[Row]:
     if agree > 1e-4:
         raise AssertionError(f"AGOP methods disagree (max relative difference {agree:.1e})")
 
-    heavy = 1 if quick else 3
-    t_closed = median_time(lambda: agop(model, x, layer, method="closed_form"), repeat=5)
-    t_general = median_time(lambda: agop(model, x, layer, method="general"), repeat=heavy, warmup=0)
-    t_vmap = median_time(lambda: _vmap_jacrev(model, x), repeat=heavy, warmup=0)
-    t_loop = median_time(lambda: _loop(model, x[:loop_n]), repeat=3, warmup=0) * n / loop_n
+    # interleaved rounds, so that a change in the shared machine's load hits every method
+    times: dict[str, list[float]] = {"closed": [], "general": [], "vmap": [], "loop": []}
+    for _ in range(2 if quick else 3):
+        times["closed"].append(median_time(lambda: agop(model, x, layer, method="closed_form"), repeat=5))
+        times["general"].append(
+            median_time(lambda: agop(model, x, layer, method="general"), repeat=1, warmup=0)
+        )
+        times["vmap"].append(median_time(lambda: _vmap_jacrev(model, x), repeat=1, warmup=0))
+        times["loop"].append(
+            median_time(lambda: _loop(model, x[:loop_n]), repeat=1, warmup=0) * n / loop_n
+        )
+    t_closed, t_general, t_vmap, t_loop = (
+        statistics.median(times[k]) for k in ("closed", "general", "vmap", "loop")
+    )
 
     name = f"AGOP MLP {n}x{2 * p}->{width}->{p}"
     loop_label = f"per-sample loop ({loop_n} timed, x{n / loop_n:.0f} extrapolated)"

@@ -16,22 +16,25 @@ from ._version import __version__
 from .data import Data
 from .errors import GrokscopeError
 
+# Functions that share their module's name (``grokscope.train`` the module vs ``gs.train`` the
+# function) are bound eagerly: a lazy binding would be shadowed by the submodule once anything
+# imports it.
+from .sweep import phase_diagram, sweep  # noqa: E402
+from .train import train  # noqa: E402
+
 _LAZY = {
     "Recorder": "grokscope.store.recorder",
     "Schedule": "grokscope.store.schedule",
     "open_run": "grokscope.store.run",
     "Run": "grokscope.store.run",
     "import_checkpoints": "grokscope.store.importers",
-    "train": "grokscope.train",
     "analyze": "grokscope.engine",
     "report": "grokscope.report",
-    "phase_diagram": "grokscope.sweep",
-    "sweep": "grokscope.sweep",
     "make_task": "grokscope.tasks",
     "build_model": "grokscope.models",
 }
 
-__all__ = ["Data", "GrokscopeError", "__version__", *_LAZY]
+__all__ = ["Data", "GrokscopeError", "__version__", "phase_diagram", "sweep", "train", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The ``grokscope`` command: train, import, info, analyze, demo.
+"""The ``grokscope`` command: train, import, info, analyze, sweep, phase-diagram, report, demo.
 
 Errors that a user can cause are printed as one message (no traceback) with a non-zero exit.
 """
@@ -130,6 +130,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         measures = {m: params.get(m, {}) for m in (measures or params)}
     from .store.run import open_run
 
+    if args.workers or args.scheduler:
+        from .distributed import analyze_many
+
+        summary = analyze_many(
+            args.runs, measures, steps=args.steps, device=args.device, workers=args.workers,
+            scheduler=args.scheduler, progress=not args.quiet, recompute=args.recompute,
+            trust_code=args.trust_code,
+        )
+        for path, info in summary.items():
+            print(f"{path}: {', '.join(info['measures'])} in {info['seconds']:.1f} s; "
+                  f"skipped: {info['skipped'] or 'none'}")
+            run = open_run(path, trust_code=args.trust_code)
+            print(milestone_table(run, {n: run.results[n] for n in info["measures"]}))
+        return 0
     for path in args.runs:
         run = open_run(path, trust_code=args.trust_code)
         t0 = time.perf_counter()
@@ -202,7 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--recompute", action="store_true")
     a.add_argument("--trust-code", action="store_true", help="allow importing the model factory named in the store")
     a.add_argument("-q", "--quiet", action="store_true")
+    from .distributed import add_distributed_arguments
+
+    add_distributed_arguments(a)
     a.set_defaults(func=cmd_analyze)
+
+    from .cli_sweep import add_sweep_parsers
+
+    add_sweep_parsers(sub)
 
     d = sub.add_parser("demo", help="train, analyse and summarise the built-in grokking run")
     d.add_argument("-o", "--out", default="runs/demo")
