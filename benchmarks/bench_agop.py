@@ -92,7 +92,9 @@ def _run(quick: bool) -> list[Row]:
     # interleaved rounds, so that a change in the shared machine's load hits every method
     times: dict[str, list[float]] = {"closed": [], "general": [], "vmap": [], "loop": []}
     for _ in range(2 if quick else 3):
-        times["closed"].append(median_time(lambda: agop(model, x, layer, method="closed_form"), repeat=5))
+        times["closed"].append(
+            median_time(lambda: agop(model, x, layer, method="closed_form"), repeat=5)
+        )
         times["general"].append(
             median_time(lambda: agop(model, x, layer, method="general"), repeat=1, warmup=0)
         )

@@ -31,8 +31,8 @@ Why these values (plain-torch sweeps and runs through the trainer, same machine)
   for a busy core spin, and a step of this model was measured 8-15x slower with 2 threads
   than with 1 under load (13 ms vs 100-200 ms).
 * **Recording.** The default schedule (log-spaced to step 1000, then every 100 steps) keeps
-  ~60 checkpoints of the 45k parameters (~11 MB), enough for every offline measure to resolve
-  memorisation, the plateau and the jump. ``eval_every=50`` only feeds the progress bar and
+  ~62 checkpoints of the 45k parameters (~16 MB on disk), enough for every offline measure
+  to resolve memorisation, the plateau and the jump. ``eval_every=50`` only feeds the progress bar and
   the early stop.
 """
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,20 @@ def _json(value: Any) -> Any:
     return value
 
 
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` torch CPU threads inside the block (``None``: leave the setting alone)."""
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _check_stop_when(stop_when: Any, metric_names: list[str]) -> dict | None:
     if stop_when is None:
         return None
@@ -365,25 +380,6 @@ def train(
     TrainError
         ``out`` holds a run that cannot be continued (no resume state at its last step).
     """
-    num_threads = _check_int("num_threads", num_threads, 1, allow_none=True)
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        return _train(**{k: v for k, v in locals().items() if k not in ("previous",
-                                                                         "num_threads")})
-    finally:
-        if num_threads is not None:
-            torch.set_num_threads(previous)
-
-
-def _train(*, task: Any, model: Any, out: Any, task_kwargs: Any, model_kwargs: Any, steps: Any,
-           lr: Any, weight_decay: Any, optimizer: Any, betas: Any, momentum: Any,
-           batch_size: Any, warmup: Any, loss: Any, dtype: Any, jacobian_reg: Any,
-           norm_project: Any, schedule: Any, seed: Any, device: Any, progress: bool,
-           eval_every: Any, overwrite: bool, stop_when: Any, compression: Any,
-           storage_options: Any) -> Any:
-    """The body of :func:`train` (arguments as there)."""
     from .store.recorder import Recorder
     from .store.run import open_run
     from .store.schedule import Schedule
@@ -407,6 +403,7 @@ def _train(*, task: Any, model: Any, out: Any, task_kwargs: Any, model_kwargs: A
     warmup = _check_int("warmup", warmup, 0)
     seed = _check_int("seed", seed, 0)
     eval_every = _check_int("eval_every", eval_every, 1, allow_none=True)
+    num_threads = _check_int("num_threads", num_threads, 1, allow_none=True)
     if norm_project is not None:
         norm_project = _check_float("norm_project", norm_project, 0.0, strict=True)
     dtype_name, torch_dtype = _resolve_dtype(dtype)
@@ -494,8 +491,10 @@ def _train(*, task: Any, model: Any, out: Any, task_kwargs: Any, model_kwargs: A
     start = 0
 
     rec_config = config if stored is None else None  # continuing: keep the stored config
-    with Recorder(out, net, data, config=rec_config, schedule=schedule, overwrite=overwrite,
-                  compression=compression, storage_options=storage_options) as rec:
+    with _threads(num_threads), Recorder(
+        out, net, data, config=rec_config, schedule=schedule, overwrite=overwrite,
+        compression=compression, storage_options=storage_options,
+    ) as rec:
         if rec.last_step is not None:
             state = rec.resume_state()
             if state is None or state["step"] != rec.last_step:
@@ -582,8 +581,6 @@ def _train(*, task: Any, model: Any, out: Any, task_kwargs: Any, model_kwargs: A
             t = start
             while True:
                 stop_now = met_at is not None and t >= met_at + stop_rule["patience"]
-                if stop_now and t < steps:
-                    bar.total = t  # stopped early: the bar ends full
                 last = t >= steps or stop_now
                 record = (rec.last_step is None or t > rec.last_step) and (rec.due(t) or last)
                 if record or (eval_every is not None and t % eval_every == 0 and t > start):
@@ -595,10 +592,13 @@ def _train(*, task: Any, model: Any, out: Any, task_kwargs: Any, model_kwargs: A
                         record = rec.last_step is None or t > rec.last_step
                     if record:
                         rec.record(t, net, m, optimizer=opt, extra=resume_extra())
-                    if classification:
-                        bar.set_postfix(train_acc=f"{m['train_acc']:.3f}",
-                                        test_acc=f"{m['test_acc']:.3f}", refresh=False)
+                    shown = ("train_acc", "test_acc") if classification else ("train_loss",
+                                                                                 "test_loss")
+                    fmt = ".3f" if classification else ".3g"
+                    bar.set_postfix({k: format(m[k], fmt) for k in shown}, refresh=False)
                 if last:
+                    if t < steps:
+                        bar.total = t  # stopped early: the bar ends full
                     break
                 # ------------------------------------------------ one optimizer step
                 if warmup and t <= warmup:

@@ -148,7 +148,10 @@ def test_norm_projection_keeps_the_norm(tmp_path):
 
 
 def test_float64_store(tmp_path):
-    run = train("modular", "mlp", tmp_path / "d", steps=3, dtype="float64", **FAST)
+    threads = torch.get_num_threads()
+    run = train("modular", "mlp", tmp_path / "d", steps=3, dtype="float64",
+                **{**FAST, "num_threads": 1 if threads != 1 else 2})
+    assert torch.get_num_threads() == threads  # restored
     assert all(v.dtype == torch.float64 for v in run.state_dict_at(3).values())
 
 
@@ -181,6 +184,10 @@ def test_model_and_task_forms(tmp_path):
                      **{k: v for k, v in FAST.items() if k not in ("task_kwargs", "model_kwargs")})
     by_name = train("modular", "mlp", tmp_path / "n", steps=3, **FAST)
     assert _same_params(_params(by_class, 3), _params(by_name, 3))
+    plain = {k: v for k, v in FAST.items() if k not in ("task_kwargs", "model_kwargs")}
+    by_spec = train(by_name.config["task"], by_name.config["model"], tmp_path / "s", steps=3,
+                    **plain)
+    assert _same_params(_params(by_spec, 3), _params(by_name, 3))
     inst = model_for("mlp", data, width=8)
     run = train(data, inst, tmp_path / "i", steps=3,
                 **{k: v for k, v in FAST.items() if k not in ("task_kwargs", "model_kwargs")})

@@ -278,7 +278,7 @@ class LayerAGOP:
     agop_centred : tensor ``(in, in)``, float64
         Gradient-centred AGOP ``G_c``.
     cnfa_matrix : tensor ``(in, in)`` float64, or None
-        ``(W-W0)^T K (W-W0)`` when a reference weight was given.
+        ``(W-W0)^T K (W-W0)`` when a reference weight was given and ``W != W0``.
     method : str
         ``"closed_form"`` or ``"general"``.
     """

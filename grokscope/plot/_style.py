@@ -91,9 +91,9 @@ def require(ds: xr.Dataset, *names: str, what: str) -> None:
 
 def steps_of(ds: xr.Dataset, what: str) -> np.ndarray:
     """The ``step`` coordinate as int64; error when absent or empty."""
-    if "step" not in ds.coords and "step" not in ds.variables:
+    if "step" not in ds.dims:
         raise PlotDataError(
-            f"{what} plots against training steps, but the dataset has no 'step' coordinate "
+            f"{what} plots against training steps, but the dataset has no 'step' dimension "
             f"(dims {dict(ds.sizes)}); pass the per-step result, not one step of it"
         )
     steps = np.asarray(ds["step"].values)
