@@ -83,19 +83,32 @@ def _value_at(var: xr.DataArray, step: int | None) -> float | int | None:
 
 
 def _milestones(run: Any, results: Mapping[str, xr.Dataset], threshold: float) -> dict[str, Any]:
-    """t_train, t_test, gap and label: from the ``phases`` result, else from the curves."""
+    """t_train, t_test, gap and label.
+
+    From the stored ``phases`` result when it used the same threshold and at least as many
+    accuracy samples as the recorded curves; otherwise computed from the densest accuracy
+    curves (the recorded metrics, else the ``curves`` result), as the curves figure is.
+    """
     from .measures.phases import phase_summary
     from .summary import accuracy_curves
 
-    ph = results.get("phases")
-    if ph is not None and "t_train" in ph and float(ph.attrs.get("threshold", threshold)) == threshold:
-        return {
-            "t_train": _num(ph["t_train"].values), "t_test": _num(ph["t_test"].values),
-            "gap": _num(ph["gap"].values), "label": str(ph["label"].values),
-            "threshold": threshold, "source": "stored 'phases' result",
-        }
     curves = accuracy_curves(run, results)
-    if curves is None or not np.isfinite(curves[1]).any():
+    usable = curves is not None and bool(np.isfinite(curves[1]).any())
+    n_curve = int(np.isfinite(curves[1]).sum()) if usable else 0
+    ph = results.get("phases")
+    why = ""
+    if ph is not None and "t_train" in ph:
+        n_ph = len(np.atleast_1d(ph.attrs.get("steps_analyzed", [])))
+        same = float(ph.attrs.get("threshold", threshold)) == threshold
+        if same and (not usable or n_ph >= n_curve):
+            return {
+                "t_train": _num(ph["t_train"].values), "t_test": _num(ph["t_test"].values),
+                "gap": _num(ph["gap"].values), "label": str(ph["label"].values),
+                "threshold": threshold, "source": "stored 'phases' result",
+            }
+        why = (f"; the stored 'phases' result used threshold {ph.attrs.get('threshold')} on "
+               f"{n_ph} steps" if same is False or n_ph < n_curve else "")
+    if not usable:
         return {"t_train": None, "t_test": None, "gap": None, "label": None,
                 "threshold": threshold,
                 "source": "no accuracy curves (record train_acc/test_acc or compute 'curves')"}
@@ -103,7 +116,8 @@ def _milestones(run: Any, results: Mapping[str, xr.Dataset], threshold: float) -
     return {
         "t_train": _num(s["t_train"].values), "t_test": _num(s["t_test"].values),
         "gap": _num(s["gap"].values), "label": str(s["label"].values), "threshold": threshold,
-        "source": "computed from the accuracy curves (grokscope.measures.phases.phase_summary)",
+        "source": f"computed from the accuracy curves ({n_curve} steps) with "
+        f"grokscope.measures.phases.phase_summary{why}",
     }
 
 
@@ -251,7 +265,9 @@ def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
             test_loss = src["test_loss"]
             break
     plots = gp.PLOTS
-    for measure, ds in results.items():
+    order = {name: i for i, name in enumerate(plots)}
+    for measure in sorted(results, key=lambda m: (order.get(m, len(order)), m)):
+        ds = results[measure]
         fns = plots.get(measure)
         if fns is None:
             scal = [v for v, da in ds.data_vars.items()
@@ -318,7 +334,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "—"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{int(v):,}" if v.is_integer() and abs(v) >= 1000 else f"{v:.4g}"
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
