@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _checkpoint_factories import (
+from tests._checkpoint_factories import (
     NotAWeight,
     claim_cuda,
     small_data,

@@ -21,8 +21,10 @@ Definitions [ours where the paper leaves a choice]
   frequency with the largest share, or 0 when that share is below ``min_share`` (a neuron not
   explained by one frequency, e.g. at initialisation) or the neuron is dead.
 - **Key frequencies.** ``freq_share[k]`` is the fraction of *all* neurons whose
-  ``neuron_freq`` is ``k``; key frequencies are those with ``freq_share >= min_neurons_frac``,
-  or, when ``n_key`` is set, the ``n_key`` largest shares (ties by lower ``k``, only shares > 0).
+  ``neuron_freq`` is ``k``; key frequencies are those with ``freq_share >= min_neurons_frac``
+  (default [ours]: half the share that uniform use of all ``K = (p-1)/2`` frequencies would
+  give, ``0.5 / K`` -- a wide MLP uses nearly every frequency, a transformer a handful, and at
+  initialisation few neurons pass ``min_share`` at all), or, when ``n_key`` is set, the ``n_key`` largest shares (ties by lower ``k``, only shares > 0).
 - **Restricted / excluded loss** (ops ``"+"`` and ``"-"`` only; ``s = a + b`` or ``a - b``).
   The logits over the full ``p x p`` table, per class, are projected on the orthonormal
   directions ``cos(w_k s)``, ``sin(w_k s)`` of the key frequencies (all at once). Restricted
@@ -131,7 +133,7 @@ def neuron_frequencies(acts: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def key_frequencies(
-    share: torch.Tensor, *, min_share: float, min_neurons_frac: float, n_key: int | None
+    share: torch.Tensor, *, min_share: float, min_neurons_frac: float | None, n_key: int | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-neuron frequency and the key-frequency mask.
 
@@ -154,6 +156,8 @@ def key_frequencies(
     counts = np.bincount(neuron_freq, minlength=k_max + 1)[1:]
     freq_share = counts / max(len(neuron_freq), 1)
     if n_key is None:
+        if min_neurons_frac is None:
+            min_neurons_frac = 0.5 / max(k_max, 1)
         key = freq_share >= min_neurons_frac
         key &= freq_share > 0
     else:
@@ -358,7 +362,7 @@ def fourier(
     ckpt: Checkpoint,
     *,
     min_share: float = 0.25,
-    min_neurons_frac: float = 0.05,
+    min_neurons_frac: float | None = None,
     n_key: int | None = None,
     chunk: int = 4096,
 ) -> xr.Dataset:
@@ -371,8 +375,9 @@ def fourier(
     min_share : float
         Smallest share of a neuron's centred Fourier norm its top frequency must hold for the
         neuron to count as that frequency's.
-    min_neurons_frac : float
-        Fraction of all neurons a frequency needs to be key (ignored when ``n_key`` is set).
+    min_neurons_frac : float or None
+        Fraction of all neurons a frequency needs to be key (ignored when ``n_key`` is set);
+        None means ``0.5 / K`` with ``K = (p-1)/2``: half of uniform use [ours].
     n_key : int or None
         Take the ``n_key`` most frequent neuron frequencies as key instead.
     chunk : int
@@ -475,7 +480,7 @@ def fourier(
         key_rule=(
             f"top {n_key} by neuron count"
             if n_key is not None
-            else f"freq_share >= {min_neurons_frac}"
+            else f"freq_share >= {min_neurons_frac if min_neurons_frac is not None else '0.5/K'}"
         ),
         excluded="all key frequencies ablated at once; loss on the training pairs",
         restricted="per-class mean + key cos/sin(w_k(a op b)) projection; loss on the full table",

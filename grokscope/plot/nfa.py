@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
 
 from ._style import (
     PlotDataError,
@@ -65,5 +66,13 @@ def plot_nfa(
                     marker="." if style == "-" else None, markersize=4, label=label)
     finish(ax, title or "Neural feature ansatz: corr(WᵀW, AGOPˢ) per layer",
            "Pearson correlation")
-    ax.legend(loc="best", fontsize=8, ncol=1 if len(layers) < 4 else 2)
+    if len(layers) <= 2:
+        ax.legend(loc="best", fontsize=8)
+        return ax
+    # many layers: one legend entry per layer (colour) plus one per variable (line style)
+    handles = [Line2D([], [], color=color(i), label=layer) for i, layer in enumerate(layers)]
+    handles += [Line2D([], [], color="#444444", linestyle=style, label=tag)
+                for _var, style, tag in names]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
+              frameon=False)
     return ax
