@@ -19,6 +19,8 @@ from .errors import GrokscopeError
 # Functions that share their module's name (``grokscope.train`` the module vs ``gs.train`` the
 # function) are bound eagerly: a lazy binding would be shadowed by the submodule once anything
 # imports it.
+from .plot import accessor as _accessor  # noqa: E402,F401  (registers ds.grok; no matplotlib)
+from .report import report  # noqa: E402
 from .sweep import phase_diagram, sweep  # noqa: E402
 from .train import train  # noqa: E402
 
@@ -29,12 +31,11 @@ _LAZY = {
     "Run": "grokscope.store.run",
     "import_checkpoints": "grokscope.store.importers",
     "analyze": "grokscope.engine",
-    "report": "grokscope.report",
     "make_task": "grokscope.tasks",
     "build_model": "grokscope.models",
 }
 
-__all__ = ["Data", "GrokscopeError", "__version__", "phase_diagram", "sweep", "train", *_LAZY]
+__all__ = ["Data", "GrokscopeError", "__version__", "phase_diagram", "report", "sweep", "train", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -155,6 +155,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_measures() -> dict[str, dict[str, Any]]:
+    """Every registered measure with defaults, except LMN over the whole network.
+
+    The demo MLP has one hidden layer, so LMN's default cut (the first hidden layer's
+    post-activation) leaves only the affine readout, whose LMN is exactly 1; ``layer=-1``
+    measures the map from the input instead.
+    """
+    from .measures import names
+
+    return {name: ({"layer": -1} if name == "lmn" else {}) for name in names()}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .defaults import DEMO
     from .engine import analyze
@@ -171,9 +183,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     print("\nanalysing every recorded step with every applicable measure ...")
     t0 = time.perf_counter()
-    res = analyze(run, steps=args.steps, progress=not args.quiet)
+    res = analyze(run, demo_measures(), steps=args.steps, progress=not args.quiet)
     print(f"analysed in {time.perf_counter() - t0:.1f} s; skipped: {dict(res.skipped) or 'none'}\n")
     print(milestone_table(run, res))
+    if args.no_report:
+        return 0
+    from .report import report
+
+    t0 = time.perf_counter()
+    folder = report(run, Path(args.report) if args.report else out.with_name(out.name + "-report"))
+    print(f"\nreport written in {time.perf_counter() - t0:.1f} s: open {folder / 'index.html'}")
     return 0
 
 
@@ -225,10 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_parsers(sub)
 
+    from .cli_report import add_report_parser
+
+    add_report_parser(sub)
+
     d = sub.add_parser("demo", help="train, analyse and summarise the built-in grokking run")
     d.add_argument("-o", "--out", default="runs/demo")
     d.add_argument("--steps", help="analyse only these steps (default all)")
     d.add_argument("--no-analyze", action="store_true")
+    d.add_argument("--no-report", action="store_true")
+    d.add_argument("--report", help="report folder (default: <out>-report)")
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
     return p

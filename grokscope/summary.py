@@ -47,6 +47,7 @@ def milestones(run: Any, results: Mapping[str, xr.Dataset] | None = None, thresh
 
 
 def _scalar_series(ds: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Scalar curves of a result (per layer for layered ones), constants left out."""
     out = {}
     for name, var in ds.data_vars.items():
         if var.dims == ("step",) and var.dtype.kind in "fiu" and name != "nonfinite_weights":
@@ -54,7 +55,13 @@ def _scalar_series(ds: xr.Dataset) -> dict[str, xr.DataArray]:
         elif set(var.dims) == {"step", "layer"} and var.dtype.kind == "f":
             for layer in var["layer"].values:
                 out[f"{name}[{layer}]"] = var.sel(layer=layer)
-    return out
+    return {k: v for k, v in out.items() if not _constant(v)}
+
+
+def _constant(var: xr.DataArray) -> bool:
+    values = np.asarray(var.values, dtype=float)
+    finite = values[np.isfinite(values)]
+    return finite.size == values.size and finite.size > 1 and bool(np.all(finite == finite[0]))
 
 
 def _at(var: xr.DataArray, step: int | None, side: str) -> float:
