@@ -9,18 +9,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tests._checkpoint_factories import (
-    NotAWeight,
-    claim_cuda,
-    small_data,
-    small_model,
-    trajectory,
-    write_lightning,
-    write_list_bundle,
-    write_nanda_bundle,
-    write_per_epoch,
-    write_safetensors,
-)
 
 from grokscope.errors import (
     CheckpointFormatError,
@@ -35,6 +23,18 @@ from grokscope.store.importers import (
     cmd_import,
     import_checkpoints,
     modular_full_set,
+)
+from tests._checkpoint_factories import (
+    NotAWeight,
+    claim_cuda,
+    small_data,
+    small_model,
+    trajectory,
+    write_lightning,
+    write_list_bundle,
+    write_nanda_bundle,
+    write_per_epoch,
+    write_safetensors,
 )
 
 STEPS = [0, 10, 20, 30]
