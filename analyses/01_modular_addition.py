@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
 import grokscope as gs
@@ -90,12 +91,15 @@ def transformer_config(quick: bool) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _train_and_analyze(cfg: dict[str, Any], out: Path) -> tuple[Any, dict[str, Any], float]:
-    """Train (fresh), analyse with phases + fourier; returns (run, results, wall seconds)."""
+def _train_and_analyze(cfg: dict[str, Any], out: Path,
+                       steps: str | None = None) -> tuple[Any, dict[str, Any], float]:
+    """Train (fresh), analyse with phases + fourier at ``steps`` (None: every recorded step);
+    returns (run, results, training wall seconds)."""
     t0 = time.perf_counter()
     run = gs.train(out=str(out), overwrite=True, **cfg)
     t_train_s = time.perf_counter() - t0
-    res = gs.analyze(run, measures=["phases", "fourier"], progress=False, device="cpu")
+    res = gs.analyze(run, measures=["phases", "fourier"], steps=steps, progress=False,
+                     device="cpu")
     return run, res, t_train_s
 
 
@@ -174,7 +178,7 @@ def _mark_window(ax: Any, t_train: float | None, t_test: float | None) -> None:
                    label=f"grokking window {int(t_train):,}-{int(t_test):,}")
     for t, name, c in ((t_train, "t_train", "#0072B2"), (t_test, "t_test", "#D55E00")):
         if t is not None:
-            ax.axvline(t, color=c, linestyle=":", linewidth=1.2)
+            ax.axvline(t, color=c, linestyle=":", linewidth=1.2, label=f"{name} = {int(t):,}")
     ax.legend(loc="best", fontsize=7)
 
 
@@ -374,19 +378,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     runs_dir.mkdir(parents=True, exist_ok=True)
     with_tf = (not args.quick) if args.transformer is None else args.transformer
+    torch.set_num_threads(1)  # analysis too: on the shared 2-core machine one thread is faster
+    steps = "log:12" if args.quick else None
 
     base = mlp_config(args.quick)
     configs: dict[str, dict] = {}
     runs, results, summaries = {}, {}, {}
     wd1 = {**base, "weight_decay": 1.0}
-    # wd 0: the same configuration; twice the step budget the wd 1.0 run used, no early stop
-    for name, cfg, store in (("MLP, wd 1.0", wd1, "mlp_wd1"),):
-        run, res, w = _train_and_analyze(cfg, runs_dir / store)
-        configs[name], runs[name], results[name] = cfg, run, res
-        summaries[name] = _summary(run, res, w)
+    run, res, w = _train_and_analyze(wd1, runs_dir / "mlp_wd1", steps)
+    configs["MLP, wd 1.0"], runs["MLP, wd 1.0"], results["MLP, wd 1.0"] = wd1, run, res
+    summaries["MLP, wd 1.0"] = _summary(run, res, w)
+    # wd 0: the same configuration, with at least twice the steps the wd 1.0 run needed
     budget = max(2 * summaries["MLP, wd 1.0"]["last_step"], base["steps"])
     wd0 = {**base, "weight_decay": 0.0, "steps": budget, "stop_when": base["stop_when"]}
-    run, res, w = _train_and_analyze(wd0, runs_dir / "mlp_wd0")
+    run, res, w = _train_and_analyze(wd0, runs_dir / "mlp_wd0", steps)
     configs["MLP, wd 0.0"], runs["MLP, wd 0.0"], results["MLP, wd 0.0"] = wd0, run, res
     summaries["MLP, wd 0.0"] = _summary(run, res, w)
 
@@ -394,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figures += figure_fourier(results, summaries, out, "fourier_mlp")
     if with_tf:
         cfg = transformer_config(args.quick)
-        run, res, w = _train_and_analyze(cfg, runs_dir / "transformer_wd1")
+        run, res, w = _train_and_analyze(cfg, runs_dir / "transformer_wd1", steps)
         name = "transformer, wd 1.0"
         configs[name], summaries[name] = cfg, _summary(run, res, w)
         fig = Figure(figsize=(12, 4.4), layout="constrained")

@@ -12,32 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, GrokscopeError
-
-
-def _json_arg(text: str | None, what: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{what} must be a JSON object like '{{\"p\": 97}}', got {text!r}") from exc
-    if not isinstance(value, dict):
-        raise ConfigError(f"{what} must be a JSON object, got {text!r}")
-    return value
-
-
-def _kv(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            out[key.replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = raw
-    return out
+from ._cliargs import json_arg, kv_args
+from .errors import GrokscopeError
 
 
 def _fmt_bytes(n: float) -> str:
@@ -95,15 +71,15 @@ def _prod(shape: Any) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    hp = _kv(args.set)
+    hp = kv_args(args.set)
     for name in ("steps", "lr", "weight_decay", "seed", "batch_size"):
         value = getattr(args, name)
         if value is not None:
             hp[name] = value
     run = train(
         task=args.task, model=args.model, out=args.out,
-        task_kwargs=_json_arg(args.task_kwargs, "--task-kwargs"),
-        model_kwargs=_json_arg(args.model_kwargs, "--model-kwargs"),
+        task_kwargs=json_arg(args.task_kwargs, "--task-kwargs"),
+        model_kwargs=json_arg(args.model_kwargs, "--model-kwargs"),
         device=args.device, overwrite=args.overwrite, progress=not args.quiet, **hp,
     )
     print(describe(run))
@@ -125,7 +101,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     measures: Any = None
     if args.measures:
         measures = [m for item in args.measures for m in item.split(",") if m]
-    params = _json_arg(args.params, "--params")
+    params = json_arg(args.params, "--params")
     if params:
         measures = {m: params.get(m, {}) for m in (measures or params)}
     from .store.run import open_run

@@ -64,10 +64,10 @@ def parse_seeds(text: str) -> int | list[int]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .cli import _json_arg, _kv
+    from ._cliargs import json_arg, kv_args
     from .sweep import sweep
 
-    fixed = _kv(args.set)
+    fixed = kv_args(args.set)
     if args.device is not None:
         fixed["device"] = args.device
     paths = sweep(
@@ -79,8 +79,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         progress=not args.quiet,
-        task_kwargs=_json_arg(args.task_kwargs, "--task-kwargs"),
-        model_kwargs=_json_arg(args.model_kwargs, "--model-kwargs"),
+        task_kwargs=json_arg(args.task_kwargs, "--task-kwargs"),
+        model_kwargs=json_arg(args.model_kwargs, "--model-kwargs"),
         **fixed,
     )
     print(f"{len(paths)} runs in {args.out} (manifest: {Path(args.out) / 'sweep.json'})")

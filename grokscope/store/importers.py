@@ -23,7 +23,6 @@ list covers every epoch up to the last checkpoint (losses indexed by epoch), els
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .._cliargs import json_arg
 from ..data import Data
 from ..errors import ConfigError, GrokscopeError, ModelMismatchError
 from ._formats import Item, Source, jsonable, open_source
@@ -503,18 +503,6 @@ def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _json_arg(text: str | None, flag: str) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{flag}: not valid JSON ({exc.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{flag} must be a JSON object, got {text!r}")
-    return value
-
-
 def cmd_import(args: argparse.Namespace) -> int:
     """Run ``grokscope import``; print a summary. Returns 0, or 2 after printing an error."""
     try:
@@ -522,10 +510,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         if args.task:
             from ..tasks import make_task
 
-            data = make_task(args.task, **_json_arg(args.task_kwargs, "--task-kwargs"))
+            data = make_task(args.task, **json_arg(args.task_kwargs, "--task-kwargs"))
         elif args.task_kwargs:
             raise ConfigError("--task-kwargs needs --task")
-        full = _json_arg(args.full_set, "--full-set")
+        full = json_arg(args.full_set, "--full-set")
         full_data = None
         if full:
             if "p" not in full:
@@ -534,7 +522,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                                          full.get("encoding", "tokens"))
         run = import_checkpoints(
             args.src, args.out, model=args.model, data=data,
-            model_kwargs=_json_arg(args.model_kwargs, "--model-kwargs"),
+            model_kwargs=json_arg(args.model_kwargs, "--model-kwargs"),
             step_key=args.step_key, state_key=args.state_key, trust_pickle=args.trust_pickle,
             trust_code=args.trust_code, overwrite=args.overwrite, skip_unknown=args.skip_unknown,
             full_data=full_data, progress=not args.no_progress,
