@@ -157,6 +157,22 @@ def cell_edges(steps: np.ndarray, scale: str) -> np.ndarray:
     return np.expm1(e) if log else e
 
 
+def step_series(ds: xr.Dataset, name: str, ax: Axes | None, *, what: str) -> tuple[Axes, np.ndarray, np.ndarray]:
+    """Start a plot of ``ds[name]`` against step.
+
+    Checks the variable exists and has a finite value, makes (or takes) the axes and sets the
+    step axis. Returns ``(ax, steps, values)``.
+    """
+    require(ds, name, what=what)
+    steps = steps_of(ds, what)
+    y = values(ds[name])
+    if not any_finite(y):
+        raise PlotDataError(f"{what}: {name} has no finite value")
+    ax = new_axes(ax)
+    set_step_axis(ax, steps)
+    return ax, steps, y
+
+
 def legend(ax: Axes, handles: list | None = None, **kwargs) -> None:
     """A legend drawn above every line: on the twin axes when there is one."""
     target = getattr(ax, "grokscope_twin", ax)

@@ -6,15 +6,11 @@ import xarray as xr
 from matplotlib.axes import Axes
 
 from ._style import (
-    PlotDataError,
     any_finite,
     color,
     finish,
     legend,
-    new_axes,
-    require,
-    set_step_axis,
-    steps_of,
+    step_series,
     values,
 )
 
@@ -39,13 +35,7 @@ def plot_alignment(
     Axes
         The alignment axes (the twin is ``ax.grokscope_twin`` when drawn).
     """
-    require(ds, "centroid_alignment_mean", what="plot_alignment")
-    steps = steps_of(ds, "plot_alignment")
-    mean = values(ds["centroid_alignment_mean"])
-    if not any_finite(mean):
-        raise PlotDataError("plot_alignment: centroid_alignment_mean has no finite value")
-    ax = new_axes(ax)
-    set_step_axis(ax, steps)
+    ax, steps, mean = step_series(ds, "centroid_alignment_mean", ax, what="plot_alignment")
     handles = ax.plot(steps, mean, color=color(0), marker=".", markersize=4,
                       label="centroid alignment (mean)")
     if "centroid_alignment_min" in ds and "centroid_alignment_max" in ds:

@@ -26,8 +26,8 @@ from ._style import (
     finish,
     legend,
     new_axes,
-    require,
     set_step_axis,
+    step_series,
     steps_of,
     values,
 )
@@ -185,13 +185,7 @@ def plot_norms(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = No
     -------
     Axes
     """
-    require(ds, "param_norm", what="plot_norms")
-    steps = steps_of(ds, "plot_norms")
-    norm = values(ds["param_norm"])
-    if not any_finite(norm):
-        raise PlotDataError("plot_norms: param_norm has no finite value")
-    ax = new_axes(ax)
-    set_step_axis(ax, steps)
+    ax, steps, norm = step_series(ds, "param_norm", ax, what="plot_norms")
     handles = ax.plot(steps, norm, color=color(0), marker=".", markersize=4, label="||θ||₂")
     if "rel_distance_init" in ds and any_finite(values(ds["rel_distance_init"])):
         twin = ax.twinx()

@@ -6,15 +6,11 @@ import xarray as xr
 from matplotlib.axes import Axes
 
 from ._style import (
-    PlotDataError,
     any_finite,
     color,
     finish,
     legend,
-    new_axes,
-    require,
-    set_step_axis,
-    steps_of,
+    step_series,
     values,
 )
 
@@ -38,13 +34,7 @@ def plot_kernel(
     -------
     Axes
     """
-    require(ds, "kernel_change", what="plot_kernel")
-    steps = steps_of(ds, "plot_kernel")
-    change = values(ds["kernel_change"])
-    if not any_finite(change):
-        raise PlotDataError("plot_kernel: kernel_change has no finite value")
-    ax = new_axes(ax)
-    set_step_axis(ax, steps)
+    ax, steps, change = step_series(ds, "kernel_change", ax, what="plot_kernel")
     handles = ax.plot(steps, change, color=color(0), marker=".", markersize=4,
                       label="kernel change")
     if alignment and "kernel_alignment" in ds and any_finite(values(ds["kernel_alignment"])):
