@@ -124,7 +124,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         run = open_run(path, trust_code=args.trust_code)
         t0 = time.perf_counter()
         res = analyze(run, measures, steps=args.steps, device=args.device,
-                      progress=not args.quiet, recompute=args.recompute)
+                      progress=not args.quiet, recompute=args.recompute,
+                      num_threads=args.threads)
         print(f"{path}: {len(res)} measures in {time.perf_counter() - t0:.1f} s "
               f"({', '.join(res)}); skipped: {dict(res.skipped) or 'none'}")
         print(milestone_table(run, res))
@@ -159,7 +160,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     print("\nanalysing every recorded step with every applicable measure ...")
     t0 = time.perf_counter()
-    res = analyze(run, demo_measures(), steps=args.steps, progress=not args.quiet)
+    res = analyze(run, demo_measures(), steps=args.steps, progress=not args.quiet,
+                  num_threads=DEMO.get("num_threads"))
     print(f"analysed in {time.perf_counter() - t0:.1f} s; skipped: {dict(res.skipped) or 'none'}\n")
     print(milestone_table(run, res))
     if args.no_report:
@@ -209,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--steps", help="all | every:K | log:N | A:B | A:B:K | comma list")
     a.add_argument("--device", default="auto")
     a.add_argument("--recompute", action="store_true")
+    a.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy small machine)")
     a.add_argument("--trust-code", action="store_true", help="allow importing the model factory named in the store")
     a.add_argument("-q", "--quiet", action="store_true")
     from .distributed import add_distributed_arguments

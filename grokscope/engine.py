@@ -20,6 +20,7 @@ import torch
 import xarray as xr
 
 from . import results_io
+from ._threads import torch_threads
 from .errors import ConfigError, GrokscopeError
 from .measures import registry
 from .measures.registry import Checkpoint, MeasureSpec
@@ -151,6 +152,7 @@ def analyze(
     recompute: bool = False,
     trust_code: bool = False,
     flush_seconds: float = 30.0,
+    num_threads: int | None = None,
 ) -> Results:
     """Compute measures over a stored run and persist them in its store.
 
@@ -169,6 +171,9 @@ def analyze(
         Ignore stored results and compute everything again.
     flush_seconds : float
         Write partial results at least this often, so an interrupted analysis resumes.
+    num_threads : int, optional
+        torch CPU threads during the analysis (None: leave torch's setting alone; 1 is much
+        faster on a loaded machine with few cores).
 
     Returns
     -------
@@ -176,6 +181,22 @@ def analyze(
         ``{name: xr.Dataset}`` of every measure that ran (the whole stored result), with
         ``.skipped`` giving the reason for each measure that did not apply.
     """
+    with torch_threads(num_threads):
+        return _analyze(run_or_path, measures, steps=steps, device=device, progress=progress,
+                        recompute=recompute, trust_code=trust_code, flush_seconds=flush_seconds)
+
+
+def _analyze(
+    run_or_path: Any,
+    measures: MeasureSelection,
+    *,
+    steps: StepSpec,
+    device: str | torch.device,
+    progress: bool,
+    recompute: bool,
+    trust_code: bool,
+    flush_seconds: float,
+) -> Results:
     from .store.run import Run, open_run
 
     run = run_or_path if isinstance(run_or_path, Run) else open_run(run_or_path, trust_code=trust_code)

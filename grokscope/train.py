@@ -21,8 +21,7 @@ from __future__ import annotations
 import math
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._threads import torch_threads
 from .data import Data
 from .errors import ConfigError, GrokscopeError, NotAStoreError, StoreError
 
@@ -224,19 +224,6 @@ def _json(value: Any) -> Any:
         return [_json(v) for v in value]
     return value
 
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Use ``n`` torch CPU threads inside the block (``None``: leave the setting alone)."""
-    if n is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _check_stop_when(stop_when: Any, metric_names: list[str]) -> dict | None:
@@ -491,7 +478,7 @@ def train(
     start = 0
 
     rec_config = config if stored is None else None  # continuing: keep the stored config
-    with _threads(num_threads), Recorder(
+    with torch_threads(num_threads), Recorder(
         out, net, data, config=rec_config, schedule=schedule, overwrite=overwrite,
         compression=compression, storage_options=storage_options,
     ) as rec:
