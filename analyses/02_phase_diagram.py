@@ -181,11 +181,12 @@ def _semi_note(cells: list[dict]) -> str:
     where = ", ".join(f"wd {c['weight_decay']:g} / frac {c['train_frac']:g} "
                       f"(final test acc {c['final_test_acc']:.2f})" for c in semi)
     return (
-        "\n**Semi-grokking cells** (" + where + "): test accuracy was still rising when the "
-        "step budget ended, so these runs are most likely grokking that the budget cut short, "
-        "not a fifth region of Liu et al.'s diagram (stronger weight decay slows the fit of "
-        "the training set and the rise of test accuracy alike). The label is METHODS.md's "
-        "(after Varma et al.): a delayed rise of test accuracy that ends below the threshold.\n"
+        "\n**Semi-grokking cells** (" + where + "): test accuracy rose well after the "
+        "training set was fit but ended below 0.9 within the step budget (see "
+        "`curves_grid.png`: still rising, or a plateau). Liu et al.'s diagram has no such "
+        "region; a longer budget would tell grokking cut short from genuine semi-grokking "
+        "(Varma et al.). Stronger weight decay slows both the fit and the rise of test "
+        "accuracy here, on the way to confusion at wd 10.\n"
     )
 
 
