@@ -184,6 +184,9 @@ def verdict(s: dict[str, Any]) -> str:
     pre_one = before.get("n_steps", 0) == 0 or before["share_bic_gap_gt_10"] <= 0.34
     post_mix = after.get("n_steps", 0) > 0 and after["share_bic_gap_gt_10"] >= 0.9
     word = "Reproduced" if pre_one and post_mix else "Partly reproduced"
+    if word == "Reproduced" and s["label"] != "grokking":
+        word = (f"Reproduced qualitatively, on a delayed generalisation labelled {s['label']} "
+                "rather than a full grokking run")
     return (
         f"**{word}.** After `t_test` = {s['t_test']:.0f} the BIC prefers a mixture at "
         f"{after.get('share_bic_gap_gt_10', 0):.0%} of the recorded steps with a gap above 10 "

@@ -261,7 +261,7 @@ def _show(ax: Any, mat: np.ndarray, title: str, p_half: int) -> None:
 
 def figure_matrices(results: dict[str, dict], out: Path) -> list[str]:
     """Init NFM, final NFM and final AGOP^1/2 in circulant order, one row per op."""
-    fig = Figure(figsize=(15.0, 4.6 * len(results)), layout="constrained")
+    fig = Figure(figsize=(12.5, 3.9 * len(results)), layout="constrained")
     axes = fig.subplots(len(results), 3, squeeze=False)
     for row, (op, r) in enumerate(results.items()):
         nfa, p = r["nfa"], r["summary"]["p"]
@@ -341,16 +341,19 @@ What the numbers say:
 
 * The uncentred NFA correlation is **high from the first step**, because at a standard random
   initialisation `AGOP = W1ᵀ K W1` with a near-diagonal `K`, so `AGOP ≈ c · W1ᵀW1` already
-  (this is why Beaglehole et al. introduced the centred C-NFA). It moves by only a few
-  hundredths over training, dips while the network reorganises around `t_test`, and recovers
-  as weight decay removes the random part of `W1`; we do not see a rise from low to high.
-  The off-diagonal-only correlation [ours] behaves the same way.
+  (this is why Beaglehole et al. introduced the centred C-NFA). The `s = 1/2` correlation moves
+  by only a few hundredths over training; the off-diagonal-only correlation [ours] dips just
+  after `t_test`, while the network reorganises, and recovers as weight decay removes the random
+  part of `W1`. We do not see a rise from low to high.
 * What does change at grokking is the *structure* of both matrices: the circulant score
-  [ours, module docstring] is ~0 at init and rises to its final value between `t_train` and
-  `t_test`, for the NFM and for `AGOP^1/2` alike (`nfm.png`); it is still rising at the
-  last step, so a longer run would end more circulant. The paper's final correlations are
-  lower than ours; we cannot tell from the paper whether that is the width (1024 vs 256),
-  a longer training or a different initialisation scale.
+  [ours, module docstring] is ~0 at init and through memorisation, starts rising at `t_test`
+  and keeps rising afterwards, for the NFM and for `AGOP^1/2` alike (`nfm.png`); it is still
+  rising at the last step, so a longer run would end more circulant. `AGOP^1/2` becomes
+  circulant sooner than the NFM.
+* The paper's final correlations are lower than ours; we cannot tell from the paper whether that
+  is the width (1024 vs 256), the training length or the initialisation scale.
+* `t_train`/`t_test` are the first *recorded* steps past 0.9 (log-spaced records: ..., 63, 79,
+  100, ..., 200, 251), which is why both operations show the same values.
 
 ## Figures
 

@@ -30,8 +30,8 @@ def _train(out: Path, quick: bool):
         cfg.update(task_kwargs={**DEMO["task_kwargs"], "p": 23}, steps=300,
                    schedule={"log_until": 100, "per_decade": 8, "every": 25})
     else:
-        # ~100 checkpoints over 2100 steps: log-spaced to 500, then every 25 steps
-        cfg.update(steps=2100, schedule={"log_until": 500, "per_decade": 10, "every": 25})
+        # ~100 checkpoints over 2100 steps: log-spaced to 500, then every 20 steps
+        cfg.update(steps=2100, schedule={"log_until": 500, "per_decade": 10, "every": 20})
     return gs.train(**cfg, out=str(out), progress=False)
 
 
