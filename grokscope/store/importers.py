@@ -55,6 +55,18 @@ _PREFERRED_PREFIXES = ("model.", "module.", "net.", "_orig_mod.", "network.")
 
 
 # ---------------------------------------------------------------------------- key matching
+
+def _prefix_counts(keys: set[str], target: set[str]) -> dict[str, int]:
+    """How many ``keys`` become a ``target`` key once each candidate prefix is removed."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        parts = k.split(".")
+        for i in range(1, len(parts)):
+            if ".".join(parts[i:]) in target:
+                p = ".".join(parts[:i]) + "."
+                counts[p] = counts.get(p, 0) + 1
+    return counts
+
 class KeyMatcher:
     """Maps a foreign state dict onto a model's keys (stripping or adding one prefix).
 
@@ -89,20 +101,8 @@ class KeyMatcher:
         return self
 
     def _find_rule(self, keys: set[str], target: set[str]) -> tuple[str | None, str | None] | None:
-        strip_counts: dict[str, int] = {}
-        add_counts: dict[str, int] = {}
-        for k in keys:
-            parts = k.split(".")
-            for i in range(1, len(parts)):
-                if ".".join(parts[i:]) in target:
-                    p = ".".join(parts[:i]) + "."
-                    strip_counts[p] = strip_counts.get(p, 0) + 1
-        for t in target:
-            parts = t.split(".")
-            for i in range(1, len(parts)):
-                if ".".join(parts[i:]) in keys:
-                    p = ".".join(parts[:i]) + "."
-                    add_counts[p] = add_counts.get(p, 0) + 1
+        strip_counts = _prefix_counts(keys, target)
+        add_counts = _prefix_counts(target, keys)
 
         def rank(p: str) -> tuple[int, int, int]:
             pref = _PREFERRED_PREFIXES.index(p) if p in _PREFERRED_PREFIXES else len(_PREFERRED_PREFIXES)
