@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m ""
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
