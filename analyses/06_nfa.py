@@ -247,16 +247,16 @@ def figure_corr(results: dict[str, dict], out: Path) -> list[str]:
     return _save(fig, out, "nfa_corr")
 
 
-def _show(ax: Any, mat: np.ndarray, title: str, p_half: int) -> None:
+def _show(ax: Any, mat: np.ndarray, title: str, p_half: int, order: str) -> None:
     off = mat[~np.eye(mat.shape[0], dtype=bool)]
     lim = float(np.percentile(np.abs(off), 99)) or 1.0
     im = ax.imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     ax.axhline(p_half - 0.5, color="k", linewidth=0.6)
     ax.axvline(p_half - 0.5, color="k", linewidth=0.6)
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("input index (a half | b half)")
-    ax.set_ylabel("input index")
-    ax.figure.colorbar(im, ax=ax, shrink=0.75, label="entry (clipped at 99th pct of |off-diag|)")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(f"input (a | b); {order}", fontsize=8)
+    ax.set_ylabel("input (a | b)")
+    ax.figure.colorbar(im, ax=ax, shrink=0.75, label="entry (clipped, 99th pct)")
 
 
 def figure_matrices(results: dict[str, dict], out: Path) -> list[str]:
@@ -265,15 +265,15 @@ def figure_matrices(results: dict[str, dict], out: Path) -> list[str]:
     axes = fig.subplots(len(results), 3, squeeze=False)
     for row, (op, r) in enumerate(results.items()):
         nfa, p = r["nfa"], r["summary"]["p"]
-        order = "a natural, b reversed" if op == "+" else "a, b by discrete log (0 left out)"
+        order = "a natural, b reversed" if op == "+" else "a, b by discrete log, 0 left out"
         first = reorder(nfa["nfm"].values[0], op, p)
         last = reorder(nfa["nfm"].values[-1], op, p)
         ag = reorder(sqrt_psd(nfa["agop"].values[-1]), op, p)
         half = first.shape[0] // 2
         s0, s1 = int(nfa.step.values[0]), int(nfa.step.values[-1])
-        _show(axes[row, 0], first, f"{OP_NAMES[op]}: NFM at step {s0} ({order})", half)
-        _show(axes[row, 1], last, f"{OP_NAMES[op]}: NFM at step {s1}", half)
-        _show(axes[row, 2], ag, f"{OP_NAMES[op]}: AGOP^1/2 at step {s1}", half)
+        _show(axes[row, 0], first, f"{OP_NAMES[op]}: NFM at step {s0}", half, order)
+        _show(axes[row, 1], last, f"{OP_NAMES[op]}: NFM at step {s1}", half, order)
+        _show(axes[row, 2], ag, f"{OP_NAMES[op]}: AGOP^1/2 at step {s1}", half, order)
     return _save(fig, out, "nfm", dpi=90)  # keeps the PNG under 500 kB
 
 
