@@ -296,7 +296,7 @@ def _run_step_jobs(
             for job in jobs:
                 if step not in job.todo:
                     continue
-                bar.set_postfix_str(job.spec.name)
+                bar.set_postfix_str(job.spec.name, refresh=False)
                 ckpt = Checkpoint(
                     step=step, model=model, data=data, device=dev,
                     references={w: refs.loader(w) for w in job.spec.references},
