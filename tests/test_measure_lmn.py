@@ -244,3 +244,12 @@ def test_push_through_falls_back_when_structure_differs():
     with torch.no_grad():
         plain = linearity_matrix(lambda z: model.from_hidden(z, 0), model.hidden(x, 0))
     assert float(ds.lmn) == pytest.approx(lmn_from_matrix(plain), rel=1e-9)
+
+
+def test_offset_dwarfing_change_is_still_linear_in_float64():
+    """A one-pass variance would lose every digit here (review finding): r^2 must stay ~1."""
+    torch.manual_seed(0)
+    W = torch.randn(5, 3, dtype=torch.float64)
+    h = torch.randn(6, 5, dtype=torch.float64)
+    L = linearity_matrix(lambda z: 1000 + 1e-9 * (z @ W), h, 21)
+    assert L.min() > 0.9999

@@ -6,8 +6,8 @@ For a model ``f: R^d -> R^C`` and an input ``x`` (the embedded input, see
 - centroid ``mu_x = J_x^T 1`` (gradient of the **sum** of the logits, one backward pass);
 - centroid alignment ``CA(x) = <mu_x, x> / max(|mu_x| |x|, 1e-8)``;
 - Jacobian norm ``||J_x||_F`` (exact, batched Jacobians);
-- Jacobian alignment ``A(x) = |J_x x|^2 / max(||J_x||_F |x|, 1e-8)^2`` [ours], 1 exactly when
-  every row of ``J_x`` is parallel to ``x``;
+- Jacobian alignment ``A(x) = |J_x x|^2 / (||J_x||_F |x|)^2`` [ours], 1 exactly when
+  every row of ``J_x`` is parallel to ``x`` (NaN where ``J_x = 0``, left out of the mean);
 - rank-one-ness ``sigma_1^2 / sum_i sigma_i^2`` of ``J_x`` (float64 singular values; NaN where
   ``J_x = 0``, and such points are left out of the mean).
 """
@@ -90,9 +90,11 @@ def alignment_per_point(model: nn.Module, x: torch.Tensor, *, chunk: int = 256) 
         parts["centroid_inner"].append(inner)
         parts["centroid_norm"].append(mu_norm)
         parts["jacobian_norm"].append(j_norm)
-        parts["jacobian_alignment"].append(
-            (jx**2).sum(1) / (j_norm * e_norm).clamp_min(_EPS) ** 2
-        )
+        # undefined (NaN, left out of the mean) where J_x = 0 or x = 0, like rank-one-ness
+        defined = (j_norm > 0) & (e_norm > 0)
+        parts["jacobian_alignment"].append(torch.where(
+            defined, (jx**2).sum(1) / (j_norm * e_norm).clamp_min(1e-300) ** 2, float("nan")
+        ))
         parts["rank_one"].append(rank_one)
     return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
 

@@ -68,18 +68,18 @@ def _entropy_bits(L: np.ndarray | torch.Tensor) -> float:
 def _pair_r2(y: torch.Tensor, t: torch.Tensor, eval_dtype: torch.dtype) -> torch.Tensor:
     """Mean over outputs of r^2(t, y_k) per pair: ``y (P, T, K)`` -> ``(P,)`` float64.
 
-    One pass over ``y`` in float64: ``cov = sum_t (t - mean t) y_t`` (no centring of ``y``
-    needed), ``ss_y = sum y^2 - (sum y)^2 / T``. An output whose spread is below
-    ``_CONST_EPS`` machine epsilons (of ``eval_dtype``) of its RMS is constant: ``r^2 = 1``.
+    In float64 with ``y`` centred per output before its moments are taken (a one-pass
+    ``sum y^2 - (sum y)^2 / T`` loses every digit when an output's mean dwarfs its change).
+    An output whose spread is below ``_CONST_EPS`` machine epsilons (of ``eval_dtype``) of its
+    RMS is constant: ``r^2 = 1``.
     """
-    n_t = t.numel()
     y = y.to(torch.float64)
     t64 = t.to(torch.float64)
     tc = t64 - t64.mean()
-    moments = torch.matmul(y.transpose(1, 2), torch.stack([tc, torch.ones_like(tc)], dim=1))
-    cov, s1 = moments[..., 0], moments[..., 1]
     s2 = (y * y).sum(dim=1)
-    ss_y = (s2 - s1 * s1 / n_t).clamp_min(0.0)
+    yc = y - y.mean(dim=1, keepdim=True)
+    cov = torch.einsum("ptk,t->pk", yc, tc)
+    ss_y = (yc * yc).sum(dim=1)
     r2 = cov * cov / (ss_y * (tc * tc).sum()).clamp_min(torch.finfo(torch.float64).tiny)
     eps = torch.finfo(eval_dtype).eps if eval_dtype.is_floating_point else 0.0
     constant = ss_y <= (_CONST_EPS * eps) ** 2 * s2
