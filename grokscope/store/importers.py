@@ -23,7 +23,10 @@ list covers every epoch up to the last checkpoint (losses indexed by epoch), els
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +38,7 @@ from torch import nn
 from .._cliargs import json_arg
 from ..data import Data
 from ..errors import ConfigError, GrokscopeError, ModelMismatchError
+from . import _io, schema
 from ._formats import Item, Source, jsonable, open_source
 from .schema import RESERVED
 
@@ -412,9 +416,23 @@ def import_checkpoints(
     renamed: dict[str, str] = {}
     seen: list[str] = []
     existed = _exists(out, storage_options)
+    # Re-importing over an existing local store writes a sibling first and swaps it in only on
+    # success, so a failure part-way leaves the old store untouched.
+    target = out
+    local = _io._local_path(out)
+    swap = existed and overwrite and local is not None
+    if swap and not _is_grokscope_store(local):
+        raise ConfigError(
+            f"{out} exists and is not a grokscope store; choose another path (grokscope will "
+            "not delete it, even with overwrite=True)"
+        )
+    if swap:
+        target = local.with_name(f".{local.name}.importing-{uuid.uuid4().hex[:8]}")
+    created = False
     try:
-        with Recorder(out, net, data, config=cfg, overwrite=overwrite,
+        with Recorder(target, net, data, config=cfg, overwrite=overwrite,
                       storage_options=storage_options) as rec:
+            created = not existed or swap
             last = rec.last_step
             todo = [i for i, step in enumerate(source.steps) if last is None or step > last]
             if last is not None:
@@ -438,10 +456,26 @@ def import_checkpoints(
             finally:
                 bar.close()
     except GrokscopeError:
-        if not existed or overwrite:  # leave nothing half-imported behind
-            _remove(out, storage_options)
+        if created:  # remove only what this call created; never a path that existed before
+            _remove(target, storage_options)
         raise
+    if swap:
+        old = local.with_name(f".{local.name}.replaced-{uuid.uuid4().hex[:8]}")
+        os.replace(local, old)
+        os.replace(target, local)
+        shutil.rmtree(old)
     return open_run(out, storage_options=storage_options)
+
+
+def _is_grokscope_store(path: Path) -> bool:
+    """True when ``path`` holds a root document written by grokscope (any schema version)."""
+    import json
+
+    try:
+        doc = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and schema.SCHEMA_KEY in doc.get("attributes", {})
 
 
 def _exists(out: str | Path, storage_options: dict | None) -> bool:

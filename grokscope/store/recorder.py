@@ -277,8 +277,10 @@ class Recorder:
                 f"{self._where} holds a zarr group that is not a grokscope store; choose another "
                 "path (grokscope will not delete it, even with overwrite=True)"
             )
-        if root is None and isinstance(store, _io.LocalStore):
-            if store.root.exists() and (not store.root.is_dir() or any(store.root.iterdir())):
+        if root is None:
+            local_file = (isinstance(store, _io.LocalStore) and store.root.exists()
+                          and not store.root.is_dir())
+            if local_file or _io.list_dir(store, ""):  # any store kind: a local folder or a URL prefix
                 raise ConfigError(
                     f"{self._where} exists and is not a grokscope store; choose another path "
                     "(grokscope will not delete it, even with overwrite=True)"

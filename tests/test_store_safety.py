@@ -1,0 +1,58 @@
+"""Nothing a user owns is deleted: failed imports, foreign folders and URL prefixes (review findings)."""
+
+from __future__ import annotations
+
+import fsspec
+import pytest
+import torch
+
+import grokscope as gs
+from grokscope.errors import ConfigError, GrokscopeError
+from tests._checkpoint_factories import small_data, small_model, trajectory, write_per_epoch
+
+
+def test_failed_import_into_a_plain_folder_deletes_nothing(tmp_path):
+    model = small_model()
+    write_per_epoch(tmp_path / "ck", trajectory(model, 3), [0, 10, 20])
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(GrokscopeError):
+        gs.import_checkpoints(tmp_path / "ck", precious, model=small_model(), data=small_data(),
+                              overwrite=True, progress=False)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_failed_overwrite_import_keeps_the_old_store(tmp_path):
+    model = small_model()
+    sds = trajectory(model, 3)
+    write_per_epoch(tmp_path / "ck", sds, [0, 10, 20])
+    out = tmp_path / "run.zarr"
+    gs.import_checkpoints(tmp_path / "ck", out, model=small_model(), data=small_data(), progress=False)
+    before = gs.open_run(out).steps.tolist()
+    bad = {k: torch.zeros(3, 3) for k in sds[0]}  # wrong shapes: the re-import fails part-way
+    torch.save({"model": bad, "epoch": 30}, tmp_path / "ck" / "epoch_30.pt")
+    with pytest.raises(GrokscopeError):
+        gs.import_checkpoints(tmp_path / "ck", out, model=small_model(), data=small_data(),
+                              overwrite=True, progress=False)
+    assert gs.open_run(out).steps.tolist() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.zarr")] == []
+
+
+def test_successful_overwrite_import_replaces_the_store(tmp_path):
+    model = small_model()
+    write_per_epoch(tmp_path / "ck", trajectory(model, 3), [0, 10, 20])
+    out = tmp_path / "run.zarr"
+    gs.import_checkpoints(tmp_path / "ck", out, model=small_model(), data=small_data(), progress=False)
+    (tmp_path / "ck" / "epoch_20.pt").unlink()
+    run = gs.import_checkpoints(tmp_path / "ck", out, model=small_model(), data=small_data(),
+                                overwrite=True, progress=False)
+    assert run.steps.tolist() == [0, 10]
+
+
+def test_recorder_refuses_a_url_prefix_holding_other_files():
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket-safety/notes.txt", b"keep me")
+    with pytest.raises(ConfigError, match="not a grokscope store"):
+        gs.Recorder("memory://bucket-safety", small_model(), small_data())
+    assert fs.cat("/bucket-safety/notes.txt") == b"keep me"
