@@ -36,7 +36,8 @@ def test_failed_overwrite_import_keeps_the_old_store(tmp_path):
         gs.import_checkpoints(tmp_path / "ck", out, model=small_model(), data=small_data(),
                               overwrite=True, progress=False)
     assert gs.open_run(out).steps.tolist() == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.zarr")] == []
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".run.zarr.")]
+    assert leftovers == [".run.zarr.lock"]  # no half-built sibling left behind
 
 
 def test_successful_overwrite_import_replaces_the_store(tmp_path):
@@ -56,3 +57,18 @@ def test_recorder_refuses_a_url_prefix_holding_other_files():
     with pytest.raises(ConfigError, match="not a grokscope store"):
         gs.Recorder("memory://bucket-safety", small_model(), small_data())
     assert fs.cat("/bucket-safety/notes.txt") == b"keep me"
+
+
+def test_second_writer_is_refused_and_the_lock_is_released_on_close(tmp_path):
+    from grokscope.errors import StoreError
+
+    path = tmp_path / "r.zarr"
+    model, data = small_model(), small_data()
+    rec = gs.Recorder(path, model, data)
+    rec.record(0, model)
+    with pytest.raises(StoreError, match="already being written"):
+        gs.Recorder(path, model, data)
+    rec.close()
+    with gs.Recorder(path, model, data) as again:
+        again.record(1, model)
+    assert gs.open_run(path).steps.tolist() == [0, 1]

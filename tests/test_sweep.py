@@ -142,7 +142,7 @@ def test_threshold_is_a_parameter(fake_sweep):
 
 
 def test_explicit_run_list_and_runs(fake_sweep):
-    paths = sorted(str(p) for p in fake_sweep.iterdir())
+    paths = sorted(str(p) for p in fake_sweep.iterdir() if not p.name.startswith("."))
     ds = phase_diagram([gs.open_run(p) for p in paths[:2]] + paths[2:], "train_frac",
                        "weight_decay")
     assert ds["label"].dims == ("train_frac", "weight_decay", "seed")

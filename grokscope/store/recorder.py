@@ -176,6 +176,32 @@ class _Param:
 
 
 # ---------------------------------------------------------------------------- Recorder
+def _writer_lock(path: Any) -> Any:
+    """An exclusive lock beside a local store (``.<name>.lock``), held while a Recorder is open.
+
+    Two writers on one store would each commit from their own count and silently drop the
+    other's steps; the second one gets a StoreError instead. The OS releases the lock when the
+    process dies, so a killed writer never blocks the next. Remote stores (URLs) take no lock.
+    """
+    import fcntl
+
+    local = _io._local_path(path)
+    if local is None:
+        return None
+    local = local.expanduser().absolute()
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(local.with_name(f".{local.name}.lock"), "a+")  # noqa: SIM115 (held open)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise StoreError(
+            f"{local} is already being written by another Recorder (another process, or an "
+            "unclosed Recorder in this one); close it first, or record into another path"
+        ) from None
+    return fh
+
+
 class Recorder:
     """Record a training trajectory into a zarr store, one committed checkpoint at a time.
 
@@ -249,6 +275,7 @@ class Recorder:
         sd = _state_dict(model)
         self._store = _io.open_store(path, read_only=False, storage_options=storage_options)
         self._where = _io.store_label(self._store)
+        self._lock = _writer_lock(path)
         self._closed = False
         self._params: dict[str, _Param] = {}
         self._scalars: dict[str, _Scalar] = {}
@@ -261,7 +288,10 @@ class Recorder:
                 self._create(sd, data, config)
             else:
                 self._reopen(root, sd, data, config)
-        except OSError as exc:
+        except BaseException as exc:
+            self._release_lock()
+            if not isinstance(exc, OSError):
+                raise
             raise StoreWriteError(
                 f"could not set up the store at {self._where}: {exc}. Check free space and "
                 "permissions"
@@ -702,6 +732,11 @@ class Recorder:
         return load_resume(self._store, self._resume)
 
     # ------------------------------------------------------------------ closing
+    def _release_lock(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.close()  # closing the descriptor releases the flock
+
     def close(self) -> None:
         """Trim arrays to the committed length and (optionally) consolidate metadata."""
         if self._closed:
@@ -718,6 +753,8 @@ class Recorder:
                 f"closing {self._where} failed ({exc}); the {self._count} committed checkpoints "
                 "are intact (re-open with a Recorder to trim again)"
             ) from exc
+        finally:
+            self._release_lock()
 
     def _check_open(self) -> None:
         if self._closed:
