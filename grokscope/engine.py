@@ -98,6 +98,7 @@ class _Job:
     todo: set[int]
     new: list[xr.Dataset] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
 
 
 def _finite(model: torch.nn.Module) -> bool:
@@ -220,13 +221,17 @@ def _analyze(
         if spec.kind == "trajectory":
             traj.append((spec, params))
             continue
-        key = results_io.params_key(params)
+        # values compared with the first/last checkpoint change when the run grows: the
+        # reference steps are part of the key, so a stale part is recomputed, never mixed in
+        context = {f"reference_{w}_step": int(run.steps[0] if w == "first" else run.steps[-1])
+                   for w in spec.references}
+        key = results_io.params_key(params, context)
         stored = None if recompute else _read(run, spec.name)
         if stored is not None and stored.attrs.get("params_key") != key:
             stored = None
         done_steps = set() if stored is None else set(stored.step.values.tolist())
         todo = {int(s) for s in selected} - done_steps
-        step_jobs.append(_Job(spec, params, key, stored, todo))
+        step_jobs.append(_Job(spec, params, key, stored, todo, context=context))
     del first_model
 
     _run_step_jobs(run, step_jobs, selected, data, dev, refs, progress, flush_seconds)
@@ -264,7 +269,7 @@ def _flush(run: Any, job: _Job, dev: torch.device) -> None:
         return
     parts = ([job.done] if job.done is not None else []) + job.new
     ds = _stack(parts)
-    ds = results_io.annotate(ds, job.spec.name, job.params, device=str(dev))
+    ds = results_io.annotate(ds, job.spec.name, job.params, context=job.context, device=str(dev))
     _write(run, job.spec.name, ds)
     job.done, job.new = ds, []
 

@@ -41,25 +41,27 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def params_key(params: Mapping[str, Any]) -> str:
-    """A stable hash of a measure's resolved parameters."""
-    text = json.dumps(jsonable(params), sort_keys=True)
+def params_key(params: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> str:
+    """A stable hash of a measure's resolved parameters and the context its values depend on
+    (e.g. the steps of the reference checkpoints it compares with)."""
+    text = json.dumps(jsonable({"params": params, "context": context or {}}), sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def annotate(ds: xr.Dataset, name: str, params: Mapping[str, Any], **extra: Any) -> xr.Dataset:
-    """``ds`` with the measure name, parameters and grokscope version in its attrs."""
+def annotate(ds: xr.Dataset, name: str, params: Mapping[str, Any], *,
+             context: Mapping[str, Any] | None = None, **extra: Any) -> xr.Dataset:
+    """``ds`` with the measure name, parameters, context and grokscope version in its attrs."""
     ds = ds.copy()
     attrs = {k: jsonable(v) for k, v in ds.attrs.items()}
     attrs.update(
         measure=name,
         params=json.dumps(jsonable(params), sort_keys=True),
-        params_key=params_key(params),
+        params_key=params_key(params, context),
         grokscope_version=__version__,
     )
     for k, v in params.items():
         attrs[f"param_{k}"] = jsonable(v)
-    attrs.update({k: jsonable(v) for k, v in extra.items()})
+    attrs.update({k: jsonable(v) for k, v in {**(context or {}), **extra}.items()})
     ds.attrs = attrs
     return ds
 

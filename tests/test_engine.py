@@ -105,3 +105,26 @@ def test_pick_device():
     assert pick_device("auto").type in ("cpu", "cuda")
     with pytest.raises(ConfigError):
         pick_device("warp-drive")
+
+
+def test_reference_steps_are_part_of_the_skip_key(tmp_path):
+    """A measure compared with the last checkpoint is recomputed when the run grows."""
+    import torch
+
+    from grokscope.store.recorder import Recorder
+
+    run = record_tiny_run(tmp_path / "g.zarr", steps=(0, 5, 10))
+    first = gs.analyze(run, ["nfa"], progress=False)["nfa"]
+    assert first.attrs["reference_last_step"] == 10
+    model = run.model_at(10)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(0.5 * torch.randn_like(prm))
+    with Recorder(run.path, model, run.data) as rec:
+        rec.record(20, model)
+    grown = gs.analyze(gs.open_run(run.path), ["nfa"], progress=False)["nfa"]
+    assert grown.attrs["reference_last_step"] == 20
+    assert grown.step.values.tolist() == [0, 5, 10, 20]
+    # step 10 is no longer the final step: its AGOP alignment is recomputed, not kept at 1
+    assert float(grown.agop_alignment.sel(step=10).max()) < 1.0 - 1e-6

@@ -91,12 +91,16 @@ def remove_stale_tmp(store: Store) -> int:
 
 
 def _local_path(path_or_url: str | os.PathLike) -> Path | None:
+    """The local filesystem path of a path or ``file://`` URL (``~`` expanded), else None."""
     s = os.fspath(path_or_url)
     if s.startswith("file://"):
-        return Path(s[len("file://") :])
+        s = s[len("file://"):]
+        if s.startswith("localhost/"):
+            s = s[len("localhost"):]
+        return Path(s).expanduser()
     if "://" in s:
         return None
-    return Path(s)
+    return Path(s).expanduser()
 
 
 def open_store(

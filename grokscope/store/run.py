@@ -508,6 +508,9 @@ def open_run(path_or_url: str | os.PathLike | Run, *, trust_code: bool = False,
     store = _io.open_store(path_or_url, read_only=True, storage_options=storage_options)
     if local is not None and not local.expanduser().exists():
         _io.check_root(store)  # raises NotAStoreError naming the path
-    run = Run(path_or_url, store, trust_code=trust_code)
+    # a local path is kept absolute and expanded, so results written later by path land in
+    # this store whatever the working directory or '~' (URLs are kept as given)
+    where = local.expanduser().absolute() if local is not None else path_or_url
+    run = Run(where, store, trust_code=trust_code)
     run.storage_options = storage_options
     return run
