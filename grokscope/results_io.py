@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
+import uuid
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -71,7 +74,15 @@ def _group(name: str) -> str:
 
 
 def write_result(path: str, name: str, ds: xr.Dataset, *, storage_options: dict | None = None) -> None:
-    """Write ``ds`` as the complete result ``name`` of the store at ``path`` (replacing it)."""
+    """Write ``ds`` as the complete result ``name`` of the store at ``path`` (replacing it).
+
+    On a local store the new version is written beside the old one (``results/.<name>.new-*``),
+    marked complete, and swapped in by directory renames, so a kill at any moment leaves the
+    last complete version in place. On other stores the group is rewritten in place and a kill
+    mid-write leaves it incomplete (recomputed by the next analysis).
+    """
+    from .store._io import _local_path
+
     ds = ds.copy()
     ds.attrs = {**ds.attrs, COMPLETE_ATTR: False}
     for vname, var in list(ds.variables.items()):
@@ -82,17 +93,27 @@ def write_result(path: str, name: str, ds: xr.Dataset, *, storage_options: dict 
                 ds = ds.assign_coords({vname: (var.dims, fixed, var.attrs)})
             else:
                 var.values = fixed
+    local = _local_path(path)
+    tag = uuid.uuid4().hex[:8]
+    group = _group(name) if local is None else _group(f".{name}.new-{tag}")
     with warnings.catch_warnings():
         # fixed-width unicode (labels, layer names) has no zarr v3 spec yet; we read it back ourselves
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
         ds.to_zarr(
-            path, group=_group(name), mode="w", consolidated=False, zarr_format=3,
+            path, group=group, mode="w", consolidated=False, zarr_format=3,
             storage_options=storage_options,
         )
     import zarr
 
-    grp = zarr.open_group(path, path=_group(name), mode="r+", storage_options=storage_options)
+    grp = zarr.open_group(path, path=group, mode="r+", storage_options=storage_options)
     grp.attrs[COMPLETE_ATTR] = True
+    if local is not None:
+        results = local / RESULTS_GROUP
+        final, old = results / name, results / f".{name}.old-{tag}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(results / f".{name}.new-{tag}", final)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_result(path: str, name: str, *, storage_options: dict | None = None) -> xr.Dataset | None:
@@ -120,4 +141,4 @@ def list_results(path: str, *, storage_options: dict | None = None) -> list[str]
         grp = zarr.open_group(path, path=RESULTS_GROUP, mode="r", storage_options=storage_options)
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return []
-    return sorted(name for name, _ in grp.groups())
+    return sorted(name for name, _ in grp.groups() if not name.startswith("."))

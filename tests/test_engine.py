@@ -128,3 +128,18 @@ def test_reference_steps_are_part_of_the_skip_key(tmp_path):
     assert grown.step.values.tolist() == [0, 5, 10, 20]
     # step 10 is no longer the final step: its AGOP alignment is recomputed, not kept at 1
     assert float(grown.agop_alignment.sel(step=10).max()) < 1.0 - 1e-6
+
+
+def test_failed_result_write_keeps_the_last_complete_version(tmp_path, counting_measure, monkeypatch):
+    run = record_tiny_run(tmp_path / "k.zarr")
+    gs.analyze(run, ["_count"], progress=False)
+
+    def boom(*args, **kwargs):
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", boom)
+    with pytest.raises(OSError):
+        gs.analyze(run, {"_count": {"scale": 3.0}}, progress=False)
+    monkeypatch.undo()
+    kept = gs.open_run(run.path).results["_count"]
+    assert kept.attrs["param_scale"] == 1.0 and kept.sizes["step"] == len(run.steps)

@@ -217,7 +217,10 @@ class _Results(Mapping):
     def _names(self) -> list[str]:
         if not _io.exists(self._store, f"{schema.RESULTS_GROUP}/zarr.json"):
             return []
-        return sorted(n for n in _io.list_dir(self._store, schema.RESULTS_GROUP) if self._complete(n))
+        return sorted(
+            n for n in _io.list_dir(self._store, schema.RESULTS_GROUP)
+            if not n.startswith(".") and self._complete(n)  # ".<name>.new-*": a write in flight
+        )
 
     def __getitem__(self, name: str) -> xr.Dataset:
         from ..results_io import COMPLETE_ATTR
