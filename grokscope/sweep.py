@@ -317,6 +317,16 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _train_defaults() -> dict[str, Any]:
+    """Keyword defaults of :func:`grokscope.train.train` (JSON-comparable)."""
+    from .train import train
+
+    return {
+        n: p.default for n, p in inspect.signature(train).parameters.items()
+        if p.default is not inspect.Parameter.empty and n not in ("task", "model", "out")
+    }
+
+
 def _mismatches(config: Mapping[str, Any], kwargs: Mapping[str, Any]) -> list[str]:
     """Requested values that the stored config contradicts (keys it lacks are not checked)."""
     out = []
@@ -326,6 +336,19 @@ def _mismatches(config: Mapping[str, Any], kwargs: Mapping[str, Any]) -> list[st
             continue
         if name in config and not _same(config[name], value):
             out.append(f"{name}: stored {config[name]!r}, requested {value!r}")
+    # a hyperparameter left out of the request means train()'s default, not "anything"
+    for name, default in _train_defaults().items():
+        if name in kwargs or name in _NOT_IN_CONFIG or name not in config:
+            continue
+        if default is None or default == "auto":  # resolved at train time (loss, schedule, ...)
+            continue
+        if not _same(config[name], default):
+            out.append(f"{name}: stored {config[name]!r}, requested the default {default!r}")
+    for what in ("model", "task"):
+        wanted = kwargs.get(what)
+        stored = (config.get(what) or {}).get("name")
+        if isinstance(wanted, str) and stored is not None and wanted != stored:
+            out.append(f"{what}: stored {stored!r}, requested {wanted!r}")
     task_cfg = config.get("task") or {}
     for name, value in (kwargs.get("task_kwargs") or {}).items():
         if name in task_cfg and not _same(task_cfg[name], value):

@@ -421,3 +421,14 @@ def test_manifest_accumulates_over_calls():
     assert [r["path"] for r in merged["runs"]] == ["a", "b", "c"]
     assert merged["fixed"] == {"steps": 9}
     assert _merge_manifest(None, new) is new
+
+
+def test_finished_run_with_other_defaults_or_model_is_not_reused():
+    """Review finding: an omitted hyperparameter means train()'s default, and the model counts."""
+    from grokscope.sweep import _mismatches
+
+    stored = {"lr": 1e-2, "weight_decay": 1.0, "model": {"name": "mlp", "kwargs": {}},
+              "task": {"name": "modular", "p": 11}}
+    bad = _mismatches(stored, {"model": "transformer", "weight_decay": 1.0})
+    assert any(b.startswith("lr:") for b in bad) and any(b.startswith("model:") for b in bad)
+    assert _mismatches(stored, {"model": "mlp", "lr": 1e-2, "weight_decay": 1.0}) == []
