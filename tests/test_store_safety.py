@@ -72,3 +72,26 @@ def test_second_writer_is_refused_and_the_lock_is_released_on_close(tmp_path):
     with gs.Recorder(path, model, data) as again:
         again.record(1, model)
     assert gs.open_run(path).steps.tolist() == [0, 1]
+
+
+def test_reopening_with_another_config_is_refused(tmp_path):
+    path = tmp_path / "r.zarr"
+    model, data = small_model(), small_data()
+    with gs.Recorder(path, model, data, config={"lr": 1e-3}) as rec:
+        rec.record(0, model)
+    with pytest.raises(ConfigError, match="differs from the stored one"):
+        gs.Recorder(path, model, data, config={"lr": 0.1})
+    with gs.Recorder(path, model, data, config={"lr": 1e-3}) as rec:  # same config continues
+        rec.record(1, model)
+    assert gs.open_run(path).steps.tolist() == [0, 1]
+
+
+def test_appending_an_import_from_another_source_is_refused(tmp_path):
+    model = small_model()
+    write_per_epoch(tmp_path / "a", trajectory(model, 2), [0, 10])
+    write_per_epoch(tmp_path / "b", trajectory(model, 3), [0, 10, 20])
+    out = tmp_path / "run.zarr"
+    gs.import_checkpoints(tmp_path / "a", out, model=small_model(), data=small_data(), progress=False)
+    with pytest.raises(ConfigError, match="imported from"):
+        gs.import_checkpoints(tmp_path / "b", out, model=small_model(), data=small_data(),
+                              progress=False)

@@ -429,8 +429,20 @@ def import_checkpoints(
     if swap:
         target = local.with_name(f".{local.name}.importing-{uuid.uuid4().hex[:8]}")
     created = False
+    rec_config: dict | None = cfg
+    if existed and not overwrite and local is not None and _is_grokscope_store(local):
+        # appending to an earlier import: only from the same source, under the stored config
+        from .run import open_run as _open_run
+
+        before = _open_run(out).config.get("imported_from")
+        if before is not None and before != str(src):
+            raise ConfigError(
+                f"{out} holds checkpoints imported from {before}, not {src}: import into another "
+                "path, or pass overwrite=True to replace it"
+            )
+        rec_config = None
     try:
-        with Recorder(target, net, data, config=cfg, overwrite=overwrite,
+        with Recorder(target, net, data, config=rec_config, overwrite=overwrite,
                       storage_options=storage_options) as rec:
             created = not existed or swap
             last = rec.last_step

@@ -431,15 +431,18 @@ class Recorder:
             )
         if data is not None:
             self._check_same_data(data)
-        if config is not None and _jsonable(config, "config") != {
-            k: v for k, v in meta["config"].items() if k in config
-        }:
-            warnings.warn(
-                f"re-opening {self._where}: the config passed differs from the stored one; the "
-                "stored config is kept",
-                UserWarning,
-                stacklevel=3,
-            )
+        if config is not None:
+            given = _jsonable(config, "config")
+            stored = meta["config"]
+            diff = sorted(k for k in given if k not in stored or stored[k] != given[k])
+            if diff:
+                # appending under other settings would mix two runs in one trajectory
+                raise ConfigError(
+                    f"re-opening {self._where}: the config differs from the stored one in "
+                    f"{diff} (stored {[stored.get(k) for k in diff]}, given "
+                    f"{[given[k] for k in diff]}); record into another path, pass "
+                    "overwrite=True to start again, or pass config=None to continue the stored run"
+                )
         self.compression = meta.get("compression")
         self._meta = meta
         self._count = int(meta["commit"]["count"])
