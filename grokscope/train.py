@@ -102,7 +102,8 @@ def _make_data(task: str | dict | Data, task_kwargs: dict | None) -> Data:
     )
 
 
-def _make_model(model: Any, data: Data, model_kwargs: dict | None, seed: int) -> nn.Module:
+def _make_model(model: Any, data: Data, model_kwargs: dict | None, seed: int,
+                trust_code: bool = False) -> nn.Module:
     if isinstance(model, nn.Module):
         if model_kwargs:
             raise ConfigError("train: model_kwargs apply to a model name, spec or class, "
@@ -118,7 +119,7 @@ def _make_model(model: Any, data: Data, model_kwargs: dict | None, seed: int) ->
                                     data, **kwargs)
         if isinstance(model, Mapping):
             spec = {**model, "kwargs": {**(model.get("kwargs") or {}), **kwargs}}
-            return models.build_from_spec(spec, trust_code=True)
+            return models.build_from_spec(spec, trust_code=trust_code)
         if isinstance(model, type) and issubclass(model, nn.Module):
             builtin = {models.MLP: "mlp", models.Transformer: "transformer"}.get(model)
             if builtin is not None:  # sizes inferred from the data
@@ -285,6 +286,7 @@ def train(
     compression: str | None = None,
     storage_options: dict | None = None,
     num_threads: int | None = None,
+    trust_code: bool = False,
 ) -> Any:
     """Train a model on a task, recording the trajectory into the store ``out``.
 
@@ -350,6 +352,9 @@ def train(
         Store compression (see :class:`~grokscope.store.recorder.Recorder`).
     storage_options : dict, optional
         fsspec options for URL stores.
+    trust_code : bool
+        Allow a ``{"factory": "module:qualname", ...}`` model spec (e.g. one read from a store)
+        to import that code; registered names and classes never need it.
     num_threads : int, optional
         CPU threads for torch while training (restored afterwards); ``None`` leaves torch's
         setting. Small models train fastest with 1 thread on a busy machine: intra-op threads
@@ -405,7 +410,7 @@ def train(
         )
 
     data = _make_data(task, task_kwargs)
-    net = _make_model(model, data, model_kwargs, seed)
+    net = _make_model(model, data, model_kwargs, seed, trust_code)
     classification = data.is_classification
     if loss == "auto":
         spec_loss = (data.task or {}).get("loss")

@@ -236,3 +236,13 @@ def test_demo_groks(tmp_path):
     t_test = int(test_acc[test_acc >= 0.9].index[0])
     assert test_acc.max() >= 0.9
     assert t_test - t_train >= 1000  # 'grokking' by METHODS.md section 1
+
+
+def test_factory_spec_needs_trust(tmp_path):
+    """A module:qualname spec (e.g. read from a store) is imported only when trusted."""
+    from grokscope.errors import UntrustedCodeError
+
+    spec = {"factory": "torch.nn:Linear", "kwargs": {"in_features": 22, "out_features": 11}}
+    with pytest.raises(UntrustedCodeError):
+        train(task="modular", task_kwargs={"p": 11}, model=spec, out=str(tmp_path / "r"),
+                 steps=2, progress=False)
