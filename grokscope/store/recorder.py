@@ -29,6 +29,7 @@ from torch import nn
 from ..data import Data
 from ..errors import (
     ConfigError,
+    CorruptStoreError,
     GrokscopeError,
     ModelMismatchError,
     NotAStoreError,
@@ -471,8 +472,10 @@ class Recorder:
 
         try:
             stored = read_data(self._store)
+        except CorruptStoreError:
+            raise  # a damaged split is reported, never skipped
         except StoreError:
-            return
+            return  # the run was recorded without a split
         for name in schema.SPLITS:
             a, b = getattr(stored, name), getattr(data, name)
             if a.shape != b.shape or not torch.equal(a.to(b.dtype), b):
