@@ -195,9 +195,10 @@ def verdict(s: dict[str, Any]) -> str:
         f"{before.get('share_bic_gap_gt_10', 0):.0%} of steps do (median gap "
         f"{_f(before.get('bic_gap_median'), 1)}), and before `t_train` "
         f"{s['before_t_train'].get('share_bic_gap_gt_10', 0):.0%}. The gap first stays above 10 "
-        f"from step {s['first_step_bic_gap_stays_gt_10']}. Before grokking BIC sometimes picks "
-        "k = 2 with a small gap (the Fourier order parameter of a random layer is a skewed "
-        "maximum, not exactly Gaussian), so k alone flickers; the BIC gap is the cleaner signal."
+        f"from step {s['first_step_bic_gap_stays_gt_10']}. Before `t_train` the order parameter "
+        "is one Gaussian (it is calibrated to N(0, 1) on random layers); while memorising BIC "
+        "occasionally picks k = 2 with a small gap as the first periodic neurons appear, so the "
+        "BIC gap is the cleaner signal than k."
     )
 
 
@@ -227,7 +228,8 @@ Set-up: the paper's modular quadratic network at CPU size (the teacher–student
 not run here). `a + b mod {cfg['task_kwargs']['p']}`, two-hot inputs, width
 {cfg['model_kwargs']['width']}, quadratic activation, no bias, MSE, AdamW lr 1e-3, wd 1.0,
 {cfg['task_kwargs']['train_frac']:.0%} train. Order parameter: `{s['order_parameter']}`
-(log dominant-frequency share of each neuron's input-weight Fourier power [ours]).
+(dominant-frequency share of each neuron's input-weight Fourier power, calibrated to N(0, 1)
+on random layers [ours]).
 
 ## Result
 
