@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 
 import grokscope as gs
 from grokscope.defaults import DEMO
-from grokscope.plot import plot_curves, plot_fourier, plot_fourier_losses
+from grokscope.plot import plot_curves, plot_fourier, plot_fourier_losses, save_figure
 
 #: Nanda et al. (2023), seed-0 p = 113 transformer (METHODS.md sections 1 and 6)
 PAPER = {
@@ -187,12 +187,7 @@ def _mark_window(ax: Any, t_train: float | None, t_test: float | None) -> None:
 
 
 def _save(fig: Figure, out: Path, name: str) -> list[str]:
-    files = []
-    for ext in ("png", "pdf"):
-        path = out / f"{name}.{ext}"
-        fig.savefig(path, dpi=DPI)
-        files.append(path.name)
-    return files
+    return save_figure(fig, out, name, dpi=DPI)
 
 
 # ----------------------------------------------------------------------------- figures

@@ -36,7 +36,7 @@ import torch
 from matplotlib.figure import Figure
 
 import grokscope as gs
-from grokscope.plot import plot_curves, plot_phase_diagram
+from grokscope.plot import plot_curves, plot_phase_diagram, save_figure
 
 DPI = 120
 
@@ -97,11 +97,7 @@ def _cells(ds: Any) -> list[dict[str, Any]]:
 
 
 def _save(fig: Figure, out: Path, name: str) -> list[str]:
-    names = []
-    for ext in ("png", "pdf"):
-        fig.savefig(out / f"{name}.{ext}", dpi=DPI)
-        names.append(f"{name}.{ext}")
-    return names
+    return save_figure(fig, out, name, dpi=DPI)
 
 
 def figures(ds: Any, out: Path) -> list[str]:

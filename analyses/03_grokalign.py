@@ -40,7 +40,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import grokscope as gs
-from grokscope.plot import plot_alignment
+from grokscope.plot import plot_alignment, save_figure
 
 #: Walker et al. (2025): 85% test accuracy reached 7.6x sooner with lambda = 1e-3 (CE)
 PAPER = {"threshold": 0.85, "speedup_ce": 7.6, "speedup_mse": 1.7, "lambda_ce": 1e-3}
@@ -170,9 +170,8 @@ def speedups(summaries: dict[float, dict]) -> dict[str, dict[str, str]]:
 
 
 # ----------------------------------------------------------------------------- figures
-def _save(fig: Figure, out: Path, name: str) -> None:
-    for ext in ("png", "pdf"):
-        fig.savefig(out / f"{name}.{ext}", dpi=DPI)
+def _save(fig: Figure, out: Path, name: str) -> list[str]:
+    return save_figure(fig, out, name, dpi=DPI)
 
 
 def figure_accuracy(results: dict[float, dict], out: Path) -> None:

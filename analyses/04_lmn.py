@@ -41,7 +41,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 import grokscope as gs
-from grokscope.plot import plot_curves, plot_lmn
+from grokscope.plot import plot_curves, plot_lmn, save_figure
 
 DPI = 120
 #: the paper's set-up (METHODS.md section 4)
@@ -134,11 +134,7 @@ def _window_ds(ds: xr.Dataset, start: float, end: float) -> xr.Dataset:
 
 # ----------------------------------------------------------------------------- figures
 def _save(fig: Figure, out: Path, name: str) -> list[str]:
-    names = []
-    for ext in ("png", "pdf"):
-        fig.savefig(out / f"{name}.{ext}", dpi=DPI)
-        names.append(f"{name}.{ext}")
-    return names
+    return save_figure(fig, out, name, dpi=DPI)
 
 
 def figure_vs_step(run: Any, lmns: dict[str, xr.Dataset], window: tuple[float, float],

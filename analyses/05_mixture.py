@@ -38,7 +38,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import grokscope as gs
-from grokscope.plot import plot_curves, plot_mixture, plot_mixture_k
+from grokscope.plot import plot_curves, plot_mixture, plot_mixture_k, save_figure
 
 DPI = 120
 #: a BIC difference above 10 is "very strong" evidence (Kass & Raftery 1995)
@@ -134,9 +134,8 @@ def _mark(ax: Any, summary: dict[str, Any]) -> None:
             ax.axvline(t, color=c, linestyle=style, linewidth=1.1, label=key)
 
 
-def _save(fig: Figure, out: Path, name: str) -> None:
-    for ext in ("png", "pdf"):
-        fig.savefig(out / f"{name}.{ext}", dpi=DPI)
+def _save(fig: Figure, out: Path, name: str) -> list[str]:
+    return save_figure(fig, out, name, dpi=DPI)
 
 
 def figures(run: Any, res: dict[str, Any], summary: dict[str, Any], out: Path) -> None:

@@ -51,7 +51,7 @@ from matplotlib.figure import Figure
 
 import grokscope as gs
 from grokscope.measures.nfa import matrix_power_psd
-from grokscope.plot import plot_nfa
+from grokscope.plot import plot_nfa, save_figure
 
 #: Mallinar et al. (2024), width-1024 quadratic net, p = 61, 50% train (METHODS.md section 5)
 PAPER = {"+": 0.955, "/": 0.929}
@@ -199,12 +199,7 @@ def run_one(op: str, quick: bool, runs: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- figures
 def _save(fig: Figure, out: Path, name: str, dpi: int = DPI) -> list[str]:
-    written = []
-    for ext in ("png", "pdf"):
-        path = out / f"{name}.{ext}"
-        fig.savefig(path, dpi=dpi)
-        written.append(path.name)
-    return written
+    return save_figure(fig, out, name, dpi=dpi)
 
 
 def _mark(ax: Any, summary: dict[str, Any]) -> None:

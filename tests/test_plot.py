@@ -366,3 +366,14 @@ def test_import_is_cheap_and_pyplot_free():
             "gp.plot_kernel; assert 'matplotlib.pyplot' not in sys.modules; "
             "assert hasattr(xr.Dataset(), 'grok')")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_save_figure_writes_each_format(tmp_path):
+    from matplotlib.figure import Figure
+
+    from grokscope.plot import save_figure
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    assert save_figure(fig, tmp_path / "out", "f") == ["f.png", "f.pdf"]
+    assert (tmp_path / "out" / "f.png").stat().st_size > 0 and (tmp_path / "out" / "f.pdf").exists()

@@ -36,6 +36,7 @@ _FUNCTIONS: dict[str, str] = {
     "plot_rqi": "scalars",
     "plot_scalars": "scalars",
     "plot_changepoints": "changepoints",
+    "save_figure": "save",
 }
 
 #: measure name -> plot function names, main figure first
