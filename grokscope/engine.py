@@ -302,6 +302,8 @@ def _run_step_jobs(
                 if step not in job.todo:
                     continue
                 bar.set_postfix_str(job.spec.name, refresh=False)
+                if job.spec.stateful and not job.state and job.done is not None:
+                    _rewarm(run, job, step, data, dev, refs, config)
                 ckpt = Checkpoint(
                     step=step, model=model, data=data, device=dev,
                     references={w: refs.loader(w) for w in job.spec.references},
@@ -318,6 +320,24 @@ def _run_step_jobs(
         bar.close()
         for job in jobs:
             _flush(run, job, dev)
+
+
+def _rewarm(run: Any, job: _Job, step: int, data: Any, dev: torch.device, refs: _References,
+            config: dict) -> None:
+    """Replay the last stored step before ``step`` (output discarded) to restore a stateful
+    measure's carried state, so an extended result continues instead of starting cold."""
+    done = job.done.step.values
+    earlier = done[done < step]
+    if earlier.size == 0:
+        return
+    prev = int(earlier.max())
+    model = run.model_at(prev, device=dev).eval()
+    job.spec.fn(
+        Checkpoint(step=prev, model=model, data=data, device=dev,
+                   references={w: refs.loader(w) for w in job.spec.references},
+                   state=job.state, config=config),
+        **job.params,
+    )
 
 
 def _compute(job: _Job, ckpt: Checkpoint, finite: bool) -> xr.Dataset | None:

@@ -143,3 +143,15 @@ def test_failed_result_write_keeps_the_last_complete_version(tmp_path, counting_
     monkeypatch.undo()
     kept = gs.open_run(run.path).results["_count"]
     assert kept.attrs["param_scale"] == 1.0 and kept.sizes["step"] == len(run.steps)
+
+
+def test_stateful_measure_is_rewarmed_when_a_result_is_extended(tmp_path):
+    """An extended mixture result continues its warm start instead of starting cold."""
+    run = record_tiny_run(tmp_path / "w.zarr")
+    steps = run.steps.tolist()
+    gs.analyze(run, ["mixture"], steps=f"{steps[0]}:{steps[2]}", progress=False)
+    extended = gs.analyze(run, ["mixture"], progress=False)["mixture"]
+    whole = gs.analyze(run, ["mixture"], progress=False, recompute=True)["mixture"]
+    # without the replay the first new step would be a cold fit (warm_started False)
+    assert bool(extended.warm_started.sel(step=steps[3]))
+    assert extended.k.values.tolist() == whole.k.values.tolist()

@@ -303,7 +303,7 @@ def _applies(model: nn.Module, _data: object) -> str | None:
     return "the model has no nn.Linear first layer to take neuron weights from"
 
 
-@register("mixture", kind="step", applies=_applies)
+@register("mixture", kind="step", applies=_applies, stateful=True)
 def mixture(
     ckpt: Checkpoint,
     *,

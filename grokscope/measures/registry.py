@@ -87,6 +87,7 @@ class MeasureSpec:
     references: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     description: str = ""
+    stateful: bool = False
 
     def resolve(self, params: dict[str, Any] | None) -> dict[str, Any]:
         """Defaults overridden by ``params``; unknown names are an error."""
@@ -114,6 +115,7 @@ def register(
     applies: Callable[[Any, Any], str | None] | None = None,
     references: tuple[str, ...] = (),
     after: tuple[str, ...] = (),
+    stateful: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a measure function under ``name``.
 
@@ -127,6 +129,10 @@ def register(
         Reference models a step measure uses (``"first"``, ``"last"``); the engine provides them.
     after : tuple of str
         Measures whose stored results this one reads; the engine runs them first.
+    stateful : bool
+        The measure carries ``ckpt.state`` from step to step (e.g. warm starts). When an
+        analysis extends a stored result, the engine first replays the last stored step before
+        the new ones (output discarded) so the state continues instead of starting cold.
     """
     if kind not in ("step", "trajectory"):
         raise ConfigError(f"measure kind must be 'step' or 'trajectory', got {kind!r}")
@@ -142,7 +148,8 @@ def register(
             defaults[p.name] = p.default
         doc = (inspect.getdoc(fn) or "").split("\n\n")[0]
         _REGISTRY[name] = MeasureSpec(
-            name, fn, kind, defaults, applies or _always, tuple(references), tuple(after), doc
+            name, fn, kind, defaults, applies or _always, tuple(references), tuple(after), doc,
+            stateful,
         )
         fn.measure_name = name  # type: ignore[attr-defined]
         return fn
