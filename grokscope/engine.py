@@ -21,6 +21,7 @@ import xarray as xr
 
 from . import results_io
 from ._threads import torch_threads
+from .anatomy import Anatomy, ModelView, resolve
 from .errors import ConfigError, GrokscopeError
 from .measures import registry
 from .measures.registry import Checkpoint, MeasureSpec
@@ -127,6 +128,28 @@ def _stack(parts: list[xr.Dataset]) -> xr.Dataset:
     return xr.concat(full, dim="step", join="outer", data_vars="all", coords="minimal", compat="override").sortby("step")
 
 
+def open_for_analysis(run_or_path: Any, *, model: Any = None, anatomy: dict | None = None,
+                      trust_code: bool = False) -> Any:
+    """A Run from a Run or a path, with the caller's ``model``/``anatomy`` attached."""
+    from .store.run import Run, open_run
+
+    if isinstance(run_or_path, Run):
+        run = run_or_path
+        if model is not None:
+            run.model_override = model
+        if anatomy is not None:
+            run.anatomy_override = anatomy
+        return run
+    return open_run(run_or_path, model=model, anatomy=anatomy, trust_code=trust_code)
+
+
+def run_anatomy(run: Any, model: torch.nn.Module, data: Any) -> Anatomy:
+    """The roles measures use on ``run``: the caller's override over the stored (or detected)
+    anatomy, checked against ``model``."""
+    return resolve(model, data, stored=(getattr(run, "config", None) or {}).get("anatomy"),
+                   override=getattr(run, "anatomy_override", None))
+
+
 class _References:
     """Models at the first and last stored steps, loaded once and shared by all measures."""
 
@@ -147,6 +170,8 @@ def analyze(
     run_or_path: Any,
     measures: MeasureSelection = None,
     *,
+    model: Any = None,
+    anatomy: dict | None = None,
     steps: StepSpec = None,
     device: str | torch.device = "auto",
     progress: bool = True,
@@ -164,6 +189,13 @@ def analyze(
     measures : None, str, list of str or dict
         None runs every registered measure that applies; ``{name: {param: value}}`` overrides
         parameters (a changed parameter recomputes that measure).
+    model : nn.Module, class, zero-argument factory or registered name, optional
+        The architecture to load the stored weights into (an instance is copied, never
+        mutated). Default: what the store carries (registered name, exported program, or a
+        trusted ``module:qualname``).
+    anatomy : dict, optional
+        Roles that override the stored or detected ones (see :mod:`grokscope.anatomy`), e.g.
+        ``{"input": "embed", "hidden": ["blocks.0.mlp.hook_post"]}``.
     steps : see :func:`grokscope.steps.select_steps`
     device : "auto", "cpu", "cuda", ...
     progress : bool
@@ -183,14 +215,17 @@ def analyze(
         ``.skipped`` giving the reason for each measure that did not apply.
     """
     with torch_threads(num_threads):
-        return _analyze(run_or_path, measures, steps=steps, device=device, progress=progress,
-                        recompute=recompute, trust_code=trust_code, flush_seconds=flush_seconds)
+        return _analyze(run_or_path, measures, model=model, anatomy=anatomy, steps=steps,
+                        device=device, progress=progress, recompute=recompute,
+                        trust_code=trust_code, flush_seconds=flush_seconds)
 
 
 def _analyze(
     run_or_path: Any,
     measures: MeasureSelection,
     *,
+    model: Any,
+    anatomy: dict | None,
     steps: StepSpec,
     device: str | torch.device,
     progress: bool,
@@ -198,21 +233,21 @@ def _analyze(
     trust_code: bool,
     flush_seconds: float,
 ) -> Results:
-    from .store.run import Run, open_run
-
-    run = run_or_path if isinstance(run_or_path, Run) else open_run(run_or_path, trust_code=trust_code)
+    run = open_for_analysis(run_or_path, model=model, anatomy=anatomy, trust_code=trust_code)
     dev = pick_device(device)
     selected = select_steps(run.steps, steps)
     plan = resolve_measures(measures)
     data = run.data.to(dev)
     refs = _References(run, dev)
     first_model = run.model_at(int(selected[0]), device=dev).eval()
+    anat = run_anatomy(run, first_model, data)
+    first_view = ModelView(first_model, anat)
     out = Results()
 
     step_jobs: list[_Job] = []
     traj: list[tuple[MeasureSpec, dict[str, Any]]] = []
     for spec, params in plan:
-        reason = spec.applies(first_model, data)
+        reason = spec.applies(first_view, data)
         if reason:
             out.skipped[spec.name] = reason
             if progress:
@@ -232,9 +267,9 @@ def _analyze(
         done_steps = set() if stored is None else set(stored.step.values.tolist())
         todo = {int(s) for s in selected} - done_steps
         step_jobs.append(_Job(spec, params, key, stored, todo, context=context))
-    del first_model
+    del first_model, first_view
 
-    _run_step_jobs(run, step_jobs, selected, data, dev, refs, progress, flush_seconds)
+    _run_step_jobs(run, step_jobs, selected, data, dev, refs, progress, flush_seconds, anat)
     for job in step_jobs:
         ds = _read(run, job.spec.name)
         if ds is not None:
@@ -283,6 +318,7 @@ def _run_step_jobs(
     refs: _References,
     progress: bool,
     flush_seconds: float,
+    anat: Anatomy,
 ) -> None:
     visit = [int(s) for s in selected if any(int(s) in j.todo for j in jobs)]
     if not visit:
@@ -303,11 +339,11 @@ def _run_step_jobs(
                     continue
                 bar.set_postfix_str(job.spec.name, refresh=False)
                 if job.spec.stateful and not job.state and job.done is not None:
-                    _rewarm(run, job, step, data, dev, refs, config)
+                    _rewarm(run, job, step, data, dev, refs, config, anat)
                 ckpt = Checkpoint(
                     step=step, model=model, data=data, device=dev,
                     references={w: refs.loader(w) for w in job.spec.references},
-                    state=job.state, config=config,
+                    state=job.state, config=config, anatomy=anat,
                 )
                 ds = _compute(job, ckpt, finite)
                 if ds is not None:
@@ -323,7 +359,7 @@ def _run_step_jobs(
 
 
 def _rewarm(run: Any, job: _Job, step: int, data: Any, dev: torch.device, refs: _References,
-            config: dict) -> None:
+            config: dict, anat: Anatomy) -> None:
     """Replay the last stored step before ``step`` (output discarded) to restore a stateful
     measure's carried state, so an extended result continues instead of starting cold."""
     done = job.done.step.values
@@ -335,7 +371,7 @@ def _rewarm(run: Any, job: _Job, step: int, data: Any, dev: torch.device, refs: 
     job.spec.fn(
         Checkpoint(step=prev, model=model, data=data, device=dev,
                    references={w: refs.loader(w) for w in job.spec.references},
-                   state=job.state, config=config),
+                   state=job.state, config=config, anatomy=anat),
         **job.params,
     )
 

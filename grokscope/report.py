@@ -145,10 +145,17 @@ def _applicability(run: Any, missing: list[str]) -> tuple[dict[str, str], str | 
         model = run.model_at(int(run.steps[0]))
     except GrokscopeError as exc:
         return {}, f"could not check which measures apply ({exc})"
+    from .anatomy import ModelView
+    from .engine import run_anatomy
+
     data = run.data
+    try:
+        view = ModelView(model, run_anatomy(run, model, data))
+    except GrokscopeError as exc:
+        return {}, f"could not check which measures apply ({exc})"
     reasons = {}
     for name in missing:
-        reason = registry.get(name).applies(model, data)
+        reason = registry.get(name).applies(view, data)
         if reason:
             reasons[name] = str(reason)
     return reasons, None

@@ -12,8 +12,10 @@ A measure is a function registered under a name. Two kinds exist:
     run-level summary, no step dim and the step values in variables).
 
 Every parameter is an explicit keyword argument with a default; the registry reads them from
-the signature, so each default lives in exactly one place. ``applies(model, data)`` returns
-``None`` when the measure applies, or a one-line reason why not (the engine then skips it).
+the signature, so each default lives in exactly one place. ``applies(view, data)`` (``view`` a
+:class:`~grokscope.anatomy.ModelView`: the model with its roles) returns ``None`` when the
+measure applies, or a one-line reason naming the missing role and the ``anatomy`` key that
+supplies it (the engine then skips it). Measures see models only through the anatomy.
 ``references`` names the other checkpoints a step measure uses (``"first"``, ``"last"``);
 ``after`` names measures whose stored results this one reads (the engine runs them first).
 """
@@ -27,6 +29,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..anatomy import Anatomy, ModelView, resolve
 from ..data import Data
 from ..errors import ConfigError, UnknownNameError
 
@@ -52,6 +55,8 @@ class Checkpoint:
         increasing step order (warm starts). Empty for the first visited step.
     config : dict
         The run's config (task, model spec, optimiser settings), possibly empty.
+    anatomy : Anatomy or None
+        The model's roles (the engine resolves them once per run); None: detected on first use.
     """
 
     step: int
@@ -61,6 +66,18 @@ class Checkpoint:
     references: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    anatomy: Anatomy | None = None
+
+    @property
+    def view(self) -> ModelView:
+        """The model at this step with its roles."""
+        if self.anatomy is None:
+            self.anatomy = resolve(self.model, self.data)
+        return ModelView(self.model, self.anatomy)
+
+    def reference_view(self, which: str) -> ModelView:
+        """:meth:`reference` with the same roles."""
+        return ModelView(self.reference(which), self.view.anatomy)
 
     def reference(self, which: str) -> torch.nn.Module:
         """The model at another step: ``"first"`` or ``"last"`` (loaded lazily, cached)."""
@@ -123,8 +140,8 @@ def register(
     ----------
     kind : {"step", "trajectory"}
     applies : callable, optional
-        ``applies(model, data) -> None | str``: None when the measure applies to this model
-        and data, else a one-line reason.
+        ``applies(view, data) -> None | str``: None when the measure applies to this model
+        (a :class:`~grokscope.anatomy.ModelView`) and data, else a one-line reason.
     references : tuple of str
         Reference models a step measure uses (``"first"``, ``"last"``); the engine provides them.
     after : tuple of str
