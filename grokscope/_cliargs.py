@@ -36,3 +36,88 @@ def kv_args(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.replace("-", "_")] = raw
     return out
+
+
+def add_model_arguments(parser: Any) -> None:
+    """``--model``, ``--model-kwargs`` and ``--anatomy`` for the verbs that analyse a run."""
+    parser.add_argument(
+        "--model", metavar="MODULE:CLASS",
+        help="the architecture to load the stored weights into: a registered name, "
+        "'package.module:Class' or 'path/to/file.py:Class' (code named here is trusted). "
+        "Default: what the store carries",
+    )
+    parser.add_argument("--model-kwargs", metavar="JSON", help="constructor kwargs for --model")
+    parser.add_argument(
+        "--anatomy", metavar="JSON",
+        help='roles overriding the detected ones, e.g. \'{"input": "embed", '
+        '"hidden": ["blocks.0.mlp.hook_post"]}\' (see docs/anatomy.md)',
+    )
+
+
+def model_from_args(args: Any) -> tuple[Any, dict[str, Any] | None]:
+    """``(model, anatomy)`` from :func:`add_model_arguments`' options.
+
+    ``model`` is None (use the store's), a registered name, or a zero-argument factory
+    building the named class with ``--model-kwargs``.
+    """
+    anatomy = json_arg(getattr(args, "anatomy", None), "--anatomy") or None
+    spec = getattr(args, "model", None)
+    kwargs = json_arg(getattr(args, "model_kwargs", None), "--model-kwargs")
+    if not spec:
+        if kwargs:
+            raise ConfigError("--model-kwargs needs --model MODULE:CLASS")
+        return None, anatomy
+    if ":" not in spec:
+        if kwargs:
+            from .models import build_model
+
+            return (lambda: build_model(spec, **kwargs)), anatomy
+        return spec, anatomy
+    cls = import_object(spec)
+
+    def factory() -> Any:
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"--model {spec} rejected --model-kwargs {kwargs}: {exc}") from None
+
+    return factory, anatomy
+
+
+def import_object(spec: str) -> Any:
+    """The object ``module:qualname`` or ``path/to/file.py:qualname`` (the user's own code)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    target, _, qualname = spec.rpartition(":")
+    if not target or not qualname:
+        raise ConfigError(f"--model must be MODULE:CLASS or FILE.py:CLASS, got {spec!r}")
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--model {spec}: no file {path}")
+        name = f"_grokscope_user_{path.stem}"
+        mod_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        try:
+            mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - the user's file; say what failed
+            raise ConfigError(f"--model {spec}: running {path} failed ({type(exc).__name__}: {exc})") from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ConfigError(
+                f"--model {spec}: cannot import {target!r} ({exc}); run from the folder that "
+                "holds it, set PYTHONPATH, or give FILE.py:CLASS"
+            ) from exc
+    obj: Any = module
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"--model {spec}: {target} has no {qualname!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"--model {spec} is not a class or factory")
+    return obj

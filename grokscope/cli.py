@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._cliargs import json_arg, kv_args
+from ._cliargs import add_model_arguments, json_arg, kv_args, model_from_args
 from .errors import GrokscopeError
 
 
@@ -89,9 +89,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .store.run import open_run
 
+    model, anatomy = model_from_args(args)
     for path in args.runs:
-        print(describe(open_run(path)))
+        run = open_run(path, model=model, anatomy=anatomy, trust_code=args.trust_code)
+        print(describe(run))
+        print(describe_anatomy(run))
     return 0
+
+
+def describe_anatomy(run: Any) -> str:
+    """The model's roles as measures see them (stored, detected, or why neither)."""
+    from .engine import run_anatomy
+
+    if not len(run.steps):
+        stored = (run.config or {}).get("anatomy")
+        return "anatomy: " + ("stored, no steps to check it on" if stored else "unknown (no steps)")
+    try:
+        model = run.model_at(int(run.steps[0]))
+        anat = run_anatomy(run, model, run.data)
+    except GrokscopeError as exc:
+        return f"anatomy: unavailable ({exc})"
+    body = "\n".join("  " + line for line in anat.summary().splitlines())
+    return f"anatomy (model from: {getattr(run, 'model_source', '?')}):\n{body}"
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -106,13 +125,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         measures = {m: params.get(m, {}) for m in (measures or params)}
     from .store.run import open_run
 
+    model, anatomy = model_from_args(args)
     if args.workers or args.scheduler:
         from .distributed import analyze_many
 
         summary = analyze_many(
             args.runs, measures, steps=args.steps, device=args.device, workers=args.workers,
             scheduler=args.scheduler, progress=not args.quiet, recompute=args.recompute,
-            trust_code=args.trust_code,
+            trust_code=args.trust_code, model=model, anatomy=anatomy,
         )
         for path, info in summary.items():
             print(f"{path}: {', '.join(info['measures'])} in {info['seconds']:.1f} s; "
@@ -121,7 +141,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(milestone_table(run, {n: run.results[n] for n in info["measures"]}))
         return 0
     for path in args.runs:
-        run = open_run(path, trust_code=args.trust_code)
+        run = open_run(path, model=model, anatomy=anatomy, trust_code=args.trust_code)
         t0 = time.perf_counter()
         res = analyze(run, measures, steps=args.steps, device=args.device,
                       progress=not args.quiet, recompute=args.recompute,
@@ -200,8 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_import_parser(sub)
 
-    i = sub.add_parser("info", help="print a run's summary")
+    i = sub.add_parser("info", help="print a run's summary and its model's anatomy")
     i.add_argument("runs", nargs="+")
+    add_model_arguments(i)
+    i.add_argument("--trust-code", action="store_true", help="allow importing the model factory named in the store")
     i.set_defaults(func=cmd_info)
 
     a = sub.add_parser("analyze", help="compute measures over stored runs")
@@ -213,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--recompute", action="store_true")
     a.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy small machine)")
     a.add_argument("--trust-code", action="store_true", help="allow importing the model factory named in the store")
+    add_model_arguments(a)
     a.add_argument("-q", "--quiet", action="store_true")
     from .distributed import add_distributed_arguments
 

@@ -15,14 +15,17 @@ from .errors import ConfigError
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report folder and print where its index.html is."""
+    from ._cliargs import model_from_args
     from .report import report
 
+    model, anatomy = model_from_args(args)
     formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
     if not formats:
         raise ConfigError("--formats needs at least one of png, pdf, svg")
     out = report(
         args.run, args.out, analyze=args.analyze, formats=formats, threshold=args.threshold,
         dpi=args.dpi, steps=args.steps, trust_code=args.trust_code, progress=not args.quiet,
+        model=model, anatomy=anatomy,
     )
     n_figs = len(list((out / "figures").glob("*.png")))
     print(f"report written to {out} ({n_figs} figures): open {out / 'index.html'}")
@@ -47,6 +50,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--dpi", type=int, default=150, help="resolution of the PNG figures")
     r.add_argument("--trust-code", action="store_true",
                    help="allow importing the model factory named in the store")
+    from ._cliargs import add_model_arguments
+
+    add_model_arguments(r)
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_report)
     return r

@@ -102,8 +102,11 @@ def cmd_phase_diagram(args: argparse.Namespace) -> int:
 
     figs = _figure_paths(args.out)
     runs: Any = args.runs[0] if len(args.runs) == 1 else args.runs
+    from ._cliargs import model_from_args
+
+    model, anatomy = model_from_args(args)
     ds = phase_diagram(runs, args.x, args.y, threshold=args.threshold,
-                       comprehension_gap=args.comprehension_gap)
+                       comprehension_gap=args.comprehension_gap, model=model, anatomy=anatomy)
     data_path = Path(args.data) if args.data else figs[0].with_name("phase_diagram.nc")
     figs[0].parent.mkdir(parents=True, exist_ok=True)
     data_path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,4 +161,7 @@ def add_sweep_parsers(subparsers: Any) -> None:
                    help="t_test - t_train (steps) from which a run counts as grokking")
     p.add_argument("--var", default="label_mode",
                    help="variable to draw (label_mode, final_test_acc_mean, frac_grokking ...)")
+    from ._cliargs import add_model_arguments
+
+    add_model_arguments(p)
     p.set_defaults(func=cmd_phase_diagram)

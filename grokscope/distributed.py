@@ -239,6 +239,8 @@ def analyze_one(
     recompute: bool = False,
     trust_code: bool = False,
     progress: bool = False,
+    model: Any = None,
+    anatomy: dict | None = None,
 ) -> dict[str, Any]:
     """Analyse one run (a task of :func:`analyze_many`); results go into its own store.
 
@@ -252,7 +254,7 @@ def analyze_one(
 
     t0 = time.perf_counter()
     res = analyze(path, measures, steps=steps, device=device, progress=progress,
-                  recompute=recompute, trust_code=trust_code)
+                  recompute=recompute, trust_code=trust_code, model=model, anatomy=anatomy)
     return {
         "measures": list(res),
         "skipped": dict(res.skipped),
@@ -271,6 +273,8 @@ def analyze_many(
     progress: bool = True,
     recompute: bool = False,
     trust_code: bool = False,
+    model: Any = None,
+    anatomy: dict | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run :func:`grokscope.analyze` over many stores, one task per store.
 
@@ -278,8 +282,10 @@ def analyze_many(
     ----------
     paths : path, URL or sequence of them
         Run stores. Each task writes only into its own store (disjoint writes).
-    measures, steps, device, recompute, trust_code
-        As for :func:`grokscope.analyze` (the same for every run).
+    measures, steps, device, recompute, trust_code, model, anatomy
+        As for :func:`grokscope.analyze` (the same for every run; on a Dask cluster ``model``
+        travels by pickle, so a class or factory the workers can import, or one cloudpickle
+        can carry by value such as a class defined in ``__main__``).
     workers, scheduler
         ``None``/``None``: serially in this process; ``workers=N``: a local Dask cluster of N
         single-threaded processes; ``scheduler="tcp://..."``: an existing Dask cluster whose
@@ -310,7 +316,8 @@ def analyze_many(
     serial = workers is None and scheduler is None
     tasks = {
         p: dict(path=absolute(p), measures=measures, steps=steps, device=device,
-                recompute=recompute, trust_code=trust_code, progress=progress and serial)
+                recompute=recompute, trust_code=trust_code, progress=progress and serial,
+                model=model, anatomy=anatomy)
         for p in paths
     }
     return map_runs(analyze_one, tasks, workers=workers, scheduler=scheduler,

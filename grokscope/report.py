@@ -459,6 +459,8 @@ def report(
     steps: Any = None,
     trust_code: bool = False,
     progress: bool = False,
+    model: Any = None,
+    anatomy: dict | None = None,
 ) -> Path:
     """Write a report folder for a run: figures, ``summary.json`` and ``index.html``.
 
@@ -482,14 +484,17 @@ def report(
         Passed to the analysis when ``analyze=True``.
     trust_code, progress : bool
         Passed to :func:`grokscope.open_run` / the analysis.
+    model, anatomy : optional
+        The architecture and roles, as for :func:`grokscope.analyze` (needed to decide which
+        measures apply and with ``analyze=True``).
 
     Returns
     -------
     Path
         ``out``.
     """
+    from .engine import open_for_analysis
     from .measures import registry
-    from .store.run import Run, open_run
 
     formats = tuple(formats)
     bad = [f for f in formats if f not in _FORMATS]
@@ -497,7 +502,7 @@ def report(
         raise ConfigError(f"unknown figure format(s) {bad}; use some of {list(_FORMATS)}")
     if not 0.0 < threshold <= 1.0:
         raise ConfigError(f"threshold must be in (0, 1], got {threshold}")
-    run = run_or_path if isinstance(run_or_path, Run) else open_run(run_or_path, trust_code=trust_code)
+    run = open_for_analysis(run_or_path, model=model, anatomy=anatomy, trust_code=trust_code)
     if len(run.steps) == 0:
         raise ConfigError(f"run {run.path} has no committed checkpoints: nothing to report")
 

@@ -636,6 +636,29 @@ def _manifest_values(manifest: dict | None, name: str) -> list[Any]:
     return []
 
 
+def _accuracy_curves(run: Any, model: Any, anatomy: dict | None) -> tuple[np.ndarray, ...]:
+    """``(steps, train_acc, test_acc)`` of a run: its recorded metrics, else its ``curves``
+    result (computed with ``model``/``anatomy`` when absent)."""
+    metrics = run.metrics
+    if "train_acc" in metrics and "test_acc" in metrics:
+        return (np.asarray(metrics["step"].values), np.asarray(metrics["train_acc"].values),
+                np.asarray(metrics["test_acc"].values))
+    if "curves" not in run.results:
+        from .engine import analyze
+
+        try:
+            analyze(run, ["curves"], model=model, anatomy=anatomy, progress=False)
+        except GrokscopeError as exc:
+            raise ConfigError(
+                f"phase_diagram: run {run.path} recorded no train_acc/test_acc metrics and its "
+                f"accuracy could not be computed ({exc}); pass model=... (--model) or analyse "
+                "it with 'curves' first"
+            ) from exc
+    cur = run.results["curves"]
+    return (np.asarray(cur["step"].values), np.asarray(cur["train_acc"].values),
+            np.asarray(cur["test_acc"].values))
+
+
 def phase_diagram(
     runs: Any,
     x: str,
@@ -646,6 +669,8 @@ def phase_diagram(
     semi_rise: float = 0.2,
     ungrok_margin: float = 0.1,
     storage_options: dict | None = None,
+    model: Any = None,
+    anatomy: dict | None = None,
 ) -> xr.Dataset:
     """Label every run of a grid by its grokking phase and lay the labels out on ``x`` x ``y``.
 
@@ -661,6 +686,10 @@ def phase_diagram(
         Passed to :func:`grokscope.measures.phases.phase_summary` (METHODS.md section 1).
     storage_options : dict, optional
         fsspec options for URL stores.
+    model, anatomy : optional
+        For runs that recorded no ``train_acc``/``test_acc`` metrics (imported runs): the
+        accuracies come from their stored ``curves`` result, computed first with this
+        architecture and these roles when absent (as for :func:`grokscope.analyze`).
 
     Returns
     -------
@@ -727,15 +756,9 @@ def phase_diagram(
         seed = cfg.get("seed")
         if len(run.steps) == 0:
             continue  # created but nothing committed yet
-        metrics = run.metrics
-        if "train_acc" not in metrics or "test_acc" not in metrics:
-            raise ConfigError(
-                f"phase_diagram: run {run.path} has no train_acc/test_acc metrics; phases are "
-                "defined by accuracy (classification tasks only)"
-            )
+        steps_, train_acc, test_acc = _accuracy_curves(run, model, anatomy)
         summ = phase_summary(
-            np.asarray(metrics["step"].values), np.asarray(metrics["train_acc"].values),
-            np.asarray(metrics["test_acc"].values), threshold=threshold,
+            steps_, train_acc, test_acc, threshold=threshold,
             comprehension_gap=comprehension_gap, semi_rise=semi_rise,
             ungrok_margin=ungrok_margin,
         )

@@ -11,7 +11,6 @@ module's output, a readout only if its output equals the logits.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
