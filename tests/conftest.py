@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+
+# test helper modules (e.g. the model zoo `_zoo`) import by their plain names too
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def record_tiny_run(path, *, model_name="mlp", encoding="onehot", p=11, steps=(0, 5, 10, 20, 40),
