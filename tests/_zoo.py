@@ -192,3 +192,28 @@ def build(kind: str, p: int = 11, seed: int = 0) -> nn.Module:
 
 KINDS = ("seq_mlp", "named_mlp", "embed_mlp", "grokscope_transformer", "raw_transformer",
          "tl_layout_transformer")
+
+
+def last_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The user's own reading of the logits: last position for sequence outputs."""
+    out = model(x)
+    return out[:, -1] if out.ndim == 3 else out
+
+
+def record(path, kind: str, *, steps=(0, 3, 8), p: int = 11, lr: float = 3e-3, seed: int = 0):
+    """Train zoo model ``kind`` with a plain loop and record it at ``steps`` with
+    ``gs.Recorder`` (no model spec, no kwargs: the store must carry the architecture).
+
+    Returns ``(model, data)`` at the last step.
+    """
+    model, data = build(kind, p=p, seed=seed), data_for(kind, p=p)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1.0)
+    with gs.Recorder(path, model, data) as rec:
+        for step in range(max(steps) + 1):
+            if step in steps:
+                rec.record(step, model)
+            loss = F.cross_entropy(last_logits(model, data.x_train)[:, :p], data.y_train)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model, data

@@ -16,6 +16,7 @@ import xarray as xr
 import grokscope as gs
 from grokscope.measures import get, names
 
+from ._zoo import record
 from .conftest import record_tiny_run
 
 MEASURES = names()
@@ -28,7 +29,12 @@ def runs(tmp_path_factory):
         "mlp": record_tiny_run(base / "mlp.zarr"),
         "transformer": record_tiny_run(base / "tf.zarr", model_name="transformer", encoding="tokens"),
         "one_step": record_tiny_run(base / "one.zarr", steps=(0,)),
+        "raw_transformer": _open(record(base / "raw.zarr", "raw_transformer"), base / "raw.zarr"),
     }
+
+
+def _open(_recorded, path):
+    return gs.open_run(path)
 
 
 def test_registry_is_populated():
@@ -59,7 +65,7 @@ def _check_result(name, ds, spec):
     assert len(ds.data_vars) > 0
 
 
-@pytest.mark.parametrize("which", ["mlp", "transformer"])
+@pytest.mark.parametrize("which", ["mlp", "transformer", "raw_transformer"])
 @pytest.mark.parametrize("name", MEASURES)
 def test_defaults_work_and_are_deterministic(runs, which, name):
     run = runs[which]
@@ -67,6 +73,8 @@ def test_defaults_work_and_are_deterministic(runs, which, name):
     res = gs.analyze(run, [name], device="cpu", progress=False, recompute=True)
     if name in res.skipped:
         assert isinstance(res.skipped[name], str) and res.skipped[name]
+        # a Nanda-style raw-parameter transformer on a+b mod p: every measure applies
+        assert which != "raw_transformer", res.skipped[name]
         pytest.skip(f"{name} does not apply to {which}: {res.skipped[name]}")
     ds = res[name]
     _check_result(name, ds, spec)
