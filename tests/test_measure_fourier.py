@@ -200,10 +200,11 @@ def test_transformer_path_uses_hook_and_token_grid():
 def test_applies_reasons():
     spec = get("fourier")
     model = fourier_sparse_mlp()
-    assert spec.applies(model, modular_data()) is None
+    view = Checkpoint(step=0, model=model, data=modular_data()).view
+    assert spec.applies(view, modular_data()) is None
     other = Data(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), torch.randn(2, 3), torch.tensor([0, 1]),
                  task={"name": "parity"})
-    assert "modular" in spec.applies(model, other)
+    assert "modular" in spec.applies(view, other)
     with pytest.raises(MeasureNotApplicable):
         fourier(Checkpoint(step=0, model=model, data=other))
 

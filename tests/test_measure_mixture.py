@@ -195,8 +195,11 @@ def test_bad_order_parameter():
 
 
 def test_applies():
-    assert get("mixture").applies(TwoLayer(torch.randn(4, D)), None) is None
-    assert isinstance(get("mixture").applies(nn.ReLU(), None), str)
+    data = _teacher_data()
+    view = Checkpoint(step=0, model=TwoLayer(torch.randn(4, D)), data=data).view
+    assert get("mixture").applies(view, data) is None
+    reason = get("mixture").applies(Checkpoint(step=0, model=nn.ReLU(), data=data).view, data)
+    assert isinstance(reason, str) and "'hidden'" in reason and "anatomy=" in reason
 
 
 def test_with_registered_mlp_on_tasks():

@@ -87,13 +87,18 @@ def test_measure_excludes_equals_token():
 
 def test_applies_and_errors():
     spec = get("rqi")
-    assert spec.applies(Embedder(torch.randn(5, 2)), _data(4)) is None
-    reason = spec.applies(nn.Linear(2, 2), _data(4))
+    view = Checkpoint(step=0, model=Embedder(torch.randn(5, 2)), data=_data(4)).view
+    assert spec.applies(view, _data(4)) is None
+    lin_data = Data(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), torch.randn(2, 2),
+                    torch.tensor([0, 1]))
+    reason = spec.applies(Checkpoint(step=0, model=nn.Linear(2, 2), data=lin_data).view, lin_data)
     assert isinstance(reason, str) and "\n" not in reason
+    assert "'embedding'" in reason and "anatomy=" in reason
     with pytest.raises(ConfigError):
         rqi_from_embedding(torch.randn(2, 4))
-    with pytest.raises(ConfigError):
-        get("rqi").fn(Checkpoint(step=0, model=Embedder(torch.randn(5, 2)), data=_data(9)))
+    with pytest.raises(ConfigError, match="p=9"):  # more operand tokens than table rows
+        get("rqi").fn(Checkpoint(step=0, model=Embedder(torch.randn(5, 2)), data=_data(9),
+                                 anatomy=view.anatomy))
 
 
 def test_with_registered_transformer():

@@ -13,8 +13,9 @@ unit length. It is orthonormal, so norms can be split exactly into components.
 Definitions [ours where the paper leaves a choice]
 --------------------------------------------------
 - **Neuron frequency.** Each hidden neuron's activation over all ``p^2`` inputs ``(a, b)``
-  (MLP: post-activation of the first hidden layer; transformer: input of
-  ``blocks.0.mlp.W_out`` at the last position) is centred and 2-D Fourier transformed,
+  (the post-activation of the anatomy's first ``hidden`` layer; with a position axis, at the
+  output role's position, else the last: a transformer's MLP neurons at the ``=`` token) is
+  centred and 2-D Fourier transformed,
   ``C = B A B^T``. Frequency ``k`` owns the components ``(k, 0)``, ``(0, k)`` and ``(k, k)``
   (cos/sin each: 2 + 2 + 4 terms); its share is their squared norm over the total squared
   norm. Cross terms ``(k, k')`` with ``k != k'`` belong to no frequency. ``neuron_freq`` is the
@@ -37,10 +38,16 @@ Definitions [ours where the paper leaves a choice]
 - **margin_per_norm**: mean correct-class margin (correct logit - largest other) over the
   task's train and test samples, divided by the total parameter L2 norm.
 - **Gini** of per-frequency norms (``k = 1..(p-1)/2``, cos and sin combined, constant left out)
-  of the embedding (``embed.weight[:p]``; for a two-hot first layer each half of its weight,
-  the halves' norms combined) and of the neuron-to-logit map (transformer
-  ``unembed.weight @ blocks.0.mlp.W_out.weight``; MLP the readout ``layers[-1].weight``),
-  transformed over the token / output-class index.
+  of the ``embedding`` table (token inputs: rows ``0..p-1``; two-hot inputs: the first layer's
+  columns as a ``(2p, width)`` table, each half transformed and the halves' squared norms
+  added) and of the neuron-to-logit map of hidden layer 0 (``view.neuron_to_logit(0)``: an
+  MLP's readout weight, a transformer's ``W_U^T W_out``; when layer 0 feeds another hidden
+  layer, the readout weight), transformed over the token / output-class index. Without an
+  out map or unembedding the readout norms are NaN (reason in attrs).
+
+The model is seen only through its anatomy (:class:`~grokscope.anatomy.ModelView`): the
+``hidden``, ``embedding``, ``output`` and (for the readout norms) ``unembedding``/``readout``
+roles.
 """
 
 from __future__ import annotations
@@ -53,8 +60,9 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 
+from ..anatomy import ModelView, missing_role
 from ..errors import ConfigError, MeasureNotApplicable
-from .curves import forward_chunked, margins, param_vector_norms
+from .curves import margins, param_vector_norms
 from .registry import Checkpoint, register
 
 __all__ = [
@@ -254,16 +262,8 @@ def _input_format(data: Any, p: int) -> str | None:
     return None
 
 
-def _is_transformer(model: torch.nn.Module) -> bool:
-    blocks = getattr(model, "blocks", None)
-    try:
-        mlp = blocks[0].mlp  # type: ignore[index]
-    except (TypeError, IndexError, AttributeError):
-        return False
-    return hasattr(mlp, "W_out") and hasattr(model, "unembed")
-
-
-def _applies(model: torch.nn.Module, data: Any) -> str | None:
+def _data_reason(data: Any) -> str | None:
+    """Why the data is not a modular task fourier can read, or None."""
     task = getattr(data, "task", None) or {}
     if task.get("name") != "modular":
         return (
@@ -272,22 +272,20 @@ def _applies(model: torch.nn.Module, data: Any) -> str | None:
     p = task.get("p")
     if not isinstance(p, int) or p < 3 or p % 2 == 0:
         return f"fourier measures need an odd modulus p >= 3 in the task spec (got p={p!r})"
-    fmt = _input_format(data, p)
-    if fmt is None:
+    if _input_format(data, p) is None:
         return "fourier measures need two-hot (n, 2p) float inputs or (a, b, ...) token inputs"
-    if _is_transformer(model):
-        return (
-            None
-            if isinstance(getattr(model, "embed", None), torch.nn.Embedding)
-            else ("the transformer has no nn.Embedding 'embed' to Fourier-transform")
-        )
-    layers = getattr(model, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList) or len(layers) < 2:
-        return "fourier measures need an MLP with 'layers' (hidden + readout) or a transformer"
-    if fmt == "tokens" and not isinstance(getattr(model, "embed", None), torch.nn.Embedding):
-        return "token inputs need the MLP's 'embed' (nn.Embedding)"
-    if fmt == "twohot" and getattr(layers[0], "in_features", None) != 2 * p:
-        return f"the MLP's first layer does not take the two-hot input of size 2p = {2 * p}"
+    return None
+
+
+def _applies(view: ModelView, data: Any) -> str | None:
+    reason = _data_reason(data)
+    if reason is not None:
+        return reason
+    anat = view.anatomy
+    if not anat.has("hidden"):
+        return str(missing_role("hidden", "fourier", "its neurons are Fourier-transformed"))
+    if not anat.has("embedding"):
+        return str(missing_role("embedding", "fourier", "its token table is Fourier-transformed"))
     return None
 
 
@@ -314,46 +312,100 @@ def _pairs_of(x: torch.Tensor, p: int) -> torch.Tensor:
     return x[:, :2].long()
 
 
+def _check_chunk(chunk: int) -> None:
+    if chunk < 1:
+        raise ConfigError(f"chunk must be a positive number of rows, got {chunk}")
+
+
 @torch.no_grad()
-def _neuron_acts(model: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Hidden activations ``(n, N)`` (see the module docstring for which)."""
-    if not _is_transformer(model) and hasattr(model, "hidden"):
-        return torch.cat([model.hidden(x[i : i + chunk], layer=0) for i in range(0, len(x), chunk)])
-    target = model.blocks[0].mlp.W_out if _is_transformer(model) else model.layers[1]
-    captured: list[torch.Tensor] = []
-
-    def hook(_mod: torch.nn.Module, args: tuple) -> None:
-        h = args[0]
-        captured.append(h[:, -1, :] if h.ndim == 3 else h.reshape(h.shape[0], -1))
-
-    handle = target.register_forward_pre_hook(hook)
-    try:
-        for i in range(0, len(x), chunk):
-            model(x[i : i + chunk])
-    finally:
-        handle.remove()
-    return torch.cat(captured)
+def _logits(view: ModelView, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``view.forward`` ``chunk`` rows at a time: ``(n, C)``."""
+    _check_chunk(chunk)
+    return torch.cat([view.forward(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
-def _embedding_norms(model: torch.nn.Module, p: int) -> torch.Tensor:
-    emb = getattr(model, "embed", None)
-    if isinstance(emb, torch.nn.Embedding):
-        return freq_norms(emb.weight.detach()[:p], p)
-    w = model.layers[0].weight.detach()
-    halves = freq_norms(w[:, :p].T, p) ** 2 + freq_norms(w[:, p:].T, p) ** 2
-    return torch.sqrt(halves)
+def _position(view: ModelView) -> int:
+    """The sequence position neurons are read at: the output role's, else the last."""
+    pos = view.anatomy.output.get("position")
+    return -1 if pos is None else int(pos)
 
 
-def _readout_norms(model: torch.nn.Module, p: int) -> torch.Tensor:
-    if _is_transformer(model):
-        m = model.unembed.weight.detach() @ model.blocks[0].mlp.W_out.weight.detach()
-    else:
-        m = model.layers[-1].weight.detach()
+@torch.no_grad()
+def _neuron_acts(view: ModelView, x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, bool]:
+    """Post-activations of hidden layer 0, ``(n, N)`` (a position axis is read at
+    :func:`_position`), and whether they had a position axis."""
+    _check_chunk(chunk)
+    pos = _position(view)
+    out, positional = [], False
+    for i in range(0, len(x), chunk):
+        h = view.hidden_activations(x[i : i + chunk], 0)
+        positional = h.ndim == 3
+        out.append(h[:, pos] if positional else h.reshape(h.shape[0], -1))
+    return torch.cat(out), positional
+
+
+def _describe_neurons(view: ModelView, positional: bool) -> str:
+    h = view.hidden_layer(0)
+    cap = h.get("capture")
+    where = (f"{cap['at']} of {cap['module']!r}" if cap
+             else f"{h.get('activation')} of the map {h.get('in')!r}")
+    at = ""
+    if positional:
+        pos = _position(view)
+        at = " at the last position" if pos == -1 else f" at position {pos}"
+    return f"post-activation of hidden layer {h['name']!r} ({where}){at}"
+
+
+def _embedding_norms(view: ModelView, p: int, fmt: str) -> torch.Tensor:
+    """Per-frequency norms of the embedding table over the token axis.
+
+    Token inputs: rows ``0..p-1``. Two-hot inputs: the table has ``2p`` rows (what each input
+    unit adds); its two halves (operand ``a``, operand ``b``) are transformed separately and
+    their squared norms added.
+    """
+    table = view.embedding_table()
+    if fmt == "twohot":
+        if table.shape[0] != 2 * p:
+            raise MeasureNotApplicable(
+                f"the embedding table has {table.shape[0]} rows, not the 2p = {2 * p} two-hot "
+                "input units"
+            )
+        halves = freq_norms(table[:p], p) ** 2 + freq_norms(table[p:], p) ** 2
+        return torch.sqrt(halves)
+    if table.shape[0] < p:
+        raise MeasureNotApplicable(
+            f"the embedding table has {table.shape[0]} rows, fewer than the p = {p} operand tokens"
+        )
+    return freq_norms(table[:p], p)
+
+
+def _neuron_to_logit(view: ModelView) -> tuple[torch.Tensor, str]:
+    """The map from hidden layer 0 to the logits ``(C, N)`` and what it is.
+
+    When layer 0's out map feeds another hidden layer (a deep MLP) there is no linear path to
+    the logits: the readout weight is used instead (over the output-class index the Fourier
+    norms need only its rows).
+    """
+    anat = view.anatomy
+    out = anat.hidden[0].get("out")
+    if out and any(h.get("in") == out for h in anat.hidden[1:]) and anat.readout is not None:
+        w = view.weight(anat.readout)
+        cls_ = anat.output.get("classes")
+        w = w if cls_ is None else w[int(cls_[0]) : int(cls_[1])]
+        return w, f"weight of the readout {anat.readout!r}"
+    m = view.neuron_to_logit(0)
+    if out == anat.readout:
+        return m, f"weight of the readout {out!r}"
+    return m, f"unembedding @ weight of {out!r}"
+
+
+def _readout_norms(view: ModelView, p: int) -> tuple[torch.Tensor, str]:
+    m, what = _neuron_to_logit(view)
     if m.shape[0] < p:
         raise MeasureNotApplicable(
             f"the model has {m.shape[0]} outputs, fewer than p = {p} classes"
         )
-    return freq_norms(m[:p], p)
+    return freq_norms(m[:p], p), what
 
 
 # --------------------------------------------------------------------------- the measure
@@ -393,24 +445,29 @@ def fourier(
         ``loss_all``, ``loss_train`` (unablated, same data), ``key_logit_share``,
         ``gini_embed``, ``gini_readout``, ``margin``, ``param_norm``, ``margin_per_norm``.
     """
-    model, data = ckpt.model, ckpt.data
-    reason = _applies(model, data)
+    data = ckpt.data
+    reason = _data_reason(data)  # before the anatomy: a foreign task cannot even be probed
+    if reason is not None:
+        raise MeasureNotApplicable(reason)
+    view = ckpt.view
+    reason = _applies(view, data)
     if reason is not None:
         raise MeasureNotApplicable(reason)
     p = int(data.task["p"])
     op = str(data.task.get("op", "+"))
+    fmt = str(_input_format(data, p))
     device = ckpt.device
     k_max = (p - 1) // 2
 
     grid = _grid_inputs(data, p, device)
-    acts = _neuron_acts(model, grid, chunk)
+    acts, acts_have_position = _neuron_acts(view, grid, chunk)
     share = neuron_frequencies(acts, p)
     neuron_freq, neuron_share, freq_share, key = key_frequencies(
         share, min_share=min_share, min_neurons_frac=min_neurons_frac, n_key=n_key
     )
     freqs = [int(k) for k in np.flatnonzero(key) + 1]
 
-    logits = forward_chunked(model, grid, chunk).double()
+    logits = _logits(view, grid, chunk).double()
     attrs: dict[str, Any] = {}
     nan = float("nan")
     restricted_loss = excluded_loss = loss_all = loss_train = key_share = nan
@@ -439,11 +496,17 @@ def fourier(
 
     x_all = torch.cat([data.x_train, data.x_test]).to(device)
     y_all = torch.cat([data.y_train, data.y_test]).to(device)
-    margin = float(margins(forward_chunked(model, x_all, chunk).double(), y_all).mean())
-    l2, _, _ = param_vector_norms(model)
+    margin = float(margins(_logits(view, x_all, chunk).double(), y_all).mean())
+    l2, _, _ = param_vector_norms(view.model)
 
-    emb_norm = _embedding_norms(model, p).cpu().numpy()
-    out_norm = _readout_norms(model, p).cpu().numpy()
+    emb_norm = _embedding_norms(view, p, fmt).cpu().numpy()
+    try:
+        out_t, readout_map = _readout_norms(view, p)
+        out_norm = out_t.cpu().numpy()
+    except (MeasureNotApplicable, ConfigError) as exc:
+        out_norm = np.full(k_max, nan)
+        readout_map = "none"
+        attrs["readout_skipped"] = str(exc)
 
     ds = xr.Dataset(
         {
@@ -471,11 +534,8 @@ def fourier(
         p=p,
         op=op,
         basis="real orthonormal Fourier basis over Z_p (constant, cos_k, sin_k)",
-        neuron_activation=(
-            "input of blocks.0.mlp.W_out at the last position"
-            if _is_transformer(model)
-            else "post-activation of the first hidden layer"
-        ),
+        neuron_activation=_describe_neurons(view, acts_have_position),
+        readout_map=readout_map,
         frequency_components="(k,0), (0,k), (k,k) cos/sin terms of the centred 2-D transform",
         key_rule=(
             f"top {n_key} by neuron count"

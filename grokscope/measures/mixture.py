@@ -48,8 +48,8 @@ import xarray as xr
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
-from torch import nn
 
+from ..anatomy import ModelView, missing_role
 from ..errors import ConfigError
 from .registry import Checkpoint, register
 
@@ -83,25 +83,28 @@ class MixtureFit:
 
 
 # --------------------------------------------------------------------------- order parameters
-def first_layer(model: nn.Module, module: str | None = None) -> tuple[str, torch.Tensor]:
-    """The first-layer weight ``W1`` (``(hidden, in)``) and its module name.
+def first_layer(view: ModelView, module: str | None = None) -> tuple[str, torch.Tensor]:
+    """The first-layer weight ``W1`` (``(hidden, in)``) and its linear map's name.
 
-    Default: ``blocks.0.mlp.W_in`` when present (transformers), else the first nn.Linear.
+    Parameters
+    ----------
+    view : ModelView
+    module : str, optional
+        A linear map of the anatomy (its name, e.g. ``"layers.0"``, ``"fc1"``,
+        ``"blocks.0.mlp.W_in"``, or its weight key). Default: the ``in`` map of the first hidden
+        layer (an MLP's first layer, a transformer's ``W_in``), else the first linear map.
     """
-    mods = dict(model.named_modules())
+    anat = view.anatomy
     if module is None:
-        if "blocks.0.mlp.W_in" in mods:
-            module = "blocks.0.mlp.W_in"
-        else:
-            module = next((n for n, m in mods.items() if isinstance(m, nn.Linear)), None)
+        module = next((h["in"] for h in anat.hidden if h.get("in")), None)
+        if module is None and anat.linear:
+            module = anat.linear[0]["name"]
         if module is None:
-            raise ConfigError("mixture: the model has no nn.Linear; pass module='...'")
-    if module not in mods:
-        raise ConfigError(f"mixture: model has no module {module!r}; modules: {list(mods)[1:40]}")
-    weight = getattr(mods[module], "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-        raise ConfigError(f"mixture: module {module!r} has no 2-D weight (hidden, in)")
-    return module, weight.detach()
+            raise missing_role(
+                "hidden", "mixture", "no hidden layer with an 'in' map and no linear map"
+            )
+    name = anat.linear_map(module)["name"]
+    return name, view.weight(name)
 
 
 def _fourier_p(task: dict[str, Any] | None, n_in: int) -> int | None:
@@ -297,10 +300,14 @@ def histogram(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     return counts.astype(np.int64), edges
 
 
-def _applies(model: nn.Module, _data: object) -> str | None:
-    if any(isinstance(m, nn.Linear) for m in model.modules()):
+def _applies(view: ModelView, _data: object) -> str | None:
+    anat = view.anatomy
+    if any(h.get("in") for h in anat.hidden) or anat.linear:
         return None
-    return "the model has no nn.Linear first layer to take neuron weights from"
+    return str(missing_role(
+        "hidden", "mixture", "no hidden layer with an 'in' map (nor any linear map) to take "
+        "neuron weights from"
+    ))
 
 
 @register("mixture", kind="step", applies=_applies, stateful=True)
@@ -322,8 +329,9 @@ def mixture(
     ----------
     ckpt : Checkpoint
     module : str, optional
-        The first layer (an nn.Linear, weight ``(hidden, in)``); default ``blocks.0.mlp.W_in``
-        when present, else the first nn.Linear (``layers.0`` of the MLP).
+        A linear map of the model's anatomy (name or weight key; weight read as
+        ``(hidden, in)``); default the ``in`` map of the first hidden layer (``layers.0`` of an
+        MLP, ``blocks.0.mlp.W_in`` of a transformer), else the first linear map.
     order_parameter : {"auto", "teacher", "fourier", "pca"}
         See the module docstring; ``"auto"`` takes teacher, then fourier, then pca.
     n_components : int
@@ -348,7 +356,7 @@ def mixture(
         ``bic`` (``candidate``: k = 1..max_components, NaN where skipped); ``hist_counts``
         (``bin``) and ``hist_edges`` (``edge``).
     """
-    name, W1 = first_layer(ckpt.model, module)
+    name, W1 = first_layer(ckpt.view, module)
     kind, phi = compute_order_parameter(
         W1, ckpt.data.task, ckpt.data.extras, order_parameter, n_components
     )

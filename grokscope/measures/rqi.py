@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import xarray as xr
-from torch import nn
 
-from ..errors import ConfigError
+from ..anatomy import ModelView, missing_role
+from ..errors import ConfigError, MeasureNotApplicable
 from .registry import Checkpoint, register
 
 
@@ -76,22 +76,22 @@ def rqi_from_embedding(
     return count / total, count, total
 
 
-def _token_count(model: nn.Module, data: object) -> int:
-    vocab = model.embed.num_embeddings
+def _token_count(n_rows: int, data: object) -> int:
+    """Rows of the embedding table RQI uses: ``p`` from the task spec, else every row."""
     task = getattr(data, "task", None) or {}
     p = task.get("p")
     if p is None:
-        return vocab
+        return n_rows
     p = int(p)
-    if p > vocab:
-        raise ConfigError(f"rqi: the task has p={p} tokens but the embedding only {vocab} rows")
+    if p > n_rows:
+        raise ConfigError(f"rqi: the task has p={p} tokens but the embedding only {n_rows} rows")
     return p
 
 
-def _applies(model: nn.Module, _data: object) -> str | None:
-    if isinstance(getattr(model, "embed", None), nn.Embedding):
+def _applies(view: ModelView, _data: object) -> str | None:
+    if view.anatomy.has("embedding"):
         return None
-    return "the model has no token embedding (model.embed is not an nn.Embedding)"
+    return str(missing_role("embedding", "rqi", "a token embedding table"))
 
 
 @register("rqi", kind="step", applies=_applies)
@@ -109,15 +109,19 @@ def rqi(ckpt: Checkpoint, *, threshold: float = 0.01, normalize: bool = True) ->
     Returns
     -------
     xr.Dataset
-        Scalars ``rqi``, ``n_parallelograms``, ``n_quadruples``, ``n_tokens``. Tokens
-        ``0..p-1`` are used (``p`` from the task spec; the "=" token of a ``p+1`` vocabulary is
-        excluded); without a ``p`` in the task spec every row of the embedding is used.
+        Scalars ``rqi``, ``n_parallelograms``, ``n_quadruples``, ``n_tokens``. Rows
+        ``0..p-1`` of the anatomy's ``embedding`` table are used (``p`` from the task spec; the
+        "=" token of a ``p+1`` vocabulary is excluded; for two-hot inputs, whose table has
+        ``2p`` rows, the first operand's half); without a ``p`` in the task spec every row of
+        the table is used.
     """
-    reason = _applies(ckpt.model, ckpt.data)
+    view = ckpt.view
+    reason = _applies(view, ckpt.data)
     if reason:
-        raise ConfigError(f"rqi: {reason}")
-    n_tok = _token_count(ckpt.model, ckpt.data)
-    E = ckpt.model.embed.weight.detach()[:n_tok]
+        raise MeasureNotApplicable(reason)
+    table = view.embedding_table()
+    n_tok = _token_count(table.shape[0], ckpt.data)
+    E = table[:n_tok]
     value, count, total = rqi_from_embedding(E, threshold, normalize=normalize)
     return xr.Dataset(
         {
