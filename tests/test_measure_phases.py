@@ -7,8 +7,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
+from _store_helpers import TinyNet, tiny_data
 
+import grokscope as gs
 from grokscope.errors import ConfigError, MeasureNotApplicable
 from grokscope.measures import get
 from grokscope.measures.phases import changepoint, phase_summary, phases
@@ -148,3 +151,94 @@ def test_registration():
     spec = get("phases")
     assert spec.kind == "trajectory" and spec.after == ("curves",)
     assert spec.defaults["threshold"] == 0.9 and spec.defaults["comprehension_gap"] == 1000
+
+
+# ------------------------------------------------------------------ foreign / imported runs
+def test_foreign_metric_names_label_like_grokscope_names():
+    tr, te = sigmoid(S, 200, 20), sigmoid(S, 9000, 150, CHANCE)
+    want = phases(SimpleNamespace(results={}, metrics=_curves_ds(S, train_acc=tr, test_acc=te)), S)
+    for trn, ten in (("train_accuracy", "test_accuracy"), ("train_acc", "val_acc"),
+                     ("train_accuracy", "val_accuracy")):
+        run = SimpleNamespace(results={}, metrics=_curves_ds(S, **{trn: tr, ten: te}))
+        ds = phases(run, S)
+        assert str(ds["label"].values) == "grokking"
+        assert ds.attrs["accuracy_source"] == "metrics"
+        assert (ds.attrs["train_acc_variable"], ds.attrs["test_acc_variable"]) == (trn, ten)
+        for k in ("t_train", "t_test", "gap", "final_test_acc"):
+            assert float(ds[k]) == float(want[k])
+
+
+def test_percent_accuracies_are_rescaled():
+    tr, te = sigmoid(S, 200, 20), sigmoid(S, 9000, 150, CHANCE)
+    run = SimpleNamespace(results={}, metrics=_curves_ds(S, train_accuracy=100 * tr,
+                                                         val_accuracy=100 * te))
+    ds = phases(run, S)
+    assert str(ds["label"].values) == "grokking" and ds.attrs["accuracy_scale"] == 0.01
+    assert 9200 <= float(ds["t_test"]) <= 9400
+    assert float(ds["final_test_acc"]) == pytest.approx(te[-1])
+
+
+def test_all_nan_curves_fall_back_to_metrics():
+    tr, te = sigmoid(S, 200, 20), sigmoid(S, 400, 20)
+    nan = np.full(S.size, np.nan)
+    run = SimpleNamespace(results={"curves": _curves_ds(S, train_acc=nan, test_acc=nan)},
+                          metrics=_curves_ds(S, train_acc=tr, val_acc=te))
+    ds = phases(run, S)
+    assert ds.attrs["accuracy_source"] == "metrics" and str(ds["label"].values) == "comprehension"
+
+
+@pytest.mark.parametrize("names", [("train_loss", "test_loss"), ("train_loss", "val_loss"),
+                                   ("train_losses", "test_losses")])
+def test_losses_only_is_not_labelled(names):
+    loss_tr = 5 - 4.9 * sigmoid(S, 200, 20)
+    loss_te = 5 - 4.9 * sigmoid(S, 9000, 150)
+    run = SimpleNamespace(results={}, metrics=_curves_ds(S, **dict(zip(names, (loss_tr, loss_te)))))
+    ds = phases(run, S)
+    assert str(ds["label"].values) == "unavailable"
+    assert ds.attrs["accuracy_source"] == "none"
+    why = ds.attrs["accuracy_unavailable"]
+    assert "accuracy is unavailable" in why and names[0] in why and names[1] in why
+    assert all(math.isnan(float(ds[k])) for k in ("t_train", "t_test", "gap", "final_test_acc"))
+    # the loss curves still get their change points
+    assert abs(float(ds["changepoint"].sel(curve=f"metrics/{names[1]}")) - 9000) <= 150
+
+
+def test_labelled_run_says_accuracy_is_available():
+    tr, te = sigmoid(S, 200, 20), sigmoid(S, 9000, 150, CHANCE)
+    ds = phases(SimpleNamespace(results={}, metrics=_curves_ds(S, train_acc=tr, test_acc=te)), S)
+    assert ds.attrs["accuracy_unavailable"] == "" and ds.attrs["accuracy_scale"] == 1.0
+
+
+def _record(path, metrics_at):
+    """A stored run whose trainer logged only ``metrics_at(step)`` (no curves result)."""
+    torch.manual_seed(0)
+    model, data = TinyNet(), tiny_data()
+    with gs.Recorder(path, model, data) as rec:
+        for step in (0, 10, 100, 1000, 3000, 6000):
+            with torch.no_grad():
+                for prm in model.parameters():
+                    prm.mul_(0.9)
+            rec.record(step, model, metrics_at(step))
+    return gs.open_run(path)
+
+
+def test_stored_run_with_foreign_metrics_only(tmp_path):
+    steps = np.array([0, 10, 100, 1000, 3000, 6000])
+    tr = dict(zip(steps.tolist(), [10.0, 60.0, 100.0, 100.0, 100.0, 100.0]))
+    te = dict(zip(steps.tolist(), [10.0, 10.0, 12.0, 15.0, 95.0, 99.0]))
+    run = _record(tmp_path / "foreign.zarr",
+                  lambda s: {"train_accuracy": tr[s], "val_accuracy": te[s], "val_loss": 1.0 / (1 + s)})
+    assert "curves" not in (run.results or {})
+    ds = phases(run, run.steps)
+    assert ds.attrs["accuracy_source"] == "metrics" and ds.attrs["accuracy_scale"] == 0.01
+    assert float(ds["t_train"]) == 100 and float(ds["t_test"]) == 3000
+    assert str(ds["label"].values) == "grokking"
+
+
+def test_stored_run_with_losses_only(tmp_path):
+    run = _record(tmp_path / "losses.zarr",
+                  lambda s: {"train_loss": 1.0 / (1 + s), "val_loss": 2.0 / (1 + 0.01 * s)})
+    ds = phases(run, run.steps)
+    assert str(ds["label"].values) == "unavailable"
+    assert "accuracy is unavailable" in ds.attrs["accuracy_unavailable"]
+    assert "metrics/val_loss" in list(ds["curve"].values)

@@ -4,7 +4,9 @@ Per checkpoint: loss and accuracy on each split, the total and per-tensor L2 nor
 parameters, their l-infinity norm, and the relative distance from the first checkpoint
 ``||theta_t - theta_0|| / ||theta_0||``. Recomputing (rather than reading the trainer's
 metrics) gives the same curves for imported runs, whose trainers logged something else or
-nothing.
+nothing. The logits come from the model's anatomy (``ckpt.view.forward``: the output role, e.g.
+the last position and the first ``p`` logits of a transformer returning ``(n, 3, vocab)``),
+never from the raw output flattened.
 
 Losses
 ------
@@ -21,12 +23,15 @@ shared by the other measure modules of this package.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import xarray as xr
 
+from ..anatomy import ModelView, model_output_tensor
 from ..data import Data
 from ..errors import ConfigError, ModelMismatchError
 from .registry import Checkpoint, register
@@ -74,11 +79,21 @@ def param_vector_norms(model: torch.nn.Module) -> tuple[float, float, dict[str, 
 
 
 @torch.no_grad()
-def forward_chunked(model: torch.nn.Module, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """``model(x)`` evaluated ``chunk`` rows at a time.
+def forward_chunked(
+    model_or_view: ModelView | Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """Logits of ``x`` evaluated ``chunk`` rows at a time.
 
     Parameters
     ----------
+    model_or_view : ModelView or callable
+        A :class:`~grokscope.anatomy.ModelView`: its :meth:`~grokscope.anatomy.ModelView.forward`
+        (the output role applied: the read-out position and class slice, ``(n, C)``). Any other
+        callable (e.g. an ``nn.Module``): its return value's logits tensor
+        (:func:`~grokscope.anatomy.model_output_tensor`) flattened per row, as before views
+        existed; prefer a view, which reads a ``(n, ctx, vocab)`` output at the right place.
     x : Tensor, shape ``(n, *input_shape)``
     chunk : int
         Rows per forward pass (bounds memory).
@@ -89,7 +104,17 @@ def forward_chunked(model: torch.nn.Module, x: torch.Tensor, chunk: int = 4096) 
     """
     if chunk < 1:
         raise ConfigError(f"chunk must be a positive number of rows, got {chunk}")
-    outs = [model(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
+    if isinstance(model_or_view, ModelView):
+        fn = model_or_view.forward
+    elif callable(model_or_view):
+        def fn(rows: torch.Tensor) -> torch.Tensor:
+            out = model_output_tensor(model_or_view(rows))
+            return out.reshape(out.shape[0], -1)
+    else:
+        raise ConfigError(
+            f"forward_chunked needs a ModelView or a callable model, got {type(model_or_view).__name__}"
+        )
+    outs = [fn(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
     if not outs:
         raise ConfigError("cannot evaluate the model on an empty input set")
     out = torch.cat(outs, dim=0)
@@ -162,7 +187,9 @@ def curves(ckpt: Checkpoint, *, chunk: int = 4096) -> xr.Dataset:
     Parameters
     ----------
     ckpt : Checkpoint
-        Uses ``ckpt.model``, ``ckpt.data`` and ``ckpt.reference("first")``.
+        Uses ``ckpt.view`` for the logits (the output role applied: a model returning
+        ``(n, ctx, vocab)`` is read at its read-out position and class slice), the parameters
+        of ``ckpt.model`` and ``ckpt.reference("first")``, and ``ckpt.data``.
     chunk : int
         Samples per forward pass.
 
@@ -175,6 +202,7 @@ def curves(ckpt: Checkpoint, *, chunk: int = 4096) -> xr.Dataset:
         ``param_norm_tensor`` (dim ``tensor``: the Frobenius norm of each parameter tensor).
     """
     model, data = ckpt.model, ckpt.data
+    view = ckpt.view
     kind = task_loss(data)
     out: dict[str, tuple] = {}
     for split in ("train", "test"):
@@ -182,7 +210,7 @@ def curves(ckpt: Checkpoint, *, chunk: int = 4096) -> xr.Dataset:
         if x.shape[0] == 0:
             loss, acc = float("nan"), float("nan")
         else:
-            loss, acc = loss_and_accuracy(forward_chunked(model, x, chunk), y, loss=kind)
+            loss, acc = loss_and_accuracy(forward_chunked(view, x, chunk), y, loss=kind)
         out[f"{split}_loss"] = ((), loss)
         out[f"{split}_acc"] = ((), acc)
 

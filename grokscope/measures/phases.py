@@ -5,6 +5,17 @@ non-uniform) steps it finds ``t_train`` and ``t_test`` and labels the run. The r
 measure ``phases`` reads the curves of a stored run and adds a change point for every scalar
 curve of every other stored result.
 
+Accuracy source
+---------------
+The ``curves`` result's ``train_acc``/``test_acc``; else the run's stored metrics, under
+grokscope's names or a foreign trainer's (``train_accuracy``, ``val_acc``, ``val_accuracy``,
+``test_accuracy``... see ``TRAIN_ACC_NAMES``/``TEST_ACC_NAMES``), so an imported run whose
+``curves`` could not be computed is still labelled. A source whose accuracies are all NaN is
+passed over; accuracies stored in percent (largest finite value in ``(1, 100]``) are divided by
+100 [ours]. A run that stored losses but no accuracy is **not labelled**: its label is
+``"unavailable"``, ``t_*`` are NaN and ``attrs["accuracy_unavailable"]`` says why (its change
+points are still computed). The attrs name the source and variables used.
+
 Labels (checked in this order; ``threshold`` and the other constants are parameters)
 --------------------------------------------------------------------------------------
 ``ungrokking``
@@ -53,6 +64,8 @@ from .registry import register
 __all__ = ["changepoint", "collect_curves", "phase_summary", "phases"]
 
 LABELS = ("comprehension", "grokking", "memorisation", "confusion", "semi-grokking", "ungrokking")
+#: the label of a run with losses but no accuracy curves: it is not labelled
+UNAVAILABLE = "unavailable"
 _SCALES = ("log", "linear", "jump")
 
 
@@ -233,29 +246,108 @@ def collect_curves(
     return found
 
 
-def _accuracy_source(run: Any) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+#: names a run's stored metrics may give its accuracies and losses (grokscope's own first,
+#: then common names of other trainers; an importer turns "train/acc" into "train.acc")
+TRAIN_ACC_NAMES = ("train_acc", "train_accuracy", "train_accs", "train_accuracies",
+                   "train.acc", "train.accuracy")
+TEST_ACC_NAMES = ("test_acc", "test_accuracy", "test_accs", "test_accuracies", "val_acc",
+                  "val_accuracy", "val_accs", "valid_acc", "valid_accuracy", "test.acc",
+                  "test.accuracy", "val.acc", "val.accuracy")
+TRAIN_LOSS_NAMES = ("train_loss", "train_losses", "train.loss")
+TEST_LOSS_NAMES = ("test_loss", "test_losses", "val_loss", "val_losses", "valid_loss",
+                   "test.loss", "val.loss")
+
+
+def _first_var(ds: Any, names: tuple[str, ...]) -> str | None:
+    for n in names:
+        if n in ds:
+            return n
+    return None
+
+
+def _finite(a: np.ndarray) -> bool:
+    return bool(np.isfinite(np.asarray(a, dtype=np.float64)).any())
+
+
+class _Accuracy:
+    """Where the accuracy curves come from (or why there are none)."""
+
+    def __init__(self, source: str, steps: np.ndarray | None = None,
+                 train: np.ndarray | None = None, test: np.ndarray | None = None,
+                 names: tuple[str, str] = ("train_acc", "test_acc"), scale: float = 1.0,
+                 unavailable: str = "") -> None:
+        self.source, self.steps, self.train, self.test = source, steps, train, test
+        self.names, self.scale, self.unavailable = names, scale, unavailable
+
+
+def _accuracy_source(run: Any) -> _Accuracy:
+    """The ``curves`` result's accuracies, else the run's stored metrics (grokscope's names or
+    a foreign trainer's, see ``TRAIN_ACC_NAMES``/``TEST_ACC_NAMES``); a source whose values are
+    all NaN is passed over. Accuracies stored in percent (finite maximum in ``(1, 100]``) are
+    divided by 100. With losses but no accuracies, the result says accuracy is unavailable
+    (``source == "none"``); with neither, MeasureNotApplicable."""
     results = getattr(run, "results", None) or {}
+    metrics = getattr(run, "metrics", None)
+    cands: list[tuple[str, Any, str, str]] = []
     if "curves" in results:
         ds = results["curves"]
         if "train_acc" in ds and "test_acc" in ds:
-            return "results/curves", *(
-                np.asarray(ds[k].values) for k in ("step", "train_acc", "test_acc")
-            )
-    metrics = getattr(run, "metrics", None)
-    if metrics is not None and "train_acc" in metrics and "test_acc" in metrics:
-        return "metrics", *(
-            np.asarray(metrics[k].values) for k in ("step", "train_acc", "test_acc")
-        )
+            cands.append(("results/curves", ds, "train_acc", "test_acc"))
+    if metrics is not None:
+        tr, te = _first_var(metrics, TRAIN_ACC_NAMES), _first_var(metrics, TEST_ACC_NAMES)
+        if tr is not None and te is not None:
+            cands.append(("metrics", metrics, tr, te))
+    for source, ds, tr_name, te_name in cands:
+        tr, te = (np.asarray(ds[k].values, dtype=np.float64) for k in (tr_name, te_name))
+        if not (_finite(tr) and _finite(te)):
+            continue
+        top = max(float(np.nanmax(tr)), float(np.nanmax(te)))
+        scale = 1.0
+        if 1.0 + 1e-9 < top <= 100.0:
+            scale = 0.01  # stored in percent
+        elif top > 100.0:
+            continue  # not an accuracy
+        return _Accuracy(source, np.asarray(ds["step"].values), tr * scale, te * scale,
+                         (tr_name, te_name), scale)
+    losses = []
+    if metrics is not None:
+        losses = [n for n in (_first_var(metrics, TRAIN_LOSS_NAMES),
+                              _first_var(metrics, TEST_LOSS_NAMES)) if n is not None]
+    tried = "; ".join(f"{src} {a}/{b} (all NaN or not in [0, 1] or [0, 100])"
+                      for src, _, a, b in cands)
+    if losses:
+        return _Accuracy("none", unavailable=(
+            f"accuracy is unavailable: the run stores losses ({', '.join(losses)}) but no "
+            "accuracies" + (f" usable ({tried})" if tried else "") + ", and no 'curves' result "
+            "with accuracies; the run is not labelled (label 'unavailable'). Compute 'curves' "
+            "(needs the model and the data) or record train_acc/test_acc metrics."
+        ))
     raise MeasureNotApplicable(
         "phases needs accuracy curves: run the 'curves' measure first, or record "
-        "train_acc/test_acc metrics while training"
+        "train_acc/test_acc metrics while training (also read: "
+        f"{', '.join(TRAIN_ACC_NAMES[1:])} / {', '.join(TEST_ACC_NAMES[1:])})"
+        + (f"; unusable: {tried}" if tried else "")
     )
 
 
-def _applies(_model: Any, data: Any) -> str | None:
+def _applies(_view: Any, data: Any) -> str | None:
     if data is not None and not getattr(data, "is_classification", True):
         return "phases labels runs by accuracy, which a regression task does not have"
     return None
+
+
+def _unlabelled(threshold: float, comprehension_gap: float, semi_rise: float,
+                ungrok_margin: float) -> xr.Dataset:
+    """The :func:`phase_summary` variables with no accuracy: NaN, label ``"unavailable"``."""
+    nan = float("nan")
+    ds = xr.Dataset({k: ((), nan) for k in ("t_train", "t_test", "gap")})
+    ds["label"] = ((), np.array(UNAVAILABLE, dtype=str))
+    for k in ("final_train_acc", "final_test_acc", "max_test_acc", "test_acc_at_t_train"):
+        ds[k] = ((), nan)
+    ds.attrs.update(threshold=float(threshold), comprehension_gap=float(comprehension_gap),
+                    semi_rise=float(semi_rise), ungrok_margin=float(ungrok_margin),
+                    labels=list(LABELS))
+    return ds
 
 
 @register("phases", kind="trajectory", after=("curves",), applies=_applies)
@@ -274,7 +366,9 @@ def phases(
     Parameters
     ----------
     run : Run
-        Reads ``run.results`` (``curves`` and every other result) and ``run.metrics``.
+        Reads ``run.results`` (``curves`` and every other result) and ``run.metrics``
+        (accuracies under grokscope's or common foreign names when ``curves`` is absent; see
+        the module docstring).
     steps : array of int or None
         Steps to use; accuracy samples at other steps are ignored (None or empty: all).
     threshold, comprehension_gap, semi_rise, ungrok_margin
@@ -286,26 +380,38 @@ def phases(
     -------
     xr.Dataset
         The variables of :func:`phase_summary` plus ``changepoint`` and ``changepoint_rate``
-        (dim ``curve``, coordinate ``"measure/variable"``).
+        (dim ``curve``, coordinate ``"measure/variable"``). Attrs ``accuracy_source``
+        (``"results/curves"``, ``"metrics"`` or ``"none"``), ``train_acc_variable`` and
+        ``test_acc_variable`` (the names read), ``accuracy_scale`` (0.01 for percent),
+        ``accuracy_unavailable`` (why there is no label; empty when labelled).
+
+    Raises
+    ------
+    MeasureNotApplicable
+        When the run has neither accuracy curves nor stored losses.
     """
-    source, s, tr, te = _accuracy_source(run)
-    if steps is not None and len(steps):
-        keep = np.isin(s, np.asarray(steps))
-        if not keep.any():
-            raise MeasureNotApplicable(
-                f"none of the requested steps has accuracy values in {source}; "
-                "compute 'curves' at those steps first"
-            )
-        s, tr, te = s[keep], tr[keep], te[keep]
-    ds = phase_summary(
-        s,
-        tr,
-        te,
-        threshold=threshold,
-        comprehension_gap=comprehension_gap,
-        semi_rise=semi_rise,
-        ungrok_margin=ungrok_margin,
-    )
+    acc = _accuracy_source(run)
+    if acc.source == "none":
+        ds = _unlabelled(threshold, comprehension_gap, semi_rise, ungrok_margin)
+    else:
+        s, tr, te = acc.steps, acc.train, acc.test
+        if steps is not None and len(steps):
+            keep = np.isin(s, np.asarray(steps))
+            if not keep.any():
+                raise MeasureNotApplicable(
+                    f"none of the requested steps has accuracy values in {acc.source}; "
+                    "compute 'curves' at those steps first"
+                )
+            s, tr, te = s[keep], tr[keep], te[keep]
+        ds = phase_summary(
+            s,
+            tr,
+            te,
+            threshold=threshold,
+            comprehension_gap=comprehension_gap,
+            semi_rise=semi_rise,
+            ungrok_margin=ungrok_margin,
+        )
     curves = collect_curves(
         getattr(run, "results", None) or {}, getattr(run, "metrics", None), skip=("phases",)
     )
@@ -315,7 +421,11 @@ def phases(
     ds["changepoint_rate"] = (("curve",), np.array([c[1] for c in cps], dtype=np.float64))
     ds = ds.assign_coords(curve=np.array(names, dtype=str))
     ds.attrs.update(
-        accuracy_source=source,
+        accuracy_source=acc.source,
+        train_acc_variable=acc.names[0] if acc.source != "none" else "",
+        test_acc_variable=acc.names[1] if acc.source != "none" else "",
+        accuracy_scale=acc.scale,
+        accuracy_unavailable=acc.unavailable,
         changepoint_definition=(
             "midpoint of the interval between consecutive stored steps with the largest "
             "|dv| / range(v) per unit of x, x = log(1+step) ('log'), step ('linear') or "
