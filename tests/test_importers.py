@@ -147,9 +147,17 @@ def test_lightning_prefix_stripped(tmp_path, model, sds):
     assert cfg["import"]["skipped_aliases"] == ["last.ckpt (= epoch=3-step=30.ckpt)"]
 
 
+class _Wrapper(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_model()
+
+    def forward(self, x):
+        return self.net(x)
+
+
 def test_prefix_added_when_model_wraps(tmp_path, sds):
-    wrapped = torch.nn.Module()
-    wrapped.net = small_model()
+    wrapped = _Wrapper()
     write_per_epoch(tmp_path / "ck", sds, STEPS)
     run = _imp(tmp_path / "ck", tmp_path / "run.zarr", wrapped, small_data())
     assert_roundtrip(run, [{f"net.{k}": v for k, v in sd.items()} for sd in sds], STEPS)

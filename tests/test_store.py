@@ -83,7 +83,7 @@ def test_roundtrip_exact(run_path):
 
 
 def test_model_at_instance_class_and_trust(run_path):
-    record(run_path)
+    record(run_path, export_program=False)  # no stored program: the class spec only
     run = open_run(run_path)
     m = run.model_at(10, model=TinyNet())
     assert torch.all(m.fc1.weight == 10) and not m.training

@@ -8,8 +8,11 @@
 A model built here carries ``grokscope_spec = {"name": ..., "kwargs": {...}}`` (every
 constructor argument, defaults included), which :func:`build_from_spec` turns back into
 the same architecture. Any other model is described by its class,
-``{"factory": "module:qualname", "kwargs": None}``; such code is imported only when the
-caller trusts the store (``trust_code=True``).
+``{"factory": "module:qualname", "kwargs": {...} or None}`` (``kwargs`` known when the
+recorder/importer is given ``model_kwargs``, or the model was built from a class here); such
+code is imported only when the caller trusts the store (``trust_code=True``). A store also
+keeps the architecture itself as a ``torch.export`` program (:mod:`grokscope.store.portable`),
+which needs no code at all.
 
 ================  ==========================================================================
 ``"mlp"``         :class:`~grokscope.models.mlp.MLP` (two-layer quadratic / erf nets are
@@ -41,6 +44,7 @@ __all__ = [
     "Transformer",
     "build_from_spec",
     "build_model",
+    "is_builtin",
     "model_for",
     "names",
     "register_model",
@@ -79,6 +83,13 @@ def register_model(
 def names() -> list[str]:
     """The registered model names, sorted."""
     return sorted(_MODELS)
+
+
+def is_builtin(name: Any) -> bool:
+    """Whether ``name`` is registered to a model that ships with grokscope (rebuilt by name in
+    any process), as opposed to one a user's script registered."""
+    fn = _MODELS.get(name) if isinstance(name, str) else None
+    return fn is not None and getattr(fn, "__module__", "").startswith("grokscope.")
 
 
 def _factory(name: str) -> Callable[..., nn.Module]:
@@ -159,21 +170,34 @@ def _qualified(obj: Any) -> str:
     return f"{obj.__module__}:{obj.__qualname__}"
 
 
-def spec_of(model: nn.Module) -> dict[str, Any]:
+def spec_of(model: nn.Module, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """How to rebuild ``model``'s architecture.
+
+    Parameters
+    ----------
+    model : nn.Module
+    kwargs : dict, optional
+        Its constructor arguments, when the caller knows them (``model_kwargs=``); they
+        replace the kwargs of a stored spec.
 
     Returns
     -------
     dict
         A copy of ``model.grokscope_spec`` when set (``{"name", "kwargs"}`` or
-        ``{"factory", "kwargs"}``); otherwise ``{"factory": "module:qualname", "kwargs": None}``
-        of its class (``kwargs`` unknown: the class must then be constructible without
-        arguments, or the caller passes the model itself).
+        ``{"factory", "kwargs"}``); otherwise ``{"factory": "module:qualname", "kwargs": ...}``
+        of its class (``kwargs`` None when unknown: the class must then be constructible
+        without arguments, or the caller passes the model itself).
     """
     spec = getattr(model, "grokscope_spec", None)
     if isinstance(spec, dict):
-        return copy.deepcopy(spec)
-    return {"factory": _qualified(type(model)), "kwargs": None}
+        spec = copy.deepcopy(spec)
+    else:
+        spec = {"factory": _qualified(type(model)), "kwargs": None}
+    if kwargs is not None:
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"model_kwargs must be a dict, got {type(kwargs).__name__}")
+        spec["kwargs"] = dict(kwargs)
+    return spec
 
 
 def _import_factory(path: str) -> Callable[..., nn.Module]:

@@ -23,6 +23,7 @@ list covers every epoch up to the last checkpoint (losses indexed by epoch), els
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import sys
@@ -37,7 +38,7 @@ from torch import nn
 
 from .._cliargs import json_arg
 from ..data import Data
-from ..errors import ConfigError, GrokscopeError, ModelMismatchError
+from ..errors import ConfigError, DataError, GrokscopeError, ModelMismatchError
 from . import _io, schema
 from ._formats import Item, Source, jsonable, open_source
 from .schema import RESERVED
@@ -256,25 +257,94 @@ def _data_from_split(
 # ---------------------------------------------------------------------------- model
 def _resolve_model(
     model: nn.Module | type | str, model_kwargs: dict | None, data: Data, trust_code: bool
-) -> nn.Module:
+) -> tuple[nn.Module, dict | None]:
+    """``(module to load checkpoints into, constructor kwargs to store)``.
+
+    An instance is deep-copied (the caller's object is never loaded into); its
+    ``model_kwargs``, when given, are stored as its constructor arguments. A class or a
+    ``module:qualname`` is built with ``model_kwargs`` (its spec records them); a registered
+    name is built by ``model_for``.
+    """
     from ..models import build_from_spec, build_model, model_for
 
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise ConfigError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
     kwargs = dict(model_kwargs or {})
     if isinstance(model, nn.Module):
-        if kwargs:
-            raise ConfigError("model_kwargs apply only when model is a class or a name")
-        return model
+        try:
+            return copy.deepcopy(model), model_kwargs
+        except Exception as exc:  # noqa: BLE001 - user modules may refuse deepcopy
+            raise ConfigError(
+                f"the model passed cannot be deep-copied ({type(exc).__name__}: {exc}); pass its "
+                "class with model_kwargs instead"
+            ) from exc
     if isinstance(model, type):
         if not issubclass(model, nn.Module):
             raise ConfigError(f"model must be an nn.Module class, got {model!r}")
-        return build_model(model, **kwargs)
+        return build_model(model, **kwargs), None
     if isinstance(model, str):
         if ":" in model:
-            return build_from_spec({"factory": model, "kwargs": kwargs}, trust_code=trust_code)
-        return model_for(model, data, **kwargs)
+            return build_from_spec({"factory": model, "kwargs": kwargs},
+                                   trust_code=trust_code), None
+        return model_for(model, data, **kwargs), None
     raise ConfigError(
         f"model must be an nn.Module, a module class, or a registered model name, got {model!r}"
     )
+
+
+def _brief(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).replace('torch.', '')} {tuple(t.shape)}"
+
+
+def check_inputs_fit(net: nn.Module, data: Data, out: Any) -> None:
+    """Run ``net`` on 2 stored inputs; DataError naming what did not fit when it fails.
+
+    A store whose model cannot take its own inputs (integer tokens into a two-hot MLP, a
+    width mismatch) would only fail later, inside an analysis, with a raw torch error.
+    """
+    x = data.x_train if data.x_train.shape[0] else data.x_test
+    if x.shape[0] == 0:
+        return
+    x = x[:2]
+    param = next(iter(net.parameters()), None)
+    if param is not None:
+        x = x.to(param.device)
+    entered: list[tuple[str, nn.Module, str]] = []
+
+    def note(name: str) -> Callable:
+        def hook(mod: nn.Module, args: tuple) -> None:
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            entered.append((name, mod, _brief(first) if first is not None else "no tensor"))
+        return hook
+
+    handles = [m.register_forward_pre_hook(note(n)) for n, m in net.named_modules() if n]
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(x)
+    except Exception as exc:  # noqa: BLE001 - the model's own code may raise anything
+        leaves = [e for e in entered if not any(True for _ in e[1].children())]
+        if leaves:
+            name, mod, got = leaves[-1]
+            where = f"module {name!r} ({mod!r}) received {got}"
+        else:
+            first = next(((n, m) for n, m in net.named_modules()
+                          if any(True for _ in m.parameters(recurse=False))), None)
+            where = (f"its first layer {first[0] or 'the root'!r} is {first[1]!r}" if first
+                     else "it has no parameters")
+        detail = " ".join(str(exc).split())[:300]
+        raise DataError(
+            f"the model cannot run on the stored inputs ({_brief(data.x_train)} x_train; a "
+            f"batch of 2 gave {type(exc).__name__}: {detail}); {where}. Pass data with the "
+            "encoding the model was trained on (e.g. make_task(..., encoding='onehot') for an "
+            "MLP on two-hot vectors, encoding='tokens' for a model with an embedding), or the "
+            f"model these inputs belong to. Nothing was written to {out}"
+        ) from None
+    finally:
+        for h in handles:
+            h.remove()
+        net.train(was_training)
 
 
 # ---------------------------------------------------------------------------- import
@@ -343,7 +413,9 @@ def import_checkpoints(
     progress : bool
         Show a tqdm progress bar.
     model_kwargs : dict, optional
-        Constructor arguments when ``model`` is a class or a name.
+        Constructor arguments: used to build ``model`` when it is a class, a name or
+        ``module:qualname``; stored as its constructor arguments when it is an instance
+        (``config["model"] = {"factory": "module:qualname", "kwargs": model_kwargs}``).
     trust_code : bool
         Allow ``model="module:qualname"`` to import that code.
     skip_unknown : bool
@@ -370,8 +442,18 @@ def import_checkpoints(
         A file needs pickled code and ``trust_pickle`` is False.
     ModelMismatchError
         A checkpoint's keys or shapes differ from the model's.
+    DataError
+        The model, with the first checkpoint's weights, cannot run on the stored inputs
+        (e.g. integer tokens into an MLP on two-hot vectors); nothing is written.
     ConfigError
         No split given or found, or bad arguments.
+
+    Notes
+    -----
+    Unless ``model`` is one of grokscope's registered models, the store also keeps the
+    architecture as a ``torch.export`` program (see :mod:`grokscope.store.portable`), so a
+    process without the model's code can analyse the run; the model's anatomy is stored in
+    ``config["anatomy"]``.
     """
     from tqdm.auto import tqdm
 
@@ -396,16 +478,18 @@ def import_checkpoints(
         raise ConfigError(f"data must be a grokscope.Data or None, got {type(data).__name__}")
     elif source.split is not None:
         notes["split_in_checkpoints_ignored"] = source.split_label
-    net = _resolve_model(model, model_kwargs, data, trust_code)
+    net, spec_kwargs = _resolve_model(model, model_kwargs, data, trust_code)
 
     first = _mapped(source.item(0), key_map)
     matcher = KeyMatcher(net).fit(first.state_dict, first.extra["file"])
     notes.update(matcher.notes())
+    first_sd = matcher(first.state_dict, first.extra["file"])
     casts = sorted({
-        f"{v.dtype}->{matcher.dtypes[k]}"
-        for k, v in matcher(first.state_dict, first.extra["file"]).items()
-        if v.dtype != matcher.dtypes[k]
+        f"{v.dtype}->{matcher.dtypes[k]}" for k, v in first_sd.items() if v.dtype != matcher.dtypes[k]
     })
+    # the first checkpoint's weights, then the safety net: the model must take the inputs
+    net.load_state_dict(first_sd, strict=True)
+    check_inputs_fit(net, data, out)
     if casts:
         notes["dtype_cast"] = casts
     cfg = dict(config or {})
@@ -443,7 +527,7 @@ def import_checkpoints(
         rec_config = None
     try:
         with Recorder(target, net, data, config=rec_config, overwrite=overwrite,
-                      storage_options=storage_options) as rec:
+                      storage_options=storage_options, model_kwargs=spec_kwargs) as rec:
             created = not existed or swap
             last = rec.last_step
             todo = [i for i, step in enumerate(source.steps) if last is None or step > last]

@@ -11,7 +11,6 @@ only the first ``count`` rows.
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 import os
@@ -67,15 +66,29 @@ def _jsonable(obj: Any, where: str) -> Any:
     )
 
 
-def _model_spec(model: nn.Module) -> dict:
+def _model_spec(model: nn.Module, kwargs: dict | None = None) -> dict:
+    from ..models import spec_of
+
+    return spec_of(model, kwargs)
+
+
+def _wants_program(spec: dict, export_program: bool | None) -> bool:
+    """Whether to store a torch.export program: always/never when told; by default for every
+    model except grokscope's own registered ones (rebuilt by name anywhere)."""
+    if export_program is not None:
+        return bool(export_program)
+    from ..models import is_builtin
+
+    return not ("name" in spec and is_builtin(spec["name"]))
+
+
+def _describe(model: nn.Module, data: Data) -> dict | None:
+    """The model's anatomy (roles) as a JSON-able dict, or None."""
     try:
-        from ..models import spec_of
-    except ImportError:
-        spec = getattr(model, "grokscope_spec", None)
-        if isinstance(spec, dict):
-            return copy.deepcopy(spec)
-        return {"factory": f"{type(model).__module__}:{type(model).__qualname__}", "kwargs": None}
-    return spec_of(model)
+        from ..anatomy import describe
+    except ImportError:  # pragma: no cover - the anatomy ships with grokscope
+        return None
+    return describe(model, data)
 
 
 def _tensor_numpy(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
@@ -235,6 +248,23 @@ class Recorder:
     consolidate : bool
         Consolidate metadata on :meth:`close` (after trimming), so plain ``xr.open_zarr`` opens
         the closed store quickly and without warnings.
+    model_kwargs : dict, optional
+        The model's constructor arguments (JSON-able), stored with its class as
+        ``config["model"] = {"factory": "module:qualname", "kwargs": model_kwargs}``, so a
+        process that trusts the code can rebuild it (``trust_code=True``).
+    export_program : bool or None
+        Keep the architecture in the store as a ``torch.export`` program
+        (:mod:`grokscope.store.portable`; traced on a few training inputs when the store is
+        created), so any process rebuilds the model without its code. None (default): for
+        every model except grokscope's own registered ones, which are rebuilt by name. When
+        the model cannot be exported (e.g. data-dependent control flow) one warning says why
+        and the class spec is kept.
+
+    Notes
+    -----
+    When the store is created, the model's anatomy (:func:`grokscope.anatomy.describe`:
+    which modules are the input, hidden layers, linear maps, embedding ...) is detected on
+    the original model and stored as ``config["anatomy"]``.
 
     Examples
     --------
@@ -258,6 +288,8 @@ class Recorder:
         storage_options: dict | None = None,
         commit: str = "count",
         consolidate: bool = True,
+        model_kwargs: dict | None = None,
+        export_program: bool | None = None,
     ) -> None:
         if compression not in (None, "lz4"):
             raise ConfigError(f"compression={compression!r}: use None or 'lz4'")
@@ -274,6 +306,10 @@ class Recorder:
         self.consolidate = consolidate
         self._model = model
         sd = _state_dict(model)
+        if model_kwargs is not None and not isinstance(model_kwargs, dict):
+            raise ConfigError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
+        self._model_kwargs = model_kwargs
+        self._export_program = export_program
         self._store = _io.open_store(path, read_only=False, storage_options=storage_options)
         self._where = _io.store_label(self._store)
         self._lock = _writer_lock(path)
@@ -346,10 +382,14 @@ class Recorder:
 
     def _create(self, sd: dict[str, torch.Tensor], data: Data | None, config: dict | None) -> None:
         cfg = dict(_jsonable(config or {}, "config"))
-        cfg.setdefault("model", _jsonable(_model_spec(self._model), "model spec"))
+        spec = _jsonable(_model_spec(self._model, self._model_kwargs), "model spec")
+        cfg.setdefault("model", spec)
         if data is not None and data.task is not None:
             cfg.setdefault("task", _jsonable(data.task, "data.task"))
         cfg.setdefault("schedule", self.schedule.to_dict())
+        if data is not None and "anatomy" not in cfg:
+            cfg["anatomy"] = _jsonable(_describe(self._model, data), "anatomy")
+        program, export_error = self._export(cfg["model"], data)
         params = {}
         for key, t in sd.items():
             schema.check_param_name(key)
@@ -366,7 +406,10 @@ class Recorder:
             "metrics": [],
             "compression": self.compression,
             "commit": {"count": 0, "last_step": None, "resume": None},
+            "program": None,
         }
+        if export_error is not None:
+            self._meta["export_error"] = export_error
         # the root document first (count 0, no arrays yet), so a crash during set-up leaves a
         # store that a new Recorder recognises and restarts, and readers see an empty run
         self._write_root({**self._meta, "params": {}, "initialized": False})
@@ -385,11 +428,50 @@ class Recorder:
             self._add_scalar(name, np.dtype(dtype))
         if data is not None:
             self._write_data(data)
+        if program is not None:
+            self._meta["program"] = self._write_program(program)
         self._count = 0
         self._last_step: int | None = None
         self._resume: dict | None = None
         self._collect_static_nodes()
         self._write_root(self._meta)
+
+    def _export(self, spec: dict, data: Data | None) -> tuple[bytes | None, str | None]:
+        """The model as a torch.export program, or ``(None, reason)`` (warned once)."""
+        if not _wants_program(spec, self._export_program):
+            return None, None
+        if data is None:
+            return None, "recorded without data: no inputs to trace the model on"
+        from .portable import export_model
+
+        x = data.x_train if data.x_train.shape[0] else data.x_test
+        raw, reason = export_model(self._model, x)
+        if raw is None:
+            warnings.warn(
+                f"the model's architecture could not be stored as a torch.export program "
+                f"({reason}); a process without its code will need model=... or trust_code "
+                f"(the class spec {spec.get('factory') or spec.get('name')!r} is kept)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return raw, reason
+
+    def _write_program(self, raw: bytes) -> dict:
+        """Write the program bytes as one zstd-compressed uint8 chunk; its metadata record."""
+        import hashlib
+
+        _io.write_json(self._store, f"{schema.MODEL_GROUP}/zarr.json",
+                       {"zarr_format": 3, "node_type": "group", "attributes": {}})
+        key = schema.PROGRAM_KEY
+        arr = zarr.create_array(
+            store=self._store, name=key, shape=(len(raw),), chunks=(len(raw),), dtype="uint8",
+            fill_value=0, zarr_format=3, overwrite=True, dimension_names=("byte",),
+            compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="noshuffle"),
+            attributes={"format": "torch.export.save", "torch": torch.__version__},
+        )
+        arr[...] = np.frombuffer(raw, dtype=np.uint8)
+        return {"key": key, "nbytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+                "torch": torch.__version__, "format": "torch.export"}
 
     def _add_scalar(self, name: str, dtype: np.dtype) -> _Scalar:
         arr = self._new_array(name, (self._capacity,), (schema.SCALAR_CHUNK,), dtype,
@@ -444,11 +526,23 @@ class Recorder:
                     f"{[given[k] for k in diff]}); record into another path, pass "
                     "overwrite=True to start again, or pass config=None to continue the stored run"
                 )
+        if self._model_kwargs is not None:
+            stored_kwargs = (meta["config"].get("model") or {}).get("kwargs")
+            if _jsonable(self._model_kwargs, "model_kwargs") != stored_kwargs:
+                raise ConfigError(
+                    f"re-opening {self._where}: model_kwargs {self._model_kwargs!r} differ from "
+                    f"the stored ones {stored_kwargs!r}; record into another path, or "
+                    "overwrite=True to start again"
+                )
         self.compression = meta.get("compression")
         self._meta = meta
         self._count = int(meta["commit"]["count"])
         self._last_step = meta["commit"]["last_step"]
         self._resume = meta["commit"]["resume"]
+        if self._resume is not None:
+            if not isinstance(self._resume, dict):
+                raise CorruptStoreError(f"the resume record of {self._where} is malformed")
+            schema.check_stored_key(self._resume.get("key"), "resume", self._where)
         _io.remove_stale_tmp(store)
         # invalidate consolidated metadata before anything changes
         self._write_root(meta)

@@ -19,8 +19,11 @@ from ..data import Data
 from ..errors import (
     ConfigError,
     CorruptStoreError,
+    GrokscopeError,
     ModelMismatchError,
     StoreError,
+    UnknownNameError,
+    UntrustedCodeError,
 )
 from . import _io, schema
 from .recorder import mismatch_message
@@ -186,6 +189,9 @@ def load_resume(store: Any, resume: dict | None) -> dict | None:
     if resume is None:
         return None
     where = _io.store_label(store)
+    if not isinstance(resume, dict):
+        raise CorruptStoreError(f"the resume record of {where} is malformed; re-record the run")
+    schema.check_stored_key(resume.get("key"), "resume", where)
     arr = _io.open_zarr_array(store, resume["key"], what="resume state")
     raw = _io.get_bytes(store, f"{resume['key']}/{arr.metadata.encode_chunk_key((0,))}")
     if raw is None or len(raw) != resume.get("nbytes", len(raw)):
@@ -195,6 +201,26 @@ def load_resume(store: Any, resume: dict | None) -> dict | None:
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise _corrupt(where, resume["key"], f"cannot load the optimizer state: {exc}") from exc
     return {"step": resume["step"], "optimizer": state.get("optimizer"), "extra": state.get("extra")}
+
+
+def _check_model_arg(model: Any) -> Any:
+    """``model`` when it is something :meth:`Run.model_at` can use, else ConfigError."""
+    if model is None or isinstance(model, nn.Module | str):
+        return model
+    if isinstance(model, type):
+        if not issubclass(model, nn.Module):
+            raise ConfigError(f"model class {model.__name__} is not an nn.Module subclass")
+        return model
+    if callable(model):
+        return model
+    raise ConfigError(
+        "model must be an nn.Module instance, an nn.Module class, a zero-argument factory, a "
+        f"registered model name or 'module:qualname', got {type(model).__name__}"
+    )
+
+
+def _same_arg(a: Any, b: Any) -> bool:
+    return a is b or (isinstance(a, str) and isinstance(b, str) and a == b)
 
 
 class _Results(Mapping):
@@ -255,15 +281,30 @@ class Run:
     steps : np.ndarray, shape (n,), int64
         The committed steps, strictly increasing.
     config : dict
-        The run's config (``"model"``: the model spec, ``"task"``: the task spec, ...).
+        The run's config (``"model"``: the model spec, ``"task"``: the task spec,
+        ``"anatomy"``: the roles detected when it was recorded, ...).
+    model_override : nn.Module, class, callable, str or None
+        The model the caller passed to :func:`open_run` (used by :meth:`model_at`).
+    anatomy_override : dict or None
+        The anatomy the caller passed to :func:`open_run` (read by the analysis).
+    trust_code : bool
+        Whether a ``module:qualname`` factory named in the store may be imported.
     """
 
-    def __init__(self, path: Any, store: Any, *, trust_code: bool = False) -> None:
+    def __init__(self, path: Any, store: Any, *, trust_code: bool = False, model: Any = None,
+                 anatomy: dict | None = None) -> None:
         self.path = path
         self.storage_options: dict | None = None
         self.trust_code = trust_code
+        self.model_override = _check_model_arg(model)
+        if anatomy is not None and not isinstance(anatomy, Mapping):
+            raise ConfigError(f"anatomy must be a dict or None, got {type(anatomy).__name__}")
+        self.anatomy_override = anatomy
         self._store = store
         self._where = _io.store_label(store)
+        self._caller_template: tuple[Any, nn.Module] | None = None
+        self._stored_templates: dict[str, tuple[str, nn.Module]] = {}
+        self._program: bytes | None = None
         self.refresh()
 
     # ------------------------------------------------------------------ loading
@@ -414,44 +455,191 @@ class Run:
             return r.element(rows, index)
         return r.rows(rows)
 
-    def model_at(self, step: int, model: nn.Module | type | None = None,
+    def model_at(self, step: int, model: Any = None,
                  device: str | torch.device = "cpu") -> nn.Module:
-        """The model with the weights of ``step``, in eval mode on ``device``.
+        """A fresh model with the weights of ``step``, in eval mode on ``device``.
 
-        Parameters
-        ----------
-        model : nn.Module instance, class, or None
-            An instance gets the weights loaded in place; a class is called with the stored
-            spec's kwargs; None rebuilds from the stored spec (``grokscope.models
-            .build_from_spec``; a ``module:qualname`` factory only with ``trust_code=True``).
+        Every call returns a new module (never one returned before, never the caller's
+        object). The architecture comes from, in order of preference:
+
+        1. ``model`` given here, else the ``model=`` given to :func:`open_run`
+           (:attr:`model_override`): an instance (deep-copied once, never modified), an
+           ``nn.Module`` class (called with the stored kwargs), a zero-argument factory, a
+           registered model name, or a ``"module:qualname"`` the caller names;
+        2. the registered model name in the stored spec (``config["model"]["name"]``);
+        3. the ``torch.export`` program stored in the run (no code needed; see
+           :mod:`grokscope.store.portable`);
+        4. the stored ``module:qualname`` factory with its stored kwargs, only with
+           ``trust_code=True``.
+
+        The architecture is built once per Run and copied per call (:attr:`model_source` says
+        which path is used).
+
+        Raises
+        ------
+        ModelMismatchError
+            The architecture's state-dict keys or shapes differ from the stored weights.
+        UntrustedCodeError, ConfigError
+            No architecture is available (the message lists every option).
         """
         sd = self.state_dict_at(step)
-        spec = self.config.get("model") or {}
-        if model is None:
-            from ..models import build_from_spec
-
-            model = build_from_spec(spec, trust_code=self.trust_code)
-        elif isinstance(model, type):
-            if not issubclass(model, nn.Module):
-                raise ConfigError(f"model class {model.__name__} is not an nn.Module subclass")
-            kwargs = spec.get("kwargs") or {}
-            try:
-                model = model(**kwargs)
-            except TypeError as exc:
-                raise ConfigError(
-                    f"{model.__name__}(**{kwargs!r}) failed ({exc}); pass a built model instance"
-                ) from exc
-        elif not isinstance(model, nn.Module):
-            raise ConfigError(
-                f"model must be an nn.Module, a class or None, got {type(model).__name__}"
-            )
-        own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        _source, template = self._template(model, device)
+        own = {k: tuple(v.shape) for k, v in template.state_dict().items()}
         msg = mismatch_message({k: tuple(v.shape) for k, v in sd.items()}, own,
                                f"the model does not match the weights stored in {self._where}")
         if msg:
             raise ModelMismatchError(msg + "; pass the architecture the run was recorded with")
-        model.load_state_dict(sd)
-        return model.to(device).eval()
+        from .portable import fresh_copy
+
+        fresh = fresh_copy(template)
+        fresh.load_state_dict(sd)
+        return fresh.to(device).eval()
+
+    @property
+    def model_source(self) -> str:
+        """Where :meth:`model_at` gets the architecture: ``"caller"`` (the model passed in),
+        ``"registered"`` (a grokscope model name), ``"exported"`` (the stored torch.export
+        program), ``"factory"`` (trusted ``module:qualname``), or ``"none"`` (no way: then
+        :meth:`model_at` raises, naming the options)."""
+        try:
+            return self._template(None, "cpu")[0]
+        except GrokscopeError:
+            return "none"
+
+    # ------------------------------------------------------------------ architecture
+    def _template(self, model: Any, device: str | torch.device) -> tuple[str, nn.Module]:
+        """``(source, module)``: the architecture model_at copies (built once, cached)."""
+        given = model if model is not None else self.model_override
+        if given is not None:
+            cached = self._caller_template
+            if cached is None or not _same_arg(cached[0], given):
+                self._caller_template = (given, self._build_caller(_check_model_arg(given)))
+            return "caller", self._caller_template[1]
+        dev = torch.device(device)
+        # an exported program bakes device arguments into its graph: one template per device
+        key = str(dev) if dev.type != "cpu" else "cpu"
+        if key not in self._stored_templates:
+            self._stored_templates[key] = self._build_stored(dev)
+        return self._stored_templates[key]
+
+    def _spec(self) -> dict:
+        spec = self.config.get("model")
+        return spec if isinstance(spec, dict) else {}
+
+    def _build_caller(self, given: Any) -> nn.Module:
+        import copy
+
+        from ..models import _call_factory, _import_factory, build_model, model_for
+
+        spec = self._spec()
+        kwargs = spec.get("kwargs") if isinstance(spec.get("kwargs"), dict) else {}
+        if isinstance(given, nn.Module):
+            try:
+                return copy.deepcopy(given)
+            except Exception as exc:  # noqa: BLE001 - user modules may refuse deepcopy
+                raise ConfigError(
+                    f"the model passed cannot be deep-copied ({type(exc).__name__}: {exc}); "
+                    "grokscope never modifies the caller's instance, so pass its class or a "
+                    "zero-argument factory instead"
+                ) from exc
+        if isinstance(given, type):
+            try:
+                built = given(**kwargs)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"{given.__name__}(**{kwargs!r}) failed ({exc}); pass a built instance or a "
+                    "zero-argument factory"
+                ) from exc
+        elif isinstance(given, str):
+            if ":" in given:  # code the caller names is trusted
+                built = _call_factory(_import_factory(given), given, kwargs)
+            elif spec.get("name") == given:
+                built = build_model(given, **kwargs)
+            else:
+                built = model_for(given, self.data)
+        else:
+            built = given()
+        if not isinstance(built, nn.Module):
+            raise ConfigError(
+                f"the model factory {given!r} returned {type(built).__name__}, not an nn.Module"
+            )
+        return built
+
+    def _build_stored(self, device: torch.device) -> tuple[str, nn.Module]:
+        from ..models import build_from_spec
+
+        spec = self._spec()
+        reasons: list[str] = []
+        if "name" in spec:
+            try:
+                return "registered", build_from_spec(spec)
+            except UnknownNameError as exc:  # registered only in the recording process
+                reasons.append(str(exc))
+        info = self._meta.get("program")
+        if info is not None:
+            from .portable import load_exported
+
+            try:
+                return "exported", load_exported(self._program_bytes(), device=device)
+            except CorruptStoreError as exc:
+                reasons.append(str(exc))
+        elif self._meta.get("export_error"):
+            reasons.append(f"no exported program ({self._meta['export_error']})")
+        else:
+            reasons.append("the store holds no exported program")
+        factory = spec.get("factory")
+        if factory is not None and self.trust_code:
+            return "factory", build_from_spec(spec, trust_code=True)
+        options = self._options_text(spec)
+        if factory is not None:
+            raise UntrustedCodeError(
+                f"cannot rebuild the model of {self._where}: {'; '.join(reasons)}; it names code "
+                f"{factory!r}, imported only when trusted. {options}"
+            )
+        raise ConfigError(f"cannot rebuild the model of {self._where}: {'; '.join(reasons)}. "
+                          f"{options}")
+
+    def _options_text(self, spec: dict) -> str:
+        kwargs = spec.get("kwargs")
+        trust = ""
+        if spec.get("factory"):
+            trust = (f"; or, if you trust the code this store names ({spec['factory']}), "
+                     "trust_code=True (--trust-code)")
+        return (
+            "Pass the model yourself: gs.open_run(path, model=...), run.model_at(step, "
+            "model=...) or gs.analyze(path, model=...) with an instance, an nn.Module class "
+            f"(called with the stored kwargs {kwargs!r}), a zero-argument factory or a "
+            "registered model name; on the command line --model module:Class --model-kwargs "
+            f"JSON{trust}"
+        )
+
+    def _program_bytes(self) -> bytes:
+        """The stored torch.export program, checked (key form, length, sha256)."""
+        if self._program is not None:
+            return self._program
+        import hashlib
+
+        info = self._meta.get("program")
+        if not isinstance(info, dict):
+            raise CorruptStoreError(f"the program record of {self._where} is malformed")
+        key = schema.check_stored_key(info.get("key"), "program", self._where)
+        nbytes = info.get("nbytes")
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
+            raise _corrupt(self._where, key, f"its recorded size {nbytes!r} is not a byte count")
+        arr = _io.open_zarr_array(self._store, key, what="model program")
+        if arr.shape != (nbytes,) or np.dtype(arr.dtype) != np.uint8:
+            raise _corrupt(self._where, key, f"shape {arr.shape} {arr.dtype}, expected "
+                                             f"({nbytes},) uint8")
+        if not _io.exists(self._store, f"{key}/{arr.metadata.encode_chunk_key((0,))}"):
+            raise _corrupt(self._where, key, "its chunk is missing")
+        try:
+            raw = np.asarray(arr[...]).tobytes()
+        except _READ_ERRORS as exc:
+            raise _corrupt(self._where, key, f"{type(exc).__name__}: {exc}") from exc
+        if len(raw) != nbytes or hashlib.sha256(raw).hexdigest() != info.get("sha256"):
+            raise _corrupt(self._where, key, "its bytes do not match the recorded checksum")
+        self._program = raw
+        return raw
 
     # ------------------------------------------------------------------ description
     def info(self) -> dict[str, Any]:
@@ -488,14 +676,22 @@ class Run:
         )
 
 
-def open_run(path_or_url: str | os.PathLike | Run, *, trust_code: bool = False,
+def open_run(path_or_url: str | os.PathLike | Run, *, model: Any = None,
+             anatomy: dict | None = None, trust_code: bool = False,
              storage_options: dict | None = None) -> Run:
     """Open a recorded run (a local path or an fsspec URL) for reading.
 
     Parameters
     ----------
     path_or_url : str, PathLike or Run
-        The store; a Run is returned as is.
+        The store; a Run is returned as is (with ``model``/``anatomy`` attached when given).
+    model : nn.Module, class, callable, str or None
+        The architecture :meth:`Run.model_at` uses instead of the stored one: an instance
+        (copied, never modified), an ``nn.Module`` class (called with the stored kwargs), a
+        zero-argument factory, a registered model name or ``"module:qualname"``. None: the
+        stored one (a registered name, the stored torch.export program, or a trusted factory).
+    anatomy : dict, optional
+        Roles overriding the stored/detected anatomy (kept as ``run.anatomy_override``).
     trust_code : bool
         Allow :meth:`Run.model_at` to import a ``module:qualname`` factory named in the store.
     storage_options : dict, optional
@@ -504,8 +700,14 @@ def open_run(path_or_url: str | os.PathLike | Run, *, trust_code: bool = False,
     Raises
     ------
     NotAStoreError, SchemaVersionError, CorruptStoreError
+    ConfigError
+        ``model`` or ``anatomy`` of the wrong kind.
     """
     if isinstance(path_or_url, Run):
+        if model is not None:
+            path_or_url.model_override = _check_model_arg(model)
+        if anatomy is not None:
+            path_or_url.anatomy_override = anatomy
         return path_or_url
     local = _io._local_path(path_or_url)
     store = _io.open_store(path_or_url, read_only=True, storage_options=storage_options)
@@ -514,6 +716,6 @@ def open_run(path_or_url: str | os.PathLike | Run, *, trust_code: bool = False,
     # a local path is kept absolute and expanded, so results written later by path land in
     # this store whatever the working directory or '~' (URLs are kept as given)
     where = local.expanduser().absolute() if local is not None else path_or_url
-    run = Run(where, store, trust_code=trust_code)
+    run = Run(where, store, trust_code=trust_code, model=model, anatomy=anatomy)
     run.storage_options = storage_options
     return run

@@ -18,6 +18,10 @@ A run is one zarr v3 group::
                               dims ("step", "<key>.dim0", ...)
     data/                     x_train, y_train, x_test, y_test, extra.<name>; attrs: task
     _resume/s<step>           uint8 torch.save bytes of {"optimizer", "extra"} (latest only)
+    _model/program            uint8 torch.export.save bytes of the model's architecture (state
+                              dict zeroed; zstd), when it could be exported; root metadata
+                              "program": {"key", "nbytes", "sha256", "torch", "format"} or
+                              None with "export_error" (see grokscope.store.portable)
     results/<measure>/        analysis outputs (written by the engine, read by Run.results)
 
 ``capacity`` grows geometrically; readers use only the first ``commit.count`` rows, which the
@@ -28,12 +32,13 @@ trimmed to exactly ``count`` rows and consolidated, so plain ``xr.open_zarr`` sh
 from __future__ import annotations
 
 import platform
+import re
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, SchemaVersionError
+from ..errors import ConfigError, CorruptStoreError, SchemaVersionError
 
 SCHEMA_VERSION = 1
 SCHEMA_KEY = "grokscope_schema"
@@ -44,12 +49,33 @@ NONFINITE = "nonfinite"
 DATA_GROUP = "data"
 RESUME_GROUP = "_resume"
 RESULTS_GROUP = "results"
+MODEL_GROUP = "_model"
+PROGRAM_KEY = f"{MODEL_GROUP}/program"
 EXTRA_PREFIX = "extra."
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
 SCALAR_CHUNK = 1024
 INITIAL_CAPACITY = 64
-RESERVED = frozenset({STEP, NONFINITE, DATA_GROUP, RESUME_GROUP, RESULTS_GROUP})
+RESERVED = frozenset({STEP, NONFINITE, DATA_GROUP, RESUME_GROUP, RESULTS_GROUP, MODEL_GROUP})
+
+#: the forms of the keys a store's metadata names (anything else is refused on read, so a
+#: crafted store cannot point a reader or a writer outside itself)
+_STORED_KEYS = {
+    "resume": re.compile(rf"{RESUME_GROUP}/s\d{{1,20}}"),
+    "program": re.compile(rf"{MODEL_GROUP}/[a-z][a-z0-9_]{{0,63}}"),
+}
+
+
+def check_stored_key(key: Any, kind: str, where: str) -> str:
+    """``key`` (read from a store's metadata) when it has the form of a ``kind`` key
+    (``"resume"``: ``_resume/s<step>``, ``"program"``: ``_model/<name>``); else
+    CorruptStoreError. Relative, inside the store, no ``..``, no absolute path, no URL."""
+    if not isinstance(key, str) or not _STORED_KEYS[kind].fullmatch(key):
+        raise CorruptStoreError(
+            f"the {kind} key {key!r} in the metadata of {where} is not of the form grokscope "
+            "writes; the store is damaged or crafted. Restore it from a copy or re-record the run"
+        )
+    return key
 
 
 def check_version(attrs: dict, where: str) -> int:
