@@ -11,14 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .anatomy import ModelView
 from .errors import ConfigError
-from .measures._jacobian import input_view
+from .measures._jacobian import as_view
 
 __all__ = ["jacobian_norm_penalty"]
 
 
 def jacobian_norm_penalty(
-    model: nn.Module,
+    model: nn.Module | ModelView,
     x: torch.Tensor,
     *,
     n_proj: int = 1,
@@ -32,13 +33,15 @@ def jacobian_norm_penalty(
     ``J_x^T v_i`` is one vector-Jacobian product over the whole batch (samples independent);
     the graph is kept (``create_graph=True``) so the penalty can be back-propagated.
 
-    The input ``x`` follows the Jacobian-measure convention: ``model.embed_inputs(x)`` when
-    the model has ``embed_inputs``/``forward_from_input`` (transformers: token embeddings
-    before the positional embedding), else ``x.float().flatten(1)``.
+    The input follows the Jacobian-measure convention: the model's ``input`` role
+    (``view.embed(x)``: the output of its token embedding, before any positional embedding,
+    or the raw float input), flattened; the logits follow its ``output`` role.
 
     Parameters
     ----------
-    model : nn.Module
+    model : ModelView or nn.Module
+        The model with its roles; a bare module gets its anatomy detected on ``x`` at every
+        call (a training loop should build the view once).
     x : tensor, shape ``(n, *input_shape)``
         A batch of raw inputs.
     n_proj : int
@@ -53,12 +56,12 @@ def jacobian_norm_penalty(
     """
     if int(n_proj) < 1:
         raise ConfigError(f"n_proj must be a positive integer, got {n_proj!r}")
-    view = input_view(model)
+    view = as_view(model, x)
     with torch.enable_grad():
         e = view.embed(x)
         if not e.requires_grad:
             e = e.detach().requires_grad_(True)
-        out = view.forward(e)  # (n, C)
+        out = view.forward_from_input(e, x)  # (n, C)
         n, n_out = out.shape
         total = torch.zeros(n, dtype=out.dtype, device=out.device)
         for _ in range(int(n_proj)):

@@ -520,6 +520,13 @@ def train(
                 target_norm = norm_project * float(_param_norm(params))
             _project(params, target_norm)
 
+        # the regulariser differentiates at the model's input role (its anatomy, resolved once)
+        reg_view = None
+        if jacobian_reg > 0:
+            from .anatomy import ModelView, resolve
+
+            reg_view = ModelView(net, resolve(net, dd))
+
         def lr_at(t: int) -> float:
             return lr * min(1.0, (t + 1) / warmup) if warmup else lr
 
@@ -536,7 +543,7 @@ def train(
                 total = torch.zeros((), dtype=torch.float64, device=dev)
                 for i in range(0, n_train, EVAL_CHUNK):
                     xc = dd.x_train[i:i + EVAL_CHUNK]
-                    total += jacobian_norm_penalty(net, xc, n_proj=1,
+                    total += jacobian_norm_penalty(reg_view, xc, n_proj=1,
                                                    generator=g).detach().double() * len(xc)
                 vals.append(total / n_train)
             net.train()
@@ -608,7 +615,7 @@ def train(
                 objective_value = objective(net(xb), yb)
                 if penalty_fn is not None:
                     objective_value = objective_value + jacobian_reg * penalty_fn(
-                        net, xb, n_proj=1, generator=reg_gen)
+                        reg_view, xb, n_proj=1, generator=reg_gen)
                 opt.zero_grad(set_to_none=True)
                 objective_value.backward()
                 opt.step()

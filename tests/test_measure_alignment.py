@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from grokscope.anatomy import Anatomy, ModelView
 from grokscope.data import Data
-from grokscope.errors import ConfigError, DataError
+from grokscope.errors import ConfigError, DataError, MeasureNotApplicable
 from grokscope.measures import Checkpoint, get
 from grokscope.measures._jacobian import (
-    JacobianError,
+    as_view,
     centroid,
     evaluation_inputs,
     input_jacobian,
@@ -30,6 +31,11 @@ def _data(n_train=20, n_test=15, d=D, seed=0):
         torch.randn(n_test, d, generator=g, dtype=torch.float64),
         torch.randint(0, C, (n_test,), generator=g),
     )
+
+
+def _iv(model, x):
+    """The model on batch ``x`` as a map from its input role (anatomy detected on ``x``)."""
+    return input_view(as_view(model, x), x)
 
 
 def _relu_net(seed=0, bias=False):
@@ -76,8 +82,7 @@ def test_bias_free_linear_known_answers():
     data = _data()
     w = model.weight.detach()
     x = data.x_test
-    view = input_view(model)
-    mu = centroid(view, view.embed(x))
+    mu = centroid(_iv(model, x))
     np.testing.assert_allclose(mu.numpy(), np.tile(w.sum(0).numpy(), (x.shape[0], 1)), atol=1e-12)
     ds = alignment(Checkpoint(0, model, data))
     assert float(ds.jacobian_norm) == pytest.approx(float(w.norm()), rel=1e-12)
@@ -92,8 +97,8 @@ def test_bias_free_linear_known_answers():
 def test_bias_free_relu_is_positively_homogeneous():
     model = _relu_net()
     x = _data().x_test
-    view = input_view(model)
-    e = view.embed(x)
+    view = _iv(model, x)
+    e = view.e
     jac = input_jacobian(view, e)
     with torch.no_grad():
         f = model(x)
@@ -109,8 +114,8 @@ def test_bias_free_relu_is_positively_homogeneous():
 def test_centroid_is_sum_of_jacobian_rows_and_chunking_is_invisible():
     model = _relu_net(bias=True)
     x = _data().x_test
-    view = input_view(model)
-    e = view.embed(x)
+    view = _iv(model, x)
+    e = view.e
     np.testing.assert_allclose(
         centroid(view, e).numpy(), input_jacobian(view, e).sum(1).numpy(), atol=1e-12
     )
@@ -132,8 +137,7 @@ def test_rank_one_against_svd_and_bounds():
     model = _relu_net(seed=3, bias=True)
     x = _data().x_test
     per = alignment_per_point(model, x)
-    view = input_view(model)
-    s = torch.linalg.svdvals(input_jacobian(view, view.embed(x))) ** 2
+    s = torch.linalg.svdvals(input_jacobian(_iv(model, x))) ** 2
     np.testing.assert_allclose(per["rank_one"], (s[:, 0] / s.sum(1)).numpy(), rtol=1e-10)
     assert np.all(per["rank_one"] >= 1.0 / C - 1e-12) and np.all(per["rank_one"] <= 1 + 1e-12)
     assert np.all(np.abs(per["centroid_alignment"]) <= 1 + 1e-12)
@@ -159,16 +163,19 @@ def test_token_model_uses_embedded_input_and_applies():
     model = TokenModel()
     g = torch.Generator().manual_seed(0)
     toks = torch.randint(0, 7, (12, 2), generator=g)
-    data = Data(toks, torch.zeros(12, dtype=torch.long), toks, torch.zeros(12, dtype=torch.long))
+    labels = torch.arange(12) % C
+    data = Data(toks, labels, toks, labels)
     spec = get("alignment")
-    assert spec.applies(model, data) is None
-    ds = alignment(Checkpoint(0, model, data))
+    ckpt = Checkpoint(0, model, data)
+    assert spec.applies(ckpt.view, data) is None
+    ds = alignment(ckpt)
     assert float(ds.jacobian_norm) == pytest.approx(float(model.out.weight.detach().norm()), rel=1e-12)
-    assert ds.attrs["input_convention"] == "embed_inputs"
-    # a token run whose model lacks the convention does not apply, and says why
-    plain = nn.Linear(2, C)
-    assert "embed_inputs" in spec.applies(plain, data)
-    with pytest.raises(JacobianError, match="integer"):
+    assert ds.attrs["input_convention"] == "output of module 'embed'"
+    # a token run whose model has no input role does not apply, and says why (role and key)
+    plain = ModelView(nn.Linear(2, C), Anatomy())
+    reason = spec.applies(plain, data)
+    assert "'input'" in reason and "anatomy={'input'" in reason and "tokens" in reason
+    with pytest.raises(MeasureNotApplicable, match="tokens"):
         alignment_per_point(plain, toks)
 
 
@@ -190,7 +197,8 @@ def test_grokscope_models():
 
     tf = models.build_model("transformer", vocab=6, n_ctx=3, out_dim=5, d_model=8, n_heads=2, d_mlp=16)
     toks = torch.randint(0, 6, (10, 3))
-    data = Data(toks, torch.zeros(10, dtype=torch.long), toks, torch.zeros(10, dtype=torch.long))
+    labels = torch.arange(10) % 5
+    data = Data(toks, labels, toks, labels)
     ds = alignment(Checkpoint(0, tf, data))
     assert np.isfinite(float(ds.jacobian_norm)) and float(ds.jacobian_norm) > 0
     # oracle: Jacobian of the logits w.r.t. the embedded tokens by a per-sample loop

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from grokscope.anatomy import Anatomy
 from grokscope.data import Data
 from grokscope.errors import ConfigError
 from grokscope.measures import get
@@ -92,7 +93,9 @@ def test_linf_margin_definition():
         m.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, -1.0]]))
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     data = Data(x, torch.tensor([0, 0]), x, torch.tensor([0, 0]))
-    ds = kernel(Checkpoint(step=0, model=m, data=data, references={"first": m}), homogeneity=2)
+    # labels are all 0 (n_classes would be 1): the roles say both logits are classes
+    ckpt = Checkpoint(step=0, model=m, data=data, references={"first": m}, anatomy=Anatomy())
+    ds = kernel(ckpt, homogeneity=2)
     margin = ((2 - 0) + (0 - (-1))) / 2
     assert float(ds["margin"]) == pytest.approx(margin)
     assert float(ds["linf_margin"]) == pytest.approx(margin / 2.0**2)

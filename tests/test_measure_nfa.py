@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import jacrev, vmap
 
 from grokscope.data import Data
-from grokscope.errors import ConfigError
+from grokscope.errors import ConfigError, MeasureNotApplicable
 from grokscope.measures import Checkpoint, get
 from grokscope.measures.nfa import (
     agop,
@@ -53,7 +53,7 @@ def _x(n=40, d=D, seed=0):
 
 def _data(n=40, seed=0):
     x = _x(n, seed=seed)
-    y = torch.zeros(n, dtype=torch.long)
+    y = torch.arange(n) % C  # every class present: the output role keeps all C logits
     return Data(x, y, _x(10, seed=seed + 1), y[:10])
 
 
@@ -81,7 +81,7 @@ def test_one_layer_linear_agop_is_nfm():
     _close(g, w.T @ w, rtol=1e-12)
     assert pearson(w.T @ w, g) == pytest.approx(1.0, abs=1e-12)
     # the readout is left out by default: a one-Linear model has no default layer
-    with pytest.raises(ConfigError, match="readout"):
+    with pytest.raises(MeasureNotApplicable, match="readout"):
         default_layers(model, x)
 
 
@@ -268,7 +268,7 @@ def test_general_path_cnfa_matches_closed_form():
 def test_bad_parameters():
     model = TinyMLP(nn.ReLU(), depth=2)
     data = _data()
-    with pytest.raises(ConfigError, match="not nn.Linear"):
+    with pytest.raises(ConfigError, match="not linear maps"):
         nfa(_ckpt(model, data), layers=["nope"])
     with pytest.raises(ConfigError, match="method"):
         nfa(_ckpt(model, data), method="fast")
@@ -284,7 +284,9 @@ def test_registration():
     spec = get("nfa")
     assert spec.kind == "step" and spec.references == ("first", "last")
     assert spec.defaults["split"] == "train" and spec.defaults["max_points"] is None
-    assert "readout" in spec.applies(nn.Sequential(nn.Linear(2, 2)), _data())
+    one = nn.Sequential(nn.Linear(D, C)).double()
+    reason = spec.applies(Checkpoint(0, one, _data()).view, _data())
+    assert "readout" in reason and "'linear'" in reason and "anatomy=" in reason
 
 
 def test_grokscope_models():
@@ -380,12 +382,13 @@ def test_uneven_sample_and_class_chunks(monkeypatch):
     expect = _oracle(model, x)
     # a tiny gradient budget: the class blocks differ between the full and the last sample chunk
     monkeypatch.setitem(_jacobian.preactivation_jacobians.__kwdefaults__, "max_elements", 100)
+    view = _jacobian.as_view(model, x)
     blocks = list(
-        _jacobian.preactivation_jacobians(model, x, {"layers.0": model.layers[0]}, chunk=10)
+        _jacobian.preactivation_jacobians(view, x, {"layers.0": ("layers.0", "output")}, chunk=10)
     )
     assert len({(b[1].start, b[1].stop) for b in blocks}) > 2
     full = torch.zeros(C, len(x), H, dtype=torch.float64)
-    for samples, classes, grads, _inputs in blocks:
+    for samples, classes, grads in blocks:
         full[classes, samples] = grads["layers.0"].detach()
     jac = torch.einsum("cnh,hi->nci", full, model.layers[0].weight.detach())
     g = torch.einsum("nci,ncj->ij", jac, jac) / len(x)

@@ -1,10 +1,11 @@
 """Shared Jacobian helpers for the Jacobian measures (alignment, NFA) and the regulariser.
 
-The *input* of a model, for every Jacobian measure, follows one convention: when the model
-has ``embed_inputs``/``forward_from_input`` (grokscope's MLP and Transformer), the input is
-``e = model.embed_inputs(x)`` (shape ``(n, d)``, float) and the map is
-``model.forward_from_input(e)``; otherwise the input is ``x.float().flatten(1)`` and the map
-is ``model(e.view(x.shape))``. The output is always flattened to logits ``(n, C)``.
+Models are seen only through their anatomy (a :class:`~grokscope.anatomy.ModelView`). The
+*input* of every Jacobian measure is the model's ``input`` role: ``e = view.embed(x)``, the
+output of a module (a token embedding: ``"output of module 'embed'"``) or the raw float input
+(``"raw float input"``), flattened per sample to ``(n, d)``; the map is
+``view.forward_from_input(e, x)``, whose logits ``(n, C)`` follow the ``output`` role (last
+position, class slice).
 
 Samples must be independent (no batch norm in train mode, no cross-sample mixing): every
 batched Jacobian here differentiates the *sum over the batch* of each output, which gives
@@ -19,18 +20,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..anatomy import ModelView, detect
 from ..data import Data
 from ..errors import ConfigError, DataError, GrokscopeError
 
 __all__ = [
     "InputView",
     "JacobianError",
+    "as_view",
     "centroid",
     "chunks",
     "evaluation_inputs",
+    "input_convention",
     "input_jacobian",
     "input_view",
-    "model_dtype",
     "preactivation_jacobians",
 ]
 
@@ -39,79 +42,62 @@ class JacobianError(GrokscopeError):
     """A model could not be differentiated the way a Jacobian measure needs."""
 
 
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of the model's first floating parameter (float32 when it has none)."""
-    for p in model.parameters():
-        if torch.is_floating_point(p):
-            return p.dtype
-    return torch.float32
+def as_view(model: nn.Module | ModelView, x: torch.Tensor) -> ModelView:
+    """``model`` itself when it is a :class:`ModelView`; else the module with the anatomy
+    detected from a probe pass on a few rows of ``x`` (the convenience path of the public
+    helpers: measures receive their view from the checkpoint)."""
+    if isinstance(model, ModelView):
+        return model
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"expected an nn.Module or a ModelView, got {type(model).__name__}")
+    probe = x[: max(2, min(4, x.shape[0]))]
+    return ModelView(model, detect(model, probe))
+
+
+def input_convention(view: ModelView) -> str:
+    """How the input role is read: ``"output of module 'embed'"`` or ``"raw float input"``."""
+    mod = view.anatomy.input.get("module")
+    return "raw float input" if mod is None else f"output of module {mod!r}"
 
 
 def _as_logits(out: torch.Tensor, n: int) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor):
+    if out.ndim != 2 or out.shape[0] != n:
         raise JacobianError(
-            f"the model returned {type(out).__name__}, not a tensor: Jacobian measures need a "
-            "model whose forward returns the logits tensor"
+            f"the output role gave shape {tuple(out.shape)} for {n} samples: Jacobian measures "
+            "need logits (n, C); set anatomy={'output': ...}"
         )
-    if out.shape[:1] != (n,):
-        raise JacobianError(
-            f"the model returned shape {tuple(out.shape)} for {n} samples: the first dim of "
-            "the output must be the sample dim"
-        )
-    return out.reshape(n, -1)
+    return out
 
 
 @dataclass(frozen=True)
 class InputView:
-    """A model seen as a map from flat float inputs ``(n, d)`` to logits ``(n, C)``.
+    """One batch of a model seen as a map from its flat input role ``(n, d)`` to ``(n, C)``.
 
     Attributes
     ----------
-    embed : callable
-        ``embed(x) -> e``, ``x`` the raw inputs ``(n, *input_shape)``, ``e`` float ``(n, d)``.
+    e : tensor, shape ``(n, d)``
+        The input role's value on the batch (detached, floating).
     forward : callable
-        ``forward(e) -> logits`` of shape ``(n, C)``.
+        ``forward(e) -> logits`` ``(n, C)``; ``e`` of the batch's size (the rest of the model,
+        e.g. positions, sees the batch's raw inputs).
     convention : str
-        ``"embed_inputs"`` or ``"flatten"``: which input convention applies.
+        ``"output of module '<path>'"`` or ``"raw float input"``.
     """
 
-    embed: Callable[[torch.Tensor], torch.Tensor]
+    e: torch.Tensor
     forward: Callable[[torch.Tensor], torch.Tensor]
     convention: str
 
 
-def input_view(model: nn.Module) -> InputView:
-    """The model as a map from flat float inputs to ``(n, C)`` logits (see module doc)."""
-    dtype = model_dtype(model)
-    if hasattr(model, "embed_inputs") and hasattr(model, "forward_from_input"):
+def input_view(view: ModelView, x: torch.Tensor) -> InputView:
+    """The batch ``x`` of ``view``'s model as a map from its input role to logits."""
+    with torch.no_grad():
+        e = view.embed(x).detach()
 
-        def embed(x: torch.Tensor) -> torch.Tensor:
-            e = model.embed_inputs(x)
-            return e.reshape(e.shape[0], -1)
+    def forward(inp: torch.Tensor) -> torch.Tensor:
+        return _as_logits(view.forward_from_input(inp, x), inp.shape[0])
 
-        def forward(e: torch.Tensor) -> torch.Tensor:
-            return _as_logits(model.forward_from_input(e), e.shape[0])
-
-        return InputView(embed, forward, "embed_inputs")
-
-    shape: dict[str, tuple[int, ...]] = {}
-
-    def embed_flat(x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_floating_point(x):
-            raise JacobianError(
-                f"inputs have dtype {x.dtype} (tokens?) and the model has no "
-                "embed_inputs/forward_from_input: a Jacobian w.r.t. integer inputs does not "
-                "exist. Give the model those two methods (see grokscope.models) or use float inputs"
-            )
-        shape["sample"] = tuple(x.shape[1:])
-        return x.to(dtype).flatten(1)
-
-    def forward_flat(e: torch.Tensor) -> torch.Tensor:
-        if "sample" not in shape:
-            raise JacobianError("InputView.forward called before embed: embed the inputs first")
-        return _as_logits(model(e.view(e.shape[0], *shape["sample"])), e.shape[0])
-
-    return InputView(embed_flat, forward_flat, "flatten")
+    return InputView(e, forward, input_convention(view))
 
 
 def chunks(n: int, size: int | None) -> Iterator[slice]:
@@ -145,7 +131,7 @@ def evaluation_inputs(data: Data, split: str, max_points: int | None) -> torch.T
     return x
 
 
-def centroid(view: InputView, e: torch.Tensor) -> torch.Tensor:
+def centroid(view: InputView, e: torch.Tensor | None = None) -> torch.Tensor:
     """``mu_x = J_x^T 1``: the gradient of the sum of all logits w.r.t. the input.
 
     One backward pass with ``grad_outputs = ones``.
@@ -153,13 +139,14 @@ def centroid(view: InputView, e: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     view : InputView
-    e : tensor, shape ``(n, d)``
-        Embedded inputs.
+    e : tensor, shape ``(n, d)``, optional
+        Inputs (default ``view.e``).
 
     Returns
     -------
     tensor, shape ``(n, d)``
     """
+    e = view.e if e is None else e
     with torch.enable_grad():
         e = e.detach().requires_grad_(True)
         out = view.forward(e)
@@ -167,7 +154,7 @@ def centroid(view: InputView, e: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def input_jacobian(view: InputView, e: torch.Tensor) -> torch.Tensor:
+def input_jacobian(view: InputView, e: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample input Jacobians ``J_x = df/dx`` by ``torch.func.jacrev``.
 
     Differentiates ``sum_n f(e)_n`` (a ``(C,)`` vector) w.r.t. the whole batch, which gives the
@@ -177,12 +164,14 @@ def input_jacobian(view: InputView, e: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     view : InputView
-    e : tensor, shape ``(n, d)``
+    e : tensor, shape ``(n, d)``, optional
+        Inputs (default ``view.e``).
 
     Returns
     -------
     tensor, shape ``(n, C, d)``
     """
+    e = view.e if e is None else e
 
     def summed(inp: torch.Tensor) -> torch.Tensor:
         return view.forward(inp).sum(0)
@@ -208,41 +197,68 @@ def _vjp_classes(
     basis[torch.arange(k), :, torch.arange(classes.start, classes.stop)] = 1.0
     try:
         grads = torch.autograd.grad(
-            out, list(targets), grad_outputs=basis, retain_graph=True, is_grads_batched=True
+            out, list(targets), grad_outputs=basis, retain_graph=True, is_grads_batched=True,
+            allow_unused=True,
         )
     except RuntimeError:
         per_class = [
-            torch.autograd.grad(out, list(targets), grad_outputs=b, retain_graph=True)
+            torch.autograd.grad(out, list(targets), grad_outputs=b, retain_graph=True,
+                                allow_unused=True)
             for b in basis
         ]
-        grads = tuple(torch.stack([pc[i] for pc in per_class]) for i in range(len(targets)))
+        grads = tuple(
+            None if per_class[0][i] is None else torch.stack([pc[i] for pc in per_class])
+            for i in range(len(targets))
+        )
     return [
         torch.zeros((k, *t.shape), dtype=t.dtype, device=t.device) if g is None else g
         for g, t in zip(grads, targets)
     ]
 
 
+def _first_tensor_slot(args: tuple, kwargs: dict) -> tuple[int | str, torch.Tensor] | None:
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            return i, a
+    for k, a in kwargs.items():
+        if isinstance(a, torch.Tensor):
+            return k, a
+    return None
+
+
 def preactivation_jacobians(
-    model: nn.Module,
+    view: ModelView,
     x: torch.Tensor,
-    modules: dict[str, nn.Module],
+    points: dict[str, tuple[str, str]],
     *,
     chunk: int | None = 1024,
     max_elements: int = 2**25,
-) -> Iterator[tuple[slice, slice, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
-    """Per-sample Jacobians of the logits w.r.t. the outputs of chosen modules (general path).
+) -> Iterator[tuple[slice, slice, dict[str, torch.Tensor]]]:
+    """Per-sample Jacobians of the logits w.r.t. tensors inside the model (general path).
 
-    A forward hook captures each module's output ``z`` (and input ``h``); the logits are then
-    differentiated w.r.t. every captured ``z`` by batched backward passes over the classes.
+    Each point is ``(module path, "output" | "input")``:
+
+    ``"output"``
+        a forward hook captures the module's output ``z``; the gradient is w.r.t. ``z`` (the
+        total derivative: every path from ``z`` to the logits);
+    ``"input"``
+        a forward pre-hook feeds the module ``h + delta`` instead of its input ``h``, with
+        ``delta`` a zero leaf tensor; the gradient w.r.t. ``delta`` is the derivative of the
+        logits w.r.t. ``h`` *through that module only* (other uses of ``h``, e.g. a residual
+        connection around it, are not differentiated), and gradients w.r.t. other points
+        upstream still flow through ``h``.
+
+    The logits (the output role) are differentiated w.r.t. every point by class-batched
+    backward passes.
 
     Parameters
     ----------
-    model : nn.Module
+    view : ModelView
     x : tensor, shape ``(n, *input_shape)``
         Raw inputs.
-    modules : dict of str to nn.Module
-        The modules (usually ``nn.Linear``) whose outputs to differentiate; each must be called
-        exactly once per forward.
+    points : dict of str to (str, str)
+        Name -> (module path, ``"output"`` or ``"input"``). Each module must be called exactly
+        once per forward pass.
     chunk : int or None
         Samples per forward pass.
     max_elements : int
@@ -256,53 +272,70 @@ def preactivation_jacobians(
     classes : slice
         The classes ``c`` of this block.
     grads : dict of str to tensor
-        ``grads[name]`` of shape ``(k, n_chunk, *z.shape[1:])``: ``d f_c / d z`` per sample.
-    inputs : dict of str to tensor
-        ``inputs[name]``: the module input ``h`` of shape ``(n_chunk, *h.shape[1:])``.
+        ``grads[name]`` of shape ``(k, n_chunk, *t.shape[1:])``: ``d f_c / d t`` per sample,
+        ``t`` the point's tensor.
     """
-    view = input_view(model)
-    captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {k: [] for k in modules}
+    for name, (_path, at) in points.items():
+        if at not in ("input", "output"):
+            raise ConfigError(f"point {name!r}: 'at' must be 'input' or 'output', got {at!r}")
+    captured: dict[str, list[torch.Tensor]] = {k: [] for k in points}
 
-    def make_hook(name: str) -> Callable[..., None]:
-        def hook(_mod: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    def make_hook(name: str, at: str) -> Callable[..., object]:
+        def post(_mod: nn.Module, _args: tuple, output: torch.Tensor) -> None:
             if not isinstance(output, torch.Tensor):
-                raise JacobianError(f"module {name!r} returned {type(output).__name__}, not a tensor")
+                raise JacobianError(f"module {points[name][0]!r} returned {type(output).__name__}, "
+                                    "not a tensor")
             if not output.requires_grad:
                 output.requires_grad_(True)  # a leaf: parameters and inputs need no grad
-            captured[name].append((args[0].detach() if args else None, output))
+            captured[name].append(output)
 
-        return hook
+        def pre(_mod: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+            slot = _first_tensor_slot(args, kwargs)
+            if slot is None:
+                raise JacobianError(f"module {points[name][0]!r} was called without a tensor input")
+            key, h = slot
+            if not torch.is_floating_point(h):
+                raise JacobianError(f"module {points[name][0]!r} takes {h.dtype} input, not floats")
+            delta = torch.zeros_like(h, requires_grad=True)
+            captured[name].append(delta)
+            if isinstance(key, int):
+                new = list(args)
+                new[key] = h + delta
+                return tuple(new), kwargs
+            return args, {**kwargs, key: h + delta}
 
-    handles = [m.register_forward_hook(make_hook(k)) for k, m in modules.items()]
+        return post if at == "output" else pre
+
+    handles = []
     try:
+        for name, (path, at) in points.items():
+            mod = view.module(path)
+            if at == "output":
+                handles.append(mod.register_forward_hook(make_hook(name, at)))
+            else:
+                handles.append(mod.register_forward_pre_hook(make_hook(name, at), with_kwargs=True))
         for sl in chunks(x.shape[0], chunk):
             for v in captured.values():
                 v.clear()
             with torch.enable_grad():
-                e = view.embed(x[sl]).detach()
-                out = view.forward(e)
+                out = view.forward(x[sl])
                 for name, got in captured.items():
                     if len(got) != 1:
                         raise JacobianError(
-                            f"module {name!r} was called {len(got)} times in one forward pass: "
-                            "the NFA general path needs a module called exactly once"
+                            f"module {points[name][0]!r} was called {len(got)} times in one "
+                            "forward pass: the NFA general path needs a module called exactly once"
                         )
-                zs = [captured[k][0][1] for k in modules]
+                ts = [captured[k][0] for k in points]
                 if not out.requires_grad:
                     raise JacobianError(
-                        "the logits do not depend on the chosen modules' outputs: check the "
-                        f"layer names {list(modules)}"
+                        "the logits do not depend on the chosen tensors: check the layer names "
+                        f"{list(points)}"
                     )
-                per_class = sum(z.numel() for z in zs)
+                per_class = sum(t.numel() for t in ts)
                 k = max(1, min(out.shape[1], max_elements // max(per_class, 1)))
                 for cs in chunks(out.shape[1], k):
-                    grads = _vjp_classes(out, zs, cs)
-                    yield (
-                        sl,
-                        cs,
-                        dict(zip(modules, grads)),
-                        {name: captured[name][0][0] for name in modules},
-                    )
+                    grads = _vjp_classes(out, ts, cs)
+                    yield sl, cs, dict(zip(points, grads))
     finally:
         for h in handles:
             h.remove()

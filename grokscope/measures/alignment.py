@@ -1,7 +1,9 @@
 """GrokAlign: Jacobian and centroid alignment (Walker et al. 2025; METHODS.md section 3).
 
-For a model ``f: R^d -> R^C`` and an input ``x`` (the embedded input, see
-:mod:`grokscope.measures._jacobian`), with ``J_x = df/dx`` of shape ``(C, d)``:
+For a model ``f: R^d -> R^C`` and an input ``x`` (the model's ``input`` role: the output of
+its token embedding, or the raw float input, flattened; see
+:mod:`grokscope.measures._jacobian`), with ``J_x = df/dx`` of shape ``(C, d)`` (``C`` logits of
+the ``output`` role, e.g. a transformer's last position):
 
 - centroid ``mu_x = J_x^T 1`` (gradient of the **sum** of the logits, one backward pass);
 - centroid alignment ``CA(x) = <mu_x, x> / max(|mu_x| |x|, 1e-8)``;
@@ -19,20 +21,29 @@ import torch
 import xarray as xr
 from torch import nn
 
+from ..anatomy import ModelView, missing_role
 from ..data import Data
-from ._jacobian import centroid, chunks, evaluation_inputs, input_jacobian, input_view
+from ._jacobian import (
+    as_view,
+    centroid,
+    chunks,
+    evaluation_inputs,
+    input_convention,
+    input_jacobian,
+    input_view,
+)
 from .registry import Checkpoint, register
 
 _EPS = 1e-8
 
 
-def _applies(model: nn.Module, data: Data) -> str | None:
-    has_convention = hasattr(model, "embed_inputs") and hasattr(model, "forward_from_input")
-    if not has_convention and not torch.is_floating_point(data.x_train):
-        return (
-            "inputs are integer tokens and the model has no embed_inputs/forward_from_input, "
-            "so there is no input to differentiate"
-        )
+def _applies(view: ModelView, data: Data) -> str | None:
+    if view.anatomy.input.get("module") is None and not torch.is_floating_point(data.x_train):
+        return str(missing_role(
+            "input", "alignment",
+            f"the inputs are {data.x_train.dtype} tokens, which cannot be differentiated, and no "
+            "module's output (a token embedding) is named as the input",
+        ))
     return None
 
 
@@ -41,12 +52,15 @@ def _nanmean(v: np.ndarray) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-def alignment_per_point(model: nn.Module, x: torch.Tensor, *, chunk: int = 256) -> dict[str, np.ndarray]:
+def alignment_per_point(
+    model: ModelView | nn.Module, x: torch.Tensor, *, chunk: int = 256
+) -> dict[str, np.ndarray]:
     """The GrokAlign quantities at every point of ``x``.
 
     Parameters
     ----------
-    model : nn.Module
+    model : ModelView or nn.Module
+        The model with its roles (a bare module gets its anatomy detected on ``x``).
     x : tensor, shape ``(n, *input_shape)``
         Raw inputs (tokens or features).
     chunk : int
@@ -58,7 +72,7 @@ def alignment_per_point(model: nn.Module, x: torch.Tensor, *, chunk: int = 256) 
         ``centroid_alignment``, ``centroid_inner``, ``centroid_norm``, ``jacobian_norm``,
         ``jacobian_alignment``, ``rank_one``.
     """
-    view = input_view(model)
+    view = as_view(model, x)
     parts: dict[str, list[torch.Tensor]] = {
         k: []
         for k in (
@@ -71,10 +85,10 @@ def alignment_per_point(model: nn.Module, x: torch.Tensor, *, chunk: int = 256) 
         )
     }
     for sl in chunks(x.shape[0], chunk):
-        with torch.no_grad():
-            e = view.embed(x[sl]).detach()
-        mu = centroid(view, e)  # (n, d)
-        jac = input_jacobian(view, e)  # (n, C, d)
+        iv = input_view(view, x[sl])
+        e = iv.e
+        mu = centroid(iv, e)  # (n, d)
+        jac = input_jacobian(iv, e)  # (n, C, d)
         e64, mu64, j64 = e.double(), mu.double(), jac.double()
         e_norm = e64.norm(dim=1)
         mu_norm = mu64.norm(dim=1)
@@ -123,7 +137,8 @@ def alignment(
         ``jacobian_alignment_mean``, ``rank_one_mean`` and ``n_points``.
     """
     x = evaluation_inputs(ckpt.data, split, max_points).to(ckpt.device)
-    per = alignment_per_point(ckpt.model, x, chunk=chunk)
+    view = ckpt.view
+    per = alignment_per_point(view, x, chunk=chunk)
     ca = per["centroid_alignment"]
     values = {
         "centroid_alignment_mean": float(ca.mean()),
@@ -142,8 +157,8 @@ def alignment(
     ds["jacobian_alignment_mean"].attrs["long_name"] = "mean |J_x x|^2/(||J_x||_F^2 |x|^2)"
     ds["rank_one_mean"].attrs["long_name"] = "mean sigma_1^2/sum sigma_i^2 of J_x"
     ds.attrs.update(
-        input_convention=input_view(ckpt.model).convention,
-        centroid="gradient of the sum of all logits w.r.t. the (embedded) input",
+        input_convention=input_convention(view),
+        centroid="gradient of the sum of all logits w.r.t. the input role",
         eps=_EPS,
     )
     return ds

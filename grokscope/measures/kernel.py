@@ -6,10 +6,12 @@ neural tangent kernel barely moves while the training set is fit, then changes s
 Definitions
 -----------
 - ``Theta_t = J J^T`` with ``J[i] = d f_o(x_i; theta_t) / d theta`` (all floating-point
-  parameters, flattened), ``f_o`` the logit ``output`` (default 0, the first), ``x_i`` the
-  first ``n_points`` training inputs (deterministic). Computed with ``torch.func``:
-  ``vmap(jacrev(f))`` over samples with ``functional_call``, ``chunk`` samples at a time;
-  the products are accumulated in float64, one parameter tensor at a time.
+  parameters, flattened), ``f_o`` the logit ``output`` (default 0, the first) of the model's
+  ``output`` role (e.g. a sequence model's last position, a class slice), ``x_i`` the first
+  ``n_points`` training inputs (deterministic). Computed with ``torch.func``:
+  ``vmap(jacrev(f))`` over samples with ``functional_call`` of the model followed by the
+  output role, ``chunk`` samples at a time; the products are accumulated in float64, one
+  parameter tensor at a time.
 - ``kernel_change = ||Theta_t - Theta_0||_F / ||Theta_0||_F``; ``Theta_0`` from
   ``ckpt.reference("first")``, computed once per run and cached in ``ckpt.state``.
 - ``kernel_alignment = <Theta_t, Theta_0>_F / (||Theta_t||_F ||Theta_0||_F)`` (cosine).
@@ -29,7 +31,9 @@ import torch
 import xarray as xr
 from torch.func import functional_call, jacrev, vmap
 
+from ..anatomy import ModelView
 from ..errors import ConfigError
+from ._jacobian import as_view
 from .curves import margins, named_float_params, param_vector_norms
 from .registry import Checkpoint, register
 
@@ -37,14 +41,15 @@ __all__ = ["empirical_ntk", "kernel"]
 
 
 def empirical_ntk(
-    model: torch.nn.Module, x: torch.Tensor, *, output: int = 0, chunk: int = 64
+    model: ModelView | torch.nn.Module, x: torch.Tensor, *, output: int = 0, chunk: int = 64
 ) -> torch.Tensor:
     """Empirical NTK of one output of ``model`` on inputs ``x``.
 
     Parameters
     ----------
-    model : nn.Module
-        Maps ``(n, *input_shape)`` to ``(n, C)`` (or ``(n,)``).
+    model : ModelView or nn.Module
+        The model with its roles (a bare module gets its anatomy detected on ``x``); the
+        logits are its ``output`` role, ``(n, C)``.
     x : Tensor, shape ``(n, *input_shape)``
     output : int
         Which output (logit) to differentiate.
@@ -58,14 +63,16 @@ def empirical_ntk(
     """
     if chunk < 1:
         raise ConfigError(f"chunk must be a positive number of samples, got {chunk}")
-    params = {k: v.detach() for k, v in named_float_params(model).items()}
+    view = as_view(model, x)
+    net = view.model
+    params = {k: v.detach() for k, v in named_float_params(net).items()}
 
     def f(p: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, p, (xi.unsqueeze(0),)).reshape(-1)
+        out = view.logits(functional_call(net, p, (xi.unsqueeze(0),))).reshape(-1)
         return out[output]
 
     with torch.no_grad():
-        n_out = model(x[:1]).reshape(-1).shape[0]
+        n_out = view.forward(x[:1]).reshape(-1).shape[0]
     if not -n_out <= output < n_out:
         raise ConfigError(f"output={output} is out of range for a model with {n_out} outputs")
     jac_fn = vmap(jacrev(f), in_dims=(None, 0))
@@ -96,11 +103,11 @@ def kernel(
     Parameters
     ----------
     ckpt : Checkpoint
-        Uses ``ckpt.model``, ``ckpt.data.x_train`` and ``ckpt.reference("first")``.
+        Uses ``ckpt.view``, ``ckpt.data.x_train`` and ``ckpt.reference_view("first")``.
     n_points : int
         The first ``n_points`` training inputs (all if fewer).
     output : int
-        The logit whose NTK is taken.
+        The logit (of the output role) whose NTK is taken.
     homogeneity : int
         Power of ``param_linf`` dividing the margin (see the module docstring).
     chunk : int
@@ -119,12 +126,13 @@ def kernel(
     x = data.x_train[:n].to(ckpt.device)
     y = data.y_train[:n].to(ckpt.device)
 
+    view = ckpt.view
     key = ("kernel_theta0", n, output)
     theta0 = ckpt.state.get(key)
     if theta0 is None:
-        theta0 = empirical_ntk(ckpt.reference("first"), x, output=output, chunk=chunk)
+        theta0 = empirical_ntk(ckpt.reference_view("first"), x, output=output, chunk=chunk)
         ckpt.state[key] = theta0
-    theta = empirical_ntk(ckpt.model, x, output=output, chunk=chunk)
+    theta = empirical_ntk(view, x, output=output, chunk=chunk)
     theta0 = theta0.to(theta.device)
     n0, nt = float(torch.linalg.norm(theta0)), float(torch.linalg.norm(theta))
     change = float(torch.linalg.norm(theta - theta0)) / n0 if n0 > 0 else float("nan")
@@ -134,7 +142,7 @@ def kernel(
     margin = float("nan")
     if not torch.is_floating_point(y) and y.ndim == 1:
         with torch.no_grad():
-            logits = ckpt.model(x).reshape(n, -1).double()
+            logits = view.forward(x).double()
         if logits.shape[1] >= 2:
             margin = float(margins(logits, y).mean())
     scale = linf**homogeneity
@@ -153,7 +161,8 @@ def kernel(
     ds.attrs.update(
         n_points_used=int(n),
         points="the first n_points training inputs",
-        ntk="J J^T of one logit w.r.t. all floating-point parameters (torch.func vmap(jacrev))",
+        ntk="J J^T of one logit (output role) w.r.t. all floating-point parameters "
+        "(torch.func vmap(jacrev))",
         linf_margin_definition="mean correct-class margin / param_linf ** homogeneity",
         reference="first",
     )

@@ -1,13 +1,13 @@
 """Neural feature ansatz: NFM vs AGOP (Radhakrishnan et al.; Beaglehole et al. 2024).
 
-METHODS.md section 5. For a linear layer ``W`` (``(out, in)``) with input ``h`` and
-pre-activation ``z = W h (+ b)``:
+METHODS.md section 5. For a linear map ``W`` (``(out, in)``, whatever the parameter's
+orientation: ``view.weight(name)``) with input ``h`` and pre-activation ``z = W h (+ b)``:
 
 - ``NFM = W^T W`` (``in x in``);
 - ``AGOP G = (1/n) sum_x J_h(x)^T J_h(x) = W^T K W`` with ``K = (1/n) sum_x J_z(x)^T J_z(x)``,
-  each output differentiated separately. ``J_h`` is the derivative *through this layer*
-  (``J_z W``): this is the AGOP of the layer's input whenever ``h`` feeds only this layer
-  (every MLP), and the per-linear-map AGOP otherwise (e.g. attention's ``W_Q``, ``W_K``, ``W_V``
+  each output differentiated separately. ``J_h`` is the derivative *through this map*
+  (``J_z W``): this is the AGOP of the map's input whenever ``h`` feeds only this map (every
+  MLP), and the per-linear-map AGOP otherwise (e.g. attention's ``W_Q``, ``W_K``, ``W_V``
   share one input);
 - ``nfa_corr_sqrt`` = Pearson(NFM, G^{1/2}), ``nfa_corr`` = Pearson(NFM, G) (``s = 1``);
 - ``nfa_corr_centred`` = Pearson(NFM, G_c^{1/2}) with the gradient-centred AGOP
@@ -19,25 +19,41 @@ pre-activation ``z = W h (+ b)``:
 "Pearson" of two matrices subtracts each one's scalar mean of entries, then takes the cosine;
 matrix powers use ``eigh`` in float64 with negative eigenvalues clipped to 0.
 
-Two exact ways to get ``K``:
+Layers are the model's ``linear`` maps (its anatomy), named as there: ``"layers.0"``,
+``"blocks.0.mlp.W_in"``, ``"0"``. The default: the in-maps of the hidden layers plus every
+other ``nn.Linear``-like map (applied to its module's input, which outputs it, called once),
+except the readout.
+
+Exact ways to get ``G``:
 
 closed form
-    when the rest of the network after the layer is ``readout(act(z))`` with an elementwise
-    ``act`` (the last hidden layer of grokscope's MLP, or ``nn.Sequential(..., Linear, act,
-    Linear)``): ``J_z(x) = W2 diag(act'(z_x))`` so ``K = (W2^T W2) * (M^T M / n)``, rows of ``M``
-    the ``act'(z_x)``. Checked numerically against the model's logits before use.
-general
-    any layer of any model: a forward hook captures ``z``; per-sample gradients of every output
-    w.r.t. ``z`` come from class-batched backward passes (samples must be independent).
+    when a hidden layer has this map as its ``in``, a known elementwise ``activation``, and its
+    ``out`` map is the readout, with no position axis (the last hidden layer of an MLP):
+    ``J_z(x) = W2 diag(act'(z_x))`` so ``K = (W2^T W2) * (M^T M / n)``, rows of ``M`` the
+    ``act'(z_x)``. Checked numerically against the model's logits before use.
+general, output space
+    when ``z`` is the output of a module (an ``nn.Linear``, a ``hook_pre``): a forward hook
+    captures ``z``; per-sample gradients of every logit w.r.t. ``z`` come from class-batched
+    backward passes (samples must be independent); ``K`` (or ``J_z W`` when ``in`` is small)
+    is accumulated, and C-NFA comes from ``K``.
+general, input space
+    a raw weight with no hook point for ``z`` (``blocks.0.mlp.W_in`` inside ``blocks.0.mlp``):
+    the input of the map's module is replaced by ``h + delta`` (a forward pre-hook, ``delta``
+    a zero leaf tensor) and ``J_h`` is the derivative w.r.t. ``delta``: the derivative of the
+    logits through that *module*. It equals ``J_z W`` whenever ``h`` feeds only this map
+    inside the module (a Nanda/TransformerLens MLP block: ``W_out act(W_in h + b_in) +
+    b_out``); a module that also uses ``h`` elsewhere (a residual connection inside it)
+    gives the module's AGOP instead. ``G`` and ``G_c`` are accumulated from ``J_h`` directly;
+    ``K`` is not available, so C-NFA is NaN there (``attrs["cnfa_skipped"]`` says so).
 
-Layers with a position axis (transformers: ``z`` of shape ``(n, T, out)``) use the last
-position by default (``position="last"``, METHODS: "the MLP's W_in acting on the last-position
+Maps with a position axis (transformers: ``z`` of shape ``(n, T, out)``) use the last position
+by default (``position="last"``, METHODS: "the MLP's W_in acting on the last-position
 residual"); ``position="all"`` sums the per-position AGOPs over positions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,13 +61,14 @@ import torch
 import xarray as xr
 from torch import nn
 
+from ..anatomy import ModelView, activation_fn, missing_role
 from ..data import Data
-from ..errors import ConfigError
+from ..errors import ConfigError, GrokscopeError
 from ._jacobian import (
     JacobianError,
+    as_view,
     chunks,
     evaluation_inputs,
-    input_view,
     preactivation_jacobians,
 )
 from .registry import Checkpoint, register
@@ -68,18 +85,9 @@ __all__ = [
 
 _METHODS = ("auto", "closed_form", "general")
 _POSITIONS = ("last", "all")
-_ELEMENTWISE = (
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.SiLU,
-    nn.GELU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.ELU,
-    nn.Softplus,
-    nn.Identity,
-    nn.Mish,
-    nn.Hardtanh,
+_NO_K = (
+    "the map's output z has no hook point (a raw weight inside its module), so K = mean J_z^T J_z "
+    "is not available: the AGOP comes from J_h through the module"
 )
 
 
@@ -124,151 +132,134 @@ def matrix_power_psd(g: torch.Tensor, s: float) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------ layer selection
-def _linear_call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Names of the nn.Linear modules in the order they are first called on ``x[:2]``.
-
-    A module called more than once per forward pass appears with a ``"*"`` suffix.
-    """
-    order: list[str] = []
-    named = {m: k for k, m in model.named_modules() if isinstance(m, nn.Linear)}
-    handles = [
-        m.register_forward_hook(lambda mod, _a, _o: order.append(named[mod])) for m in named
-    ]
-    try:
-        view = input_view(model)
-        with torch.no_grad():
-            view.forward(view.embed(x[:2]))
-    finally:
-        for h in handles:
-            h.remove()
-    seen: list[str] = []
-    for k in order:
-        if k not in seen:
-            seen.append(k)
-    return [k if order.count(k) == 1 else k + "*" for k in seen]
+def _computable(lin: dict) -> bool:
+    return lin.get("module") is not None or lin.get("output") is not None
 
 
-def default_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Every nn.Linear the forward pass calls, except the readout (the last one called).
+def default_layers(model: ModelView | nn.Module, x: torch.Tensor | None = None) -> list[str]:
+    """The in-maps of the hidden layers plus every other ``nn.Linear``-like map, except the
+    readout.
 
-    Modules called more than once per forward pass (shared weights) are left out too: their
-    AGOP has no single input ``h``.
+    ``nn.Linear``-like: applied to its module's input, which outputs it (``module`` not None,
+    ``output == module``), and called once per forward pass (a shared module has no single
+    input ``h``). Maps in the anatomy's order (call order for ``nn.Linear``).
 
     Parameters
     ----------
-    model : nn.Module
-    x : tensor, shape ``(n, *input_shape)``
-        Inputs (two are run through the model to find the call order).
+    model : ModelView or nn.Module
+        The model with its roles (a bare module gets its anatomy detected on ``x``).
+    x : tensor, optional
+        Inputs; needed only for a bare module.
 
     Returns
     -------
     list of str
-        Module names in call order.
+        Linear map names.
     """
-    order = _linear_call_order(model, x)
-    chosen = [k for k in order[:-1] if not k.endswith("*")]
+    view = model if isinstance(model, ModelView) else as_view(model, x)
+    anat = view.anatomy
+    hidden_in = {h["in"] for h in anat.hidden if h.get("in")}
+    chosen = []
+    for lin in anat.linear:
+        if lin["name"] == anat.readout or not _computable(lin):
+            continue
+        linear_like = (lin.get("module") is not None and lin.get("output") == lin["module"]
+                       and not lin.get("shared"))
+        if lin["name"] in hidden_in or linear_like:
+            chosen.append(lin["name"])
     if not chosen:
-        raise ConfigError(
-            f"the model calls {len(order)} nn.Linear module(s) ({order}; '*' = called more than "
-            "once); the default leaves out the readout (the last one called) and shared modules, "
-            "so no layer remains: pass layers=[...] explicitly"
+        raise missing_role(
+            "linear", "nfa",
+            f"the linear maps are {[lin['name'] for lin in anat.linear]} and the readout is "
+            f"{anat.readout!r}; the default leaves out the readout, shared modules and maps "
+            "with no hook point, so no layer remains: pass layers=[...] explicitly",
         )
     return chosen
 
 
-def _resolve_layers(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str] | None) -> list[str]:
+def _resolve_layers(view: ModelView, layers: str | Sequence[str] | None) -> list[str]:
     if layers is None:
-        return default_layers(model, x)
+        return default_layers(view)
     names = [layers] if isinstance(layers, str) else list(layers)
-    mods = dict(model.named_modules())
-    linear = [k for k, m in mods.items() if isinstance(m, nn.Linear)]
-    bad = [k for k in names if not isinstance(mods.get(k), nn.Linear)]
+    anat = view.anatomy
+    known = [lin["name"] for lin in anat.linear]
+    resolved, bad = [], []
+    for k in names:
+        try:
+            resolved.append(anat.linear_map(k)["name"])
+        except ConfigError:
+            bad.append(k)
     if bad or not names:
         raise ConfigError(
-            f"layers {bad or names} are not nn.Linear modules of the model; choose among {linear}"
+            f"layers {bad or names} are not linear maps of the model; its linear maps "
+            f"(anatomy 'linear') are {known}; name others with anatomy={{'linear': [...]}}"
         )
-    if len(set(names)) != len(names):
+    if len(set(resolved)) != len(resolved):
         raise ConfigError(f"layers {names} has duplicates")
-    return names
+    internal = [k for k in resolved if not _computable(anat.linear_map(k))]
+    if internal:
+        raise ConfigError(
+            f"linear map(s) {internal} multiply a tensor internal to their module and have no "
+            "hook point for their output: their AGOP cannot be taken; give the map's module "
+            "(anatomy={'linear': [{'weight': ..., 'module': ...}]}) or a hook point"
+        )
+    return resolved
 
 
-def _closed_form_parts(model: nn.Module, name: str) -> tuple[Callable, nn.Linear] | None:
-    """``(act, readout)`` when the network after layer ``name`` is ``readout(act(z))``."""
-    layers = getattr(model, "layers", None)
-    act = getattr(model, "act", None)
-    if (
-        isinstance(layers, nn.ModuleList)
-        and len(layers) >= 2
-        and callable(act)
-        and isinstance(layers[-1], nn.Linear)
-        and name == f"layers.{len(layers) - 2}"
-    ):
-        return act, layers[-1]
-    if isinstance(model, nn.Sequential) and len(model) >= 3:
-        kids = list(model.named_children())
-        (k3, m3), (_, m2), (_, m1) = kids[-3:]
-        if (
-            k3 == name
-            and isinstance(m3, nn.Linear)
-            and isinstance(m2, _ELEMENTWISE)
-            and isinstance(m1, nn.Linear)
-        ):
-            return m2, m1
+def _closed_form_parts(view: ModelView, name: str) -> tuple[str, str] | None:
+    """``(activation, readout)`` when a hidden layer computes ``readout(act(z))`` from map
+    ``name``'s output ``z`` and the logits have no position axis."""
+    anat = view.anatomy
+    if anat.readout is None or anat.output.get("position") is not None:
+        return None
+    for h in anat.hidden:
+        if h.get("in") == name and h.get("out") == anat.readout and h.get("activation"):
+            try:
+                activation_fn(h["activation"])
+            except ConfigError:
+                return None
+            return h["activation"], anat.readout
     return None
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the wanted activation is captured."""
+def _map_output(view: ModelView, x: torch.Tensor, name: str) -> torch.Tensor:
+    """``z = W h + b`` of map ``name`` on ``x`` (read at its hook point when it has one)."""
+    lin = view.anatomy.linear_map(name)
+    with torch.no_grad():
+        if lin.get("output") is not None:
+            (z,) = view.capture(x, [(lin["output"], "output")])
+            return z.detach()
+        return view.apply_map(name, view.map_input(x, name)).detach()
 
 
-def _capture(
-    model: nn.Module, x: torch.Tensor, name: str, *, logits: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(z, logits)``: the output of module ``name`` and the logits on ``x``.
-
-    With ``logits=False`` the forward pass stops right after module ``name`` (logits None).
-    """
-    module = dict(model.named_modules())[name]
-    got: list[torch.Tensor] = []
-
-    def hook(_m: nn.Module, _a: tuple, o: torch.Tensor) -> None:
-        got.append(o.detach())
-        if not logits:
-            raise _StopForward
-
-    handle = module.register_forward_hook(hook)
-    out = None
-    try:
-        view = input_view(model)
-        with torch.no_grad():
-            out = view.forward(view.embed(x))
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if len(got) != 1:
-        raise JacobianError(f"module {name!r} was called {len(got)} times in one forward pass")
-    return got[0], out
+def _class_rows(view: ModelView, w: torch.Tensor) -> torch.Tensor:
+    cls_ = view.anatomy.output.get("classes")
+    return w if cls_ is None else w[int(cls_[0]) : int(cls_[1])]
 
 
-def _closed_form_ok(model: nn.Module, x: torch.Tensor, name: str) -> bool:
-    parts = _closed_form_parts(model, name)
-    if parts is None:
+def _closed_form_ok(view: ModelView, x: torch.Tensor, name: str) -> bool:
+    parts = _closed_form_parts(view, name)
+    lin = view.anatomy.linear_map(name)
+    if parts is None or (lin.get("output") is None and lin.get("module") is None):
         return False
     act, readout = parts
-    z, logits = _capture(model, x[:8], name)
+    x = x[:8]
+    z = _map_output(view, x, name)
     if z.ndim != 2:
         return False
     with torch.no_grad():
-        again = readout(act(z)).reshape(logits.shape)
+        logits = view.forward(x)
+        again = _class_rows(view, view.apply_map(readout, activation_fn(act)(z)).T).T
+    if again.shape != logits.shape:
+        return False
     scale = float(logits.abs().max()) + 1e-6
-    return bool(torch.allclose(again, logits, rtol=1e-4, atol=1e-5 * scale))
+    return bool(torch.allclose(again.to(logits.dtype), logits, rtol=1e-4, atol=1e-5 * scale))
 
 
 # ------------------------------------------------------------------------ AGOP computation
 @dataclass
 class LayerAGOP:
-    """The AGOP quantities of one linear layer.
+    """The AGOP quantities of one linear map.
 
     Attributes
     ----------
@@ -278,9 +269,15 @@ class LayerAGOP:
     agop_centred : tensor ``(in, in)``, float64
         Gradient-centred AGOP ``G_c``.
     cnfa_matrix : tensor ``(in, in)`` float64, or None
-        ``(W-W0)^T K (W-W0)`` when a reference weight was given and ``W != W0``.
+        ``(W-W0)^T K (W-W0)`` when a reference weight was given, ``W != W0`` and ``K`` is
+        available.
     method : str
         ``"closed_form"`` or ``"general"``.
+    space : str
+        Where the general path differentiated: ``"output"`` (``z``, via ``K``) or ``"input"``
+        (``h``, through the map's module); ``"output"`` for the closed form.
+    cnfa_skipped : str or None
+        Why C-NFA cannot be computed for this map at any step (no ``K`` in the input space).
     """
 
     weight: torch.Tensor
@@ -288,6 +285,8 @@ class LayerAGOP:
     agop_centred: torch.Tensor
     cnfa_matrix: torch.Tensor | None
     method: str
+    space: str = "output"
+    cnfa_skipped: str | None = None
 
 
 def _gram(m: torch.Tensor, block: int = 128) -> torch.Tensor:
@@ -307,15 +306,16 @@ def _gram(m: torch.Tensor, block: int = 128) -> torch.Tensor:
 
 
 def _closed_form_k(
-    model: nn.Module, x: torch.Tensor, name: str, chunk: int | None
+    view: ModelView, x: torch.Tensor, name: str, chunk: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``K`` and the centred ``K_c`` of layer ``name`` by the closed form (float64)."""
-    act, readout = _closed_form_parts(model, name)  # type: ignore[misc]
-    w2 = readout.weight.detach().double()
+    """``K`` and the centred ``K_c`` of map ``name`` by the closed form (float64)."""
+    act_name, readout = _closed_form_parts(view, name)  # type: ignore[misc]
+    act = activation_fn(act_name)
+    w2 = _class_rows(view, view.weight(readout)).double()
     mtm = None
     msum = None
     for sl in chunks(x.shape[0], chunk):
-        z, _ = _capture(model, x[sl], name, logits=False)
+        z = _map_output(view, x[sl], name)
         with torch.enable_grad():
             zz = z.detach().requires_grad_(True)
             (m,) = torch.autograd.grad(act(zz).sum(), zz)
@@ -332,24 +332,31 @@ def _closed_form_k(
 
 
 def _general(
-    model: nn.Module,
+    view: ModelView,
     x: torch.Tensor,
     weights: dict[str, torch.Tensor],
     deltas: dict[str, torch.Tensor | None],
     chunk: int | None,
     position: str,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """``(G, G_c, (W-W0)^T K (W-W0))`` per layer by the general (hooked backward) path.
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, str]]:
+    """``(G, G_c, (W-W0)^T K (W-W0) or None, space)`` per map by the general path.
 
-    Accumulates in the cheaper space: either ``K`` itself (``out x out``) or the Jacobian
+    A map whose output ``z`` has a hook point is differentiated there (output space) and
+    accumulated in the cheaper space: either ``K`` itself (``out x out``) or the Jacobian
     projected on ``W`` (and ``W - W0``) when ``in`` is small enough that projecting first
-    costs fewer flops.
+    costs fewer flops. Any other map is differentiated at its module's input (input space):
+    ``J_h`` is accumulated directly.
     """
-    mods = dict(model.named_modules())
-    modules = {k: mods[k] for k in weights}
+    points: dict[str, tuple[str, str]] = {}
     plan: dict[str, list[tuple[str, torch.Tensor | None]]] = {}
     for k, w in weights.items():
+        lin = view.anatomy.linear_map(k)
         out_dim, in_dim = w.shape
+        if lin.get("output") is None:
+            points[k] = (lin["module"], "input")
+            plan[k] = [("H", None)]
+            continue
+        points[k] = (lin["output"], "output")
         projs: list[tuple[str, torch.Tensor | None]] = [("W", w)]
         if deltas[k] is not None:
             projs.append(("D", deltas[k]))
@@ -357,8 +364,15 @@ def _general(
         plan[k] = [("I", None)] if out_dim * out_dim <= cost_proj else projs
     gram: dict[tuple[str, str], torch.Tensor] = {}
     mean: dict[tuple[str, str], dict[int, torch.Tensor]] = {}  # class -> (T, k) sums
-    for _samples, classes, grads, _inputs in preactivation_jacobians(model, x, modules, chunk=chunk):
-        for k, g in grads.items():  # g: (c, n, *z.shape[1:])
+    for _samples, classes, grads in preactivation_jacobians(view, x, points, chunk=chunk):
+        for k, g in grads.items():  # g: (c, n, *t.shape[1:]), t = z or h
+            want = weights[k].shape[0 if plan[k][0][0] != "H" else 1]
+            if g.shape[-1] != want:
+                raise JacobianError(
+                    f"linear map {k!r}: the tensor at {points[k]} has last dim {g.shape[-1]}, "
+                    f"but the weight {tuple(weights[k].shape)} (out, in) needs {want}: correct "
+                    "the anatomy's 'linear' entry"
+                )
             if g.ndim == 3:
                 g = g.unsqueeze(2)  # no position axis: T = 1
             elif g.ndim > 4:
@@ -392,38 +406,47 @@ def _general(
         else:
             g_full, g_c = second, centred
             h = gram[(k, "D")] / n if (k, "D") in gram else None
-        result[k] = (g_full, g_c, h)
+        result[k] = (g_full, g_c, h, "input" if tag == "H" else "output")
     return result
 
 
+def _reference_view(view: ModelView, reference: ModelView | nn.Module | None) -> ModelView | None:
+    if reference is None or isinstance(reference, ModelView):
+        return reference
+    return ModelView(reference, view.anatomy)
+
+
 def layer_agops(
-    model: nn.Module,
+    model: ModelView | nn.Module,
     x: torch.Tensor,
     *,
     layers: str | Sequence[str] | None = None,
     method: str = "auto",
     chunk: int | None = 1024,
     position: str = "last",
-    reference: nn.Module | None = None,
+    reference: ModelView | nn.Module | None = None,
 ) -> dict[str, LayerAGOP]:
-    """The exact AGOP (plain and gradient-centred) of each chosen linear layer.
+    """The exact AGOP (plain and gradient-centred) of each chosen linear map.
 
     Parameters
     ----------
-    model : nn.Module
+    model : ModelView or nn.Module
+        The model with its roles (a bare module gets its anatomy detected on ``x``).
     x : tensor, shape ``(n, *input_shape)``
         Raw inputs over which the AGOP averages.
     layers : str, list of str or None
-        Module names of nn.Linear layers; None = :func:`default_layers`.
+        Linear map names (the anatomy's ``linear`` role: ``"layers.0"``,
+        ``"blocks.0.mlp.W_in"``); None = :func:`default_layers`.
     method : {"auto", "closed_form", "general"}
         ``"auto"`` uses the closed form where it applies, the general path elsewhere.
     chunk : int or None
         Samples per forward/backward pass.
     position : {"last", "all"}
-        For layers with a position axis: the last position, or the sum over positions.
-    reference : nn.Module, optional
-        The model at initialisation; when given and ``W != W0``, ``(W-W0)^T K (W-W0)`` is
-        also computed (``cnfa_matrix``; None where ``W = W0``).
+        For maps with a position axis: the last position, or the sum over positions.
+    reference : ModelView or nn.Module, optional
+        The model at initialisation (a module is read with ``model``'s anatomy); when given
+        and ``W != W0``, ``(W-W0)^T K (W-W0)`` is also computed (``cnfa_matrix``; None where
+        ``W = W0``, or where ``K`` is not available: ``cnfa_skipped`` says why).
 
     Returns
     -------
@@ -434,42 +457,46 @@ def layer_agops(
         raise ConfigError(f"method must be one of {_METHODS}, got {method!r}")
     if position not in _POSITIONS:
         raise ConfigError(f"position must be one of {_POSITIONS}, got {position!r}")
-    names = _resolve_layers(model, x, layers)
-    mods = dict(model.named_modules())
-    ref_mods = dict(reference.named_modules()) if reference is not None else {}
-    weights = {k: mods[k].weight.detach() for k in names}
+    view = as_view(model, x)
+    ref = _reference_view(view, reference)
+    names = _resolve_layers(view, layers)
+    weights = {k: view.weight(k) for k in names}
     deltas: dict[str, torch.Tensor | None] = {}
     for k in names:
-        if reference is None:
+        if ref is None:
             deltas[k] = None
             continue
-        w0 = getattr(ref_mods.get(k), "weight", None)
+        try:
+            w0 = ref.weight(k)
+        except GrokscopeError:
+            w0 = None
         if w0 is None or w0.shape != weights[k].shape:
             raise ConfigError(
                 f"the reference model has no weight {k!r} of shape {tuple(weights[k].shape)}: "
                 "it must be the same architecture"
             )
-        delta = weights[k] - w0.detach().to(weights[k])
+        delta = weights[k] - w0.to(weights[k])
         deltas[k] = delta if bool(delta.any()) else None  # W = W0: C-NFA undefined
-    closed = {k: method != "general" and _closed_form_ok(model, x, k) for k in names}
+    closed = {k: method != "general" and _closed_form_ok(view, x, k) for k in names}
     if method == "closed_form" and not all(closed.values()):
         bad = [k for k, ok in closed.items() if not ok]
         raise ConfigError(
-            f"the closed form does not apply to layer(s) {bad}: it needs the rest of the network "
-            "to be readout(act(z)) with an elementwise act (the last hidden layer of an MLP). "
-            "Use method='auto' or 'general'"
+            f"the closed form does not apply to layer(s) {bad}: it needs a hidden layer with "
+            "this map as its 'in', an elementwise activation and the readout as its 'out', "
+            "with no position axis (the last hidden layer of an MLP). Use method='auto' or "
+            "'general'"
         )
     out: dict[str, LayerAGOP] = {}
     general = [k for k in names if not closed[k]]
     gen = (
-        _general(model, x, {k: weights[k] for k in general}, deltas, chunk, position)
+        _general(view, x, {k: weights[k] for k in general}, deltas, chunk, position)
         if general
         else {}
     )
     for k in names:
         w64 = weights[k].double()
         if closed[k]:
-            kmat, kc = _closed_form_k(model, x, k, chunk)
+            kmat, kc = _closed_form_k(view, x, k, chunk)
             d = deltas[k]
             out[k] = LayerAGOP(
                 w64,
@@ -479,13 +506,14 @@ def layer_agops(
                 "closed_form",
             )
         else:
-            g_full, g_c, h = gen[k]
-            out[k] = LayerAGOP(w64, g_full, g_c, h, "general")
+            g_full, g_c, h, space = gen[k]
+            skipped = _NO_K if space == "input" else None
+            out[k] = LayerAGOP(w64, g_full, g_c, h, "general", space, skipped)
     return out
 
 
 def agop(
-    model: nn.Module,
+    model: ModelView | nn.Module,
     x: torch.Tensor,
     layer: str,
     *,
@@ -493,19 +521,17 @@ def agop(
     chunk: int | None = 1024,
     position: str = "last",
 ) -> torch.Tensor:
-    """The AGOP ``G`` (float64, ``(in, in)``) of one linear layer over inputs ``x``."""
+    """The AGOP ``G`` (float64, ``(in, in)``) of one linear map over inputs ``x``."""
     res = layer_agops(model, x, layers=[layer], method=method, chunk=chunk, position=position)
-    return res[layer].agop
+    return next(iter(res.values())).agop
 
 
 # ------------------------------------------------------------------------ the measure
-def _applies(model: nn.Module, data: Data) -> str | None:
-    n_linear = sum(isinstance(m, nn.Linear) for m in model.modules())
-    if n_linear < 2:
-        return f"the model has {n_linear} nn.Linear module(s): no linear layer besides the readout"
-    has_convention = hasattr(model, "embed_inputs") and hasattr(model, "forward_from_input")
-    if not has_convention and not torch.is_floating_point(data.x_train):
-        return "integer inputs and no embed_inputs/forward_from_input on the model"
+def _applies(view: ModelView, data: Data) -> str | None:
+    try:
+        default_layers(view)
+    except GrokscopeError as exc:
+        return str(exc)
     return None
 
 
@@ -528,15 +554,16 @@ def nfa(
     ckpt : Checkpoint
         Needs references ``"first"`` (C-NFA) and ``"last"`` (AGOP alignment).
     layers : list of str or None
-        nn.Linear module names; None = every nn.Linear the forward pass calls except the
-        readout (the last one called).
+        Linear map names (the anatomy's ``linear`` role: ``"layers.0"``,
+        ``"blocks.0.mlp.W_in"``); None = the in-maps of the hidden layers plus every other
+        nn.Linear-like map, except the readout (:func:`default_layers`).
     split : {"train", "test", "all"}
         The inputs the AGOP averages over.
     max_points : int or None
         First ``max_points`` inputs of the split; None = all.
     method : {"auto", "closed_form", "general"}
     position : {"last", "all"}
-        Layers with a position axis: last position only, or the sum over positions.
+        Maps with a position axis: last position only, or the sum over positions.
     chunk : int
         Samples per forward/backward pass.
     store_matrices : bool
@@ -546,20 +573,21 @@ def nfa(
     Returns
     -------
     xr.Dataset
-        Dim ``layer`` (module names): ``nfa_corr_sqrt`` (s=1/2), ``nfa_corr`` (s=1),
-        ``nfa_corr_centred`` (gradient-centred AGOP, s=1/2), ``cnfa`` (NaN where W = W0),
+        Dim ``layer`` (linear map names): ``nfa_corr_sqrt`` (s=1/2), ``nfa_corr`` (s=1),
+        ``nfa_corr_centred`` (gradient-centred AGOP, s=1/2), ``cnfa`` (NaN where W = W0, and
+        for maps differentiated in the input space: ``attrs["cnfa_skipped"]``),
         ``agop_alignment`` (cosine with the final step's AGOP); scalar ``n_points``.
     """
     x = evaluation_inputs(ckpt.data, split, max_points).to(ckpt.device)
-    first = ckpt.reference("first")
+    view = ckpt.view
+    first = ckpt.reference_view("first")
     res = layer_agops(
-        ckpt.model, x, layers=layers, method=method, chunk=chunk, position=position,
-        reference=first,
+        view, x, layers=layers, method=method, chunk=chunk, position=position, reference=first,
     )
     names = list(res)
     key = ("nfa_final_agop", tuple(names), split, max_points, method, position)
     if key not in ckpt.state:
-        last = ckpt.reference("last")
+        last = ckpt.reference_view("last")
         final = layer_agops(last, x, layers=names, method=method, chunk=chunk, position=position)
         ckpt.state[key] = {k: v.agop.cpu() for k, v in final.items()}
     finals = ckpt.state[key]
@@ -576,7 +604,7 @@ def nfa(
         if r.cnfa_matrix is None:
             cols["cnfa"].append(float("nan"))
         else:
-            d = r.weight - first.get_submodule(k).weight.detach().double().to(r.weight.device)
+            d = r.weight - first.weight(k).double().to(r.weight.device)
             cols["cnfa"].append(pearson(r.cnfa_matrix, d.T @ d))
         cols["agop_alignment"].append(_cosine(r.agop.cpu(), finals[k]))
 
@@ -604,8 +632,12 @@ def nfa(
     ds["agop_alignment"].attrs["long_name"] = "cosine(AGOP_t, AGOP_final)"
     ds.attrs.update(
         method_per_layer=[r.method for r in res.values()],
-        layers_default="every nn.Linear called in forward except the readout (the last one called)",
-        agop_definition="W^T K W, K = mean_x J_z^T J_z (each output separately), J through this layer",
+        layers_default="the hidden layers' in-maps and every other nn.Linear-like map (applied "
+        "to its module's input, called once), except the readout",
+        space_per_layer=[r.space for r in res.values()],
+        cnfa_skipped="; ".join(f"{k}: {r.cnfa_skipped}" for k, r in res.items() if r.cnfa_skipped),
+        agop_definition="W^T K W, K = mean_x J_z^T J_z (each output separately), J through this "
+        "map; input space: mean_x J_h^T J_h, J_h through the map's module",
         position_rule="z with a position axis: 'last' = last position, 'all' = sum over positions",
         cnfa_at_init="NaN (W = W0 makes both matrices zero)",
         matrix_power="eigh in float64, negative eigenvalues clipped to 0",
