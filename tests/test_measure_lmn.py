@@ -7,15 +7,17 @@ import pytest
 import torch
 from torch import nn
 
+from grokscope.anatomy import Anatomy, ModelView
 from grokscope.data import Data
-from grokscope.errors import ConfigError
+from grokscope.errors import ConfigError, MeasureNotApplicable
 from grokscope.measures import get
 from grokscope.measures.lmn import linearity_matrix, lmn_from_matrix
 from grokscope.measures.registry import Checkpoint
 
 
 class TinyMLP(nn.Module):
-    """Implements the MLP interface lmn uses: hidden(x, layer) / from_hidden(h, layer)."""
+    """An nn.Linear stack (lmn sees it through its detected anatomy; hidden/from_hidden are
+    used only by the tests' independent computations)."""
 
     def __init__(self, d_in: int = 6, width: int = 16, out: int = 4, depth: int = 2, act=None):
         super().__init__()
@@ -115,6 +117,9 @@ def test_relu_net_with_kinks_exceeds_one():
     model = TinyMLP(depth=2)
     ds = get("lmn").fn(_ckpt(model, _data()), n_samples=30)
     assert float(ds.lmn) > 1.05
+    assert float(ds.lmn) == pytest.approx(8.397378833035, rel=1e-5)  # cut="pre" (default)
+    post = get("lmn").fn(_ckpt(model, _data()), n_samples=30, cut="post")
+    assert float(post.lmn) == pytest.approx(6.031983478942, rel=1e-5)  # the old default
     assert float(ds.lmn) == pytest.approx(2 ** float(ds.lmn_entropy))
     assert int(ds.n_samples) == 30 and ds.sample_index.dims == ("sample",)
     assert "step" not in ds.dims
@@ -122,8 +127,14 @@ def test_relu_net_with_kinks_exceeds_one():
 
 def test_depth_one_mlp_readout_is_affine():
     torch.manual_seed(4)
-    ds = get("lmn").fn(_ckpt(TinyMLP(depth=1), _data()), n_samples=20)
+    model = TinyMLP(depth=1)
+    ds = get("lmn").fn(_ckpt(model, _data()), n_samples=20, cut="post")
     assert float(ds.lmn) == pytest.approx(1.0, abs=1e-6)
+    assert "affine by construction" in ds.attrs["note"]
+    # the default cut (the pre-activation) sees the ReLU: not 1 by construction
+    pre = get("lmn").fn(_ckpt(model, _data()), n_samples=20)
+    assert float(pre.lmn) == pytest.approx(5.518396984219, rel=1e-5)
+    assert pre.attrs["note"] == ""
 
 
 def test_deterministic_under_seed():
@@ -162,10 +173,15 @@ def test_hook_path_bad_module():
         get("lmn").fn(_ckpt(TinyMLP(), _data()), n_samples=5, module="nope")
 
 
+def _view(model: nn.Module, data: Data) -> ModelView:
+    return _ckpt(model, data).view
+
+
 def test_applies():
     spec = get("lmn")
-    assert spec.applies(TinyMLP(), _data()) is None
-    assert isinstance(spec.applies(nn.ReLU(), _data()), str)
+    assert spec.applies(_view(TinyMLP(), _data()), _data()) is None
+    reason = spec.applies(_view(nn.Sequential(nn.Linear(6, 4)), _data()), _data())
+    assert isinstance(reason, str) and "'hidden'" in reason and "anatomy=" in reason
 
 
 def _models():
@@ -179,15 +195,22 @@ def test_with_registered_mlp():
     models = _models()
     torch.manual_seed(7)
     deep = models.build_model("mlp", in_dim=6, out_dim=4, width=16, depth=2)
-    ds = get("lmn").fn(_ckpt(deep, _data()), n_samples=20)
-    assert float(ds.lmn) > 1.0 and ds.attrs["note"] == ""
+    ds = get("lmn").fn(_ckpt(deep, _data()), n_samples=20, cut="post")
+    assert float(ds.lmn) == pytest.approx(4.039469705227, rel=1e-5) and ds.attrs["note"] == ""
+    pre = get("lmn").fn(_ckpt(deep, _data()), n_samples=20)
+    assert float(pre.lmn) == pytest.approx(5.812994206433, rel=1e-5) and pre.attrs["note"] == ""
     shallow = models.build_model("mlp", in_dim=6, out_dim=4, width=16, depth=1)
-    ds1 = get("lmn").fn(_ckpt(shallow, _data()), n_samples=20)
+    ds1 = get("lmn").fn(_ckpt(shallow, _data()), n_samples=20, cut="post")
     assert float(ds1.lmn) == pytest.approx(1.0, abs=1e-6)
     assert "by construction" in ds1.attrs["note"]
+    pre1 = get("lmn").fn(_ckpt(shallow, _data()), n_samples=20)
+    assert float(pre1.lmn) == pytest.approx(5.172649637823, rel=1e-5)
     ds_in = get("lmn").fn(_ckpt(shallow, _data()), n_samples=20, layer=-1)
-    assert float(ds_in.lmn) > 1.0
-    assert "embed_inputs" in ds_in.attrs["subnetwork"]
+    assert float(ds_in.lmn) == pytest.approx(5.172649637907, rel=1e-5)
+    assert "input role" in ds_in.attrs["subnetwork"]
+    # the first map is affine: interpolating its input (layer=-1) or its output (cut="pre")
+    # is the same g
+    assert float(pre1.lmn) == pytest.approx(float(ds_in.lmn), rel=1e-6)
 
 
 def test_with_registered_transformer():
@@ -199,12 +222,16 @@ def test_with_registered_transformer():
     x = torch.cat([a, torch.full((30, 1), p)], 1)
     y = (a.sum(1) % p).long()
     data = Data(x, y, x, y, task={"name": "modular", "p": p, "encoding": "tokens"})
-    assert get("lmn").applies(model, data) is None
+    assert get("lmn").applies(_view(model, data), data) is None
     ds = get("lmn").fn(_ckpt(model, data), n_samples=12)
     assert "blocks.0.mlp.W_in" in ds.attrs["subnetwork"]
-    assert float(ds.lmn) > 1.0
+    assert float(ds.lmn) == pytest.approx(2.371386911316, rel=1e-5)
     ds_in = get("lmn").fn(_ckpt(model, data), n_samples=12, layer=-1)
-    assert float(ds_in.lmn) > 1.0
+    assert float(ds_in.lmn) == pytest.approx(1.979412902038, rel=1e-5)
+    # after the post-activation a one-block transformer is affine: the result says so
+    post = get("lmn").fn(_ckpt(model, data), n_samples=12, cut="post")
+    assert float(post.lmn) == pytest.approx(1.0, abs=1e-5)
+    assert "every segment is linear" in post.attrs["note"]
 
 
 def test_layer_minus_one_without_input_split():
@@ -220,7 +247,7 @@ def test_layer_minus_one_without_input_split():
 def test_push_through_first_linear_matches_plain_path():
     torch.manual_seed(10)
     model, data = TinyMLP(depth=3, act=nn.SiLU()), _data()
-    ds = get("lmn").fn(_ckpt(model, data), n_samples=25)
+    ds = get("lmn").fn(_ckpt(model, data), n_samples=25, cut="post")
     assert "mapped through layers.1" in ds.attrs["subnetwork"]
     x = data.x_train[ds.sample_index.values]
     with torch.no_grad():
@@ -228,22 +255,42 @@ def test_push_through_first_linear_matches_plain_path():
     assert float(ds.lmn) == pytest.approx(lmn_from_matrix(plain), rel=1e-4)
 
 
-class OddMLP(TinyMLP):
-    """from_hidden does not follow layers/act: the push-through must not be used."""
-
-    def from_hidden(self, h: torch.Tensor, layer: int = 0) -> torch.Tensor:
-        return super().from_hidden(torch.tanh(h), layer)
-
-
-def test_push_through_falls_back_when_structure_differs():
+def test_direct_chain_falls_back_when_it_disagrees_with_the_model():
+    """An anatomy whose activation is wrong (tanh for a ReLU net): the chain computed from the
+    anatomy would disagree with the model, so the hooks are used and LMN is the model's."""
     torch.manual_seed(11)
-    model, data = OddMLP(depth=2), _data()
-    ds = get("lmn").fn(_ckpt(model, data), n_samples=15)
-    assert "mapped through" not in ds.attrs["subnetwork"]
+    model, data = TinyMLP(depth=2), _data()
+    good = _ckpt(model, data)
+    ds = get("lmn").fn(good, n_samples=15)
+    assert "directly from the anatomy" in ds.attrs["subnetwork"]
+    doc = good.view.anatomy.to_dict()
+    for h in doc["hidden"]:
+        h["activation"] = "tanh"
+    bad = Checkpoint(step=0, model=model, data=data, anatomy=Anatomy.from_dict(doc))
+    for cut in ("pre", "post"):
+        ref = get("lmn").fn(_ckpt(model, data), n_samples=15, cut=cut)
+        got = get("lmn").fn(bad, n_samples=15, cut=cut)
+        assert "directly" not in got.attrs["subnetwork"]
+        assert "forward hook" in got.attrs["subnetwork"]
+        assert float(got.lmn) == pytest.approx(float(ref.lmn), rel=1e-4)
     x = data.x_train[ds.sample_index.values]
     with torch.no_grad():
-        plain = linearity_matrix(lambda z: model.from_hidden(z, 0), model.hidden(x, 0))
-    assert float(ds.lmn) == pytest.approx(lmn_from_matrix(plain), rel=1e-9)
+        z = model.layers[0](x)
+    plain = linearity_matrix(lambda v: model.from_hidden(model.act(v), 0), z)
+    assert float(ds.lmn) == pytest.approx(lmn_from_matrix(plain), rel=1e-4)
+
+
+def test_bad_cut_and_post_without_capture():
+    with pytest.raises(ConfigError, match="cut"):
+        get("lmn").fn(_ckpt(TinyMLP(), _data()), n_samples=5, cut="middle")
+    model, data = TinyMLP(depth=1), _data()
+    doc = _view(model, data).anatomy.to_dict()
+    doc["hidden"][0]["capture"] = None
+    ck = Checkpoint(step=0, model=model, data=data, anatomy=Anatomy.from_dict(doc))
+    with pytest.raises(MeasureNotApplicable, match="'hidden'"):
+        get("lmn").fn(ck, n_samples=5, cut="post")
+    # the pre-activation needs no capture
+    assert float(get("lmn").fn(ck, n_samples=8).lmn) > 1.0
 
 
 def test_offset_dwarfing_change_is_still_linear_in_float64():

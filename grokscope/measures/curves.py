@@ -105,7 +105,10 @@ def forward_chunked(
     if chunk < 1:
         raise ConfigError(f"chunk must be a positive number of rows, got {chunk}")
     if isinstance(model_or_view, ModelView):
-        fn = model_or_view.forward
+        view = model_or_view
+        if torch.is_floating_point(x):
+            x = x.to(view.dtype)  # float inputs in the model's precision
+        fn = view.forward
     elif callable(model_or_view):
         def fn(rows: torch.Tensor) -> torch.Tensor:
             out = model_output_tensor(model_or_view(rows))

@@ -7,6 +7,12 @@ of ``t`` in ``[0, 1]``; ``L_ii = 1``. With ``p_i = |lambda_i| / sum |lambda|`` o
 eigenvalues of ``L``, ``S = -sum p_i log2 p_i`` and ``LMN = 2^S``: 1 for an affine ``g``,
 ``c`` when the samples fall into ``c`` mutually non-linear groups.
 
+The cut comes from the model's anatomy (:mod:`grokscope.anatomy`): by default the
+pre-activation of the first hidden layer, interpolated at the input of that layer's linear map
+(exact, since interpolation commutes with an affine map; see :func:`lmn`), so a
+one-hidden-layer MLP gets a non-trivial ``g`` (activation + read-out); ``cut="post"`` takes the
+post-activation, ``layer=-1`` the input role, ``module=`` any module's output.
+
 All pairs are evaluated in batches (``chunk`` pairs, i.e. ``chunk * n_points`` rows per call
 of ``g``); the correlations are accumulated in float64.
 """
@@ -20,13 +26,18 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import nn
+from torch.nn import functional as F
 
+from ..anatomy import ModelView, activation_fn, detect, missing_role
 from ..errors import ConfigError, MeasureNotApplicable
 from .registry import Checkpoint, register
 
 #: An output is "constant along the segment" when its spread is below this many machine
 #: epsilons (of the dtype ``g`` computed in) times its RMS along the segment [ours].
 _CONST_EPS = 64.0
+
+#: every ``L_ij`` at least ``1 - _AFFINE_TOL``: the result notes that ``g`` is affine there
+_AFFINE_TOL = 1e-5
 
 PairFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -154,81 +165,16 @@ def linearity_matrix(
 
 
 # --------------------------------------------------------------------------- sub-networks
-def _has_hidden(model: nn.Module) -> bool:
-    return callable(getattr(model, "hidden", None)) and callable(getattr(model, "from_hidden", None))
+CUTS = ("pre", "post")
 
 
-def _has_input_split(model: nn.Module) -> bool:
-    return callable(getattr(model, "embed_inputs", None)) and callable(
-        getattr(model, "forward_from_input", None)
-    )
-
-
-def _default_module(model: nn.Module, layer: int = 0) -> str | None:
-    """Where to cut a model without ``hidden()``: block ``layer``'s ``mlp.W_in`` (the MLP
-    neurons' pre-activation: after their activation a one-block transformer is affine), else
-    (layer 0) the first nn.Linear."""
-    names = dict(model.named_modules())
-    if f"blocks.{layer}.mlp.W_in" in names:
-        return f"blocks.{layer}.mlp.W_in"
-    if layer == 0:
-        for name, mod in names.items():
-            if isinstance(mod, nn.Linear):
-                return name
-    return None
-
-
-def _applies(model: nn.Module, _data: object) -> str | None:
-    if _has_hidden(model) or _default_module(model) is not None:
+def _applies(view: ModelView, _data: object) -> str | None:
+    if view.anatomy.hidden:
         return None
-    return "the model has no hidden()/from_hidden() methods and no nn.Linear to cut at"
-
-
-def _hook_subnetwork(
-    model: nn.Module, module: str, x: torch.Tensor
-) -> tuple[torch.Tensor, PairFn]:
-    """Samples at ``module``'s output and ``fn(points, anchor)`` running the rest of the model.
-
-    The rest of the model sees the other inputs (e.g. residual streams) of sample ``anchor``
-    while ``module``'s output is replaced by ``points`` [ours].
-    """
-    try:
-        target = model.get_submodule(module)
-    except AttributeError as exc:
-        names = [n for n, _ in model.named_modules() if n]
-        raise ConfigError(f"lmn: model has no module {module!r}; modules: {names[:40]}") from exc
-    captured: dict[str, torch.Tensor] = {}
-
-    def capture(_m: nn.Module, _inp: object, out: object) -> None:
-        if not isinstance(out, torch.Tensor):
-            raise ConfigError(
-                f"lmn: module {module!r} returns {type(out).__name__}, not a tensor; "
-                "cut the network at a module with a tensor output"
-            )
-        captured["h"] = out.detach()
-
-    handle = target.register_forward_hook(capture)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    h_full = captured["h"]
-    shape = h_full.shape[1:]
-    h = h_full.reshape(h_full.shape[0], -1)
-
-    def fn(pts: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-        def replace(_m: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
-            return pts.reshape(pts.shape[0], *shape).to(out.dtype)
-
-        hd = target.register_forward_hook(replace)
-        try:
-            out = model(x[anchor])
-        finally:
-            hd.remove()
-        return out.reshape(pts.shape[0], -1)
-
-    return h, fn
+    return str(missing_role(
+        "hidden", "lmn", "its default cut is a hidden layer's pre-activation; with no hidden "
+        "layer, pass layer=-1 (the input) or module='...'"
+    ))
 
 
 @dataclass
@@ -257,104 +203,243 @@ class SubNetwork:
         return _linearity(self.fn, self.h, n_points, chunk)
 
 
-def _push_through_linear(model: nn.Module, layer: int, h: torch.Tensor) -> SubNetwork | None:
-    """Move the cut past the first Linear of ``from_hidden`` when that is exact [ours].
+def _hook_route(view: ModelView, xs: torch.Tensor, path: str, at: str, what: str) -> SubNetwork:
+    """Samples at ``path``'s input or output and ``fn`` replacing them for the rest of the model.
 
-    Interpolation commutes with an affine map, so segments between ``h_i, h_j`` map to
-    segments between ``W h_i + b, W h_j + b``: ``g`` then starts at the pre-activation of
-    layer ``layer + 1``, saving its matmul for every interpolated point. Used only for models
-    with ``layers`` (nn.Linear list) and ``act`` whose ``from_hidden`` is checked to agree.
+    The rest of the model sees the other inputs (e.g. the residual stream) of sample
+    ``anchor`` while the tensor at the cut is replaced by ``points`` [ours].
     """
-    layers, act = getattr(model, "layers", None), getattr(model, "act", None)
-    if not isinstance(layers, nn.ModuleList) or not isinstance(act, nn.Module):
-        return None
-    if not 0 <= layer < len(layers) - 1 or not isinstance(layers[layer + 1], nn.Linear):
-        return None
-    nxt = layer + 1
-    readout = nxt == len(layers) - 1
+    mod = view.module(path)  # ConfigError naming the modules when there is no such module
+    kinds: list[type] = []
 
-    def fn(z: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
-        if readout:
-            return z
-        return model.from_hidden(act(z), nxt).reshape(z.shape[0], -1)
+    def check(_m: nn.Module, _args: object, out: object) -> None:
+        if not kinds:
+            kinds.append(type(out))
 
+    handle = mod.register_forward_hook(check) if at == "output" else None
+    try:
+        with torch.no_grad():
+            (full,) = view.capture(xs, [(path, at)])
+    finally:
+        if handle is not None:
+            handle.remove()
+    if kinds and not issubclass(kinds[0], torch.Tensor):
+        raise ConfigError(
+            f"lmn: module {path!r} returns {kinds[0].__name__}, not a tensor; cut the network "
+            "at a module with a tensor output"
+        )
+    if not torch.is_floating_point(full):
+        raise ConfigError(f"lmn: the {at} of module {path!r} is {full.dtype}, not floats")
+    h = full.detach().reshape(full.shape[0], -1)
+
+    def fn(pts: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        return view.replace(xs[anchor], path, at, pts)
+
+    return SubNetwork(h, fn, f"{what} -> logits ({at} of module {path!r} replaced by a forward "
+                             f"hook; the rest of the model sees the segment's first sample) [ours]")
+
+
+def _map_fn(view: ModelView, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``h -> W h + b`` of linear map ``name`` (``F.linear``: what ``nn.Linear`` computes)."""
+    w = view.weight(name).contiguous()
+    b = view.bias(name)
+    return lambda h: F.linear(h, w, b)
+
+
+def _chain_from_pre(view: ModelView, k: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The network from hidden layer ``k``'s pre-activation to the logits as the anatomy's
+    maps alone: ``z -> act -> out map -> act -> ... -> readout``, or None when the anatomy does
+    not say the layers form such a chain (each out map the next layer's in map, the last the
+    readout, logits without a position axis). The caller checks it against the model."""
+    anat = view.anatomy
+    if anat.readout is None or anat.output.get("position") is not None:
+        return None
+    hidden = anat.hidden
+    ops = []
+    for j in range(k, len(hidden)):
+        hj = hidden[j]
+        if not hj.get("activation") or not hj.get("out"):
+            return None
+        ops.append((activation_fn(hj["activation"]), _map_fn(view, hj["out"])))
+        if hj["out"] == anat.readout:
+            break
+        if j + 1 >= len(hidden) or hidden[j + 1].get("in") != hj["out"]:
+            return None
+    else:
+        return None
+    cls_ = anat.output.get("classes")
+
+    def g(z: torch.Tensor) -> torch.Tensor:
+        for act, lin in ops:
+            z = lin(act(z))
+        return z if cls_ is None else z[:, int(cls_[0]) : int(cls_[1])]
+
+    return g
+
+
+def _agrees(direct: SubNetwork, hooked: SubNetwork) -> bool:
+    """``direct`` reproduces ``hooked`` on interpolated points of a few pairs (each route
+    interpolating its own samples; exact when they differ by an affine map)."""
+    n = direct.h.shape[0]
+    m = min(4, n - 1)
+    if m < 1:
+        return True
+    i = torch.arange(m, device=direct.h.device)
+    t = 0.375
     with torch.no_grad():
-        z = layers[nxt](h)
-        probe = h[: min(4, h.shape[0])]
-        want = model.from_hidden(probe, layer).reshape(probe.shape[0], -1)
-        got = fn(layers[nxt](probe), torch.zeros(probe.shape[0], dtype=torch.long, device=h.device))
-    tol = 1e-9 if h.dtype == torch.float64 else 1e-3
-    atol = tol * float(want.abs().max().clamp_min(1.0)) if want.numel() else tol
-    if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=atol):
-        return None
-    return SubNetwork(
-        z.reshape(z.shape[0], -1),
-        fn,
-        f"hidden layer {layer} post-activation -> logits (model.hidden/from_hidden; segments "
-        f"mapped through layers.{nxt} first, exact for an affine map)",
-        affine=readout,
+        want = hooked.fn(hooked.h[i] + t * (hooked.h[i + 1] - hooked.h[i]), i)
+        try:
+            got = direct.fn(direct.h[i] + t * (direct.h[i + 1] - direct.h[i]), i)
+        except RuntimeError:  # shapes the anatomy's maps do not fit: use the hooks
+            return False
+    if got.shape != want.shape or not (torch.isfinite(got).all() and torch.isfinite(want).all()):
+        return False
+    tol = 1e-9 if want.dtype == torch.float64 else 1e-3
+    atol = tol * float(want.abs().max().clamp_min(1.0))
+    return bool(torch.allclose(got.to(want.dtype), want, rtol=tol, atol=atol))
+
+
+def _layer_index(view: ModelView, layer: int) -> int:
+    view.hidden_layer(layer)  # missing role / out of range errors
+    return layer % len(view.anatomy.hidden)
+
+
+def _pre_route(view: ModelView, xs: torch.Tensor, layer: int) -> SubNetwork:
+    """Hidden layer ``layer``'s pre-activation ``z = W h + b`` (see :func:`lmn`)."""
+    k = _layer_index(view, layer)
+    hid = view.anatomy.hidden[k]
+    if not hid.get("in"):
+        raise missing_role("hidden", "lmn (cut='pre')",
+                           f"hidden layer {hid['name']!r} names no in map, so its pre-activation "
+                           "is unknown; use cut='post' or module='...'")
+    lin = view.anatomy.linear_map(hid["in"])
+    what = f"hidden layer {k} ({hid['name']!r}) pre-activation"
+    if lin.get("output"):
+        hooked = _hook_route(view, xs, lin["output"], "output", what)
+        hooked.description += f"; z read at the output of {lin['output']!r}"
+    elif lin.get("module"):
+        hooked = _hook_route(view, xs, lin["module"], "input", what)
+        hooked.description += (
+            f"; segments interpolated at the input h of {lin['module']!r}, identical to "
+            f"interpolating z = W h + b (map {hid['in']!r}; interpolation commutes with an "
+            "affine map)"
+        )
+    else:
+        raise missing_role("linear", "lmn (cut='pre')",
+                           f"map {hid['in']!r} names neither the module whose input it "
+                           "multiplies nor a module outputting z")
+    g = _chain_from_pre(view, k)
+    if g is None:
+        return hooked
+    if lin.get("output"):
+        z = hooked.h
+    else:
+        with torch.no_grad():
+            (hin,) = view.capture(xs, [(lin["module"], "input")])
+            z = _map_fn(view, hid["in"])(hin.to(view.dtype)).reshape(xs.shape[0], -1)
+    if z.shape[1] != view.weight(hid["in"]).shape[0]:
+        return hooked  # a position axis: the chain reads one vector per sample
+    direct = SubNetwork(
+        z, lambda pts, _anchor: g(pts),
+        f"{what} -> logits, computed directly from the anatomy's maps and activations "
+        f"(checked against the model; no forward pass before the cut) [ours]",
     )
+    return direct if _agrees(direct, hooked) else hooked
+
+
+def _post_route(view: ModelView, xs: torch.Tensor, layer: int) -> SubNetwork:
+    """Hidden layer ``layer``'s post-activation (see :func:`lmn`)."""
+    k = _layer_index(view, layer)
+    hid = view.anatomy.hidden[k]
+    cap = hid.get("capture")
+    what = f"hidden layer {k} ({hid['name']!r}) post-activation"
+    if not cap:
+        raise missing_role(
+            "hidden", "lmn (cut='post')",
+            f"the post-activation of hidden layer {hid['name']!r} is computed, not read at a "
+            "module, so it cannot be replaced; use cut='pre' or name a hook point as its capture",
+        )
+    hooked = _hook_route(view, xs, cap["module"], cap["at"], what)
+    out = hid.get("out")
+    affine = out is not None and out == view.anatomy.readout
+    hooked.affine = affine
+    if out is None:
+        return hooked
+    # segments mapped through the out map first (exact: interpolation commutes with an affine
+    # map), then the rest of the chain computed directly
+    if affine:
+        if view.anatomy.output.get("position") is not None:
+            return hooked
+        cls_ = view.anatomy.output.get("classes")
+
+        def g(z: torch.Tensor) -> torch.Tensor:
+            return z if cls_ is None else z[:, int(cls_[0]) : int(cls_[1])]
+    else:
+        nxt = k + 1
+        if nxt >= len(view.anatomy.hidden) or view.anatomy.hidden[nxt].get("in") != out:
+            return hooked
+        g = _chain_from_pre(view, nxt)
+        if g is None:
+            return hooked
+    if hooked.h.shape[1] != view.weight(out).shape[1]:
+        return hooked  # a position axis: the chain reads one vector per sample
+    with torch.no_grad():
+        z = _map_fn(view, out)(hooked.h.to(view.dtype))
+    direct = SubNetwork(
+        z, lambda pts, _anchor: g(pts),
+        f"{what} -> logits; segments mapped through {out} first (exact: interpolation commutes "
+        "with an affine map), the rest computed from the anatomy's maps and activations "
+        "(checked against the model) [ours]",
+        affine=affine,
+    )
+    return direct if _agrees(direct, hooked) else hooked
+
+
+def _input_route(view: ModelView, xs: torch.Tensor) -> SubNetwork:
+    with torch.no_grad():
+        h = view.embed(xs)
+    where = ("the raw input (flattened)" if view.input_module is None
+             else f"the output of the input module {view.input_module!r}")
+
+    def fn(pts: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        return view.forward_from_input(pts, xs[anchor])
+
+    return SubNetwork(h, fn, f"network input ({where}; the input role) -> logits")
 
 
 def subnetwork(
-    model: nn.Module, xs: torch.Tensor, *, layer: int = 0, module: str | None = None
+    view: ModelView | nn.Module,
+    xs: torch.Tensor,
+    *,
+    layer: int = 0,
+    module: str | None = None,
+    cut: str = "pre",
 ) -> SubNetwork:
     """The samples at the cut and the rest of the network (see :func:`lmn` for the rules).
 
     Parameters
     ----------
-    model : nn.Module
+    view : ModelView or nn.Module
+        The model with its anatomy (an ``nn.Module`` is probed on ``xs``: its anatomy is
+        detected, without the task's class count).
     xs : tensor, shape ``(N, *input_shape)``
         The chosen samples' inputs.
-    layer, module
+    layer, module, cut
         As in :func:`lmn`.
     """
-    affine = False
-    if module is None and layer == -1:
-        if _has_input_split(model):
-            with torch.no_grad():
-                h = model.embed_inputs(xs)
-
-            def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
-                return model.forward_from_input(pts).reshape(pts.shape[0], -1)
-
-            subnet = "network input (model.embed_inputs) -> logits (model.forward_from_input)"
-        else:
-            if not torch.is_floating_point(xs):
-                raise ConfigError(
-                    "lmn: layer=-1 needs float inputs or a model with embed_inputs()/"
-                    "forward_from_input(); pass layer>=0 or module='...'"
-                )
-            h = xs.flatten(1)
-
-            def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
-                return model(pts.view(pts.shape[0], *xs.shape[1:])).reshape(pts.shape[0], -1)
-
-            subnet = "network input (flattened) -> model output"
-    elif module is None and layer < 0:
+    if not isinstance(view, ModelView):
+        if not isinstance(view, nn.Module):
+            raise ConfigError(f"lmn: expected a ModelView or an nn.Module, got {type(view).__name__}")
+        view = ModelView(view, detect(view, xs[: min(8, xs.shape[0])]))
+    if cut not in CUTS:
+        raise ConfigError(f"lmn: cut must be one of {list(CUTS)}, got {cut!r}")
+    if module is not None:
+        return _hook_route(view, xs, module, "output", f"output of module {module!r}")
+    if layer == -1:
+        return _input_route(view, xs)
+    if layer < 0:
         raise ConfigError(f"lmn: layer must be -1 (the input) or a hidden layer >= 0, got {layer}")
-    elif module is None and _has_hidden(model):
-        with torch.no_grad():
-            h = model.hidden(xs, layer)
-        h = h.reshape(h.shape[0], -1)
-        pushed = _push_through_linear(model, layer, h)
-        if pushed is not None:
-            return pushed
-
-        def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
-            return model.from_hidden(pts, layer).reshape(pts.shape[0], -1)
-
-        subnet = f"hidden layer {layer} post-activation -> logits (model.hidden/from_hidden)"
-    else:
-        name = module if module is not None else _default_module(model, layer)
-        if name is None:
-            raise MeasureNotApplicable(
-                f"lmn: the model has no hidden()/from_hidden() and no default cut for layer "
-                f"{layer}; pass module='...' or layer=-1"
-            )
-        h, fn = _hook_subnetwork(model, name, xs)
-        subnet = f"output of module {name!r} -> model output (forward hook) [ours]"
-    return SubNetwork(h, fn, subnet, affine)
+    return _pre_route(view, xs, layer) if cut == "pre" else _post_route(view, xs, layer)
 
 
 @register("lmn", kind="step", applies=_applies)
@@ -363,13 +448,18 @@ def lmn(
     *,
     n_samples: int = 100,
     layer: int = 0,
+    cut: str = "pre",
     module: str | None = None,
     split: str = "train",
     seed: int = 0,
     n_points: int = 21,
     chunk: int = 1024,
 ) -> xr.Dataset:
-    """Linear mapping number of the sub-network after a hidden layer (Liu et al. 2023).
+    """Linear mapping number of the sub-network after a cut (Liu et al. 2023).
+
+    The cut comes from the model's anatomy (``ckpt.view``): its hidden layers, their linear
+    maps and its input role; ``g`` runs from the cut to the logits (the output role: a
+    transformer's read-out position and class slice).
 
     Parameters
     ----------
@@ -379,19 +469,33 @@ def lmn(
         only at equal ``N``; the number actually used (fewer when the split is smaller) is
         stored as ``n_samples``.
     layer : int
-        ``>= 0``: for models with ``hidden(x, layer)``/``from_hidden(h, layer)`` (the MLP),
-        ``g`` maps the post-activation of hidden layer ``layer`` to the logits [ours]; for the
-        last hidden layer that ``g`` is the affine read-out, so LMN = 1 by construction (a
-        depth-1 MLP: use ``layer=-1``). For models without ``hidden`` (the transformer) the cut
-        is at the output of ``blocks.{layer}.mlp.W_in`` (the MLP neurons' pre-activation: the
-        rest of a one-block transformer after the activation is affine) [ours], else
-        (layer 0) the first nn.Linear.
-        ``-1``: ``g`` is the whole network from its input after embedding
-        (``embed_inputs``/``forward_from_input``; the flattened float input otherwise).
+        ``>= 0``: hidden layer ``layer`` of the anatomy (its ``cut``). ``-1``: ``g`` is the
+        whole network from the input role (``view.embed``: a token embedding's output, or the
+        raw float input flattened) to the logits.
+    cut : {"pre", "post"}
+        Where in hidden layer ``layer`` [ours: the paper leaves it open].
+        ``"pre"`` (default): the pre-activation ``z = W h + b`` of the layer's in map. It is
+        realised by interpolating at the *input* ``h`` of that map's module (a forward
+        pre-hook replaces it): interpolation commutes with an affine map, ``W (h_i + t (h_j -
+        h_i)) + b = z_i + t (z_j - z_i)``, so every point, and so ``r^2`` along each segment,
+        is identical to interpolating ``z`` itself. This works for ``nn.Linear`` and for raw
+        parameter maps (a Nanda-style ``blocks.0.mlp`` with ``W_in``). Where ``z`` is a
+        module's output (``nn.Linear``, a ``hook_pre``) it is read and replaced there instead;
+        and where the anatomy says the rest of the network is a chain of its maps and
+        activations ending at the readout (an MLP), that chain is evaluated directly (checked
+        against the model on a few interpolated points first; no forward pass before the cut).
+        ``"post"``: the post-activation, read and replaced where the anatomy captures it (the
+        input of the out map's module, or a hook point's output); a layer without such a
+        point raises MeasureNotApplicable. When the out map is the readout (the last hidden
+        layer of an MLP) ``g`` is affine and LMN = 1 by construction: the result's ``note``
+        says so.
     module : str, optional
-        Cut the network at this module instead (a forward hook replaces its output; ``layer``
-        is then ignored); the rest of the model sees the other inputs (e.g. the residual
+        Cut the network at this module's output instead (a forward hook replaces it;
+        ``layer`` and ``cut`` are then ignored).
+        With any hook-based cut the rest of the model sees the other inputs (e.g. the residual
         stream) of the segment's first sample [ours].
+        For a raw-input MLP, ``layer=0, cut="pre"`` and ``layer=-1`` are the same ``g`` up to
+        rounding (the first map is affine, so interpolating its input or its output agree).
     split : {"train", "test"}
     seed : int
         Seed of the sample choice (deterministic).
@@ -404,7 +508,16 @@ def lmn(
     -------
     xr.Dataset
         ``lmn`` and ``lmn_entropy`` (bits) scalars, ``n_samples`` scalar, ``sample_index``
-        (dim ``sample``) the row indices of ``split`` used.
+        (dim ``sample``) the row indices of ``split`` used. Attrs: ``subnetwork`` (the cut and
+        how ``g`` is evaluated), ``note`` ("affine by construction" when it is; "every segment
+        is linear" when all ``r^2 = 1`` up to ``1e-5``, e.g. ``cut="post"`` on a one-block
+        transformer; else empty).
+
+    Raises
+    ------
+    MeasureNotApplicable
+        The cut needs a role the anatomy lacks (the message names it and the ``anatomy=``
+        key that supplies it).
     """
     if n_samples < 2:
         raise ConfigError(f"lmn: n_samples must be >= 2, got {n_samples}")
@@ -415,9 +528,21 @@ def lmn(
     if idx.numel() < 2:
         raise MeasureNotApplicable(f"lmn needs at least 2 samples; split {split!r} has {n_avail}")
     xs = x[idx.to(x.device)]
-    sub = subnetwork(ckpt.model, xs, layer=layer, module=module)
+    if torch.is_floating_point(xs):
+        xs = xs.to(ckpt.view.dtype)  # float inputs in the model's precision (e.g. float64)
+    sub = subnetwork(ckpt.view, xs, layer=layer, module=module, cut=cut)
     L = sub.linearity(n_points, chunk)
     s_bits = _entropy_bits(L)
+    if sub.affine:
+        note = ("affine by construction: g is the affine read-out of the last hidden layer's "
+                "post-activation, so LMN = 1; use cut='pre' (the default), layer=-1 (the input) "
+                "or an earlier layer")
+    elif float(L.min()) >= 1.0 - _AFFINE_TOL:
+        note = ("every segment is linear (all r^2 = 1 up to rounding): g is affine on these "
+                "samples, e.g. after the post-activation of a one-block transformer (W_out, the "
+                "residual sum and the unembedding are affine); use cut='pre'")
+    else:
+        note = ""
     return xr.Dataset(
         {
             "lmn": ((), 2.0**s_bits),
@@ -430,9 +555,6 @@ def lmn(
             "method": "batched pairs; r^2 per output in float64; LMN = 2^S over |eigvals| of L",
             "constant_output": "an output constant along a segment counts as linear (r^2 = 1) [ours]",
             "lmn_entropy_units": "bits",
-            "note": "g is the affine read-out of the last hidden layer, so LMN = 1 by "
-            "construction; use layer=-1 (the input) or an earlier layer"
-            if sub.affine
-            else "",
+            "note": note,
         },
     )
