@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -575,6 +576,7 @@ class Run:
                 return "registered", build_from_spec(spec)
             except UnknownNameError as exc:  # registered only in the recording process
                 reasons.append(str(exc))
+        factory = spec.get("factory")
         info = self._meta.get("program")
         if info is not None:
             from .portable import load_exported
@@ -582,12 +584,14 @@ class Run:
             try:
                 return "exported", load_exported(self._program_bytes(), device=device)
             except CorruptStoreError as exc:
-                reasons.append(str(exc))
+                if factory is None or not self.trust_code:
+                    raise  # a damaged (or crafted) program is reported, never skipped silently
+                warnings.warn(f"{exc}; using the trusted factory {factory!r} instead",
+                              RuntimeWarning, stacklevel=4)
         elif self._meta.get("export_error"):
             reasons.append(f"no exported program ({self._meta['export_error']})")
         else:
             reasons.append("the store holds no exported program")
-        factory = spec.get("factory")
         if factory is not None and self.trust_code:
             return "factory", build_from_spec(spec, trust_code=True)
         options = self._options_text(spec)
