@@ -206,3 +206,77 @@ def test_grokscope_models():
     jac = torch.autograd.functional.jacobian(tf.forward_from_input, e)[0, :, 0]  # (C, d)
     per = alignment_per_point(tf, toks[:1])
     assert per["jacobian_norm"][0] == pytest.approx(float(jac.norm()), rel=1e-5)
+
+
+# ------------------------------------------------------------------------ any model (the zoo)
+ZOO_INPUT = {"seq_mlp": "raw float input", "named_mlp": "raw float input",
+             "embed_mlp": "output of module 'tok'",
+             "grokscope_transformer": "output of module 'embed'",
+             "raw_transformer": "output of module 'embed'",
+             "tl_layout_transformer": "output of module 'embed'"}
+
+
+@pytest.mark.parametrize("kind", list(ZOO_INPUT))
+def test_alignment_on_every_zoo_kind(kind):
+    from _zoo import build, data_for
+
+    data = data_for(kind)
+    ck = Checkpoint(0, build(kind).double(), data)
+    assert get("alignment").applies(ck.view, data) is None
+    ds = alignment(ck, max_points=24)
+    assert ds.attrs["input_convention"] == ZOO_INPUT[kind]
+    for v in ds.data_vars:
+        assert np.isfinite(float(ds[v])), v
+    # a bias-free check that holds for any model: <mu_x, x> = 1^T J_x x, mu_x = J_x^T 1
+    x = data.x_test[:5]
+    view = input_view(ck.view, x)
+    jac = input_jacobian(view)  # (n, C, d): C = the output role's logits, not positions x C
+    assert jac.shape[1] == data.n_classes
+    np.testing.assert_allclose(centroid(view).numpy(), jac.sum(1).numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("tl_layout", [False, True], ids=["nanda", "tl_layout"])
+def test_raw_transformer_centroid_against_hand_written_forward(tl_layout):
+    """Oracle (b): the centroid is the gradient of the summed last-position logits w.r.t. the
+    token embeddings (``W_E`` columns), through a forward written here from the parameters."""
+    from _zoo import build, data_for
+    from _zoo_oracles import embed, logits_from_embedding
+
+    kind = "tl_layout_transformer" if tl_layout else "raw_transformer"
+    m, data = build(kind).double().eval(), data_for(kind)
+    x = data.x_test[:20]
+    with torch.enable_grad():
+        e = embed(m, x).detach().requires_grad_(True)  # (n, T, d)
+        hand = logits_from_embedding(m, e)
+        (grad,) = torch.autograd.grad(hand.sum(), e)
+    ck = Checkpoint(0, m, data)
+    with torch.no_grad():
+        np.testing.assert_allclose(ck.view.forward(x).numpy(), hand.detach().numpy(), rtol=1e-10,
+                                   atol=1e-12)
+    view = input_view(ck.view, x)
+    np.testing.assert_allclose(view.e.numpy(), e.detach().flatten(1).numpy(), rtol=0, atol=0)
+    mu = centroid(view)
+    np.testing.assert_allclose(mu.numpy(), grad.flatten(1).numpy(), rtol=1e-10, atol=1e-12)
+    per = alignment_per_point(ck.view, x, chunk=7)
+    e_flat, g_flat = e.detach().flatten(1), grad.flatten(1)
+    np.testing.assert_allclose(per["centroid_inner"], (e_flat * g_flat).sum(1).numpy(), rtol=1e-10)
+    np.testing.assert_allclose(per["centroid_norm"], g_flat.norm(dim=1).numpy(), rtol=1e-10)
+
+
+def test_raw_transformer_and_grokscope_transformer_alignment_agree():
+    """Oracle (c): the same weights in grokscope's Transformer and the raw transformer (one
+    function: checked) give the same GrokAlign quantities at every point."""
+    from _zoo import build, data_for
+    from _zoo_oracles import to_grokscope
+
+    raw, data = build("raw_transformer").double().eval(), data_for("raw_transformer")
+    mine = to_grokscope(raw)
+    x = data.x_test[:30]
+    a_view, b_view = Checkpoint(0, raw, data).view, Checkpoint(0, mine, data).view
+    with torch.no_grad():
+        np.testing.assert_allclose(a_view.forward(x).numpy(), b_view.forward(x).numpy(),
+                                   rtol=1e-12, atol=1e-12)
+    a = alignment_per_point(a_view, x)
+    b = alignment_per_point(b_view, x)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=k)

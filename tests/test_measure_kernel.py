@@ -115,3 +115,61 @@ def test_registration():
     spec = get("kernel")
     assert spec.kind == "step" and spec.references == ("first",)
     assert spec.defaults["n_points"] == 64 and spec.defaults["output"] == 0
+
+
+# ------------------------------------------------------------------------ any model (the zoo)
+@pytest.mark.parametrize("kind", ["seq_mlp", "named_mlp", "embed_mlp", "grokscope_transformer",
+                                  "raw_transformer", "tl_layout_transformer"])
+def test_kernel_on_every_zoo_kind(kind):
+    from _zoo import build, data_for
+
+    model, first = build(kind).double().eval(), build(kind, seed=1).double().eval()
+    data = data_for(kind).to("cpu", torch.float64)
+    ds = kernel(Checkpoint(step=0, model=model, data=data, references={"first": first}),
+                n_points=12, output=3)
+    for v in ds.data_vars:
+        assert math.isfinite(float(ds[v])), v
+    assert 0 < float(ds["kernel_alignment"]) < 1 and float(ds["kernel_change"]) > 0
+    # the margin reads the output role's logits (a raw transformer's last position)
+    with torch.no_grad():
+        out = model(data.x_train[:12])
+    logits = (out[:, -1] if out.ndim == 3 else out).double()
+    y = data.y_train[:12]
+    others = logits.clone()
+    others[torch.arange(12), y] = -float("inf")
+    margin = (logits[torch.arange(12), y] - others.max(1).values).mean()
+    assert float(ds["margin"]) == pytest.approx(float(margin), rel=1e-10)
+
+
+def _hand_ntk(model, x, output, position=-1):
+    """Per-sample loop: the gradient of logit ``output`` at ``position`` w.r.t. every
+    parameter, by plain autograd on the model's ``(n, T, C)`` output."""
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    rows = []
+    for i in range(x.shape[0]):
+        f = model(x[i : i + 1])[0, position, output]
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(f, params)]))
+    j = torch.stack(rows).double()
+    return j @ j.T
+
+
+@pytest.mark.parametrize("tl_layout", [False, True], ids=["nanda", "tl_layout"])
+def test_raw_transformer_kernel_is_last_position_ntk(tl_layout):
+    """The raw transformer returns (n, 3, p): the NTK is of the last position's logit, not of
+    entry ``output`` of the flattened output (position 0's); and it equals the NTK of
+    grokscope's Transformer holding the same weights (one function of the same parameter
+    entries)."""
+    from _zoo import build, data_for
+    from _zoo_oracles import to_grokscope
+
+    kind = "tl_layout_transformer" if tl_layout else "raw_transformer"
+    raw, data = build(kind).double().eval(), data_for(kind)
+    x = data.x_train[:6]
+    ck = Checkpoint(step=0, model=raw, data=data, references={"first": raw})
+    theta = empirical_ntk(ck.view, x, output=2, chunk=3)
+    assert torch.allclose(theta, _hand_ntk(raw, x, 2), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(theta, _hand_ntk(raw, x, 2, position=0), rtol=1e-3)
+    mine = to_grokscope(raw)
+    assert torch.allclose(empirical_ntk(mine, x, output=2), theta, rtol=1e-10, atol=1e-12)
+    ds = kernel(ck, n_points=6, output=2, chunk=3)
+    assert float(ds["kernel_norm"]) == pytest.approx(float(torch.linalg.norm(theta)), rel=1e-12)

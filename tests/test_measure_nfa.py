@@ -396,3 +396,107 @@ def test_uneven_sample_and_class_chunks(monkeypatch):
     r = layer_agops(model, x, method="general", chunk=10)["layers.0"]
     _close(r.agop, expect[0])
     _close(r.agop_centred, expect[1])
+
+
+# ------------------------------------------------------------------------ any model (the zoo)
+def _zoo_ckpt(kind, dtype=torch.float64):
+    from _zoo import build, data_for
+
+    model, first, last = (build(kind, seed=s).to(dtype).eval() for s in (0, 1, 2))
+    return Checkpoint(0, model, data_for(kind), references={"first": first, "last": last})
+
+
+ZOO_LAYERS = {  # the default layers: hidden in-maps and nn.Linear-like maps, not the readout
+    "seq_mlp": ["0"],
+    "named_mlp": ["fc_in", "fc_mid"],
+    "embed_mlp": ["hidden_layer"],
+    "grokscope_transformer": ["blocks.0.attn.W_V", "blocks.0.attn.W_Q", "blocks.0.attn.W_K",
+                              "blocks.0.attn.W_O", "blocks.0.mlp.W_in", "blocks.0.mlp.W_out"],
+    "raw_transformer": ["blocks.0.mlp.W_in"],
+    "tl_layout_transformer": ["blocks.0.mlp.W_in"],
+}
+
+
+@pytest.mark.parametrize("kind", list(ZOO_LAYERS))
+def test_nfa_on_every_zoo_kind(kind):
+    ck = _zoo_ckpt(kind, torch.float32)
+    assert get("nfa").applies(ck.view, ck.data) is None
+    ds = nfa(ck, max_points=40)
+    assert list(ds.layer.values) == ZOO_LAYERS[kind]
+    for v in ("nfa_corr_sqrt", "nfa_corr", "nfa_corr_centred", "agop_alignment"):
+        assert np.isfinite(ds[v].values).all(), v
+        assert (np.abs(ds[v].values) <= 1 + 1e-9).all()
+    raw = kind in ("raw_transformer", "tl_layout_transformer")
+    # a raw W_in has no hook point for z: input-space AGOP, C-NFA NaN and said why
+    assert ds.attrs["space_per_layer"] == ["input" if raw else "output"] * len(ZOO_LAYERS[kind])
+    assert np.isnan(ds.cnfa.values).all() == raw and np.isfinite(ds.cnfa.values).all() != raw
+    assert ("blocks.0.mlp.W_in: " in ds.attrs["cnfa_skipped"]) == raw
+    closed = {"seq_mlp": ["closed_form"], "named_mlp": ["general", "closed_form"],
+              "embed_mlp": ["closed_form"]}
+    assert ds.attrs["method_per_layer"] == closed.get(kind, ["general"] * len(ZOO_LAYERS[kind]))
+
+
+def test_grokscope_default_layers_unchanged():
+    """The layers grokscope's own models got before the anatomy (call order of nn.Linear,
+    readout and shared modules left out)."""
+    models = pytest.importorskip("grokscope.models")
+    deep = models.build_model("mlp", in_dim=D, out_dim=C, width=H, depth=3).double()
+    assert default_layers(deep, _x()) == ["layers.0", "layers.1", "layers.2"]
+    tf = models.build_model("transformer", vocab=6, n_ctx=3, out_dim=5, d_model=8, n_heads=2,
+                            d_mlp=16, n_layers=2, layernorm=True)
+    toks = torch.randint(0, 6, (8, 3), generator=torch.Generator().manual_seed(0))
+    per_block = ["attn.W_V", "attn.W_Q", "attn.W_K", "attn.W_O", "mlp.W_in", "mlp.W_out"]
+    assert default_layers(tf, toks) == [f"blocks.{i}.{k}" for i in (0, 1) for k in per_block]
+
+
+@pytest.mark.parametrize("kind", ["raw_transformer", "tl_layout_transformer"])
+def test_raw_w_in_agop_equals_brute_force_jacrev(kind):
+    """Oracle (a): the AGOP of a raw ``W_in`` (no hook point for z) against ``vmap(jacrev)`` of
+    the logits as a function of the MLP's last-position input, written from the parameters."""
+    from _zoo_oracles import mlp, raw_params
+
+    ck = _zoo_ckpt(kind)
+    m = ck.model
+    x = ck.data.x_train[:48]
+    (h,) = ck.view.capture(x, [("blocks.0.mlp", "input")])  # (n, T, d): the residual stream
+    w_u = raw_params(m)["W_U"].detach()
+
+    def through_mlp(v):  # h_last -> last-position logits; the residual around the MLP is constant
+        return mlp(m, v) @ w_u
+
+    with torch.no_grad():
+        jac = vmap(jacrev(through_mlp))(h[:, -1].detach())  # (n, C, d)
+    g = torch.einsum("nci,ncj->ij", jac, jac) / len(x)
+    jbar = jac.mean(0)
+    res = layer_agops(ck.view, x, layers=["blocks.0.mlp.W_in"], chunk=20)["blocks.0.mlp.W_in"]
+    assert (res.method, res.space) == ("general", "input")
+    _close(res.agop, g, rtol=1e-6)
+    _close(res.agop_centred, g - jbar.T @ jbar, rtol=1e-6)
+    w = raw_params(m)["W_in"].detach()  # (d_mlp, d): NFM = W^T W whatever the orientation
+    _close(res.weight, w, rtol=1e-12)
+    ds = nfa(ck, max_points=48, store_matrices=True)
+    np.testing.assert_allclose(ds.nfm.values[0], (w.T @ w).numpy(), rtol=1e-12)
+    assert float(ds.nfa_corr[0]) == pytest.approx(pearson(w.T @ w, g), rel=1e-6)
+    # only the last position reaches the logits through a one-layer MLP
+    _close(layer_agops(ck.view, x, layers=["blocks.0.mlp.W_in"], position="all")
+           ["blocks.0.mlp.W_in"].agop, g, rtol=1e-6)
+
+
+def test_raw_transformer_and_grokscope_transformer_agree():
+    """Oracle (c): the same weights in grokscope's Transformer (nn.Linear W_in: output-space
+    path) and in the raw transformer (raw W_in: input-space path) give the same NFA."""
+    from _zoo_oracles import to_grokscope
+
+    ck = _zoo_ckpt("raw_transformer")
+    x = ck.data.x_train
+    mine = {k: to_grokscope(ck.reference(k)) for k in ("first", "last")}
+    gk = Checkpoint(0, to_grokscope(ck.model), ck.data, references=mine)
+    # the two forwards are one function (-inf vs -1e10 masks both give exactly 0 weight)
+    with torch.no_grad():
+        _close(gk.view.forward(x), ck.view.forward(x), rtol=1e-12)
+    a = nfa(ck, layers=["blocks.0.mlp.W_in"])
+    b = nfa(gk, layers=["blocks.0.mlp.W_in"])
+    assert b.attrs["space_per_layer"] == ["output"] and a.attrs["space_per_layer"] == ["input"]
+    for v in ("nfa_corr_sqrt", "nfa_corr", "nfa_corr_centred", "agop_alignment"):
+        np.testing.assert_allclose(a[v].values, b[v].values, rtol=1e-9, err_msg=v)
+    assert np.isnan(float(a.cnfa[0])) and np.isfinite(float(b.cnfa[0]))
