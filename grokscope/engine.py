@@ -103,7 +103,9 @@ class _Job:
 
 
 def _finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+    """True when every floating parameter is finite. Buffers are not weights: a constant such
+    as TransformerLens's attention fill ``IGNORE = -inf`` must not turn every result into NaN."""
+    return all(bool(torch.isfinite(t).all()) for t in model.parameters() if t.is_floating_point())
 
 
 def _nan_like(template: xr.Dataset) -> xr.Dataset:
