@@ -427,10 +427,9 @@ def test_nfa_on_every_zoo_kind(kind):
         assert np.isfinite(ds[v].values).all(), v
         assert (np.abs(ds[v].values) <= 1 + 1e-9).all()
     raw = kind in ("raw_transformer", "tl_layout_transformer")
-    # a raw W_in has no hook point for z: input-space AGOP, C-NFA NaN and said why
+    # a raw W_in has no hook point for z: input-space AGOP; its bias gives K for C-NFA
     assert ds.attrs["space_per_layer"] == ["input" if raw else "output"] * len(ZOO_LAYERS[kind])
-    assert np.isnan(ds.cnfa.values).all() == raw and np.isfinite(ds.cnfa.values).all() != raw
-    assert ("blocks.0.mlp.W_in: " in ds.attrs["cnfa_skipped"]) == raw
+    assert np.isfinite(ds.cnfa.values).all() and ds.attrs["cnfa_skipped"] == ""
     closed = {"seq_mlp": ["closed_form"], "named_mlp": ["general", "closed_form"],
               "embed_mlp": ["closed_form"]}
     assert ds.attrs["method_per_layer"] == closed.get(kind, ["general"] * len(ZOO_LAYERS[kind]))
@@ -497,6 +496,66 @@ def test_raw_transformer_and_grokscope_transformer_agree():
     a = nfa(ck, layers=["blocks.0.mlp.W_in"])
     b = nfa(gk, layers=["blocks.0.mlp.W_in"])
     assert b.attrs["space_per_layer"] == ["output"] and a.attrs["space_per_layer"] == ["input"]
-    for v in ("nfa_corr_sqrt", "nfa_corr", "nfa_corr_centred", "agop_alignment"):
+    # C-NFA: K read at nn.Linear's output vs K from the raw W_in's per-sample bias gradients
+    for v in ("nfa_corr_sqrt", "nfa_corr", "nfa_corr_centred", "cnfa", "agop_alignment"):
         np.testing.assert_allclose(a[v].values, b[v].values, rtol=1e-9, err_msg=v)
-    assert np.isnan(float(a.cnfa[0])) and np.isfinite(float(b.cnfa[0]))
+    assert np.isfinite(a.cnfa.values).all()
+
+
+class BiasTwice(nn.Module):
+    """A raw MLP block whose bias also enters outside ``z``: its gradient is not ``J_z``."""
+
+    def __init__(self, d, m):
+        super().__init__()
+        torch.manual_seed(0)
+        self.W_in = nn.Parameter(torch.randn(m, d, dtype=torch.float64) / d**0.5)
+        self.b_in = nn.Parameter(torch.randn(m, dtype=torch.float64))
+        self.W_out = nn.Parameter(torch.randn(C, m, dtype=torch.float64) / m**0.5)
+        self.twice = True
+
+    def forward(self, h):
+        out = torch.relu(h @ self.W_in.T + self.b_in) @ self.W_out.T
+        return out + 0.5 * self.b_in[..., :C] if self.twice else out
+
+
+class Wrapped(nn.Module):
+    def __init__(self, twice=True):
+        super().__init__()
+        self.mlp = BiasTwice(D, H)
+        self.mlp.twice = twice
+
+    def forward(self, x):
+        return self.mlp(x)
+
+
+@pytest.mark.parametrize("case", ["bias_twice", "no_bias", "ok"])
+def test_cnfa_from_bias_gradients_is_checked(case):
+    """C-NFA of a raw weight comes from per-sample bias gradients only when they are J_z;
+    otherwise NaN, and the attrs say why. The AGOP itself never depends on the bias."""
+    from grokscope.anatomy import resolve
+
+    model, first = Wrapped(case == "bias_twice"), Wrapped(case == "bias_twice")
+    with torch.no_grad():
+        first.mlp.W_in.add_(torch.randn(H, D, dtype=torch.float64,
+                                        generator=torch.Generator().manual_seed(1)))
+    data = _data()
+    lin = {"name": "mlp.W_in", "weight": "mlp.W_in", "module": "mlp", "orientation": "out_in",
+           "bias": None if case == "no_bias" else "mlp.b_in"}
+    anat = resolve(model, data, override={"linear": [lin], "hidden": [], "readout": None})
+    ck = Checkpoint(3, model, data, references={"first": first, "last": model}, anatomy=anat)
+    ds = nfa(ck, layers=["mlp.W_in"])
+    x = data.x_train
+    z = x @ model.mlp.W_in.detach().T + model.mlp.b_in.detach()
+    jz = model.mlp.W_out.detach()[None] * (z > 0).double()[:, None, :]  # (n, C, m)
+    jh = jz @ model.mlp.W_in.detach()
+    _close(layer_agops(ck.view, x, layers="mlp.W_in")["mlp.W_in"].agop,
+           torch.einsum("nci,ncj->ij", jh, jh) / len(x), rtol=1e-9)
+    if case == "ok":
+        k = torch.einsum("nci,ncj->ij", jz, jz) / len(x)
+        d = model.mlp.W_in.detach() - first.mlp.W_in.detach()
+        assert float(ds.cnfa[0]) == pytest.approx(pearson(d.T @ k @ d, d.T @ d), rel=1e-9)
+        assert ds.attrs["cnfa_skipped"] == ""
+    else:
+        assert np.isnan(float(ds.cnfa[0]))
+        why = "do not reproduce" if case == "bias_twice" else "no bias"
+        assert ds.attrs["cnfa_skipped"].startswith("mlp.W_in: ") and why in ds.attrs["cnfa_skipped"]

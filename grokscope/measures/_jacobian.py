@@ -233,6 +233,7 @@ def preactivation_jacobians(
     *,
     chunk: int | None = 1024,
     max_elements: int = 2**25,
+    per_sample: dict[str, tuple[str, tuple[int, ...]]] | None = None,
 ) -> Iterator[tuple[slice, slice, dict[str, torch.Tensor]]]:
     """Per-sample Jacobians of the logits w.r.t. tensors inside the model (general path).
 
@@ -249,7 +250,9 @@ def preactivation_jacobians(
         upstream still flow through ``h``.
 
     The logits (the output role) are differentiated w.r.t. every point by class-batched
-    backward passes.
+    backward passes. ``per_sample`` adds parameters replaced (``functional_call``) by one
+    copy per sample (and per position): the gradient w.r.t. a bias ``b`` added to ``z = W h``
+    that way is ``d f / d z`` per sample, even where ``z`` itself has no hook point.
 
     Parameters
     ----------
@@ -264,6 +267,10 @@ def preactivation_jacobians(
     max_elements : int
         Bound on the elements of one batch of gradients (sets the number of classes per
         backward pass).
+    per_sample : dict of str to (str, tuple of int), optional
+        Name -> (parameter key, dims between the sample dim and the parameter's own, e.g. the
+        positions ``(T,)``): the parameter ``p`` is replaced by ``p`` expanded to
+        ``(n_chunk, *dims, *p.shape)``, a leaf whose gradient is yielded under that name.
 
     Yields
     ------
@@ -275,6 +282,10 @@ def preactivation_jacobians(
         ``grads[name]`` of shape ``(k, n_chunk, *t.shape[1:])``: ``d f_c / d t`` per sample,
         ``t`` the point's tensor.
     """
+    per_sample = dict(per_sample or {})
+    clash = sorted(set(per_sample) & set(points))
+    if clash:
+        raise ConfigError(f"names {clash} are both points and per-sample parameters")
     for name, (_path, at) in points.items():
         if at not in ("input", "output"):
             raise ConfigError(f"point {name!r}: 'at' must be 'input' or 'output', got {at!r}")
@@ -318,14 +329,23 @@ def preactivation_jacobians(
             for v in captured.values():
                 v.clear()
             with torch.enable_grad():
-                out = view.forward(x[sl])
+                copies = {}
+                for name, (key, dims) in per_sample.items():
+                    p = view.param(key)
+                    n_sl = sl.stop - sl.start
+                    copies[name] = p.expand(n_sl, *dims, *p.shape).clone().requires_grad_(True)
+                if copies:
+                    new = {per_sample[k][0]: v for k, v in copies.items()}
+                    out = view.logits(torch.func.functional_call(view.model, new, (x[sl],)))
+                else:
+                    out = view.forward(x[sl])
                 for name, got in captured.items():
                     if len(got) != 1:
                         raise JacobianError(
                             f"module {points[name][0]!r} was called {len(got)} times in one "
                             "forward pass: the NFA general path needs a module called exactly once"
                         )
-                ts = [captured[k][0] for k in points]
+                ts = [captured[k][0] for k in points] + [copies[k] for k in per_sample]
                 if not out.requires_grad:
                     raise JacobianError(
                         "the logits do not depend on the chosen tensors: check the layer names "
@@ -335,7 +355,7 @@ def preactivation_jacobians(
                 k = max(1, min(out.shape[1], max_elements // max(per_class, 1)))
                 for cs in chunks(out.shape[1], k):
                     grads = _vjp_classes(out, ts, cs)
-                    yield sl, cs, dict(zip(points, grads))
+                    yield sl, cs, dict(zip([*points, *per_sample], grads))
     finally:
         for h in handles:
             h.remove()

@@ -43,8 +43,13 @@ general, input space
     logits through that *module*. It equals ``J_z W`` whenever ``h`` feeds only this map
     inside the module (a Nanda/TransformerLens MLP block: ``W_out act(W_in h + b_in) +
     b_out``); a module that also uses ``h`` elsewhere (a residual connection inside it)
-    gives the module's AGOP instead. ``G`` and ``G_c`` are accumulated from ``J_h`` directly;
-    ``K`` is not available, so C-NFA is NaN there (``attrs["cnfa_skipped"]`` says so).
+    gives the module's AGOP instead. ``G`` and ``G_c`` are accumulated from ``J_h`` directly.
+    C-NFA needs ``K``, i.e. ``J_z``: when the map has a bias ``b`` (``z = W h + b``), the bias
+    is replaced (``functional_call``) by one copy per sample and position, whose gradient is
+    exactly ``J_z``; it is used only if ``J_z W`` reproduces ``J_h`` (the accumulated
+    ``W^T K W`` equals ``G`` to 1e-4 of its largest entry), so a bias used anywhere else is
+    caught. Without a bias, or when the check fails, C-NFA is NaN and
+    ``attrs["cnfa_skipped"]`` says why.
 
 Maps with a position axis (transformers: ``z`` of shape ``(n, T, out)``) use the last position
 by default (``position="last"``, METHODS: "the MLP's W_in acting on the last-position
@@ -85,10 +90,7 @@ __all__ = [
 
 _METHODS = ("auto", "closed_form", "general")
 _POSITIONS = ("last", "all")
-_NO_K = (
-    "the map's output z has no hook point (a raw weight inside its module), so K = mean J_z^T J_z "
-    "is not available: the AGOP comes from J_h through the module"
-)
+_NO_K = "its output z has no hook point (a raw weight inside its module) to read K = mean J_z^T J_z"
 
 
 # ------------------------------------------------------------------------ matrix helpers
@@ -277,7 +279,8 @@ class LayerAGOP:
         Where the general path differentiated: ``"output"`` (``z``, via ``K``) or ``"input"``
         (``h``, through the map's module); ``"output"`` for the closed form.
     cnfa_skipped : str or None
-        Why C-NFA cannot be computed for this map at any step (no ``K`` in the input space).
+        Why C-NFA cannot be computed for this map (input space: no bias to give ``K``, or its
+        per-sample gradients failed the check against ``J_h``).
     """
 
     weight: torch.Tensor
@@ -331,6 +334,35 @@ def _closed_form_k(
     return gram * second, gram * (second - torch.outer(mbar, mbar))
 
 
+_BIAS = "#bias"  # suffix of a map's per-sample bias gradient in the general path
+
+
+def _bias_probe(view: ModelView, x: torch.Tensor, name: str) -> tuple[str, tuple[int, ...]] | str:
+    """``(bias key, position dims)`` when replacing map ``name``'s bias by one copy per sample
+    (and position) leaves the logits unchanged; else why C-NFA is not available."""
+    lin = view.anatomy.linear_map(name)
+    key = lin.get("bias")
+    if not key:
+        return _NO_K + " and it has no bias to differentiate per sample"
+    b = view.param(key)
+    if tuple(b.shape) != (view.weight(name).shape[0],):
+        return _NO_K + f" and its bias {key!r} of shape {tuple(b.shape)} is not (out,)"
+    xs = x[:2]
+    (h,) = view.capture(xs, [(lin["module"], "input")])
+    dims = tuple(h.shape[1:-1])
+    try:
+        with torch.no_grad():
+            copies = b.expand(xs.shape[0], *dims, *b.shape).clone()
+            got = view.logits(torch.func.functional_call(view.model, {key: copies}, (xs,)))
+            ref = view.forward(xs)
+    except Exception as exc:  # noqa: BLE001 - any model code may reject a per-sample bias
+        return _NO_K + f" and a per-sample copy of its bias {key!r} fails ({type(exc).__name__})"
+    scale = float(ref.abs().max()) + 1e-12
+    if got.shape != ref.shape or not torch.allclose(got, ref, rtol=1e-5, atol=1e-6 * scale):
+        return _NO_K + f" and a per-sample copy of its bias {key!r} changes the logits"
+    return key, dims
+
+
 def _general(
     view: ModelView,
     x: torch.Tensor,
@@ -338,25 +370,36 @@ def _general(
     deltas: dict[str, torch.Tensor | None],
     chunk: int | None,
     position: str,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, str]]:
-    """``(G, G_c, (W-W0)^T K (W-W0) or None, space)`` per map by the general path.
+    biases: dict[str, tuple[str, tuple[int, ...]]] | None = None,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | str | None, str]]:
+    """``(G, G_c, C, space)`` per map by the general path; ``C`` is ``(W-W0)^T K (W-W0)``,
+    None (no reference, or ``W = W0``) or why it could not be had.
 
     A map whose output ``z`` has a hook point is differentiated there (output space) and
     accumulated in the cheaper space: either ``K`` itself (``out x out``) or the Jacobian
     projected on ``W`` (and ``W - W0``) when ``in`` is small enough that projecting first
     costs fewer flops. Any other map is differentiated at its module's input (input space):
-    ``J_h`` is accumulated directly.
+    ``J_h`` is accumulated directly; with a reference and a bias (``biases``: from
+    :func:`_bias_probe`), per-sample bias gradients ``J_z`` give ``(W-W0)^T K (W-W0)``, used
+    only when ``J_z W`` reproduces the input-space AGOP.
     """
+    biases = biases or {}
     points: dict[str, tuple[str, str]] = {}
+    per_sample: dict[str, tuple[str, tuple[int, ...]]] = {}
     plan: dict[str, list[tuple[str, torch.Tensor | None]]] = {}
+    width: dict[str, int] = {}  # the last dim each gradient must have
     for k, w in weights.items():
         lin = view.anatomy.linear_map(k)
         out_dim, in_dim = w.shape
         if lin.get("output") is None:
             points[k] = (lin["module"], "input")
-            plan[k] = [("H", None)]
+            plan[k], width[k] = [("H", None)], in_dim
+            if deltas[k] is not None and k in biases:
+                per_sample[k + _BIAS] = biases[k]
+                plan[k + _BIAS], width[k + _BIAS] = [("W", w), ("D", deltas[k])], out_dim
             continue
         points[k] = (lin["output"], "output")
+        width[k] = out_dim
         projs: list[tuple[str, torch.Tensor | None]] = [("W", w)]
         if deltas[k] is not None:
             projs.append(("D", deltas[k]))
@@ -364,14 +407,15 @@ def _general(
         plan[k] = [("I", None)] if out_dim * out_dim <= cost_proj else projs
     gram: dict[tuple[str, str], torch.Tensor] = {}
     mean: dict[tuple[str, str], dict[int, torch.Tensor]] = {}  # class -> (T, k) sums
-    for _samples, classes, grads in preactivation_jacobians(view, x, points, chunk=chunk):
-        for k, g in grads.items():  # g: (c, n, *t.shape[1:]), t = z or h
-            want = weights[k].shape[0 if plan[k][0][0] != "H" else 1]
-            if g.shape[-1] != want:
+    blocks = preactivation_jacobians(view, x, points, chunk=chunk, per_sample=per_sample)
+    for _samples, classes, grads in blocks:
+        for k, g in grads.items():  # g: (c, n, *t.shape[1:]), t = z, h or a bias copy
+            if g.shape[-1] != width[k]:
+                base = k.removesuffix(_BIAS)
                 raise JacobianError(
-                    f"linear map {k!r}: the tensor at {points[k]} has last dim {g.shape[-1]}, "
-                    f"but the weight {tuple(weights[k].shape)} (out, in) needs {want}: correct "
-                    "the anatomy's 'linear' entry"
+                    f"linear map {base!r}: the tensor at {points.get(k, per_sample.get(k))} has "
+                    f"last dim {g.shape[-1]}, but the weight {tuple(weights[base].shape)} "
+                    f"(out, in) needs {width[k]}: correct the anatomy's 'linear' entry"
                 )
             if g.ndim == 3:
                 g = g.unsqueeze(2)  # no position axis: T = 1
@@ -385,6 +429,8 @@ def _general(
                 part = (rows.T @ rows).double()
                 key = (k, tag)
                 gram[key] = part if key not in gram else gram[key] + part
+                if k.endswith(_BIAS):
+                    continue  # only C-NFA and the check use these: no means needed
                 s = gp.sum(1).double()  # (c, T, k): sum over the samples of this block
                 per_class = mean.setdefault(key, {})
                 for i, c in enumerate(range(classes.start, classes.stop)):
@@ -398,11 +444,22 @@ def _general(
         jbar = torch.stack([mean[(k, tag)][c] for c in sorted(mean[(k, tag)])]) / n
         jbar = jbar.reshape(-1, jbar.shape[-1])  # (C*T, k): sum over classes and positions
         centred = second - jbar.T @ jbar
+        h: torch.Tensor | str | None
         if tag == "I":
             g_full = w64.T @ second @ w64
             g_c = w64.T @ centred @ w64
             d = deltas[k]
             h = None if d is None else d.double().T @ second @ d.double()
+        elif tag == "H":
+            g_full, g_c, h = second, centred, None
+            if (k + _BIAS, "W") in gram:
+                again = gram[(k + _BIAS, "W")] / n  # W^T K W from the bias gradients
+                scale = float(second.abs().max()) + 1e-300
+                if float((again - second).abs().max()) <= 1e-4 * scale:
+                    h = gram[(k + _BIAS, "D")] / n
+                else:
+                    h = (_NO_K + "; the per-sample bias gradients J_z do not reproduce "
+                         "J_h = J_z W, so they are not the map's J_z")
         else:
             g_full, g_c = second, centred
             h = gram[(k, "D")] / n if (k, "D") in gram else None
@@ -488,8 +545,12 @@ def layer_agops(
         )
     out: dict[str, LayerAGOP] = {}
     general = [k for k in names if not closed[k]]
+    # input-space maps: C-NFA needs K, which per-sample bias gradients give (when they can)
+    probes = {k: _bias_probe(view, x, k) for k in general
+              if view.anatomy.linear_map(k).get("output") is None}
+    biases = {k: v for k, v in probes.items() if not isinstance(v, str)}
     gen = (
-        _general(view, x, {k: weights[k] for k in general}, deltas, chunk, position)
+        _general(view, x, {k: weights[k] for k in general}, deltas, chunk, position, biases)
         if general
         else {}
     )
@@ -507,7 +568,9 @@ def layer_agops(
             )
         else:
             g_full, g_c, h, space = gen[k]
-            skipped = _NO_K if space == "input" else None
+            skipped = probes.get(k) if isinstance(probes.get(k), str) else None
+            if isinstance(h, str):
+                skipped, h = h, None
             out[k] = LayerAGOP(w64, g_full, g_c, h, "general", space, skipped)
     return out
 
@@ -575,7 +638,7 @@ def nfa(
     xr.Dataset
         Dim ``layer`` (linear map names): ``nfa_corr_sqrt`` (s=1/2), ``nfa_corr`` (s=1),
         ``nfa_corr_centred`` (gradient-centred AGOP, s=1/2), ``cnfa`` (NaN where W = W0, and
-        for maps differentiated in the input space: ``attrs["cnfa_skipped"]``),
+        where ``K`` is not available: ``attrs["cnfa_skipped"]`` says why),
         ``agop_alignment`` (cosine with the final step's AGOP); scalar ``n_points``.
     """
     x = evaluation_inputs(ckpt.data, split, max_points).to(ckpt.device)
