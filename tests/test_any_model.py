@@ -104,9 +104,9 @@ def test_fresh_process_analyses_a_script_model(tmp_path):
             model = run.model_at(int(run.steps[-1]))
             with torch.no_grad():
                 same = torch.equal(model(run.data.x_test), torch.load({str(work)!r} + f"/{{name}}_logits.pt"))
-            res = gs.analyze(run, progress=False, num_threads=1)
-            out[name] = {{"same": same, "measures": sorted(res), "skipped": res.skipped,
-                          "source": run.model_source}}
+            out[name] = {{"same": same, "source": run.model_source}}
+        res = gs.analyze({str(work)!r} + "/net.zarr", progress=False, num_threads=1)
+        out["net"].update(measures=sorted(res), skipped=res.skipped)
         print(json.dumps(out))
     """)
     proc = subprocess.run([sys.executable, "-c", check], cwd=other, env=env, capture_output=True,
@@ -115,13 +115,14 @@ def test_fresh_process_analyses_a_script_model(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for name in ("net", "seq"):
         assert out[name]["same"], name
-        assert out[name]["skipped"] == {}, out[name]
-        assert set(out[name]["measures"]) == ALL
-    cli = subprocess.run([sys.executable, "-m", "grokscope.cli", "analyze", str(work / "net.zarr"),
-                          "-q", "--recompute", "-m", "curves,alignment,nfa"],
+        assert out[name]["source"] == "exported"
+    assert out["net"]["skipped"] == {}, out["net"]
+    assert set(out["net"]["measures"]) == ALL
+    cli = subprocess.run([sys.executable, "-m", "grokscope.cli", "analyze", str(work / "seq.zarr"),
+                          "-q", "--threads", "1"],
                          cwd=other, env=env, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-3000:]
-    assert "skipped: none" in cli.stdout
+    assert "skipped: none" in cli.stdout and f"{len(ALL)} measures" in cli.stdout
 
 
 def test_imported_raw_transformer_from_epoch_files(tmp_path):
@@ -178,12 +179,14 @@ def test_model_argument_is_never_mutated(tmp_path):
 
 def test_anatomy_override_reaches_the_measures(tmp_path):
     path = tmp_path / "r.zarr"
-    _train_and_record(path, "raw_transformer")
-    res = gs.analyze(path, ["curves"], anatomy={"output": {"classes": [0, 5]}}, progress=False)
-    assert res["curves"].train_acc.notnull().all()
-    with pytest.raises(gs.GrokscopeError, match="'hidden' names module 'no.such'|no module 'no.such'"):
-        gs.analyze(path, ["fourier"], anatomy={"hidden": ["no.such"]}, progress=False,
-                   recompute=True)
+    model, data = _train_and_record(path, "raw_transformer")
+    # read the logits at the first position instead of the detected last one
+    res = gs.analyze(path, ["curves"], anatomy={"output": {"position": 0}}, progress=False)
+    with torch.no_grad():
+        want = float((model(data.x_train)[:, 0].argmax(1) == data.y_train).double().mean())
+    assert float(res["curves"].train_acc.isel(step=-1)) == pytest.approx(want, abs=1e-12)
+    with pytest.raises(gs.GrokscopeError, match="'hidden' names module 'no.such'"):
+        gs.analyze(path, ["fourier"], anatomy={"hidden": ["no.such"]}, progress=False)
 
 
 def test_cli_model_option_with_a_file_class(tmp_path, capsys):
