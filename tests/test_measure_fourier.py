@@ -222,3 +222,26 @@ def test_known_answer_with_library_mlp_and_task():
     assert float(ds["key_logit_share"]) == pytest.approx(1.0, abs=1e-6)
     assert float(ds["excluded_loss"]) == pytest.approx(math.log(P), rel=1e-5)
     assert float(ds["margin"]) > 0
+
+
+def test_missing_roles_are_named():
+    spec = get("fourier")
+    data = modular_data()
+    linear = nn.Linear(2 * P, P)  # no hidden layer
+    reason = spec.applies(Checkpoint(step=0, model=linear, data=data).view, data)
+    assert "'hidden'" in reason and "anatomy={'hidden'" in reason
+    ckpt = Checkpoint(step=0, model=fourier_sparse_mlp(), data=data)
+    ckpt.view.anatomy.embedding = None  # e.g. a stored anatomy without the table
+    reason = spec.applies(ckpt.view, data)
+    assert "'embedding'" in reason and "anatomy={'embedding'" in reason
+    with pytest.raises(MeasureNotApplicable, match="'embedding'"):
+        fourier(ckpt)
+
+
+def test_readout_norms_nan_without_out_map():
+    ckpt = Checkpoint(step=0, model=fourier_sparse_mlp(), data=modular_data())
+    ckpt.view.anatomy.hidden[0]["out"] = None  # neurons known, their readout not
+    ds = fourier(ckpt)
+    assert np.isnan(ds["readout_freq_norm"].values).all() and math.isnan(float(ds["gini_readout"]))
+    assert "out map" in ds.attrs["readout_skipped"]
+    assert set(ds["freq"].values[ds["key_freqs"].values].tolist()) == set(KEYS)

@@ -239,3 +239,27 @@ def test_fourier_droplets_found():
     assert best.k >= 2
     zero = int(np.argmin(np.abs(best.means[:, 0])))
     assert 1 - best.weights[zero] == pytest.approx(0.3, abs=0.05)
+
+
+def test_module_names_a_linear_map():
+    models = pytest.importorskip("grokscope.models")
+    tasks = pytest.importorskip("grokscope.tasks")
+    torch.manual_seed(0)
+    data = tasks.make_task("modular", p=11, encoding="onehot")
+    model = models.build_model("mlp", in_dim=22, out_dim=11, width=32, depth=2).eval()
+    by_default, _ = _run_model(model, data)
+    by_path = get("mixture").fn(Checkpoint(step=0, model=model, data=data), module="layers.0")
+    by_key = get("mixture").fn(Checkpoint(step=0, model=model, data=data), module="layers.0.weight")
+    for ds in (by_default, by_path, by_key):
+        assert ds.attrs["module"] == "layers.0" and ds.attrs["order_parameter_used"] == "fourier"
+        np.testing.assert_array_equal(ds.hist_counts.values, by_default.hist_counts.values)
+    second = get("mixture").fn(Checkpoint(step=0, model=model, data=data), module="layers.1")
+    assert second.attrs["module"] == "layers.1" and second.attrs["order_parameter_used"] == "pca"
+    _, phi = compute_order_parameter(model.layers[1].weight.detach(), data.task, {})
+    assert second.hist_counts.values.sum() == 32 and phi.shape == (32, 2)
+    tdata = tasks.make_task("modular", p=11, encoding="tokens")
+    tf = models.build_model("transformer", vocab=12, out_dim=11, d_model=16, d_mlp=24).eval()
+    ds = get("mixture").fn(Checkpoint(step=0, model=tf, data=tdata), module="blocks.0.mlp.W_in")
+    assert ds.attrs["module"] == "blocks.0.mlp.W_in" and int(ds.n_neurons) == 24
+    with pytest.raises(ConfigError, match="no linear map"):
+        get("mixture").fn(Checkpoint(step=0, model=tf, data=tdata), module="blocks.0.mlp")
