@@ -11,7 +11,10 @@ orientation: ``view.weight(name)``) with input ``h`` and pre-activation ``z = W 
   share one input);
 - ``nfa_corr_sqrt`` = Pearson(NFM, G^{1/2}), ``nfa_corr`` = Pearson(NFM, G) (``s = 1``);
 - ``nfa_corr_centred`` = Pearson(NFM, G_c^{1/2}) with the gradient-centred AGOP
-  ``G_c = (1/n) sum_x (J_h(x) - Jbar)^T (J_h(x) - Jbar)``, ``Jbar`` the mean Jacobian;
+  ``G_c = (1/n) sum_x (J_h(x) - Jbar)^T (J_h(x) - Jbar)``, ``Jbar`` the mean Jacobian; NaN
+  where ``G_c`` vanishes to rounding (``||G_c||_F <= 256 eps ||G||_F``: a Jacobian that is
+  the same at every input, e.g. a one-layer transformer's ``W_out`` before a linear
+  unembedding);
 - ``cnfa`` (C-NFA) = Pearson(``(W-W0)^T K (W-W0)``, ``(W-W0)^T (W-W0)``), ``W0`` the first
   stored step. At ``W = W0`` both matrices vanish and C-NFA is undefined: NaN;
 - ``agop_alignment`` = cosine(G_t, G_final), the final step's AGOP cached in ``ckpt.state``.
@@ -90,6 +93,10 @@ __all__ = [
 
 _METHODS = ("auto", "closed_form", "general")
 _POSITIONS = ("last", "all")
+#: ``G_c`` is taken as 0 (Pearson undefined) below this many ``eps`` of ``||G||_F``: a layer
+#: whose Jacobian is constant (a transformer's last W_out before a linear unembedding) leaves
+#: rounding noise of ~3-20 eps there, which would otherwise be reported as a correlation
+_CENTRED_TOL = 256
 _NO_K = "its output z has no hook point (a raw weight inside its module) to read K = mean J_z^T J_z"
 
 
@@ -659,11 +666,15 @@ def nfa(
         k: []
         for k in ("nfa_corr_sqrt", "nfa_corr", "nfa_corr_centred", "cnfa", "agop_alignment")
     }
+    eps = torch.finfo(view.dtype).eps
     for k, r in res.items():
         nfm = r.weight.T @ r.weight
         cols["nfa_corr_sqrt"].append(pearson(nfm, matrix_power_psd(r.agop, 0.5)))
         cols["nfa_corr"].append(pearson(nfm, r.agop))
-        cols["nfa_corr_centred"].append(pearson(nfm, matrix_power_psd(r.agop_centred, 0.5)))
+        if float(r.agop_centred.norm()) <= _CENTRED_TOL * eps * float(r.agop.norm()):
+            cols["nfa_corr_centred"].append(float("nan"))  # G_c = 0 up to rounding
+        else:
+            cols["nfa_corr_centred"].append(pearson(nfm, matrix_power_psd(r.agop_centred, 0.5)))
         if r.cnfa_matrix is None:
             cols["cnfa"].append(float("nan"))
         else:
@@ -703,6 +714,9 @@ def nfa(
         "map; input space: mean_x J_h^T J_h, J_h through the map's module",
         position_rule="z with a position axis: 'last' = last position, 'all' = sum over positions",
         cnfa_at_init="NaN (W = W0 makes both matrices zero)",
+        centred_undefined=f"nfa_corr_centred is NaN where ||G_c||_F <= {_CENTRED_TOL} eps "
+        "||G||_F (eps of the model's dtype): the Jacobian is the same at every input and G_c "
+        "is 0 up to rounding",
         matrix_power="eigh in float64, negative eigenvalues clipped to 0",
     )
     return ds
