@@ -39,7 +39,7 @@ from torch import nn
 from .._cliargs import json_arg
 from ..data import Data
 from ..errors import ConfigError, DataError, GrokscopeError, ModelMismatchError
-from . import _io, schema
+from . import _io, _tl, schema
 from ._formats import Item, Source, jsonable, open_source
 from .schema import RESERVED
 
@@ -472,6 +472,9 @@ def import_checkpoints(
                 "train_indices keys); pass data= (a grokscope.Data, e.g. from "
                 "grokscope.make_task; CLI: --task NAME --task-kwargs JSON)"
             )
+        found = _tl.demo_table(source.split, source.notes.get("source_config")) if full_data is None else None
+        if found is not None:  # TransformerLens's grokking demo file: indices into a known table
+            full_data, notes["split_table"] = found
         data, how = _data_from_split(source.split, str(source.split_label), full_data)
         notes.update(how)
     elif not isinstance(data, Data):
@@ -479,6 +482,7 @@ def import_checkpoints(
     elif source.split is not None:
         notes["split_in_checkpoints_ignored"] = source.split_label
     net, spec_kwargs = _resolve_model(model, model_kwargs, data, trust_code)
+    key_map = _tl.buffer_key_map(net, key_map)  # TransformerLens: keep the model's own mask buffer
 
     first = _mapped(source.item(0), key_map)
     matcher = KeyMatcher(net).fit(first.state_dict, first.extra["file"])
