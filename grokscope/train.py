@@ -40,6 +40,8 @@ LOSSES = ("auto", "ce", "mse")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: config keys that may change between a run and its continuation
 RESUMABLE_KEYS = frozenset({"progress", "device", "eval_every", "stop_when", "steps"})
+#: config keys the Recorder derives from the model (not settings): never a reason to refuse
+DERIVED_KEYS = frozenset({"anatomy"})
 #: evaluation chunk (rows) bounding memory on large splits
 EVAL_CHUNK = 16384
 
@@ -209,7 +211,7 @@ def _stored_config(out: str | Path, storage_options: dict | None) -> dict | None
 def _config_diff(stored: dict, new: dict) -> list[str]:
     out = []
     for key in sorted(set(stored) | set(new)):
-        if key in RESUMABLE_KEYS:
+        if key in RESUMABLE_KEYS or key in DERIVED_KEYS:
             continue
         a, b = stored.get(key, "<missing>"), new.get(key, "<missing>")
         if a != b:

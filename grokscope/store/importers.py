@@ -309,6 +309,10 @@ def check_inputs_fit(net: nn.Module, data: Data, out: Any) -> None:
     param = next(iter(net.parameters()), None)
     if param is not None:
         x = x.to(param.device)
+    if x.is_floating_point():  # as the analysis feeds them: in the model's float dtype
+        dtype = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
+        if dtype is not None:
+            x = x.to(dtype)
     entered: list[tuple[str, nn.Module, str]] = []
 
     def note(name: str) -> Callable:

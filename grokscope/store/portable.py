@@ -131,7 +131,8 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor) -> tuple[bytes 
         Not modified: a deep copy is moved to the CPU, put in eval mode and traced.
     example_inputs : Tensor, shape (n, ...)
         The run's inputs (e.g. ``data.x_train``); a few rows (at least 2, cycled when fewer)
-        make the example batch, whose size is dynamic in the program.
+        make the example batch, whose size is dynamic in the program. Floating inputs are
+        cast to the model's floating dtype, as the analysis feeds them.
 
     Returns
     -------
@@ -147,6 +148,10 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor) -> tuple[bytes 
     if example_inputs.shape[0] == 0:
         return None, "the example inputs have no rows"
     x_all = example_inputs.detach().cpu()
+    if x_all.is_floating_point():  # as the analysis feeds them: in the model's float dtype
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        if dtype is not None:
+            x_all = x_all.to(dtype)
     avoid = set(x_all.shape[1:])
     x = _batch(x_all, avoid)
     x2 = _batch(x_all, avoid | {x.shape[0]})

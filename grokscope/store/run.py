@@ -510,17 +510,18 @@ class Run:
     # ------------------------------------------------------------------ architecture
     def _template(self, model: Any, device: str | torch.device) -> tuple[str, nn.Module]:
         """``(source, module)``: the architecture model_at copies (built once, cached)."""
+        dev = torch.device(device)
         given = model if model is not None else self.model_override
         if given is not None:
             cached = self._caller_template
             if cached is None or not _same_arg(cached[0], given):
                 self._caller_template = (given, self._build_caller(_check_model_arg(given)))
-            return "caller", self._caller_template[1]
-        dev = torch.device(device)
+            return "caller", self._caller_template[1].to(dev)  # our copy: moved in place
         # an exported program bakes device arguments into its graph: one template per device
         key = str(dev) if dev.type != "cpu" else "cpu"
         if key not in self._stored_templates:
-            self._stored_templates[key] = self._build_stored(dev)
+            source, template = self._build_stored(dev)
+            self._stored_templates[key] = (source, template.to(dev))
         return self._stored_templates[key]
 
     def _spec(self) -> dict:
