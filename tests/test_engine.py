@@ -21,8 +21,9 @@ CALLS: list[int] = []
 def counting_measure():
     """A step measure that counts its calls; removed from the registry afterwards."""
 
-    def never_on_transformers(model, data):
-        return "needs an MLP" if not hasattr(model, "layers") else None
+    def never_on_transformers(view, data):
+        transformer = any(lin["name"].startswith("blocks.") for lin in view.anatomy.linear)
+        return "needs an MLP" if transformer else None
 
     @registry.register("_count", applies=never_on_transformers)
     def _count(ckpt, *, scale=1.0):

@@ -102,7 +102,9 @@ def test_report_on_analysed_run(analysed_run, tmp_path, no_analyze):
     assert set(nfa[key]) == {"first", "memorisation", "last"}
     assert isinstance(nfa[key]["first"], float)
     assert "mixture" in summary["measures_missing"]
-    assert "rqi" in summary["measures_not_applicable"]  # an MLP has no token embedding
+    # a two-hot MLP's first layer is its token embedding, so every measure applies
+    assert summary["measures_not_applicable"] == {}
+    assert "rqi" in summary["measures_missing"]
 
     text, checker = _check_html(out / "index.html")
     assert '<img src="data:image/png;base64,' in text
@@ -139,8 +141,8 @@ def test_report_analyze_computes_only_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(grokscope.engine, "analyze", spy)
     out = gs.report(run, tmp_path / "rep", analyze=True, formats=("png",))
     assert len(seen) == 1
-    assert "curves" not in seen[0] and "rqi" not in seen[0]
-    assert {"mixture", "nfa", "phases"} <= set(seen[0])
+    assert "curves" not in seen[0]
+    assert {"mixture", "nfa", "phases", "rqi"} <= set(seen[0])
     summary = json.loads((out / "summary.json").read_text())
     assert "phases" in summary["measures_stored"]
     assert "changepoints" in summary["figures"]
