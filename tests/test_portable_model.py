@@ -273,6 +273,38 @@ def test_export_jacobian_wrt_inputs_and_hook_replacement():
     assert leaf.grad is not None and leaf.grad.abs().sum() > 0
 
 
+class Tied(nn.Module):
+    """Embedding and unembedding share one parameter (two state-dict keys, one tensor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(P, 5)
+        self.mid = nn.Linear(5, 5)
+        self.unembed = nn.Linear(5, P, bias=False)
+        self.unembed.weight = self.embed.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unembed(torch.relu(self.mid(self.embed(x))))[:, -1]
+
+
+def test_fresh_copy_takes_the_weights_and_keeps_ties():
+    model = Tied().eval()
+    raw, err = export_model(model, _tokens(10))
+    assert err is None
+    template = load_exported(raw)
+    assert set(template.state_dict()) == set(model.state_dict())
+    for source in (template, model):
+        sd = {k: v.detach().clone() + 1 for k, v in model.state_dict().items()}
+        copy_ = fresh_copy(source, sd)
+        assert copy_.get_submodule("embed").weight is copy_.get_submodule("unembed").weight
+        assert copy_.get_submodule("mid").weight.data_ptr() == sd["mid.weight"].data_ptr()
+        reference = Tied().eval()
+        reference.load_state_dict(sd)
+        x = _tokens(4, 3)
+        torch.testing.assert_close(copy_(x), reference(x), rtol=0, atol=1e-6)
+        assert not torch.equal(source.get_submodule("mid").weight, sd["mid.weight"])
+
+
 def test_fresh_copy_shares_nothing_mutable():
     tf = RawTransformer().eval()
     template = load_exported(_program("raw-einsum-transformer"))

@@ -461,9 +461,16 @@ def load_exported(raw: bytes, *, device: str | torch.device | None = None) -> nn
     return module
 
 
-def fresh_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` (parameters and buffers copied; an unflattened program's
-    traced graphs, which hold fake tensors and are never modified, shared)."""
+def fresh_copy(module: nn.Module,
+               state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A deep copy of ``module``, optionally with ``state_dict``'s tensors as its weights.
+
+    Parameters and buffers are new tensors (an unflattened program's traced graphs, which
+    hold fake tensors and are never modified, are shared). With ``state_dict`` (tensors the
+    caller owns, e.g. fresh from :meth:`Run.state_dict_at`) the copy takes them as its
+    parameters and persistent buffers directly (cast to the module's dtype and device), so the
+    template's weights are never cloned only to be overwritten; tied parameters stay tied.
+    """
     memo: dict[int, Any] = {}
     for sub in module.modules():
         for attr in _SHARED_ATTRS:
@@ -472,8 +479,22 @@ def fresh_copy(module: nn.Module) -> nn.Module:
                 memo[id(value)] = value
             elif isinstance(value, torch.fx.GraphModule) and attr == "graph_module":
                 memo[id(value)] = value
-    if not memo:
-        return copy.deepcopy(module)
+    adopted = False
+    if state_dict is not None:
+        own = dict(module.named_parameters(remove_duplicate=False))
+        own.update(module.named_buffers(remove_duplicate=False))
+        if set(state_dict) <= set(own):
+            for key, value in state_dict.items():
+                t = own[key]
+                if id(t) in memo:
+                    continue  # a tied parameter: one tensor under several names
+                v = value.detach().to(device=t.device, dtype=t.dtype)
+                memo[id(t)] = nn.Parameter(v, requires_grad=t.requires_grad) if isinstance(
+                    t, nn.Parameter) else v
+            adopted = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's pytree spec deprecation note
-        return copy.deepcopy(module, memo)
+        out = copy.deepcopy(module, memo)
+    if state_dict is not None and not adopted:
+        out.load_state_dict(state_dict)
+    return out

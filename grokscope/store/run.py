@@ -306,6 +306,7 @@ class Run:
         self._caller_template: tuple[Any, nn.Module] | None = None
         self._stored_templates: dict[str, tuple[str, nn.Module]] = {}
         self._program: bytes | None = None
+        self._shapes: tuple[nn.Module, dict[str, tuple[int, ...]]] | None = None
         self.refresh()
 
     # ------------------------------------------------------------------ loading
@@ -485,16 +486,18 @@ class Run:
         """
         sd = self.state_dict_at(step)
         _source, template = self._template(model, device)
-        own = {k: tuple(v.shape) for k, v in template.state_dict().items()}
+        cached = self._shapes
+        if cached is None or cached[0] is not template:
+            cached = self._shapes = (template, {k: tuple(v.shape)
+                                                for k, v in template.state_dict().items()})
+        own = cached[1]
         msg = mismatch_message({k: tuple(v.shape) for k, v in sd.items()}, own,
                                f"the model does not match the weights stored in {self._where}")
         if msg:
             raise ModelMismatchError(msg + "; pass the architecture the run was recorded with")
         from .portable import fresh_copy
 
-        fresh = fresh_copy(template)
-        fresh.load_state_dict(sd)
-        return fresh.to(device).eval()
+        return fresh_copy(template, sd).to(device).eval()  # takes sd's tensors as its weights
 
     @property
     def model_source(self) -> str:
