@@ -153,15 +153,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def demo_measures() -> dict[str, dict[str, Any]]:
-    """Every registered measure with defaults, except LMN over the whole network.
+    """Every registered measure with its defaults.
 
-    The demo MLP has one hidden layer, so LMN's default cut (the first hidden layer's
-    post-activation) leaves only the affine readout, whose LMN is exactly 1; ``layer=-1``
-    measures the map from the input instead.
+    (LMN's default cut, ``"auto"``, takes the input role on the demo's one-hidden-layer MLP,
+    where the rest of the network after the hidden layer is the affine read-out.)
     """
     from .measures import names
 
-    return {name: ({"layer": -1} if name == "lmn" else {}) for name in names()}
+    return {name: {} for name in names()}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

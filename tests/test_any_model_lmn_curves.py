@@ -155,7 +155,7 @@ def _independent_lmn(model, xs, path: str | None, at: str, n_points: int = 21) -
 def test_lmn_pre_and_input_run_on_every_kind(kind):
     model, data = build(kind), data_for(kind)
     ck = _ckpt(model, data)
-    pre = lmn(ck, n_samples=10)
+    pre = lmn(ck, n_samples=10, cut="pre")
     inp = lmn(ck, n_samples=10, layer=-1)
     for ds in (pre, inp):
         assert math.isfinite(float(ds.lmn)) and 1.0 < float(ds.lmn) < 10.0
@@ -170,7 +170,7 @@ def test_lmn_pre_and_input_run_on_every_kind(kind):
 def test_lmn_equals_an_independent_computation_float64(kind):
     model, data = build(kind).double().eval(), data_for(kind)
     ck = _ckpt(model, data)
-    pre = lmn(ck, n_samples=7)
+    pre = lmn(ck, n_samples=7, cut="pre")
     xs = data.x_train[pre.sample_index.values]
     if torch.is_floating_point(xs):
         xs = xs.double()
@@ -187,12 +187,12 @@ def test_grokscope_transformer_input_route_equals_output_route_float64():
     kind = "grokscope_transformer"
     model, data = build(kind).double().eval(), data_for(kind)
     out_route = lmn(_ckpt(model, data), n_samples=12, module="blocks.0.mlp.W_in")
-    default = lmn(_ckpt(model, data), n_samples=12)
+    default = lmn(_ckpt(model, data), n_samples=12, cut="pre")
     doc = _ckpt(model, data).view.anatomy.to_dict()
     for lin in doc["linear"]:
         if lin["name"] == "blocks.0.mlp.W_in":
             lin["output"] = None
-    in_route = lmn(_ckpt(model, data, Anatomy.from_dict(doc)), n_samples=12)
+    in_route = lmn(_ckpt(model, data, Anatomy.from_dict(doc)), n_samples=12, cut="pre")
     assert "interpolated at the input h of 'blocks.0.mlp.W_in'" in in_route.attrs["subnetwork"]
     assert float(in_route.lmn) == pytest.approx(float(out_route.lmn), rel=1e-9, abs=0)
     assert float(default.lmn) == pytest.approx(float(out_route.lmn), rel=1e-12, abs=0)
@@ -206,7 +206,7 @@ def test_raw_transformer_pre_matches_hand_pre_hook_trained(trained_raw):
     model = build("raw_transformer")
     model.load_state_dict(trained.state_dict())
     model = model.double().eval()
-    ds = lmn(_ckpt(model, data), n_samples=10)
+    ds = lmn(_ckpt(model, data), n_samples=10, cut="pre")
     xs = data.x_train[ds.sample_index.values]
     assert float(ds.lmn) == pytest.approx(_independent_lmn(model, xs, "blocks.0.mlp", "input"),
                                           rel=1e-9, abs=0)

@@ -115,11 +115,15 @@ def test_batched_matches_per_pair_loop():
 def test_relu_net_with_kinks_exceeds_one():
     torch.manual_seed(3)
     model = TinyMLP(depth=2)
-    ds = get("lmn").fn(_ckpt(model, _data()), n_samples=30)
+    ds = get("lmn").fn(_ckpt(model, _data()), n_samples=30, cut="pre")
     assert float(ds.lmn) > 1.05
-    assert float(ds.lmn) == pytest.approx(8.397378833035, rel=1e-5)  # cut="pre" (default)
+    assert float(ds.lmn) == pytest.approx(8.397378833035, rel=1e-5)
     post = get("lmn").fn(_ckpt(model, _data()), n_samples=30, cut="post")
-    assert float(post.lmn) == pytest.approx(6.031983478942, rel=1e-5)  # the old default
+    assert float(post.lmn) == pytest.approx(6.031983478942, rel=1e-5)
+    # the default (auto): a hidden layer follows the first one, so its post-activation
+    auto = get("lmn").fn(_ckpt(model, _data()), n_samples=30)
+    assert float(auto.lmn) == float(post.lmn)
+    assert auto.attrs["subnetwork"].startswith("cut='auto' -> post-activation")
     assert float(ds.lmn) == pytest.approx(2 ** float(ds.lmn_entropy))
     assert int(ds.n_samples) == 30 and ds.sample_index.dims == ("sample",)
     assert "step" not in ds.dims
@@ -131,7 +135,7 @@ def test_depth_one_mlp_readout_is_affine():
     ds = get("lmn").fn(_ckpt(model, _data()), n_samples=20, cut="post")
     assert float(ds.lmn) == pytest.approx(1.0, abs=1e-6)
     assert "affine by construction" in ds.attrs["note"]
-    # the default cut (the pre-activation) sees the ReLU: not 1 by construction
+    # the default (auto: the input role, since no hidden layer follows) sees the ReLU
     pre = get("lmn").fn(_ckpt(model, _data()), n_samples=20)
     assert float(pre.lmn) == pytest.approx(5.518396984219, rel=1e-5)
     assert pre.attrs["note"] == ""
@@ -197,7 +201,7 @@ def test_with_registered_mlp():
     deep = models.build_model("mlp", in_dim=6, out_dim=4, width=16, depth=2)
     ds = get("lmn").fn(_ckpt(deep, _data()), n_samples=20, cut="post")
     assert float(ds.lmn) == pytest.approx(4.039469705227, rel=1e-5) and ds.attrs["note"] == ""
-    pre = get("lmn").fn(_ckpt(deep, _data()), n_samples=20)
+    pre = get("lmn").fn(_ckpt(deep, _data()), n_samples=20, cut="pre")
     assert float(pre.lmn) == pytest.approx(5.812994206433, rel=1e-5) and pre.attrs["note"] == ""
     shallow = models.build_model("mlp", in_dim=6, out_dim=4, width=16, depth=1)
     ds1 = get("lmn").fn(_ckpt(shallow, _data()), n_samples=20, cut="post")
@@ -223,11 +227,15 @@ def test_with_registered_transformer():
     y = (a.sum(1) % p).long()
     data = Data(x, y, x, y, task={"name": "modular", "p": p, "encoding": "tokens"})
     assert get("lmn").applies(_view(model, data), data) is None
-    ds = get("lmn").fn(_ckpt(model, data), n_samples=12)
+    ds = get("lmn").fn(_ckpt(model, data), n_samples=12, cut="pre")
     assert "blocks.0.mlp.W_in" in ds.attrs["subnetwork"]
     assert float(ds.lmn) == pytest.approx(2.371386911316, rel=1e-5)
     ds_in = get("lmn").fn(_ckpt(model, data), n_samples=12, layer=-1)
     assert float(ds_in.lmn) == pytest.approx(1.979412902038, rel=1e-5)
+    # the default (auto): after the only hidden layer the rest is affine -> the input role
+    auto = get("lmn").fn(_ckpt(model, data), n_samples=12)
+    assert float(auto.lmn) == float(ds_in.lmn)
+    assert "no hidden layer follows it" in auto.attrs["subnetwork"]
     # after the post-activation a one-block transformer is affine: the result says so
     post = get("lmn").fn(_ckpt(model, data), n_samples=12, cut="post")
     assert float(post.lmn) == pytest.approx(1.0, abs=1e-5)
@@ -261,7 +269,7 @@ def test_direct_chain_falls_back_when_it_disagrees_with_the_model():
     torch.manual_seed(11)
     model, data = TinyMLP(depth=2), _data()
     good = _ckpt(model, data)
-    ds = get("lmn").fn(good, n_samples=15)
+    ds = get("lmn").fn(good, n_samples=15, cut="pre")
     assert "directly from the anatomy" in ds.attrs["subnetwork"]
     doc = good.view.anatomy.to_dict()
     for h in doc["hidden"]:

@@ -7,11 +7,13 @@ of ``t`` in ``[0, 1]``; ``L_ii = 1``. With ``p_i = |lambda_i| / sum |lambda|`` o
 eigenvalues of ``L``, ``S = -sum p_i log2 p_i`` and ``LMN = 2^S``: 1 for an affine ``g``,
 ``c`` when the samples fall into ``c`` mutually non-linear groups.
 
-The cut comes from the model's anatomy (:mod:`grokscope.anatomy`): by default the
-pre-activation of the first hidden layer, interpolated at the input of that layer's linear map
-(exact, since interpolation commutes with an affine map; see :func:`lmn`), so a
-one-hidden-layer MLP gets a non-trivial ``g`` (activation + read-out); ``cut="post"`` takes the
-post-activation, ``layer=-1`` the input role, ``module=`` any module's output.
+The cut comes from the model's anatomy (:mod:`grokscope.anatomy`): by default (``cut="auto"``,
+METHODS.md) the post-activation of the first hidden layer, or the input role where the rest of
+the network after it is affine by construction (a one-hidden-layer MLP, a one-block
+transformer), so no default is constant; ``cut="pre"`` takes the pre-activation, interpolated at
+the input of that layer's linear map (exact, since interpolation commutes with an affine map;
+see :func:`lmn`), ``cut="post"`` the post-activation, ``layer=-1`` the input role,
+``module=`` any module's output.
 
 All pairs are evaluated in batches (``chunk`` pairs, i.e. ``chunk * n_points`` rows per call
 of ``g``); the correlations are accumulated in float64.
@@ -165,7 +167,7 @@ def linearity_matrix(
 
 
 # --------------------------------------------------------------------------- sub-networks
-CUTS = ("pre", "post")
+CUTS = ("auto", "pre", "post")
 
 
 def _applies(view: ModelView, _data: object) -> str | None:
@@ -413,7 +415,7 @@ def subnetwork(
     *,
     layer: int = 0,
     module: str | None = None,
-    cut: str = "pre",
+    cut: str = "auto",
 ) -> SubNetwork:
     """The samples at the cut and the rest of the network (see :func:`lmn` for the rules).
 
@@ -439,7 +441,31 @@ def subnetwork(
         return _input_route(view, xs)
     if layer < 0:
         raise ConfigError(f"lmn: layer must be -1 (the input) or a hidden layer >= 0, got {layer}")
+    if cut == "auto":
+        return _auto_route(view, xs, layer)
     return _pre_route(view, xs, layer) if cut == "pre" else _post_route(view, xs, layer)
+
+
+def _auto_route(view: ModelView, xs: torch.Tensor, layer: int) -> SubNetwork:
+    """METHODS.md's default: the post-activation of hidden layer ``layer``, unless the rest of
+    the network after it is affine by construction (no hidden layer follows it: an MLP's last
+    hidden layer before the read-out, a one-block transformer's MLP before ``W_out``, the
+    residual sum and the unembedding) or the post-activation cannot be replaced (a
+    raw-parameter MLP block): then the input role, so no default is constant by construction.
+    The rule is structural, so every step of a run uses the same cut."""
+    k = _layer_index(view, layer)
+    hid = view.anatomy.hidden[k]
+    if k + 1 < len(view.anatomy.hidden) and hid.get("capture"):
+        sub = _post_route(view, xs, layer)
+        sub.description = f"cut='auto' -> post-activation: {sub.description}"
+        return sub
+    why = ("no hidden layer follows it, so the rest of the network after its post-activation "
+           "is affine" if hid.get("capture") else "its post-activation is computed inside a "
+           "module and cannot be replaced")
+    sub = _input_route(view, xs)
+    sub.description = (f"cut='auto' -> the input role, since hidden layer {k} "
+                       f"({hid['name']!r}): {why}; {sub.description}")
+    return sub
 
 
 @register("lmn", kind="step", applies=_applies)
@@ -448,7 +474,7 @@ def lmn(
     *,
     n_samples: int = 100,
     layer: int = 0,
-    cut: str = "pre",
+    cut: str = "auto",
     module: str | None = None,
     split: str = "train",
     seed: int = 0,
@@ -472,9 +498,14 @@ def lmn(
         ``>= 0``: hidden layer ``layer`` of the anatomy (its ``cut``). ``-1``: ``g`` is the
         whole network from the input role (``view.embed``: a token embedding's output, or the
         raw float input flattened) to the logits.
-    cut : {"pre", "post"}
+    cut : {"auto", "pre", "post"}
         Where in hidden layer ``layer`` [ours: the paper leaves it open].
-        ``"pre"`` (default): the pre-activation ``z = W h + b`` of the layer's in map. It is
+        ``"auto"`` (default, METHODS.md section 4): ``"post"`` unless the rest of the network
+        after the post-activation is affine by construction (no hidden layer follows: a
+        one-hidden-layer MLP, a one-block transformer) or cannot be replaced (a raw-parameter
+        MLP block), and then the input role (``layer=-1``); the rule is structural, so every
+        step of a run uses the same cut, and the result's ``subnetwork`` attr says which.
+        ``"pre"``: the pre-activation ``z = W h + b`` of the layer's in map. It is
         realised by interpolating at the *input* ``h`` of that map's module (a forward
         pre-hook replaces it): interpolation commutes with an affine map, ``W (h_i + t (h_j -
         h_i)) + b = z_i + t (z_j - z_i)``, so every point, and so ``r^2`` along each segment,
@@ -535,7 +566,7 @@ def lmn(
     s_bits = _entropy_bits(L)
     if sub.affine:
         note = ("affine by construction: g is the affine read-out of the last hidden layer's "
-                "post-activation, so LMN = 1; use cut='pre' (the default), layer=-1 (the input) "
+                "post-activation, so LMN = 1; use cut='auto' (the default), cut='pre', layer=-1 (the input) "
                 "or an earlier layer")
     elif float(L.min()) >= 1.0 - _AFFINE_TOL:
         note = ("every segment is linear (all r^2 = 1 up to rounding): g is affine on these "
