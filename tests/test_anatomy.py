@@ -96,7 +96,10 @@ def test_view_ops_agree_with_the_model(kind):
     torch.testing.assert_close(acts, ga.activation_fn(h["activation"])(z))
     # neuron -> logit map: logits are affine in the last hidden layer's activations
     n2l = view.neuron_to_logit(-1)
-    assert n2l.shape == (data.n_classes, acts.shape[-1])
+    assert n2l.shape == (data.n_classes, view.hidden_activations(x, -1).shape[-1])
+    if len(view.anatomy.hidden) > 1:  # a deep MLP: layer 0 has no linear path to the logits
+        with pytest.raises(ConfigError, match="feeds another hidden layer"):
+            view.neuron_to_logit(0)
 
 
 def test_raw_transformer_hidden_by_hand():

@@ -331,6 +331,11 @@ class ModelView:
         h = self.hidden_layer(layer)
         if not h.get("out"):
             raise missing_role("hidden", "neuron_to_logit", f"hidden layer {h['name']!r} names no out map")
+        if any(other.get("in") == h["out"] for other in self.anatomy.hidden):
+            raise ConfigError(
+                f"hidden layer {h['name']!r} feeds another hidden layer through {h['out']!r}: "
+                "there is no linear map from its neurons to the logits"
+            )
         w_out = self.weight(h["out"])  # (d, N)
         if h["out"] == self.anatomy.readout:
             cls_ = self.anatomy.output.get("classes")
