@@ -340,6 +340,7 @@ def test_recorder_stores_the_program_and_rebuilds_without_code(tmp_path):
         torch.testing.assert_close(m(data.x_test), model.eval()(data.x_test), rtol=0, atol=0)
     # the anatomy was described on the original model and stored
     assert "anatomy" in run.config
+    assert run.info()["program"]["nbytes"] == info["nbytes"]
     # the program group does not disturb plain xarray
     import xarray as xr
 

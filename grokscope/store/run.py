@@ -651,7 +651,8 @@ class Run:
 
     # ------------------------------------------------------------------ description
     def info(self) -> dict[str, Any]:
-        """A summary: steps, tensors (shapes), metrics, task, size on disk."""
+        """A summary: steps, tensors (shapes), metrics, task, model spec, the stored program
+        (or why there is none), size on disk."""
         return {
             "path": str(self.path),
             "steps": {
@@ -664,6 +665,9 @@ class Run:
             "metrics": [n for n in self._scalar_readers if n != schema.STEP],
             "task": self.config.get("task"),
             "model": self.config.get("model"),
+            "program": self._meta.get("program") or (
+                {"export_error": self._meta["export_error"]} if self._meta.get("export_error")
+                else None),
             "results": list(self.results),
             "nbytes": self.nbytes,
             "versions": self._meta.get("versions"),
