@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -84,7 +86,7 @@ def test_bias_free_linear_known_answers():
     x = data.x_test
     mu = centroid(_iv(model, x))
     np.testing.assert_allclose(mu.numpy(), np.tile(w.sum(0).numpy(), (x.shape[0], 1)), atol=1e-12)
-    ds = alignment(Checkpoint(0, model, data))
+    ds = alignment(Checkpoint(0, model, data), split="test")
     assert float(ds.jacobian_norm) == pytest.approx(float(w.norm()), rel=1e-12)
     assert int(ds.n_points) == x.shape[0]
     ca = (x @ w.sum(0)) / (x.norm(dim=1) * w.sum(0).norm())
@@ -133,15 +135,12 @@ def test_rows_parallel_to_x_give_alignment_and_rank_one_of_one():
     assert float(ds.centroid_alignment_min) == pytest.approx(1.0, abs=1e-12)
 
 
-def test_rank_one_against_svd_and_bounds():
+def test_rank_one_against_svd():
     model = _relu_net(seed=3, bias=True)
     x = _data().x_test
     per = alignment_per_point(model, x)
     s = torch.linalg.svdvals(input_jacobian(_iv(model, x))) ** 2
     np.testing.assert_allclose(per["rank_one"], (s[:, 0] / s.sum(1)).numpy(), rtol=1e-10)
-    assert np.all(per["rank_one"] >= 1.0 / C - 1e-12) and np.all(per["rank_one"] <= 1 + 1e-12)
-    assert np.all(np.abs(per["centroid_alignment"]) <= 1 + 1e-12)
-    assert np.all((per["jacobian_alignment"] >= 0) & (per["jacobian_alignment"] <= 1 + 1e-12))
 
 
 def test_split_and_max_points():
@@ -150,6 +149,8 @@ def test_split_and_max_points():
     assert torch.equal(evaluation_inputs(data, "train", 5), data.x_train[:5])
     ds = alignment(Checkpoint(0, _relu_net(), data), split="all", max_points=30)
     assert int(ds.n_points) == 30
+    with pytest.raises(ConfigError, match="jacobian_points"):
+        alignment(Checkpoint(0, _relu_net(), data), jacobian_points=0)
     with pytest.raises(ConfigError, match="split"):
         evaluation_inputs(data, "val", None)
     with pytest.raises(ConfigError, match="max_points"):
@@ -182,7 +183,8 @@ def test_token_model_uses_embedded_input_and_applies():
 def test_registered_defaults():
     spec = get("alignment")
     assert spec.kind == "step"
-    assert spec.defaults == {"split": "test", "max_points": 1024, "chunk": 256}
+    assert spec.defaults == {"split": "train", "max_points": None, "jacobian_points": 256,
+                             "pc1_points": 64, "chunk": 256}
 
 
 def test_grokscope_models():
@@ -280,3 +282,141 @@ def test_raw_transformer_and_grokscope_transformer_alignment_agree():
     b = alignment_per_point(b_view, x)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+# ------------------------------------------------------------------ defaults and subsamples
+def test_default_points_train_split_centroid_on_all_jacobians_on_a_subsample():
+    """Training points by default (the authors evaluate training batches); the centroid on
+    every one of them, the full-Jacobian quantities on the first jacobian_points, PC1 on the
+    first pc1_points."""
+    model, data = _relu_net(seed=4, bias=True), _data(n_train=50, n_test=15)
+    ds = alignment(Checkpoint(0, model, data), jacobian_points=20, pc1_points=7, chunk=8)
+    x = data.x_train
+    per = alignment_per_point(model, x)
+    assert (int(ds.n_points), int(ds.n_jacobian_points), int(ds.n_pc1_points)) == (50, 20, 7)
+    ca = per["centroid_alignment"]
+    for k, v in (("mean", ca.mean()), ("min", ca.min()), ("max", ca.max())):
+        assert float(ds[f"centroid_alignment_{k}"]) == pytest.approx(float(v), rel=1e-12)
+    assert float(ds.centroid_norm_mean) == pytest.approx(per["centroid_norm"].mean(), rel=1e-12)
+    assert float(ds.jacobian_norm) == pytest.approx(per["jacobian_norm"][:20].mean(), rel=1e-12)
+    assert float(ds.jacobian_norm) != pytest.approx(per["jacobian_norm"].mean(), rel=1e-6)
+    assert float(ds.rank_one_mean) == pytest.approx(per["rank_one"][:20].mean(), rel=1e-12)
+    assert float(ds.jacobian_alignment_mean) == pytest.approx(
+        per["jacobian_alignment"][:20].mean(), rel=1e-12)
+    assert float(ds.pc1) == pytest.approx(per["rank_one"][:7].mean(), rel=1e-12)
+    # the test split gives other numbers: the default really is the training set
+    test = alignment_per_point(model, data.x_test)["centroid_alignment"]
+    assert float(ds.centroid_alignment_mean) != pytest.approx(float(test.mean()), rel=1e-3)
+    assert ds.attrs["jacobian_alignment_random"] == pytest.approx(1 / D)
+    assert ds.attrs["rank_one_min"] == pytest.approx(1 / C)
+    # None = every point
+    full = alignment(Checkpoint(0, model, data), jacobian_points=None, pc1_points=None)
+    assert int(full.n_jacobian_points) == int(full.n_pc1_points) == 50
+    assert float(full.pc1) == pytest.approx(float(full.rank_one_mean), rel=1e-12)
+
+
+def test_centroid_path_builds_no_jacobian(monkeypatch):
+    """The centroid quantities cost one backward per batch: the Jacobian routine is called on
+    the jacobian_points subsample only."""
+    from grokscope.measures import alignment as mod
+
+    calls = []
+    real = mod.input_jacobian
+
+    def counting(view, e=None):
+        calls.append(view.e.shape[0])
+        return real(view, e)
+
+    monkeypatch.setattr(mod, "input_jacobian", counting)
+    data = _data(n_train=60)
+    alignment(Checkpoint(0, _relu_net(), data), jacobian_points=10, pc1_points=4, chunk=16)
+    assert sum(calls) == 10
+
+
+# ------------------------------------------------------------------ the authors' own code
+_FIX = Path(__file__).parent / "fixtures" / "alignment" / "authors_grokalign.npz"
+
+
+def test_centroid_and_pc1_equal_the_grokalign_authors_code():
+    """Known answers from GrokAlign's own Centroids and PC1 classes (fixture README): a
+    bias-free ReLU MLP after 100 AdamW steps; centroid alignment on the training batch, PC1 on
+    its first 64 points (``pc1(x[:64])`` in the authors' delayed_robustness.py)."""
+    f = np.load(_FIX)
+    ws = [torch.from_numpy(f[f"mlp_w{i}"]) for i in range(3)]
+    model = nn.Sequential(nn.Linear(10, 24, bias=False), nn.ReLU(), nn.Linear(24, 24, bias=False),
+                          nn.ReLU(), nn.Linear(24, 5, bias=False)).double()
+    with torch.no_grad():
+        for lin, w in zip(model[::2], ws):
+            lin.weight.copy_(w)
+    x, y = torch.from_numpy(f["mlp_x"]), torch.from_numpy(f["mlp_y"])
+    data = Data(x, y, x[:5], y[:5])
+    per = alignment_per_point(model, x)
+    np.testing.assert_allclose(per["centroid_alignment"], f["mlp_alignments"], rtol=1e-9,
+                               atol=1e-12)
+    np.testing.assert_allclose(per["centroid_inner"], f["mlp_inner"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(per["centroid_norm"], f["mlp_norms"], rtol=1e-9)
+    np.testing.assert_allclose(per["rank_one"][:64], f["mlp_pc1_per_point"], rtol=1e-9)
+    ds = alignment(Checkpoint(0, model, data))
+    assert float(ds.pc1) == pytest.approx(float(f["mlp_pc1"]), rel=1e-9, abs=1e-12)
+    assert float(ds.centroid_alignment_mean) == pytest.approx(float(f["mlp_alignments"].mean()),
+                                                              rel=1e-9)
+
+
+def test_transformer_centroid_is_taken_before_the_positional_embedding():
+    """The authors' transformer_alignment.py: ``Centroids(lambda x: unembed(block(pos_embed(x)))
+    [:, -1])`` on ``x = embed(tokens)``: the input is the token embedding *before* the positional
+    embedding. The authors' weights in the zoo's raw transformer (the same architecture) give
+    their per-point centroid alignments; adding the positional embedding to the input gives
+    other numbers (also pinned, from the same code), which this test must not match."""
+    from _zoo import RawTransformer, Unembed
+
+    f = np.load(_FIX)
+    p = 7
+    m = RawTransformer(p, d_model=16, d_mlp=32, num_heads=4, n_ctx=3)
+    m.unembed = Unembed(p + 1, 16)  # the authors' model reads all d_vocab = p + 1 logits
+    m = m.double()
+    state = {k.removeprefix("tf_param/").replace("block.", "blocks.0."): torch.from_numpy(v)
+             for k, v in f.items() if k.startswith("tf_param/")}
+    m.load_state_dict(state, strict=False)
+    m = m.eval()
+    for k, v in state.items():
+        assert torch.equal(m.state_dict()[k], v), k
+    toks = torch.from_numpy(f["tf_tokens"])
+    labels = torch.arange(toks.shape[0]) % (p + 1)  # every one of the p + 1 logits is a class
+    ck = Checkpoint(0, m, Data(toks, labels, toks, labels))
+    assert ck.view.anatomy.input["module"] == "embed"
+    per = alignment_per_point(ck.view, toks)
+    np.testing.assert_allclose(per["centroid_alignment"], f["tf_alignments"], rtol=1e-9,
+                               atol=1e-12)
+    np.testing.assert_allclose(per["centroid_inner"], f["tf_inner"], rtol=1e-9, atol=1e-12)
+    gap = np.abs(f["tf_alignments"] - f["tf_alignments_if_pos_added"]).max()
+    assert gap > 1e-2  # the mutation this test kills moves the numbers by this much
+    ds = alignment(ck)
+    assert float(ds.centroid_alignment_mean) == pytest.approx(float(f["tf_alignments"].mean()),
+                                                              rel=1e-9)
+
+
+def test_grokscope_transformer_centroid_excludes_a_large_positional_embedding():
+    """grokscope's Transformer: the centroid alignment is <grad, e>/(|grad||e|) with e the token
+    embedding rows (a table lookup), not e + pos_embed; pos_embed is made large so the two
+    differ by far more than the tolerance."""
+    models = pytest.importorskip("grokscope.models")
+    torch.manual_seed(3)
+    tf = models.build_model("transformer", vocab=6, n_ctx=3, out_dim=6, d_model=8, n_heads=2,
+                            d_mlp=16).double()
+    with torch.no_grad():
+        tf.pos_embed.mul_(5.0)
+    toks = torch.randint(0, 6, (12, 3), generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(12) % 6
+    e = tf.embed.weight.detach()[toks].reshape(12, -1)  # rows of W_E: no positions
+    with torch.enable_grad():
+        ee = e.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(tf.forward_from_input(ee).sum(), ee)
+    want = (grad * e).sum(1) / (grad.norm(dim=1) * e.norm(dim=1))
+    pos = tf.pos_embed.detach().reshape(1, -1)
+    wrong = (grad * (e + pos)).sum(1) / (grad.norm(dim=1) * (e + pos).norm(dim=1))
+    assert float((want - wrong).abs().max()) > 0.05
+    ds = alignment(Checkpoint(0, tf, Data(toks, labels, toks, labels)))
+    per = alignment_per_point(tf, toks)
+    np.testing.assert_allclose(per["centroid_alignment"], want.numpy(), rtol=1e-9, atol=1e-12)
+    assert float(ds.centroid_alignment_mean) == pytest.approx(float(want.mean()), rel=1e-9)
