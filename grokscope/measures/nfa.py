@@ -17,7 +17,12 @@ orientation: ``view.weight(name)``) with input ``h`` and pre-activation ``z = W 
   unembedding);
 - ``cnfa`` (C-NFA) = Pearson(``(W-W0)^T K (W-W0)``, ``(W-W0)^T (W-W0)``), ``W0`` the first
   stored step. At ``W = W0`` both matrices vanish and C-NFA is undefined: NaN;
-- ``agop_alignment`` = cosine(G_t, G_final), the final step's AGOP cached in ``ckpt.state``.
+- ``agop_alignment`` = cosine(G_t, G_final), the final step's AGOP cached in ``ckpt.state``;
+- the NFA authors' variants: ``nfa_cos_sqrt`` / ``nfa_cos`` = the uncentred cosine of NFM and
+  ``G^{1/2}`` / ``G`` (Radhakrishnan et al.'s ``correlate``); ``nfa_init_removed_sqrt`` /
+  ``nfa_init_removed`` = Pearson of the init-removed NFM ``(W-W0)^T (W-W0)`` and ``G^{1/2}`` /
+  ``G``; ``nfa_cos_init_removed`` = cosine of ``(W-W0)^T (W-W0)`` and ``G`` (the default of
+  their ``verify_deep_NFA.py``). NaN where ``W = W0``.
 
 "Pearson" of two matrices subtracts each one's scalar mean of entries, then takes the cosine;
 matrix powers use ``eigh`` in float64 with negative eigenvalues clipped to 0.
@@ -97,6 +102,10 @@ _POSITIONS = ("last", "all")
 #: whose Jacobian is constant (a transformer's last W_out before a linear unembedding) leaves
 #: rounding noise of ~3-20 eps there, which would otherwise be reported as a correlation
 _CENTRED_TOL = 256
+#: the per-layer outputs of the measure, in order
+_OUTPUTS = ("nfa_corr_sqrt", "nfa_corr", "nfa_corr_centred", "cnfa", "agop_alignment",
+            "nfa_cos_sqrt", "nfa_cos", "nfa_init_removed_sqrt", "nfa_init_removed",
+            "nfa_cos_init_removed")
 _NO_K = "its output z has no hook point (a raw weight inside its module) to read K = mean J_z^T J_z"
 
 
@@ -646,7 +655,10 @@ def nfa(
         Dim ``layer`` (linear map names): ``nfa_corr_sqrt`` (s=1/2), ``nfa_corr`` (s=1),
         ``nfa_corr_centred`` (gradient-centred AGOP, s=1/2), ``cnfa`` (NaN where W = W0, and
         where ``K`` is not available: ``attrs["cnfa_skipped"]`` says why),
-        ``agop_alignment`` (cosine with the final step's AGOP); scalar ``n_points``.
+        ``agop_alignment`` (cosine with the final step's AGOP), the authors' variants
+        ``nfa_cos_sqrt``, ``nfa_cos`` (uncentred cosine), ``nfa_init_removed_sqrt``,
+        ``nfa_init_removed`` (Pearson with ``(W-W0)^T (W-W0)``), ``nfa_cos_init_removed``
+        (NaN where W = W0); scalar ``n_points``.
     """
     x = evaluation_inputs(ckpt.data, split, max_points).to(ckpt.device)
     view = ckpt.view
@@ -662,25 +674,27 @@ def nfa(
         ckpt.state[key] = {k: v.agop.cpu() for k, v in final.items()}
     finals = ckpt.state[key]
 
-    cols: dict[str, list[float]] = {
-        k: []
-        for k in ("nfa_corr_sqrt", "nfa_corr", "nfa_corr_centred", "cnfa", "agop_alignment")
-    }
+    cols: dict[str, list[float]] = {k: [] for k in _OUTPUTS}
     eps = torch.finfo(view.dtype).eps
     for k, r in res.items():
         nfm = r.weight.T @ r.weight
-        cols["nfa_corr_sqrt"].append(pearson(nfm, matrix_power_psd(r.agop, 0.5)))
+        root = matrix_power_psd(r.agop, 0.5)
+        d = r.weight - first.weight(k).double().to(r.weight.device)
+        dnfm = d.T @ d  # the init-removed NFM; 0 at W = W0, where its correlations are NaN
+        cols["nfa_corr_sqrt"].append(pearson(nfm, root))
         cols["nfa_corr"].append(pearson(nfm, r.agop))
         if float(r.agop_centred.norm()) <= _CENTRED_TOL * eps * float(r.agop.norm()):
             cols["nfa_corr_centred"].append(float("nan"))  # G_c = 0 up to rounding
         else:
             cols["nfa_corr_centred"].append(pearson(nfm, matrix_power_psd(r.agop_centred, 0.5)))
-        if r.cnfa_matrix is None:
-            cols["cnfa"].append(float("nan"))
-        else:
-            d = r.weight - first.weight(k).double().to(r.weight.device)
-            cols["cnfa"].append(pearson(r.cnfa_matrix, d.T @ d))
+        cols["cnfa"].append(float("nan") if r.cnfa_matrix is None
+                            else pearson(r.cnfa_matrix, dnfm))
         cols["agop_alignment"].append(_cosine(r.agop.cpu(), finals[k]))
+        cols["nfa_cos_sqrt"].append(_cosine(nfm, root))
+        cols["nfa_cos"].append(_cosine(nfm, r.agop))
+        cols["nfa_init_removed_sqrt"].append(pearson(dnfm, root))
+        cols["nfa_init_removed"].append(pearson(dnfm, r.agop))
+        cols["nfa_cos_init_removed"].append(_cosine(dnfm, r.agop))
 
     coords = {"layer": np.array(names, dtype=object).astype(str)}
     ds = xr.Dataset(
@@ -704,6 +718,11 @@ def nfa(
     ds["nfa_corr_centred"].attrs["long_name"] = "Pearson(W^T W, gradient-centred AGOP^(1/2))"
     ds["cnfa"].attrs["long_name"] = "Pearson((W-W0)^T K (W-W0), (W-W0)^T (W-W0))"
     ds["agop_alignment"].attrs["long_name"] = "cosine(AGOP_t, AGOP_final)"
+    ds["nfa_cos_sqrt"].attrs["long_name"] = "cosine(W^T W, AGOP^(1/2)) (uncentred)"
+    ds["nfa_cos"].attrs["long_name"] = "cosine(W^T W, AGOP) (uncentred)"
+    ds["nfa_init_removed_sqrt"].attrs["long_name"] = "Pearson((W-W0)^T (W-W0), AGOP^(1/2))"
+    ds["nfa_init_removed"].attrs["long_name"] = "Pearson((W-W0)^T (W-W0), AGOP)"
+    ds["nfa_cos_init_removed"].attrs["long_name"] = "cosine((W-W0)^T (W-W0), AGOP)"
     ds.attrs.update(
         method_per_layer=[r.method for r in res.values()],
         layers_default="the hidden layers' in-maps and every other nn.Linear-like map (applied "
@@ -713,7 +732,12 @@ def nfa(
         agop_definition="W^T K W, K = mean_x J_z^T J_z (each output separately), J through this "
         "map; input space: mean_x J_h^T J_h, J_h through the map's module",
         position_rule="z with a position axis: 'last' = last position, 'all' = sum over positions",
-        cnfa_at_init="NaN (W = W0 makes both matrices zero)",
+        cnfa_at_init="NaN (W = W0 makes both matrices zero); so are the init-removed variants",
+        authors_variants="the NFA authors' variants: nfa_cos(_sqrt) = uncentred cosine instead "
+        "of Pearson (Radhakrishnan et al.'s correlate); nfa_init_removed(_sqrt) = Pearson of the "
+        "init-removed NFM (W-W0)^T (W-W0) with AGOP^s; nfa_cos_init_removed = cosine of "
+        "(W-W0)^T (W-W0) with AGOP (s = 1), the default of their verify_deep_NFA.py; W0 = the "
+        "first stored step",
         centred_undefined=f"nfa_corr_centred is NaN where ||G_c||_F <= {_CENTRED_TOL} eps "
         "||G||_F (eps of the model's dtype): the Jacobian is the same at every input and G_c "
         "is 0 up to rounding",
