@@ -262,7 +262,8 @@ def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
         "frequencies highlighted).",
         "plot_fourier_evolution": "Share of neurons per frequency over training.",
         "plot_fourier_losses": "Restricted and excluded loss (Nanda et al.) with the full loss.",
-        "plot_kernel": "Relative change of the empirical NTK from the first checkpoint.",
+        "plot_kernel": "Scale-free distance of the empirical NTK from the first checkpoint, "
+        "1 − cos(Θ_t, Θ_0), with the relative change (dominated by weight growth) dashed.",
         "plot_rqi": "Representation quality index of the token embedding.",
         "plot_changepoints": "Step at which each stored curve changes fastest (dot size ~ rate).",
     }

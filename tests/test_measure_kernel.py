@@ -51,7 +51,8 @@ def test_kernel_change_zero_at_reference_and_cached():
     ckpt = Checkpoint(step=0, model=model, data=_data(), references={"first": copy.deepcopy(model)})
     ds = kernel(ckpt)
     assert float(ds["kernel_change"]) == pytest.approx(0.0, abs=1e-12)
-    assert float(ds["kernel_alignment"]) == pytest.approx(1.0)
+    assert float(ds["kernel_distance"]) == pytest.approx(0.0, abs=1e-12)
+    assert float(ds["kernel_norm_ratio"]) == pytest.approx(1.0, abs=1e-12)
     assert ds.attrs["n_points_used"] == 64 and "step" not in ds.dims
     assert any(k[0] == "kernel_theta0" for k in ckpt.state)
 
@@ -84,7 +85,37 @@ def test_scaling_last_layer_scales_kernel_of_linear_readout():
     th1 = 4 * x @ x.T + torch.outer(x[:, 0], x[:, 0])
     expect = float(torch.linalg.norm(th1 - th0) / torch.linalg.norm(th0))
     assert float(ds["kernel_change"]) == pytest.approx(expect, rel=1e-5)
+    cos = float((th1 * th0).sum() / (torch.linalg.norm(th1) * torch.linalg.norm(th0)))
+    assert float(ds["kernel_distance"]) == pytest.approx(1 - cos, rel=1e-5)
+    assert float(ds["kernel_alignment"]) == pytest.approx(cos, rel=1e-6)
+    ratio = float(torch.linalg.norm(th1) / torch.linalg.norm(th0))
+    assert float(ds["kernel_norm_ratio"]) == pytest.approx(ratio, rel=1e-6)
     assert math.isnan(float(ds["margin"])) and float(ds["param_linf"]) == 2.0
+
+
+def test_pure_kernel_growth_has_zero_distance_but_a_large_relative_change():
+    """f = s (w . x) with s a buffer (not a parameter): Theta = s^2 X X^T. Going from s = 1 to
+    s = 3 multiplies the kernel by 9 without changing its shape: the scale-free distance (the
+    headline) is 0, the relative change is 8 (METHODS.md section 7: the relative change is
+    dominated by weight growth)."""
+
+    class Buffered(nn.Module):
+        def __init__(self, s: float) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+            self.register_buffer("s", torch.tensor(s, dtype=torch.float64))
+
+        def forward(self, x):
+            return (self.s * (x @ self.w))[:, None]
+
+    x = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    data = Data(x, torch.randn(7, 1, dtype=torch.float64), x[:2], torch.randn(2, 1,
+                                                                          dtype=torch.float64))
+    ds = kernel(Checkpoint(step=1, model=Buffered(3.0), data=data,
+                           references={"first": Buffered(1.0)}))
+    assert float(ds["kernel_distance"]) == pytest.approx(0.0, abs=1e-12)
+    assert float(ds["kernel_change"]) == pytest.approx(8.0, rel=1e-12)
+    assert float(ds["kernel_norm_ratio"]) == pytest.approx(9.0, rel=1e-12)
 
 
 def test_linf_margin_definition():
@@ -129,7 +160,13 @@ def test_kernel_on_every_zoo_kind(kind):
                 n_points=12, output=3)
     for v in ds.data_vars:
         assert math.isfinite(float(ds[v])), v
-    assert 0 < float(ds["kernel_alignment"]) < 1 and float(ds["kernel_change"]) > 0
+    # two independent initialisations: the headline is 1 - cos of the two kernels, by hand
+    xs = data.x_train[:12]
+    th, th0 = empirical_ntk(model, xs, output=3), empirical_ntk(first, xs, output=3)
+    cos = float((th * th0).sum() / (torch.linalg.norm(th) * torch.linalg.norm(th0)))
+    assert float(ds["kernel_distance"]) == pytest.approx(1 - cos, rel=1e-9)
+    assert float(ds["kernel_change"]) == pytest.approx(
+        float(torch.linalg.norm(th - th0) / torch.linalg.norm(th0)), rel=1e-9)
     # the margin reads the output role's logits (a raw transformer's last position)
     with torch.no_grad():
         out = model(data.x_train[:12])

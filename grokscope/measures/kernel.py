@@ -12,9 +12,14 @@ Definitions
   ``vmap(jacrev(f))`` over samples with ``functional_call`` of the model followed by the
   output role, ``chunk`` samples at a time; the products are accumulated in float64, one
   parameter tensor at a time.
-- ``kernel_change = ||Theta_t - Theta_0||_F / ||Theta_0||_F``; ``Theta_0`` from
-  ``ckpt.reference("first")``, computed once per run and cached in ``ckpt.state``.
-- ``kernel_alignment = <Theta_t, Theta_0>_F / (||Theta_t||_F ||Theta_0||_F)`` (cosine).
+- ``kernel_distance = 1 - <Theta_t, Theta_0>_F / (||Theta_t||_F ||Theta_0||_F)``: the
+  headline, the scale-free kernel distance (0 when the kernel only changes scale, as under
+  pure weight growth); ``Theta_0`` from ``ckpt.reference("first")``, computed once per run and
+  cached in ``ckpt.state``.
+- ``kernel_change = ||Theta_t - Theta_0||_F / ||Theta_0||_F``: the relative change, kept as a
+  second output; it is dominated by the kernel's norm (weight growth alone makes it large).
+- ``kernel_alignment = <Theta_t, Theta_0>_F / (||Theta_t||_F ||Theta_0||_F)`` (cosine,
+  ``1 - kernel_distance``).
 - ``param_linf = max |theta_i|``.
 - ``linf_margin`` [ours] ``= mean_i margin_i / param_linf ** homogeneity`` over the same
   points, ``margin_i = f_{y_i}(x_i) - max_{c != y_i} f_c(x_i)``. For an ``L``-homogeneous
@@ -98,7 +103,8 @@ def kernel(
     homogeneity: int = 1,
     chunk: int = 64,
 ) -> xr.Dataset:
-    """Empirical-NTK change from the first checkpoint, l-infinity norm and normalised margin.
+    """Empirical-NTK distance and change from the first checkpoint, l-infinity norm and
+    normalised margin.
 
     Parameters
     ----------
@@ -116,8 +122,11 @@ def kernel(
     Returns
     -------
     xr.Dataset
-        Scalars ``kernel_change``, ``kernel_alignment``, ``kernel_norm`` (``||Theta_t||_F``),
-        ``param_linf``, ``margin`` (mean over the points), ``linf_margin``.
+        Scalars ``kernel_distance`` (the headline: ``1 - cos(Theta_t, Theta_0)``),
+        ``kernel_change`` (``||Theta_t - Theta_0||_F / ||Theta_0||_F``), ``kernel_alignment``
+        (the cosine), ``kernel_norm`` (``||Theta_t||_F``), ``kernel_norm_ratio``
+        (``||Theta_t||_F / ||Theta_0||_F``), ``param_linf``, ``margin`` (mean over the points),
+        ``linf_margin``.
     """
     if n_points < 1:
         raise ConfigError(f"n_points must be >= 1, got {n_points}")
@@ -150,9 +159,11 @@ def kernel(
 
     ds = xr.Dataset(
         {
+            "kernel_distance": ((), 1.0 - align),
             "kernel_change": ((), change),
             "kernel_alignment": ((), align),
             "kernel_norm": ((), nt),
+            "kernel_norm_ratio": ((), nt / n0 if n0 > 0 else float("nan")),
             "param_linf": ((), linf),
             "margin": ((), margin),
             "linf_margin": ((), linf_margin),
@@ -165,5 +176,8 @@ def kernel(
         "(torch.func vmap(jacrev))",
         linf_margin_definition="mean correct-class margin / param_linf ** homogeneity",
         reference="first",
+        headline="kernel_distance = 1 - <Theta_t, Theta_0>_F / (||Theta_t||_F ||Theta_0||_F): "
+        "scale-free; kernel_change = ||Theta_t - Theta_0||_F / ||Theta_0||_F grows with the "
+        "kernel's norm (weight growth) even when its shape is unchanged",
     )
     return ds
