@@ -215,3 +215,46 @@ def test_summary_lists_every_role():
     for word in ("input:", "output:", "hidden:", "linear:", "embedding:", "unembedding:",
                  "readout:", "computed from 'blocks.0.mlp.W_in'", "position -1"):
         assert word in text
+
+
+class _HookedMLPBlock(nn.Module):
+    """A raw MLP block with TransformerLens-style identity hook points (optionally skipped,
+    as an exported program skips them)."""
+
+    def __init__(self, call_hooks: bool = True) -> None:
+        super().__init__()
+        self.W_in = nn.Parameter(torch.randn(6, 16) * 0.5)
+        self.b_in = nn.Parameter(torch.randn(16) * 0.1)
+        self.W_out = nn.Parameter(torch.randn(16, 3) * 0.5)
+        self.hook_pre, self.hook_post = nn.Identity(), nn.Identity()
+        self.call_hooks = call_hooks
+
+    def forward(self, x):
+        pre = x @ self.W_in + self.b_in
+        if self.call_hooks:
+            pre = self.hook_pre(pre)
+        post = torch.relu(pre)
+        if self.call_hooks:
+            post = self.hook_post(post)
+        return post @ self.W_out
+
+
+def test_hook_points_found_and_dropped_when_the_model_skips_them():
+    from grokscope.data import Data
+
+    x = torch.randn(12, 6)
+    data = Data(x, torch.arange(12) % 3, x[:4], torch.arange(4) % 3)
+    hooked = nn.Sequential(_HookedMLPBlock())
+    anat = ga.resolve(hooked, data)
+    assert anat.hidden[0]["capture"] == {"module": "0.hook_post", "at": "output"}
+    assert anat.linear_map("0.W_in")["output"] == "0.hook_pre"
+    plain = nn.Sequential(_HookedMLPBlock(call_hooks=False))
+    plain.load_state_dict(hooked.state_dict())
+    adapted = ga.resolve(plain, data, stored=anat.to_dict())
+    assert adapted.hidden[0]["capture"] is None
+    assert adapted.linear_map("0.W_in")["output"] is None
+    assert any("not called by this model" in n for n in adapted.notes)
+    want = ga.ModelView(hooked, anat).hidden_activations(x)
+    torch.testing.assert_close(ga.ModelView(plain, adapted).hidden_activations(x), want)
+    # the stored description itself is untouched
+    assert anat.hidden[0]["capture"] is not None

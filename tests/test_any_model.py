@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from _zoo import KINDS, RawTransformer, build, data_for, record
 from _zoo import last_logits as _last_logits
+from torch import nn
 
 import grokscope as gs
 from grokscope.measures import names as measure_names
@@ -221,3 +222,24 @@ def test_cli_model_option_with_a_file_class(tmp_path, capsys):
           "--model-kwargs", '{"d_in": 22, "width": 40, "n_out": 3}'])
     out = capsys.readouterr().out
     assert "anatomy: unavailable" in out and "head.weight" in out  # the mismatch is named
+
+
+def test_constant_nonfinite_buffer_is_not_a_nonfinite_weight(tmp_path):
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(22, 11)
+            self.register_buffer("IGNORE", torch.tensor(float("-inf")))
+
+        def forward(self, x):
+            return self.fc(x)
+
+    import warnings
+
+    data = data_for("seq_mlp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with gs.Recorder(tmp_path / "m.zarr", Masked(), data) as rec:
+            rec.record(0)
+    run = gs.open_run(tmp_path / "m.zarr")
+    assert int(run.metrics["nonfinite"].values[0]) == 0

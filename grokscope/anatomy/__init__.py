@@ -193,7 +193,14 @@ def check(anat: Anatomy, model: nn.Module) -> None:
     """Every module and parameter the anatomy names exists in ``model`` (else ConfigError
     naming the role)."""
     mods = dict(model.named_modules())
-    params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    view = ModelView(model, anat)
+
+    def has_param(key: str) -> bool:
+        try:  # by module path, as the view reads it (a wrapper may rename named_parameters)
+            view.param(key)
+        except ConfigError:
+            return False
+        return True
 
     def need_module(path: str | None, role: str) -> None:
         if path is not None and path not in mods:
@@ -203,7 +210,7 @@ def check(anat: Anatomy, model: nn.Module) -> None:
             )
 
     def need_param(key: str | None, role: str) -> None:
-        if key is not None and key not in params:
+        if key is not None and not has_param(key):
             raise ConfigError(
                 f"anatomy role {role!r} names parameter {key!r}, which the model does not have; "
                 f"supply it with {ROLE_HELP[role]}"
@@ -246,4 +253,47 @@ def resolve(model: nn.Module, data: Any, *, stored: dict | None = None,
                 raise ConfigError(f"anatomy must be a dict of roles, got {type(override).__name__}")
             anat = _apply_override(anat, override, model, data)
     check(anat, model)
-    return anat
+    return _adapt(anat, model, data)
+
+
+def _adapt(anat: Anatomy, model: nn.Module, data: Any) -> Anatomy:
+    """Fit a stored anatomy to the model in hand: a capture point or map output that this
+    model never calls (an exported program skips TransformerLens's identity hook points) is
+    dropped for the computed route (``activation(W_in h + b)``, the map applied to its input),
+    with a note."""
+    wanted = {h["capture"]["module"] for h in anat.hidden if h.get("capture")}
+    wanted |= {lin["output"] for lin in anat.linear if lin.get("output")}
+    if not wanted:
+        return anat
+    called: set[str] = set()
+    handles = []
+    try:
+        for path in wanted:
+            mod = model.get_submodule(path)
+            handles.append(mod.register_forward_pre_hook(
+                lambda _m, _a, path=path: called.add(path)))
+        x = probe_inputs(data)
+        if torch.is_floating_point(x):
+            x = x.to(ModelView(model, anat).dtype)
+        with torch.no_grad():
+            model(x)
+    except Exception:  # noqa: BLE001 - the measures will report a model that does not run
+        return anat
+    finally:
+        for h in handles:
+            h.remove()
+    if wanted <= called:
+        return anat
+    out = Anatomy.from_dict(anat.to_dict())
+    for h in out.hidden:
+        cap = h.get("capture")
+        if cap and cap["module"] not in called and h.get("in") and h.get("activation"):
+            h["capture"] = None
+            out.notes.append(f"hidden layer {h['name']!r}: {cap['module']!r} is not called by "
+                             "this model; its activations are computed from its in map")
+    for lin in out.linear:
+        if lin.get("output") and lin["output"] not in called and lin["output"] != lin.get("module"):
+            out.notes.append(f"linear map {lin['name']!r}: {lin['output']!r} is not called by "
+                             "this model; its output is computed from its input")
+            lin["output"] = None
+    return out

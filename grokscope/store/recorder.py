@@ -711,8 +711,11 @@ class Recorder:
         values = self._metric_values(metrics or {})
         arrays = {k: _tensor_numpy(sd[k], p.dtype) for k, p in self._params.items()}
         nonfinite, bad = 0, []
+        # weights only: a buffer may hold a constant such as TransformerLens's IGNORE = -inf
+        owner = model if model is not None else self._model
+        weights = {n for n, _ in owner.named_parameters(remove_duplicate=False)} or set(arrays)
         for k, a in arrays.items():
-            if a.dtype.kind in "fc":
+            if a.dtype.kind in "fc" and k in weights:
                 n = int(a.size - np.count_nonzero(np.isfinite(a)))
                 if n:
                     nonfinite += n
