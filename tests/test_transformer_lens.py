@@ -284,6 +284,24 @@ def test_every_measure_on_a_recorded_hooked_transformer(tl_run):
 
 
 @pytest.mark.slow
+def test_every_measure_from_the_stored_program_alone(tl_run, tmp_path):
+    """No model passed: the exported program (which never calls TransformerLens's identity
+    hook points) analyses with every measure; the hidden layer is then computed from W_in."""
+    import shutil
+
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(tl_run["root"] / "run.zarr", path)
+    run = gs.open_run(path)
+    steps = [int(s) for s in run.steps[[0, -1]]]
+    res = gs.analyze(run, MEASURES, steps=steps, progress=False, num_threads=1)
+    assert run.model_source == "exported"
+    assert sorted(res) == MEASURES and not res.skipped
+    ref = gs.analyze(gs.open_run(path), ["fourier"], model=_tiny_ht(seed=3), steps=steps,
+                     progress=False, recompute=True)["fourier"]
+    np.testing.assert_array_equal(res["fourier"].neuron_freq.values, ref.neuron_freq.values)
+
+
+@pytest.mark.slow
 def test_demo_file_import_uses_its_split(tl_run, tmp_path):
     path = tl_run["root"] / "grokking_demo.pth"
     with pytest.raises(UnsafeCheckpointError, match="trust_pickle"):  # config is an object
