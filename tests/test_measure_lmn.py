@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from torch import nn
 
 from grokscope.anatomy import Anatomy, ModelView
 from grokscope.data import Data
 from grokscope.errors import ConfigError, MeasureNotApplicable
 from grokscope.measures import get
-from grokscope.measures.lmn import linearity_matrix, lmn_from_matrix
+from grokscope.measures.lmn import (
+    generalising_window,
+    linearity_matrix,
+    lmn_from_matrix,
+    lmn_test_loss_fit,
+)
 from grokscope.measures.registry import Checkpoint
 
 
@@ -308,3 +316,147 @@ def test_offset_dwarfing_change_is_still_linear_in_float64():
     h = torch.randn(6, 5, dtype=torch.float64)
     L = linearity_matrix(lambda z: 1000 + 1e-9 * (z @ W), h, 21)
     assert L.min() > 0.9999
+
+
+# --------------------------------------------------------------------------- variance weighting
+def _r2_by_hand(y: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output r^2 (np.corrcoef) and variance along one segment, ``y`` of shape (T, K)."""
+    r2 = np.array([np.corrcoef(t, y[:, k])[0, 1] ** 2 for k in range(y.shape[1])])
+    return r2, y.var(axis=0)
+
+
+def test_variance_weighting_against_a_hand_computation():
+    """g(z) = [100 z_0 + z_1, 0.01 (z_0^2 + sin 3 z_1)]: a dominant linear output and a
+    negligible non-linear one. Uniform: the mean of the two r^2; variance: weighted by each
+    output's variance along the segment (METHODS.md section 4's option)."""
+    torch.manual_seed(12)
+    h = torch.randn(8, 2, dtype=torch.float64)
+
+    def g(z):
+        return torch.stack([100 * z[:, 0] + z[:, 1], 0.01 * (z[:, 0] ** 2 + torch.sin(3 * z[:, 1]))], 1)
+
+    uni = linearity_matrix(g, h)
+    var = linearity_matrix(g, h, weighting="variance")
+    t = np.linspace(0, 1, 21)
+    for i in range(8):
+        for j in range(i + 1, 8):
+            with torch.no_grad():
+                y = g(h[i] + torch.from_numpy(t)[:, None] * (h[j] - h[i])).numpy()
+            r2, v = _r2_by_hand(y, t)
+            assert uni[i, j] == pytest.approx(r2.mean(), abs=1e-10)
+            assert var[i, j] == pytest.approx((v * r2).sum() / v.sum(), abs=1e-10)
+    # the negligible output no longer drags L down: every weighted entry is ~1
+    assert var.min() > 0.999 and uni.min() < 0.9
+    assert lmn_from_matrix(var) < lmn_from_matrix(uni)
+
+
+def test_variance_weighting_constant_outputs():
+    h = torch.randn(6, 3, dtype=torch.float64)
+    # one constant output and one linear: the constant one has weight 0
+    L = linearity_matrix(lambda z: torch.stack([z[:, 0] * 0 + 2.5, z.sum(1) ** 2], 1), h,
+                         weighting="variance")
+    expect = linearity_matrix(lambda z: (z.sum(1) ** 2)[:, None], h)
+    np.testing.assert_allclose(L, expect, atol=1e-12)
+    # every output constant along every segment: 1 (nothing non-linear to see)
+    L0 = linearity_matrix(lambda z: torch.zeros(z.shape[0], 3, dtype=z.dtype), h,
+                          weighting="variance")
+    np.testing.assert_array_equal(L0, np.ones((6, 6)))
+    with pytest.raises(ConfigError, match="weighting"):
+        linearity_matrix(lambda z: z, h, weighting="mean")
+
+
+def test_measure_records_the_weighting():
+    torch.manual_seed(13)
+    model, data = TinyMLP(depth=2, act=nn.SiLU()), _data()
+    fn = get("lmn").fn
+    uni = fn(_ckpt(model, data), n_samples=15)
+    var = fn(_ckpt(model, data), n_samples=15, weighting="variance")
+    assert uni.attrs["weighting"] == "uniform" and var.attrs["weighting"] == "variance"
+    assert get("lmn").defaults["weighting"] == "uniform"
+    x = data.x_train[var.sample_index.values]
+    with torch.no_grad():
+        h = model.hidden(x, 0)
+    L = linearity_matrix(lambda z: model.from_hidden(z, 0), h, weighting="variance")
+    assert float(var.lmn) == pytest.approx(lmn_from_matrix(L), rel=1e-4)
+    assert float(var.lmn) != pytest.approx(float(uni.lmn), rel=1e-3)
+
+
+# --------------------------------------------------------------------------- the default model
+def test_default_lmn_on_the_demo_model_is_not_constant():
+    """grokscope's default demo model (one-hidden-layer ReLU MLP, width 256, two-hot a+b mod 59):
+    the default cut ('auto') takes the input role, so LMN differs between two checkpoints (random
+    init, and after 20 full-batch gradient steps); the old default (the post-activation) gives exactly 1 at
+    both, a constant by construction."""
+    import grokscope as gs
+    from grokscope.defaults import DEMO
+    from grokscope.tasks import make_task
+
+    data = make_task(DEMO["task"], **DEMO["task_kwargs"])
+    torch.manual_seed(0)
+    init = gs.build_model("mlp", in_dim=data.x_train.shape[1], out_dim=data.n_classes,
+                          **DEMO["model_kwargs"])
+    trained = copy.deepcopy(init)
+    for _ in range(20):  # plain full-batch gradient steps
+        loss = nn.functional.cross_entropy(trained(data.x_train), data.y_train)
+        grads = torch.autograd.grad(loss, list(trained.parameters()))
+        with torch.no_grad():
+            for p_, g_ in zip(trained.parameters(), grads):
+                p_.sub_(5.0 * g_)
+    fn = get("lmn").fn
+    a = fn(_ckpt(init, data), n_samples=40)
+    b = fn(_ckpt(trained, data), n_samples=40)
+    assert "input role" in a.attrs["subnetwork"] and a.attrs["note"] == ""
+    assert float(a.lmn) == pytest.approx(3.871722988999, rel=1e-6)
+    assert abs(float(a.lmn) - float(b.lmn)) > 0.3, (float(a.lmn), float(b.lmn))
+    for ck in (_ckpt(init, data), _ckpt(trained, data)):
+        assert float(fn(ck, n_samples=40, cut="post").lmn) == pytest.approx(1.0, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- LMN vs test loss
+def _lmn_series(steps, values):
+    return xr.Dataset({"lmn": ("step", np.asarray(values, dtype=float))}, coords={"step": steps})
+
+
+def test_lmn_test_loss_fit_known_line():
+    steps = np.array([0, 10, 20, 40, 80, 160])
+    loss = np.array([3.0, 2.5, 2.0, 1.0, 0.5, 0.25])
+    metrics = xr.Dataset({"test_loss": ("step", loss)}, coords={"step": steps})
+    out = lmn_test_loss_fit(_lmn_series(steps, 2 * loss + 1), metrics, start=10, end=80)
+    assert out["n_points"] == 4 and (out["start"], out["end"]) == (10, 80)
+    assert out["slope"] == pytest.approx(2.0, abs=1e-12)
+    assert out["intercept"] == pytest.approx(1.0, abs=1e-12)
+    assert out["pearson_r"] == pytest.approx(1.0, abs=1e-12)
+    assert out["lmn_start"] == 6.0 and out["test_loss_end"] == 0.5
+    # steps in common only; a DataArray works as well
+    out2 = lmn_test_loss_fit(_lmn_series(steps[1:], 2 * loss[1:] + 1)["lmn"],
+                             metrics["test_loss"])
+    assert out2["n_points"] == 5
+    with pytest.raises(ConfigError, match="no step in common"):
+        lmn_test_loss_fit(_lmn_series(np.array([1, 2]), [1.0, 2.0]), metrics)
+
+
+def test_lmn_test_loss_fit_matches_the_lmn_analysis():
+    """The fit analyses/04_lmn.py reported (Pearson r, slope, Spearman rho over the generalising
+    window) is the library's: the same numbers on a noisy synthetic run."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "analyses" / "04_lmn.py"
+    spec = importlib.util.spec_from_file_location("analysis_04_lmn_fit", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    steps = np.arange(0, 3000, 50)
+    loss = np.concatenate([np.linspace(0.5, 4.0, 20), np.linspace(4.0, 0.05, 40)])
+    acc = np.clip(1 - loss / 4, 0, 1)
+    metrics = xr.Dataset({"test_loss": ("step", loss), "test_acc": ("step", acc)},
+                         coords={"step": steps})
+    lmn_ds = _lmn_series(steps, 3 + 1.5 * loss + rng.normal(0, 0.3, loss.size))
+    start, end = generalising_window(metrics, 100.0)
+    assert (start, end) == mod.generalising_window(metrics, 100.0)
+    mine = lmn_test_loss_fit(lmn_ds, metrics, start=start, end=end)
+    theirs = mod.fit(lmn_ds, metrics, start, end)
+    assert set(theirs) <= set(mine)
+    for k, v in theirs.items():
+        assert mine[k] == pytest.approx(v, rel=1e-12, abs=1e-12), k
+    assert 0.9 < mine["pearson_r"] < 1.0

@@ -16,7 +16,11 @@ see :func:`lmn`), ``cut="post"`` the post-activation, ``layer=-1`` the input rol
 ``module=`` any module's output.
 
 All pairs are evaluated in batches (``chunk`` pairs, i.e. ``chunk * n_points`` rows per call
-of ``g``); the correlations are accumulated in float64.
+of ``g``); the correlations are accumulated in float64. ``weighting="variance"`` [ours,
+METHODS.md's option] weights each output's ``r^2`` by its variance along the segment.
+
+The paper's claim (LMN falls during the generalising phase and is roughly linear in the test
+loss there) is tested by :func:`lmn_test_loss_fit` over :func:`generalising_window`.
 """
 
 from __future__ import annotations
@@ -78,13 +82,25 @@ def _entropy_bits(L: np.ndarray | torch.Tensor) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def _pair_r2(y: torch.Tensor, t: torch.Tensor, eval_dtype: torch.dtype) -> torch.Tensor:
-    """Mean over outputs of r^2(t, y_k) per pair: ``y (P, T, K)`` -> ``(P,)`` float64.
+#: how the per-output ``r_k^2`` of a segment are combined into ``L_ij``
+WEIGHTINGS = ("uniform", "variance")
+
+
+def _pair_r2(
+    y: torch.Tensor, t: torch.Tensor, eval_dtype: torch.dtype, weighting: str = "uniform"
+) -> torch.Tensor:
+    """``L_ij`` per pair from ``r^2(t, y_k)``: ``y (P, T, K)`` -> ``(P,)`` float64.
+
+    ``weighting="uniform"``: the mean over outputs (METHODS.md section 4). ``"variance"``
+    [ours]: each output weighted by its variance along the segment,
+    ``sum_k var_k r_k^2 / sum_k var_k`` (the share of the segment's total output variance a
+    straight line in ``t`` explains), so a negligible output does not count as much as a
+    dominant one; a segment along which every output is constant gives 1.
 
     In float64 with ``y`` centred per output before its moments are taken (a one-pass
     ``sum y^2 - (sum y)^2 / T`` loses every digit when an output's mean dwarfs its change).
     An output whose spread is below ``_CONST_EPS`` machine epsilons (of ``eval_dtype``) of its
-    RMS is constant: ``r^2 = 1``.
+    RMS is constant: ``r^2 = 1`` (uniform) or weight 0 (variance).
     """
     y = y.to(torch.float64)
     t64 = t.to(torch.float64)
@@ -97,13 +113,20 @@ def _pair_r2(y: torch.Tensor, t: torch.Tensor, eval_dtype: torch.dtype) -> torch
     eps = torch.finfo(eval_dtype).eps if eval_dtype.is_floating_point else 0.0
     constant = ss_y <= (_CONST_EPS * eps) ** 2 * s2
     r2 = torch.where(constant, torch.ones_like(r2), r2.clamp(0.0, 1.0))
-    return r2.mean(dim=-1)
+    if weighting == "uniform":
+        return r2.mean(dim=-1)
+    w = torch.where(constant, torch.zeros_like(ss_y), ss_y)
+    total = w.sum(dim=-1)
+    weighted = (w * r2).sum(dim=-1) / total.clamp_min(torch.finfo(torch.float64).tiny)
+    return torch.where(total > 0, weighted, torch.ones_like(weighted))
 
 
 def _linearity(
-    fn: PairFn, h: torch.Tensor, n_points: int, chunk: int
+    fn: PairFn, h: torch.Tensor, n_points: int, chunk: int, weighting: str = "uniform"
 ) -> np.ndarray:
     """Linearity matrix where ``fn(points (m, d), anchor (m,)) -> (m, K)``."""
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"lmn: weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}")
     if h.ndim != 2:
         raise ConfigError(f"samples h must have shape (N, d), got {tuple(h.shape)}")
     if n_points < 3:
@@ -124,7 +147,7 @@ def _linearity(
             pts = torch.addcmul(hi[:, None, :], t[None, :, None], (h[j] - hi)[:, None, :])
             out = fn(pts.reshape(-1, h.shape[1]), i.repeat_interleave(n_points))
             y = out.reshape(i.numel(), n_points, -1)
-            vals[s : s + chunk] = _pair_r2(y, t, out.dtype)
+            vals[s : s + chunk] = _pair_r2(y, t, out.dtype, weighting)
     vals_np = vals.cpu().numpy()
     iu_np, ju_np = iu.cpu().numpy(), ju.cpu().numpy()
     L[iu_np, ju_np] = vals_np
@@ -138,6 +161,7 @@ def linearity_matrix(
     n_points: int = 21,
     *,
     chunk: int = 1024,
+    weighting: str = "uniform",
 ) -> np.ndarray:
     """The linearity matrix ``L`` of ``g`` over the samples ``h``.
 
@@ -151,19 +175,22 @@ def linearity_matrix(
         Points per segment, ``t = linspace(0, 1, n_points)``.
     chunk : int
         Pairs evaluated per call of ``g`` (memory ``~ chunk * n_points * d``).
+    weighting : {"uniform", "variance"}
+        ``L_ij = mean_k r_k^2`` (uniform, the paper's), or weighted by each output's variance
+        along the segment [ours] (see :func:`lmn`).
 
     Returns
     -------
     ndarray, shape ``(N, N)``, float64
-        ``L_ij = mean_k r_k^2`` for ``i != j``, ``L_ii = 1``; a constant output counts as
-        ``r^2 = 1``.
+        ``L_ij`` for ``i != j``, ``L_ii = 1``; a constant output counts as ``r^2 = 1``
+        (uniform) or not at all (variance).
     """
 
     def fn(pts: torch.Tensor, _anchor: torch.Tensor) -> torch.Tensor:
         out = g(pts)
         return out.reshape(pts.shape[0], -1)
 
-    return _linearity(fn, h, n_points, chunk)
+    return _linearity(fn, h, n_points, chunk, weighting)
 
 
 # --------------------------------------------------------------------------- sub-networks
@@ -200,9 +227,11 @@ class SubNetwork:
     description: str
     affine: bool = False
 
-    def linearity(self, n_points: int = 21, chunk: int = 1024) -> np.ndarray:
+    def linearity(
+        self, n_points: int = 21, chunk: int = 1024, weighting: str = "uniform"
+    ) -> np.ndarray:
         """The linearity matrix ``(N, N)`` of this cut (all pairs batched, ``chunk`` at a time)."""
-        return _linearity(self.fn, self.h, n_points, chunk)
+        return _linearity(self.fn, self.h, n_points, chunk, weighting)
 
 
 def _hook_route(view: ModelView, xs: torch.Tensor, path: str, at: str, what: str) -> SubNetwork:
@@ -480,6 +509,7 @@ def lmn(
     seed: int = 0,
     n_points: int = 21,
     chunk: int = 1024,
+    weighting: str = "uniform",
 ) -> xr.Dataset:
     """Linear mapping number of the sub-network after a cut (Liu et al. 2023).
 
@@ -534,6 +564,12 @@ def lmn(
         Points per segment (21: ``t = 0, 0.05, ..., 1``).
     chunk : int
         Pairs per batched evaluation (bounds memory at ``chunk * n_points`` rows).
+    weighting : {"uniform", "variance"}
+        How the outputs' ``r_k^2`` along a segment make ``L_ij``: ``"uniform"`` (default, the
+        paper's) is their mean; ``"variance"`` [ours, METHODS.md section 4's option] weights
+        each output by its variance along the segment, ``L_ij = sum_k var_k r_k^2 / sum_k
+        var_k``, so a negligible output (e.g. a logit that barely moves) does not count as
+        much as a dominant one. Stored in the attrs.
 
     Returns
     -------
@@ -562,7 +598,7 @@ def lmn(
     if torch.is_floating_point(xs):
         xs = xs.to(ckpt.view.dtype)  # float inputs in the model's precision (e.g. float64)
     sub = subnetwork(ckpt.view, xs, layer=layer, module=module, cut=cut)
-    L = sub.linearity(n_points, chunk)
+    L = sub.linearity(n_points, chunk, weighting)
     s_bits = _entropy_bits(L)
     if sub.affine:
         note = ("affine by construction: g is the affine read-out of the last hidden layer's "
@@ -584,8 +620,110 @@ def lmn(
         attrs={
             "subnetwork": sub.description,
             "method": "batched pairs; r^2 per output in float64; LMN = 2^S over |eigvals| of L",
-            "constant_output": "an output constant along a segment counts as linear (r^2 = 1) [ours]",
+            "constant_output": "an output constant along a segment counts as linear (r^2 = 1) "
+            "[ours]; with weighting='variance' it has weight 0",
+            "weighting": weighting,
+            "weighting_definition": "uniform: L_ij = mean_k r_k^2 (the paper's); variance: "
+            "L_ij = sum_k var_k r_k^2 / sum_k var_k, var_k the variance of output k along the "
+            "segment [ours]",
+            "test_loss_fit": "grokscope.measures.lmn.lmn_test_loss_fit fits LMN against the "
+            "test loss over the generalising phase (the paper's linear relation)",
             "lmn_entropy_units": "bits",
             "note": note,
         },
     )
+
+
+# --------------------------------------------------------------------------- LMN vs test loss
+def _series(obj: xr.Dataset | xr.DataArray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of ``name`` (a Dataset holding it, or a DataArray with ``step``)."""
+    if isinstance(obj, xr.Dataset):
+        if name not in obj:
+            raise ConfigError(f"the dataset has no {name!r} variable (has {list(obj.data_vars)})")
+        obj = obj[name]
+    if not isinstance(obj, xr.DataArray) or "step" not in obj.coords:
+        raise ConfigError(f"{name}: expected an xarray object with a 'step' coordinate")
+    return (np.asarray(obj["step"].values, dtype=np.float64),
+            np.asarray(obj.values, dtype=np.float64).reshape(-1))
+
+
+def generalising_window(
+    metrics: xr.Dataset, t_train: float | None = None, *, test_acc: float = 0.99
+) -> tuple[float, float]:
+    """``(start, end)`` steps of the generalising phase [ours], where Liu et al. report LMN
+    roughly linear in the test loss.
+
+    ``start``: the step of the largest test loss at or after ``t_train`` (memorisation drives
+    the test loss up, generalisation brings it down; the first step when ``t_train`` is None);
+    ``end``: the first later step with test accuracy >= ``test_acc``, else the last step.
+
+    Parameters
+    ----------
+    metrics : xr.Dataset
+        ``test_loss`` and ``test_acc`` with a ``step`` coordinate (the ``curves`` result or the
+        run's metrics).
+    """
+    s, loss = _series(metrics, "test_loss")
+    s_acc, acc = _series(metrics, "test_acc")
+    if not np.array_equal(s, s_acc):
+        raise ConfigError("test_loss and test_acc must share their steps")
+    after = s >= (t_train if t_train is not None else s[0])
+    i0 = int(np.nanargmax(np.where(after, loss, -np.inf)))
+    hit = np.flatnonzero((s > s[i0]) & (acc >= test_acc))
+    return float(s[i0]), float(s[hit[0]] if hit.size else s[-1])
+
+
+def lmn_test_loss_fit(
+    lmn_result: xr.Dataset | xr.DataArray,
+    test_loss: xr.Dataset | xr.DataArray,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+) -> dict[str, float | int]:
+    """LMN against test loss at the same steps: least-squares line, Pearson r and Spearman rho
+    over the steps in ``[start, end]`` (Liu, Zhong, Tegmark 2023: during the generalising phase
+    LMN falls and is roughly linear in the test loss; :func:`generalising_window` gives that
+    phase).
+
+    Parameters
+    ----------
+    lmn_result : xr.Dataset or xr.DataArray
+        The ``lmn`` result (``lmn`` with a ``step`` coordinate).
+    test_loss : xr.Dataset or xr.DataArray
+        ``test_loss`` with a ``step`` coordinate (the run's metrics or the ``curves`` result).
+    start, end : float, optional
+        The step window (inclusive); None = from the first / to the last common step.
+
+    Returns
+    -------
+    dict
+        ``n_points``, ``start``, ``end``; when at least 3 finite points vary in both:
+        ``pearson_r``, ``r2``, ``slope``, ``intercept`` (LMN = slope * loss + intercept),
+        ``spearman_rho``, ``lmn_start``/``lmn_end``, ``test_loss_start``/``test_loss_end``;
+        ``pearson_r_from_start_to_last`` over every step from ``start`` on.
+    """
+    from scipy.stats import spearmanr
+
+    s_l, v_l = _series(lmn_result, "lmn")
+    s_t, v_t = _series(test_loss, "test_loss")
+    steps, i, j = np.intersect1d(s_l, s_t, return_indices=True)
+    if steps.size == 0:
+        raise ConfigError("the LMN and the test loss have no step in common")
+    lmn_v, loss = v_l[i], v_t[j]
+    lo = steps[0] if start is None else start
+    hi = steps[-1] if end is None else end
+    ok = np.isfinite(lmn_v) & np.isfinite(loss)
+    sel = (steps >= lo) & (steps <= hi) & ok
+    out: dict[str, float | int] = {"n_points": int(sel.sum()), "start": float(lo), "end": float(hi)}
+    x, y = loss[sel], lmn_v[sel]
+    if x.size >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+        slope, icpt = np.polyfit(x, y, 1)
+        r = float(np.corrcoef(x, y)[0, 1])
+        out.update(pearson_r=r, r2=r * r, slope=float(slope), intercept=float(icpt),
+                   spearman_rho=float(spearmanr(x, y).statistic),
+                   lmn_start=float(y[0]), lmn_end=float(y[-1]),
+                   test_loss_start=float(x[0]), test_loss_end=float(x[-1]))
+    allsel = (steps >= lo) & ok
+    if allsel.sum() >= 3 and np.ptp(loss[allsel]) > 0 and np.ptp(lmn_v[allsel]) > 0:
+        out["pearson_r_from_start_to_last"] = float(np.corrcoef(loss[allsel], lmn_v[allsel])[0, 1])
+    return out
