@@ -97,7 +97,10 @@ def plot_mixture(
     color_by : {"neglogp", "density"}
         Colour = ``-log p(phi)`` (nats; empty cells blank) or ``p(phi)``.
     means : bool
-        Overlay the fitted component means (marker size ~ component weight).
+        Overlay the fitted component means (marker size ~ component weight), one colour per
+        component slot (the measure keeps a component's slot along the trajectory), and the
+        null band: the random-init distribution's mean +- ``null_sds`` of its stds (dotted),
+        where the result has ``null_mean``/``null_std`` for a scalar order parameter.
 
     Returns
     -------
@@ -135,6 +138,7 @@ def plot_mixture(
             sizes = 10 + 60 * np.nan_to_num(w[:, k])
             ax.scatter(steps, m[:, k], s=sizes, color=col, edgecolors="white", linewidths=0.6,
                        zorder=3)
+        _null_band(ds, ax, steps)
         if ax.get_lines():
             ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
     kind = ds.attrs.get("order_parameter_used")
@@ -144,13 +148,28 @@ def plot_mixture(
     return ax
 
 
+def _null_band(ds: xr.Dataset, ax: Axes, steps: np.ndarray) -> None:
+    """Dotted lines at the null mean +- null_sds null stds (scalar order parameters)."""
+    if "null_mean" not in ds or "null_std" not in ds or ds["null_mean"].ndim > 1:
+        return
+    mean = values(ds["null_mean"]).reshape(-1)
+    std = values(ds["null_std"]).reshape(-1)
+    if mean.size != len(steps) or not any_finite(mean, std):
+        return
+    n_sd = float(ds.attrs.get("param_null_sds", 3.0))
+    for sign, label in ((1.0, f"null mean ± {n_sd:g} null std"), (-1.0, None)):
+        ax.plot(steps, mean + sign * n_sd * std, color="#BBBBBB", linestyle=":", linewidth=1.1,
+                label=label)
+
+
 def plot_mixture_k(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None) -> Axes:
     """Number of mixture components chosen by BIC and the droplet fraction vs step.
 
     Parameters
     ----------
     ds : xr.Dataset
-        The ``mixture`` result: ``k`` and ``droplet_fraction`` (dim ``step``).
+        The ``mixture`` result: ``k`` and ``droplet_fraction`` (dim ``step``); also
+        ``neurons_outside_null`` (dotted) where present.
 
     Returns
     -------
@@ -173,6 +192,9 @@ def plot_mixture_k(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None 
     twin = ax.twinx()
     handles += twin.plot(steps, frac, color=color(1), linestyle="--", marker=".",
                          label="droplet fraction")
+    if "neurons_outside_null" in ds and any_finite(values(ds["neurons_outside_null"])):
+        handles += twin.plot(steps, values(ds["neurons_outside_null"]), color=color(2),
+                             linestyle=":", label="neurons beyond the null (no fit)")
     twin.set_ylim(-0.02, 1.02)
     twin.set_ylabel("droplet fraction (dashed)")
     ax.grokscope_twin = twin  # type: ignore[attr-defined]
