@@ -18,31 +18,50 @@ Definitions [ours where the paper leaves a choice]
   centred and 2-D Fourier transformed,
   ``C = B A B^T``. Frequency ``k`` owns the components ``(k, 0)``, ``(0, k)`` and ``(k, k)``
   (cos/sin each: 2 + 2 + 4 terms); its share is their squared norm over the total squared
-  norm. Cross terms ``(k, k')`` with ``k != k'`` belong to no frequency. ``neuron_freq`` is the
-  frequency with the largest share, or 0 when that share is below ``min_share`` (a neuron not
-  explained by one frequency, e.g. at initialisation) or the neuron is dead.
+  norm (Nanda et al.'s ``extract_freq_2d``). Cross terms ``(k, k')`` with ``k != k'`` belong to
+  no frequency. ``neuron_freq`` is the frequency with the largest share, or 0 when that share
+  is below ``min_share`` (a neuron not explained by one frequency, e.g. at initialisation) or
+  the neuron is dead.
 - **Key frequencies.** ``freq_share[k]`` is the fraction of *all* neurons whose
   ``neuron_freq`` is ``k``; key frequencies are those with ``freq_share >= min_neurons_frac``
   (default [ours]: half the share that uniform use of all ``K = (p-1)/2`` frequencies would
-  give, ``0.5 / K`` -- a wide MLP uses nearly every frequency, a transformer a handful, and at
-  initialisation few neurons pass ``min_share`` at all), or, when ``n_key`` is set, the ``n_key`` largest shares (ties by lower ``k``, only shares > 0).
+  give, ``0.5 / K``) and at least ``min_rel_share`` (0.1 [ours]) of the largest
+  ``freq_share``, or, when ``n_key`` is set, the ``n_key`` largest shares (ties by lower
+  ``k``, only shares > 0). Nanda et al. take every frequency some neuron peaks at
+  (``np.unique``), which at initialisation is nearly all of them; the ``min_share`` and count
+  thresholds make the set empty there and equal to theirs on a grokked transformer.
+  A transformer uses a handful; a wide MLP spreads its neurons over (nearly) every frequency,
+  and then ablating "the key frequencies" keeps or removes the whole ``a + b`` subspace:
+  ``all_frequencies_key`` says so (the set used holds at least ``all_key_frac`` of the ``K``).
+- **Which key set the losses use.** ``keys="final"`` (default, as Nanda et al. do along a
+  trajectory): the key set of the run's *final* stored step (the engine's ``"last"``
+  reference; computed once per run and cached), so every step ablates the same frequencies.
+  ``keys="step"``: each step's own set. The step's own set is always reported
+  (``key_freqs_step``).
 - **Restricted / excluded loss** (ops ``"+"`` and ``"-"`` only; ``s = a + b`` or ``a - b``).
   The logits over the full ``p x p`` table, per class, are projected on the orthonormal
-  directions ``cos(w_k s)``, ``sin(w_k s)`` of the key frequencies (all at once). Restricted
-  logits = per-class mean over inputs + that projection; their cross-entropy is taken over the
-  whole table. Excluded logits = logits - projection; cross-entropy over the training pairs.
-  Other ops: NaN with the reason in attrs.
+  directions ``cos(w_k s)``, ``sin(w_k s)`` (Nanda et al.'s ``get_component_cos_xpy`` /
+  ``_sin_xpy``). Restricted logits = per-class mean over inputs + the projection on the key
+  frequencies; cross-entropy over the whole table. Excluded logits = logits - that projection;
+  cross-entropy over the training pairs. Both all key frequencies at once
+  (``restricted_loss``, ``excluded_loss``; NaN where the key set used is empty: removing
+  nothing would equal the train loss) and one frequency at a time for every ``k``
+  (``restricted_loss_freq``, ``excluded_loss_freq``, dim ``freq``). Other ops: NaN with the
+  reason in attrs.
 - **key_logit_share** (Varma et al.): ``||projection||^2 / ||logits - mean||^2`` (squared-norm
   share of the centred logits inside the key subspace; > 0.95 means the generalising circuit
-  dominates). NaN for ops other than ``"+"``/``"-"``.
+  dominates); ``freq_logit_share`` the same per frequency. NaN for ops other than
+  ``"+"``/``"-"``.
 - **margin_per_norm**: mean correct-class margin (correct logit - largest other) over the
   task's train and test samples, divided by the total parameter L2 norm.
-- **Gini** of per-frequency norms (``k = 1..(p-1)/2``, cos and sin combined, constant left out)
-  of the ``embedding`` table (token inputs: rows ``0..p-1``; two-hot inputs: the first layer's
-  columns as a ``(2p, width)`` table, each half transformed and the halves' squared norms
-  added) and of the neuron-to-logit map of hidden layer 0 (``view.neuron_to_logit(0)``: an
-  MLP's readout weight, a transformer's ``W_U^T W_out``; when layer 0 feeds another hidden
-  layer, the readout weight), transformed over the token / output-class index. Without an
+- **Embedding frequencies and Gini** of per-frequency norms (``k = 1..(p-1)/2``, cos and sin
+  combined, constant left out) of the ``embedding`` table (token inputs: rows ``0..p-1``;
+  two-hot inputs: the first layer's columns as a ``(2p, width)`` table, each half transformed
+  and the halves' squared norms added) and of the neuron-to-logit map of hidden layer 0
+  (``view.neuron_to_logit(0)``: an MLP's readout weight, a transformer's ``W_U^T W_out``; when
+  layer 0 feeds another hidden layer, the readout weight), transformed over the token /
+  output-class index. ``embed_key_freqs``: frequencies holding at least ``embed_key_ratio``
+  times the uniform share ``1/K`` of the embedding's squared Fourier norm [ours]. Without an
   out map or unembedding the readout norms are NaN (reason in attrs).
 
 The model is seen only through its anatomy (:class:`~grokscope.anatomy.ModelView`): the
@@ -66,6 +85,7 @@ from .curves import margins, param_vector_norms
 from .registry import Checkpoint, register
 
 __all__ = [
+    "embedding_key_frequencies",
     "fourier",
     "fourier_basis",
     "freq_norms",
@@ -73,6 +93,7 @@ __all__ = [
     "key_frequencies",
     "logit_decomposition",
     "neuron_frequencies",
+    "per_frequency_losses",
 ]
 
 
@@ -141,7 +162,12 @@ def neuron_frequencies(acts: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def key_frequencies(
-    share: torch.Tensor, *, min_share: float, min_neurons_frac: float | None, n_key: int | None
+    share: torch.Tensor,
+    *,
+    min_share: float,
+    min_neurons_frac: float | None,
+    n_key: int | None,
+    min_rel_share: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-neuron frequency and the key-frequency mask.
 
@@ -149,6 +175,14 @@ def key_frequencies(
     ----------
     share : Tensor, shape ``(K, N)``
         From :func:`neuron_frequencies`.
+    min_share : float
+        A neuron belongs to its top frequency when that holds at least this share.
+    min_neurons_frac : float or None
+        A key frequency holds at least this fraction of all neurons (None: ``0.5 / K``).
+    n_key : int or None
+        Take the ``n_key`` largest ``freq_share`` instead of the two thresholds.
+    min_rel_share : float
+        A key frequency also holds at least this fraction of the largest ``freq_share``.
 
     Returns
     -------
@@ -166,7 +200,7 @@ def key_frequencies(
     if n_key is None:
         if min_neurons_frac is None:
             min_neurons_frac = 0.5 / max(k_max, 1)
-        key = freq_share >= min_neurons_frac
+        key = freq_share >= max(min_neurons_frac, min_rel_share * float(freq_share.max(initial=0)))
         key &= freq_share > 0
     else:
         if n_key < 0:
@@ -223,6 +257,61 @@ def logit_decomposition(
     total = float((centred**2).sum())
     share = float((proj**2).sum()) / total if total > 0 else float("nan")
     return mean + proj, lg - proj, share
+
+
+def per_frequency_losses(
+    logits: torch.Tensor, labels: torch.Tensor, train_rows: torch.Tensor, p: int, *, op: str = "+"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Restricted and excluded loss with one frequency at a time, for every frequency.
+
+    Parameters
+    ----------
+    logits : Tensor, shape ``(p*p, C)``
+        Logits at ``(a, b)`` in row-major order.
+    labels : Tensor, shape ``(p*p,)``
+    train_rows : Tensor of int
+        Rows of the training pairs.
+    op : {"+", "-"}
+
+    Returns
+    -------
+    restricted : array ``(K,)``
+        Cross-entropy over the whole table of per-class mean + frequency ``k``'s
+        ``cos/sin(w_k (a op b))`` projection.
+    excluded : array ``(K,)``
+        Cross-entropy over the training rows of the logits minus that projection.
+    share : array ``(K,)``
+        Squared-norm share of the centred logits in frequency ``k``'s two directions.
+    """
+    if op not in ("+", "-"):
+        raise ConfigError(f"per_frequency_losses is defined for '+' and '-', got {op!r}")
+    lg = logits.double()
+    mean = lg.mean(dim=0, keepdim=True)
+    centred = lg - mean
+    total = float((centred**2).sum())
+    k_max = (p - 1) // 2
+    u = _sum_directions(p, list(range(1, k_max + 1)), 1 if op == "+" else -1, lg.device)
+    coef = u.T @ centred  # (2K, C)
+    restricted, excluded, share = (np.empty(k_max) for _ in range(3))
+    for i in range(k_max):
+        proj = u[:, 2 * i : 2 * i + 2] @ coef[2 * i : 2 * i + 2]
+        restricted[i] = float(F.cross_entropy(mean + proj, labels))
+        excluded[i] = float(F.cross_entropy((lg - proj)[train_rows], labels[train_rows]))
+        share[i] = float((proj**2).sum()) / total if total > 0 else float("nan")
+    return restricted, excluded, share
+
+
+def embedding_key_frequencies(norms: Any, ratio: float) -> np.ndarray:
+    """Frequencies holding at least ``ratio / K`` of the squared Fourier norm (bool ``(K,)``).
+
+    ``norms`` are per-frequency norms (:func:`freq_norms`); all False when they are all zero
+    or not finite.
+    """
+    e = np.asarray(norms, dtype=np.float64) ** 2
+    total = e.sum()
+    if not np.isfinite(total) or total <= 0:
+        return np.zeros(e.shape, dtype=bool)
+    return e / total >= ratio / e.size
 
 
 def freq_norms(mat: torch.Tensor, p: int) -> torch.Tensor:
@@ -409,13 +498,53 @@ def _readout_norms(view: ModelView, p: int) -> tuple[torch.Tensor, str]:
 
 
 # --------------------------------------------------------------------------- the measure
-@register("fourier", kind="step", applies=_applies)
+_KEYS = ("final", "step")
+
+
+def _key_set(
+    view: ModelView, grid: torch.Tensor, p: int, chunk: int, rule: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool, bool]:
+    """Neuron frequencies and key set of ``view`` on the full table.
+
+    Returns ``neuron_freq, neuron_share, freq_share, key`` (see :func:`key_frequencies`),
+    whether the neurons have a position axis, and whether every activation was finite (when
+    not, the key set is empty).
+    """
+    acts, positional = _neuron_acts(view, grid, chunk)
+    finite = bool(torch.isfinite(acts).all())
+    if not finite:
+        acts = torch.nan_to_num(acts, nan=0.0, posinf=0.0, neginf=0.0)
+    share = neuron_frequencies(acts, p)
+    neuron_freq, neuron_share, freq_share, key = key_frequencies(share, **rule)
+    if not finite:
+        key = np.zeros_like(key)
+    return neuron_freq, neuron_share, freq_share, key, positional, finite
+
+
+def _final_keys(
+    ckpt: Checkpoint, grid: torch.Tensor, p: int, chunk: int, rule: dict[str, Any]
+) -> tuple[np.ndarray, bool]:
+    """The key set of the run's final stored step, computed once per run (``ckpt.state``)."""
+    last = ckpt.reference("last")
+    cache_key = ("fourier_final_keys", id(last), p, tuple(sorted(rule.items())))
+    if cache_key not in ckpt.state:
+        *_, key, _, finite = _key_set(ckpt.reference_view("last"), grid, p, chunk, rule)
+        ckpt.state[cache_key] = (key, finite)
+    key, finite = ckpt.state[cache_key]
+    return key.copy(), finite
+
+
+@register("fourier", kind="step", applies=_applies, references=("last",))
 def fourier(
     ckpt: Checkpoint,
     *,
+    keys: str = "final",
     min_share: float = 0.25,
     min_neurons_frac: float | None = None,
+    min_rel_share: float = 0.1,
     n_key: int | None = None,
+    all_key_frac: float = 0.9,
+    embed_key_ratio: float = 2.0,
     chunk: int = 4096,
 ) -> xr.Dataset:
     """Key frequencies, restricted/excluded loss, Gini sparsity and circuit efficiency.
@@ -424,14 +553,31 @@ def fourier(
     ----------
     ckpt : Checkpoint
         A modular-arithmetic run (see :func:`_applies`).
+    keys : {"final", "step"}
+        The key set the restricted/excluded losses and ``key_logit_share`` use: the final
+        stored step's (Nanda et al.'s choice along a trajectory; the engine provides the
+        ``"last"`` reference; a checkpoint given without one uses its own set, and
+        ``attrs["key_source"]`` says so) or each step's own.
     min_share : float
         Smallest share of a neuron's centred Fourier norm its top frequency must hold for the
         neuron to count as that frequency's.
     min_neurons_frac : float or None
         Fraction of all neurons a frequency needs to be key (ignored when ``n_key`` is set);
         None means ``0.5 / K`` with ``K = (p-1)/2``: half of uniform use [ours].
+    min_rel_share : float
+        A key frequency also needs at least this fraction of the neurons of the most used
+        frequency [ours: 0.1; on Nanda et al.'s grokked p = 113 transformer (seed 1) it drops
+        two frequencies held by ~1% of the neurons each, whose removal changes the loss by
+        < 1e-8, and keeps the five circuit frequencies, the smallest at 0.43 of the largest].
     n_key : int or None
         Take the ``n_key`` most frequent neuron frequencies as key instead.
+    all_key_frac : float
+        ``all_frequencies_key`` is True when the key set used holds at least this fraction of
+        the ``K`` frequencies [ours: 0.9, "(nearly) every frequency"].
+    embed_key_ratio : float
+        A frequency is an embedding key frequency when it holds at least
+        ``embed_key_ratio / K`` of the embedding's squared Fourier norm [ours: 2, twice
+        uniform].
     chunk : int
         Inputs per forward pass.
 
@@ -439,12 +585,22 @@ def fourier(
     -------
     xr.Dataset
         dim ``neuron``: ``neuron_freq`` (0 = none), ``neuron_freq_share``;
-        dim ``freq`` (``1..(p-1)/2``): ``freq_share``, ``key_freqs`` (bool),
-        ``embed_freq_norm``, ``readout_freq_norm``;
-        scalars: ``n_key_freqs``, ``restricted_loss`` (all data), ``excluded_loss`` (train),
-        ``loss_all``, ``loss_train`` (unablated, same data), ``key_logit_share``,
-        ``gini_embed``, ``gini_readout``, ``margin``, ``param_norm``, ``margin_per_norm``.
+        dim ``freq`` (``1..(p-1)/2``): ``freq_share``, ``key_freqs`` (bool: the set the losses
+        use), ``key_freqs_step`` (bool: this step's own set), ``embed_key_freqs`` (bool),
+        ``embed_freq_norm``, ``readout_freq_norm``, ``restricted_loss_freq`` (all data),
+        ``excluded_loss_freq`` (train), ``freq_logit_share``;
+        scalars: ``n_key_freqs`` (the set used), ``n_key_freqs_step``,
+        ``n_embed_key_freqs``, ``all_frequencies_key``, ``restricted_loss`` (all data),
+        ``excluded_loss`` (train; both NaN where the set used is empty), ``loss_all``,
+        ``loss_train`` (unablated, same data), ``key_logit_share``, ``gini_embed``,
+        ``gini_readout``, ``margin``, ``param_norm``, ``margin_per_norm``.
     """
+    if keys not in _KEYS:
+        raise ConfigError(f"fourier: keys must be one of {list(_KEYS)}, got {keys!r}")
+    if not 0 < all_key_frac <= 1:
+        raise ConfigError(f"fourier: all_key_frac must lie in (0, 1], got {all_key_frac}")
+    if embed_key_ratio <= 0:
+        raise ConfigError(f"fourier: embed_key_ratio must be positive, got {embed_key_ratio}")
     data = ckpt.data
     reason = _data_reason(data)  # before the anatomy: a foreign task cannot even be probed
     if reason is not None:
@@ -458,19 +614,34 @@ def fourier(
     fmt = str(_input_format(data, p))
     device = ckpt.device
     k_max = (p - 1) // 2
+    rule = {"min_share": min_share, "min_neurons_frac": min_neurons_frac, "n_key": n_key,
+            "min_rel_share": min_rel_share}
+    attrs: dict[str, Any] = {}
 
     grid = _grid_inputs(data, p, device)
-    acts, acts_have_position = _neuron_acts(view, grid, chunk)
-    share = neuron_frequencies(acts, p)
-    neuron_freq, neuron_share, freq_share, key = key_frequencies(
-        share, min_share=min_share, min_neurons_frac=min_neurons_frac, n_key=n_key
+    neuron_freq, neuron_share, freq_share, key_step, acts_have_position, _ = _key_set(
+        view, grid, p, chunk, rule
     )
+    if keys == "step":
+        key, key_source = key_step.copy(), "this step's own key set"
+    elif "last" in ckpt.references:
+        key, final_finite = _final_keys(ckpt, grid, p, chunk, rule)
+        key_source = "the final stored step's key set (attrs reference_last_step)"
+        if not final_finite:
+            attrs["final_keys_skipped"] = (
+                "the final step's neuron activations are not finite: no final key set"
+            )
+    else:
+        key = key_step.copy()
+        key_source = "this step's own key set (no final checkpoint was given)"
     freqs = [int(k) for k in np.flatnonzero(key) + 1]
+    n_used = len(freqs)
+    all_key = bool(n_used > 0 and n_used >= all_key_frac * k_max)
 
     logits = _logits(view, grid, chunk).double()
-    attrs: dict[str, Any] = {}
     nan = float("nan")
     restricted_loss = excluded_loss = loss_all = loss_train = key_share = nan
+    restricted_k = excluded_k = share_k = np.full(k_max, nan)
     if op in ("+", "-"):
         aa = torch.arange(p, device=device)
         labels = torch.remainder(aa[:, None] + (1 if op == "+" else -1) * aa[None, :], p).reshape(
@@ -480,10 +651,14 @@ def fourier(
         tr_rows = tr_pairs[:, 0] * p + tr_pairs[:, 1]
         if torch.equal(labels[tr_rows], data.y_train.to(device).long()):
             restricted, excluded, key_share = logit_decomposition(logits, p, freqs, op=op)
-            restricted_loss = float(F.cross_entropy(restricted, labels))
-            excluded_loss = float(F.cross_entropy(excluded[tr_rows], labels[tr_rows]))
+            if n_used:
+                restricted_loss = float(F.cross_entropy(restricted, labels))
+                excluded_loss = float(F.cross_entropy(excluded[tr_rows], labels[tr_rows]))
             loss_all = float(F.cross_entropy(logits, labels))
             loss_train = float(F.cross_entropy(logits[tr_rows], labels[tr_rows]))
+            restricted_k, excluded_k, share_k = per_frequency_losses(
+                logits, labels, tr_rows, p, op=op
+            )
         else:
             attrs["restricted_skipped"] = (
                 f"the training labels are not (a {op} b) mod p for the decoded pairs"
@@ -500,6 +675,7 @@ def fourier(
     l2, _, _ = param_vector_norms(view.model)
 
     emb_norm = _embedding_norms(view, p, fmt).cpu().numpy()
+    emb_key = embedding_key_frequencies(emb_norm, embed_key_ratio)
     try:
         out_t, readout_map = _readout_norms(view, p)
         out_norm = out_t.cpu().numpy()
@@ -514,9 +690,17 @@ def fourier(
             "neuron_freq_share": (("neuron",), neuron_share),
             "freq_share": (("freq",), freq_share),
             "key_freqs": (("freq",), key),
+            "key_freqs_step": (("freq",), key_step),
+            "embed_key_freqs": (("freq",), emb_key),
             "embed_freq_norm": (("freq",), emb_norm),
             "readout_freq_norm": (("freq",), out_norm),
-            "n_key_freqs": ((), int(key.sum())),
+            "restricted_loss_freq": (("freq",), restricted_k),
+            "excluded_loss_freq": (("freq",), excluded_k),
+            "freq_logit_share": (("freq",), share_k),
+            "n_key_freqs": ((), n_used),
+            "n_key_freqs_step": ((), int(key_step.sum())),
+            "n_embed_key_freqs": ((), int(emb_key.sum())),
+            "all_frequencies_key": ((), all_key),
             "restricted_loss": ((), restricted_loss),
             "excluded_loss": ((), excluded_loss),
             "loss_all": ((), loss_all),
@@ -540,10 +724,33 @@ def fourier(
         key_rule=(
             f"top {n_key} by neuron count"
             if n_key is not None
-            else f"freq_share >= {min_neurons_frac if min_neurons_frac is not None else '0.5/K'}"
+            else f"freq_share >= max({min_neurons_frac if min_neurons_frac is not None else '0.5/K'}"
+            f", {min_rel_share} x the largest freq_share) (neurons whose top frequency holds >= "
+            f"{min_share} of their centred norm)"
         ),
-        excluded="all key frequencies ablated at once; loss on the training pairs",
-        restricted="per-class mean + key cos/sin(w_k(a op b)) projection; loss on the full table",
+        keys=keys,
+        key_source=key_source,
+        all_frequencies_key_rule=(
+            f"True when the key set used holds >= {all_key_frac} of the K = {k_max} "
+            "frequencies: ablating 'the key frequencies' then keeps (restricted) or removes "
+            "(excluded) the whole cos/sin(w (a op b)) subspace and tests no sparsity"
+        ),
+        excluded=(
+            "key frequencies used ablated at once; loss on the training pairs; NaN where the "
+            "key set used is empty (n_key_freqs = 0: removing nothing would equal loss_train)"
+        ),
+        restricted=(
+            "per-class mean + key cos/sin(w_k(a op b)) projection; loss on the full table; NaN "
+            "where the key set used is empty"
+        ),
+        per_frequency=(
+            "restricted_loss_freq / excluded_loss_freq / freq_logit_share: frequency k alone "
+            "kept / removed, for every k (Nanda et al.'s one-at-a-time ablation)"
+        ),
+        embed_key_rule=(
+            f"embed_key_freqs: squared Fourier norm of the embedding >= {embed_key_ratio}/K "
+            "of its total"
+        ),
         key_logit_share_definition="squared-norm share of centred table logits in the key subspace",
         margin_definition="mean (correct logit - max other) over train+test / total L2 norm",
         **attrs,
