@@ -46,9 +46,11 @@ Fitting [ours where METHODS.md leaves it open]: each feature is divided by its s
 deviation before fitting (not centred; reported means, variances and BIC are in the original
 units), so ``k`` does not depend on the weight scale. For every ``k`` a cold fit (``n_init``
 k-means++ initialisations, best likelihood kept) is always made; from the second visited step
-on, a warm fit initialised from the previous step's fit with the same ``k`` (means, weights,
-covariances) is made too, and the one with the lower BIC is kept, so a cold refit never finds a
-better BIC than the stored one at any ``k``. After ``k`` is chosen, its components are matched
+on, a warm fit initialised from the previous step's cold fit with the same ``k`` (means,
+weights, covariances) is made too, and the one with the lower BIC is kept, so a cold refit never
+finds a better BIC than the stored one at any ``k``. (Warm starts come from the previous *cold*
+fit, which depends on that step's weights only, so an extended result, for which the engine
+replays one stored step, has the same fits as one computed in one pass.) After ``k`` is chosen, its components are matched
 to the previous step's components by their means (Hungarian assignment on the distance between
 means, in units of the current step's feature std), so a component keeps its index (its slot in
 the ``component`` dim, and its colour in the figures) along the trajectory; new components
