@@ -23,7 +23,7 @@ from grokscope.measures import get
 from grokscope.measures.fourier import freq_norms, logit_decomposition, neuron_frequencies
 from grokscope.measures.mixture import compute_order_parameter, histogram
 from grokscope.measures.registry import Checkpoint
-from grokscope.measures.rqi import rqi_from_embedding
+from grokscope.measures.rqi import n_modular_quadruples, rqi_modular
 from grokscope.tasks import make_task
 
 P_ZOO = 11
@@ -152,22 +152,38 @@ def test_mixture_on_every_zoo_kind_reads_first_layer(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_rqi_on_every_zoo_kind_uses_operand_rows(kind):
+    """A lenient threshold (2 per dimension: about the random defect) so that the counts of
+    the random initialisation are neither 0 nor all, and the rows read must be the right ones."""
     m, data = build(kind, P_ZOO).eval(), data_for(kind, P_ZOO)
-    ds = get("rqi").fn(_ckpt(m, data))
-    assert int(ds["n_tokens"]) == P_ZOO
+    ds = get("rqi").fn(_ckpt(m, data), threshold=2.0)
+    assert int(ds["n_tokens"]) == P_ZOO and ds.attrs["variant"] == "modular"
     halves, _, _ = _own_tables(kind, m, P_ZOO)  # two-hot: the first operand's half
-    value, count, total = rqi_from_embedding(halves[0])
+    dim = halves[0].shape[1]
+    value, count, total = rqi_modular(halves[0], 2.0 * dim)
     assert float(ds["rqi"]) == value and int(ds["n_parallelograms"]) == count
-    assert int(ds["n_quadruples"]) == total and 0.0 <= value <= 1.0
+    assert int(ds["n_quadruples"]) == total == n_modular_quadruples(P_ZOO)
+    assert 0 < count < total
+    perm = torch.randperm(P_ZOO, generator=torch.Generator().manual_seed(1))
+    wrong = rqi_modular(halves[-1] if len(halves) > 1 else halves[0][perm], 2.0 * dim)[1]
+    assert wrong != count  # another table (the second operand's half, or shuffled rows)
 
 
-def test_rqi_of_linear_embedding_in_a_raw_transformer():
+def test_rqi_of_circle_embedding_in_a_raw_transformer():
     m, data = build("raw_transformer", P_ZOO).eval(), data_for("raw_transformer", P_ZOO)
-    with torch.no_grad():  # W_E columns: token k embeds as a + k b (RQI 1); "=" is excluded
+    with torch.no_grad():  # W_E columns: token k on a circle in a random plane; "=" excluded
         k = torch.arange(P_ZOO + 1, dtype=torch.float32)
-        m.embed.W_E.copy_(torch.randn(32, 1) + k[None, :] * torch.randn(32, 1))
+        circle = torch.stack([torch.cos(2 * math.pi * 3 * k / P_ZOO),
+                              torch.sin(2 * math.pi * 3 * k / P_ZOO)])
+        m.embed.W_E.copy_(torch.randn(32, 1) + torch.randn(32, 2) @ circle)
         m.embed.W_E[:, P_ZOO] = 100.0
+    ds = get("rqi").fn(_ckpt(m, data))
+    assert float(ds["rqi"]) == 1.0 and int(ds["n_quadruples"]) == n_modular_quadruples(P_ZOO)
+    with torch.no_grad():  # a line in a modular task passes trivially (collinear chords) ...
+        m.embed.W_E.copy_(torch.randn(32, 1) + k[None, :] * torch.randn(32, 1))
     assert float(get("rqi").fn(_ckpt(m, data))["rqi"]) == 1.0
+    with torch.no_grad():  # ... and a random table does not
+        m.embed.W_E.copy_(torch.randn(32, P_ZOO + 1))
+    assert float(get("rqi").fn(_ckpt(m, data))["rqi"]) == 0.0
 
 
 # ----------------------------------------------------------------- same weights, same answers
