@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from grokscope.data import Data
-from grokscope.errors import MeasureNotApplicable
+from grokscope.errors import ConfigError, MeasureNotApplicable
 from grokscope.measures import get
 from grokscope.measures.fourier import (
     fourier,
@@ -190,11 +191,21 @@ class TinyTransformerLike(nn.Module):
 def test_transformer_path_uses_hook_and_token_grid():
     torch.manual_seed(0)
     model, data = TinyTransformerLike(P).eval(), modular_data(tokens=True)
-    ds = fourier(Checkpoint(step=0, model=model, data=data))
+    ds = fourier(Checkpoint(step=0, model=model, data=data), n_key=3)
     assert ds.sizes == {"neuron": 32, "freq": 11}
-    assert 0.0 <= float(ds["key_logit_share"]) <= 1.0
-    assert np.isfinite(float(ds["restricted_loss"])) and np.isfinite(float(ds["excluded_loss"]))
     assert "W_out" in ds.attrs["neuron_activation"]
+    # the logits of the token grid (a, b, =), by hand
+    a, b = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
+    x = torch.stack([a.reshape(-1), b.reshape(-1), torch.full((P * P,), P)], 1)
+    with torch.no_grad():
+        logits = model(x)[:, :P].double()
+    keys = [int(k) for k in ds["freq"].values[ds["key_freqs"].values]]
+    assert len(keys) == 3
+    restricted, _, share = logit_decomposition(logits, P, keys)
+    y = (a + b).reshape(-1) % P
+    assert float(ds["key_logit_share"]) == pytest.approx(share, rel=1e-9)
+    assert float(ds["restricted_loss"]) == pytest.approx(float(F.cross_entropy(restricted, y)),
+                                                         rel=1e-9)
 
 
 def test_applies_reasons():
@@ -245,3 +256,161 @@ def test_readout_norms_nan_without_out_map():
     assert np.isnan(ds["readout_freq_norm"].values).all() and math.isnan(float(ds["gini_readout"]))
     assert "out map" in ds.attrs["readout_skipped"]
     assert set(ds["freq"].values[ds["key_freqs"].values].tolist()) == set(KEYS)
+
+
+# ---------------------------------------------------------------- trajectories and key sets
+def _library_pair(keys=KEYS, m: int = 3, seed: int = 0):
+    """grokscope's MLP at random init and the same MLP with every neuron a pure frequency."""
+    from grokscope.models import build_model
+
+    hand = fourier_sparse_mlp(keys=keys, m=m)
+    width = hand.layers[0].weight.shape[0]
+    torch.manual_seed(seed)
+    init = build_model("mlp", in_dim=2 * P, out_dim=P, width=width, activation="quadratic",
+                       bias=False)
+    built = build_model("mlp", in_dim=2 * P, out_dim=P, width=width, activation="quadratic",
+                        bias=False)
+    built.load_state_dict(hand.state_dict())
+    return init.eval(), built.eval()
+
+
+def test_hand_built_trajectory_through_analyze(tmp_path):
+    """Done-means of issue 8: random init, then every neuron a pure frequency from {3, 7}: the
+    key set is exactly {3, 7} and, by default, the init step's losses ablate that final set."""
+    import grokscope as gs
+    from grokscope.tasks import make_task
+
+    data = make_task("modular", p=P, train_frac=0.4, seed=2, encoding="onehot")
+    init, built = _library_pair(m=4)  # 32 neurons, 16 per key frequency
+    with gs.Recorder(tmp_path / "run.zarr", init, data) as rec:
+        rec.record(0, init)
+        rec.record(1, built)
+    res = gs.analyze(tmp_path / "run.zarr", ["fourier"], progress=False, device="cpu")
+    ds = res["fourier"]
+    after, before = ds.sel(step=1), ds.sel(step=0)
+    keyset = lambda v: set(ds["freq"].values[np.asarray(v.values, bool)].tolist())  # noqa: E731
+    assert keyset(after["key_freqs_step"]) == keyset(after["key_freqs"]) == set(KEYS)
+    assert keyset(before["key_freqs"]) == set(KEYS)  # the final set, at every step
+    assert keyset(before["key_freqs_step"]) == set()  # random init: no neuron has 25% in one
+    assert int((before["neuron_freq"] > 0).sum()) == 0
+    assert int(before["n_key_freqs_step"]) == 0 and int(before["n_key_freqs"]) == 2
+    assert not bool(ds["all_frequencies_key"].any())
+    assert ds.attrs["keys"] == "final" and ds.attrs["reference_last_step"] == 1
+    # the init step's restricted/excluded loss: the final key set on the init logits
+    x = torch.zeros(P * P, 2 * P)
+    a, b = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
+    x[torch.arange(P * P), a.reshape(-1)] = 1
+    x[torch.arange(P * P), P + b.reshape(-1)] = 1
+    y = (a + b).reshape(-1) % P
+    with torch.no_grad():
+        logits = init(x).double()
+    restricted, excluded, share = logit_decomposition(logits, P, list(KEYS))
+    tr = data.x_train[:, :P].argmax(1) * P + data.x_train[:, P:].argmax(1)
+    assert float(before["restricted_loss"]) == pytest.approx(
+        float(F.cross_entropy(restricted, y)), rel=1e-10)
+    assert float(before["excluded_loss"]) == pytest.approx(
+        float(F.cross_entropy(excluded[tr], y[tr])), rel=1e-10)
+    assert float(before["key_logit_share"]) == pytest.approx(share, rel=1e-10)
+    # keys="step": before any key frequency appears there is nothing to ablate: NaN, never
+    # the train loss; after, the same as the final set
+    own = gs.analyze(tmp_path / "run.zarr", {"fourier": {"keys": "step"}}, progress=False,
+                     device="cpu")["fourier"]
+    assert math.isnan(float(own["excluded_loss"].sel(step=0)))
+    assert math.isnan(float(own["restricted_loss"].sel(step=0)))
+    assert float(own["excluded_loss"].sel(step=1)) == float(after["excluded_loss"])
+    assert own.attrs["keys"] == "step" and "own" in own.attrs["key_source"]
+
+
+def test_empty_key_set_gives_nan_losses_not_the_train_loss():
+    """A key set with nothing in it ablates nothing: excluded loss would equal loss_train."""
+    init, _ = _library_pair()
+    data = modular_data()
+    ds = fourier(Checkpoint(step=0, model=init, data=data), keys="step", min_share=0.99)
+    assert int(ds["n_key_freqs"]) == 0 and int(ds["n_key_freqs_step"]) == 0
+    assert math.isnan(float(ds["restricted_loss"])) and math.isnan(float(ds["excluded_loss"]))
+    assert np.isfinite(float(ds["loss_train"])) and float(ds["key_logit_share"]) == 0.0
+    assert "n_key_freqs = 0" in ds.attrs["excluded"]
+    # the final step without key frequencies: NaN at every step of the trajectory
+    ds = fourier(Checkpoint(step=0, model=init, data=data, references={"last": init}),
+                 min_share=0.99)
+    assert math.isnan(float(ds["excluded_loss"])) and "final" in ds.attrs["key_source"]
+
+
+def test_all_frequencies_flag_when_every_frequency_is_key():
+    """An MLP whose neurons cover all eleven frequencies: 'key' means every frequency, the
+    restricted loss keeps the whole cos/sin(w(a+b)) subspace, and the flag says so."""
+    model = fourier_sparse_mlp(keys=tuple(range(1, 12)))
+    ds = fourier(Checkpoint(step=0, model=model, data=modular_data()))
+    assert int(ds["n_key_freqs"]) == 11 and bool(ds["all_frequencies_key"])
+    assert "whole cos/sin" in ds.attrs["all_frequencies_key_rule"]
+    ten = fourier(Checkpoint(step=0, model=fourier_sparse_mlp(keys=tuple(range(1, 11))),
+                             data=modular_data()))
+    assert int(ten["n_key_freqs"]) == 10 and bool(ten["all_frequencies_key"])  # 10 >= 0.9 x 11
+    nine = fourier(Checkpoint(step=0, model=fourier_sparse_mlp(keys=tuple(range(1, 10))),
+                              data=modular_data()))
+    assert int(nine["n_key_freqs"]) == 9 and not bool(nine["all_frequencies_key"])
+    at_least = fourier(Checkpoint(step=0, model=fourier_sparse_mlp(keys=tuple(range(1, 10))),
+                                  data=modular_data()), all_key_frac=9 / 11)
+    assert bool(at_least["all_frequencies_key"])  # "at least": 9 of 11 with the fraction 9/11
+    assert not bool(fourier(Checkpoint(step=0, model=fourier_sparse_mlp(),
+                                       data=modular_data()))["all_frequencies_key"])
+
+
+def test_min_rel_share_drops_stray_frequencies():
+    """Two circuit frequencies with 9 neurons each and one neuron of frequency 5: 1/19 of the
+    neurons passes 0.5/K = 0.045 but not 0.1 x the largest share (0.047 < 0.1 x 0.47 fails,
+    0.053 >= 0.047 passes only the absolute floor)."""
+    model = fourier_sparse_mlp()
+    extra = fourier_sparse_mlp(keys=(5,), m=1)
+    w_in = torch.cat([model.layers[0].weight.data, extra.layers[0].weight.data])
+    w_out = torch.cat([model.layers[1].weight.data, extra.layers[1].weight.data], 1)
+    both = TinyMLP(2 * P, 19, P)
+    both.layers[0].weight.data, both.layers[1].weight.data = w_in, w_out
+    data = modular_data()
+    ds = fourier(Checkpoint(step=0, model=both.eval(), data=data), min_rel_share=0.2)
+    assert float(ds["freq_share"].sel(freq=5)) == pytest.approx(1 / 19)
+    assert set(ds["freq"].values[ds["key_freqs"].values].tolist()) == set(KEYS)
+    loose = fourier(Checkpoint(step=0, model=both.eval(), data=data), min_rel_share=0.0)
+    assert set(loose["freq"].values[loose["key_freqs"].values].tolist()) == {3, 5, 7}
+    assert "0.2 x the largest" in ds.attrs["key_rule"]
+
+
+def test_per_frequency_losses_of_a_pure_key_frequency_model():
+    """Logits holding only frequencies 3 and 7: removing any other frequency changes nothing
+    (excluded = train loss), keeping it alone leaves the per-class mean (restricted = loss of
+    the mean logits), and the logit shares split between 3 and 7."""
+    model, data = fourier_sparse_mlp(), modular_data()
+    ds = fourier(Checkpoint(step=0, model=model, data=data))
+    other = [k for k in range(1, 12) if k not in KEYS]
+    np.testing.assert_allclose(ds["excluded_loss_freq"].sel(freq=other).values,
+                               float(ds["loss_train"]), rtol=1e-7)  # float32 model
+    np.testing.assert_allclose(ds["restricted_loss_freq"].sel(freq=other).values,
+                               math.log(P), rtol=1e-6)  # the mean logits are constant
+    np.testing.assert_allclose(ds["freq_logit_share"].sel(freq=other).values, 0.0, atol=1e-12)
+    assert float(ds["freq_logit_share"].sel(freq=list(KEYS)).sum()) == pytest.approx(1.0)
+    for k in KEYS:  # one key frequency alone: the other one's part is removed / kept
+        assert float(ds["excluded_loss_freq"].sel(freq=k)) > float(ds["loss_train"]) + 0.1
+        assert float(ds["restricted_loss_freq"].sel(freq=k)) < math.log(P) - 0.1
+
+
+def test_embedding_key_frequencies():
+    """Key frequencies read from the embedding: the hand-built MLP's first layer holds only
+    cos of 3 and 7 in each half."""
+    ds = fourier(Checkpoint(step=0, model=fourier_sparse_mlp(), data=modular_data()))
+    assert set(ds["freq"].values[ds["embed_key_freqs"].values].tolist()) == set(KEYS)
+    assert int(ds["n_embed_key_freqs"]) == 2
+    from grokscope.measures.fourier import embedding_key_frequencies
+
+    norms = np.ones(10)
+    norms[[2, 5]] = np.sqrt(3.0)  # squared shares 3/14 each >= 2/10; the rest 1/14 < 0.2
+    assert np.flatnonzero(embedding_key_frequencies(norms, 2.0)).tolist() == [2, 5]
+    assert not embedding_key_frequencies(np.zeros(10), 2.0).any()
+    exact = np.array([2.0, 2.0] + [1.0] * 8)  # squared shares 4/16 = 0.25 = 2.5 / 10: "at least"
+    assert np.flatnonzero(embedding_key_frequencies(exact, 2.5)).tolist() == [0, 1]
+
+
+def test_parameters_are_checked():
+    model, data = fourier_sparse_mlp(), modular_data()
+    for bad in ({"keys": "last"}, {"all_key_frac": 0.0}, {"embed_key_ratio": -1.0}):
+        with pytest.raises(ConfigError):
+            fourier(Checkpoint(step=0, model=model, data=data), **bad)
