@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import xarray as xr
 from torch import nn
 
 from grokscope.data import Data
@@ -414,3 +415,28 @@ def test_parameters_are_checked():
     for bad in ({"keys": "last"}, {"all_key_frac": 0.0}, {"embed_key_ratio": -1.0}):
         with pytest.raises(ConfigError):
             fourier(Checkpoint(step=0, model=model, data=data), **bad)
+
+
+def test_plots_show_the_step_key_set_and_the_final_set_losses():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+
+    from grokscope.plot import plot_fourier, plot_fourier_losses
+
+    init, built = _library_pair()
+    data = modular_data()
+    steps = [fourier(Checkpoint(step=s, model=m, data=data, references={"last": built}))
+             for s, m in ((0, init), (1, built))]
+    ds = xr.concat([d.expand_dims(step=[i]) for i, d in enumerate(steps)], dim="step",
+                   combine_attrs="override")
+    ax = plot_fourier(ds, step=0)  # init: no key frequency of its own, though the final has two
+    assert len({to_hex(p.get_facecolor()) for p in ax.patches}) == 1
+    ax = plot_fourier(ds, step=1)
+    assert len({to_hex(p.get_facecolor()) for p in ax.patches}) == 2
+    labels = [t.get_text() for t in plot_fourier_losses(ds).get_legend().get_texts()]
+    assert any("final key freqs" in t for t in labels)
+    every = fourier(Checkpoint(step=0, model=fourier_sparse_mlp(keys=tuple(range(1, 12))),
+                               data=data)).expand_dims(step=[0])
+    assert "every frequency" in plot_fourier_losses(every).get_title()

@@ -282,3 +282,16 @@ def test_with_registered_transformer():
     with torch.no_grad():  # a circle in the embedding: 1
         model.embed.weight[:11] = (_circle(11, 4) @ torch.randn(2, 16, dtype=torch.float64)).float()
     assert float(get("rqi").fn(Checkpoint(step=0, model=model.eval(), data=_data(11))).rqi) == 1.0
+
+
+def test_plot_names_the_variant():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from grokscope.plot import plot_rqi
+
+    p = 11
+    model = Embedder(torch.cat([_circle(p, 2).float() @ torch.randn(2, 6), torch.randn(1, 6)]))
+    ds = get("rqi").fn(Checkpoint(step=0, model=model.eval(), data=_data(p))).expand_dims(step=[0])
+    ax = plot_rqi(ds)
+    assert "(modular)" in ax.get_title() and "parallel-chord" in ax.get_ylabel()

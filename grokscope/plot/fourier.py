@@ -40,7 +40,7 @@ def plot_fourier(
     ----------
     ds : xr.Dataset
         The ``fourier`` result: ``freq_share`` (dims ``[step,] freq``) and optionally
-        ``key_freqs`` (bool, same dims).
+        ``key_freqs_step`` (bool, same dims: the step's own key set), else ``key_freqs``.
     step : int, optional
         The step to show (the nearest stored one); default the last.
 
@@ -65,7 +65,8 @@ def plot_fourier(
         raise PlotDataError(f"plot_fourier: freq_share has no finite value at step {shown}")
     freqs = (np.asarray(one["freq"].values) if "freq" in one.coords
              else np.arange(1, share.size + 1))
-    key = (np.asarray(one["key_freqs"].values, dtype=bool) if "key_freqs" in one
+    key_var = "key_freqs_step" if "key_freqs_step" in one else "key_freqs"
+    key = (np.asarray(one[key_var].values, dtype=bool) if key_var in one
            else np.zeros(share.size, dtype=bool))
     ax = new_axes(ax)
     ax.bar(freqs, share, color=[_KEY if k else _OTHER for k in key], width=0.8,
@@ -144,6 +145,9 @@ def plot_fourier_losses(
         ("loss_all", "full (all pairs)", color(7), "--"),
         ("loss_train", "full (train pairs)", color(0), ":"),
     ]
+    if ds.attrs.get("keys") == "final":  # every step ablates the final step's key set
+        lines[0] = (lines[0][0], "restricted (final key freqs only, all pairs)", *lines[0][2:])
+        lines[1] = (lines[1][0], "excluded (final key freqs removed, train)", *lines[1][2:])
     present = [ln for ln in lines if ln[0] in ds and any_finite(values(ds[ln[0]]))]
     if not present:
         why = ds.attrs.get("restricted_skipped", "all values are NaN")
@@ -159,6 +163,9 @@ def plot_fourier_losses(
     allv = np.concatenate(allv)
     if allv.size and allv.min() > 0:
         ax.set_yscale("log")
-    finish(ax, title or "Fourier progress measures", "cross-entropy loss (nats)")
+    head = "Fourier progress measures"
+    if "all_frequencies_key" in ds and bool(np.asarray(ds["all_frequencies_key"].values).any()):
+        head += " (key set = every frequency: no sparsity tested)"
+    finish(ax, title or head, "cross-entropy loss (nats)")
     ax.legend(loc="best", fontsize=8)
     return ax

@@ -65,7 +65,7 @@ def plot_scalars(
 
 
 def plot_rqi(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None) -> Axes:
-    """Representation quality index (share of exact parallelograms in the embedding) vs step.
+    """Representation quality index of the embedding vs step (integer or modular variant).
 
     Parameters
     ----------
@@ -76,6 +76,10 @@ def plot_rqi(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None
     -------
     Axes
     """
-    ax = plot_scalars(ds, ["rqi"], ax, ylabel="RQI (fraction of parallelograms)",
-                      title=title or "Representation quality index vs step")
+    variant = ds.attrs.get("variant")
+    what = ("fraction of parallel-chord quadruples" if variant == "modular"
+            else "fraction of parallelograms")
+    ax = plot_scalars(ds, ["rqi"], ax, ylabel=f"RQI ({what})",
+                      title=title or "Representation quality index vs step"
+                      + (f" ({variant})" if variant else ""))
     return ax
