@@ -149,6 +149,14 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _at(series: Any, step: Any) -> float | None:
+    """The value of a per-step series at a stored step (None where the step is undefined)."""
+    t = _num(step.values)
+    if t is None:
+        return None
+    return _num(series.sel(step=int(t)).values)
+
+
 def run_one(op: str, quick: bool, runs: Path) -> dict[str, Any]:
     """Train, analyse, and return the per-step series and the summary of one operation."""
     cfg = config(op, quick)
@@ -181,6 +189,15 @@ def run_one(op: str, quick: bool, runs: Path) -> dict[str, Any]:
         "nfa_corr_sqrt_final": float(nfa["nfa_corr_sqrt"].values[-1]),
         "nfa_corr_final": float(nfa["nfa_corr"].values[-1]),
         "cnfa_final": _num(nfa["cnfa"].values[-1]),
+        "nfa_corr_centred_final": _num(nfa["nfa_corr_centred"].values[-1]),
+        "nfa_cos_sqrt_init": float(nfa["nfa_cos_sqrt"].values[0]),
+        "nfa_cos_sqrt_final": float(nfa["nfa_cos_sqrt"].values[-1]),
+        "nfa_init_removed_sqrt_second": _num(nfa["nfa_init_removed_sqrt"].values[1]),
+        "nfa_init_removed_sqrt_final": _num(nfa["nfa_init_removed_sqrt"].values[-1]),
+        "nfa_cos_init_removed_final": _num(nfa["nfa_cos_init_removed"].values[-1]),
+        "second_step": int(steps[1]),
+        "nfa_init_removed_sqrt_at_t_train": _at(nfa["nfa_init_removed_sqrt"], ph["t_train"]),
+        "nfa_init_removed_sqrt_at_t_test": _at(nfa["nfa_init_removed_sqrt"], ph["t_test"]),
         "offdiag_corr_init": float(off[0]),
         "offdiag_corr_final": float(off[-1]),
         "circulant_nfm_init": float(circ_nfm[0]),
@@ -316,6 +333,25 @@ def write_readme(out: Path, results: dict[str, dict], quick: bool, wall_s: float
         f"{_f(s['t_train'], 0)} / {_f(s['t_test'], 0)} | {_f(s['final_test_acc'])} |"
         for op, s in summaries.items()
     )
+    variant_rows = "\n".join(
+        f"| {OP_NAMES[op]} | {_f(s['nfa_cos_sqrt_init'])} → {_f(s['nfa_cos_sqrt_final'])} | "
+        f"{_f(s['nfa_init_removed_sqrt_second'])} (step {s['second_step']}) → "
+        f"{_f(s['nfa_init_removed_sqrt_final'])} | {_f(s['nfa_cos_init_removed_final'])} | "
+        f"{_f(s['nfa_corr_centred_final'])} |"
+        for op, s in summaries.items()
+    )
+    init_removed_sentence = " ".join(
+        f"{OP_NAMES[op]}: {_f(s['nfa_init_removed_sqrt_second'])} at step {s['second_step']}, "
+        f"{_f(s['nfa_init_removed_sqrt_at_t_train'])} at t_train, "
+        f"{_f(s['nfa_init_removed_sqrt_at_t_test'])} at t_test, "
+        f"{_f(s['nfa_init_removed_sqrt_final'])} at the end."
+        for op, s in summaries.items()
+    ) + (" Unlike the plain correlation, it does rise over training, and most of the rise "
+         "comes before t_test (while the network memorises), not at grokking."
+         if all((s["nfa_init_removed_sqrt_at_t_test"] or 0) - (s["nfa_init_removed_sqrt_second"] or 0)
+                > 0.5 * ((s["nfa_init_removed_sqrt_final"] or 0)
+                         - (s["nfa_init_removed_sqrt_second"] or 0)) > 0
+                for s in summaries.values()) else "")
     text = f"""# Neural feature ansatz on modular arithmetic (Mallinar et al.; Beaglehole et al. 2024)
 
 {'**QUICK SMOKE VERSION** (tiny sizes; the numbers below mean nothing).' if quick else ''}
@@ -330,6 +366,12 @@ division, p = 61) and both become block-circulant.
 |---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
+The NFA authors' variants (`nfa` measure; METHODS.md section 5):
+
+| op | cosine(NFM, AGOP^1/2) init → final | Pearson((W1−W0)ᵀ(W1−W0), AGOP^1/2) first recorded step after init → final | cosine((W1−W0)ᵀ(W1−W0), AGOP) final (Radhakrishnan et al.'s default) | Pearson(NFM, centred AGOP^1/2) final |
+|---|---|---|---|---|
+{variant_rows}
+
 {verdict(summaries)}
 
 What the numbers say:
@@ -337,7 +379,9 @@ What the numbers say:
 * The uncentred NFA correlation is **high from the first step**, because at a standard random
   initialisation `AGOP = W1ᵀ K W1` with a near-diagonal `K`, so `AGOP ≈ c · W1ᵀW1` already
   (this is why Beaglehole et al. introduced the centred C-NFA). The `s = 1/2` correlation moves
-  by only a few hundredths over training; the off-diagonal-only correlation [ours] dips just
+  by only a few hundredths over training; the off-diagonal-only correlation [ours: the
+  diagonal left out; Mallinar et al.'s `train_net.py` logs a similar `nfa_no_diag_corr` that
+  sets the diagonal to 0 instead] dips just
   after `t_test`, while the network reorganises, and recovers as weight decay removes the random
   part of `W1`. We do not see a rise from low to high.
 * What does change at grokking is the *structure* of both matrices: the circulant score
@@ -345,6 +389,10 @@ What the numbers say:
   and keeps rising afterwards, for the NFM and for `AGOP^1/2` alike (`nfm.png`); it is still
   rising at the last step, so a longer run would end more circulant. `AGOP^1/2` becomes
   circulant sooner than the NFM.
+* The init-removed variant (the NFM of what training added, `(W1−W0)ᵀ(W1−W0)`, against
+  `AGOP^1/2`; Radhakrishnan et al. remove the initialisation the same way) cannot borrow the
+  random initialisation's diagonal: it is the stricter test of the ansatz. It is undefined at
+  step 0 (`W1 = W0`). {init_removed_sentence}
 * The paper's final correlations are lower than ours; we cannot tell from the paper whether that
   is the width (1024 vs 256), the training length or the initialisation scale.
 * `t_train`/`t_test` are the first *recorded* steps past 0.9 (log-spaced records: ..., 63, 79,
