@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all bench lint mutate clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check grokscope tests benchmarks analyses
+	$(VENV)/bin/ruff check grokscope tests benchmarks analyses tools
+
+# mutation testing of the measures' maths; MODULES="rqi phases" limits it (all: hours)
+mutate: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt 'mutmut==3.8.1'
+	$(PY) tools/mutate.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
