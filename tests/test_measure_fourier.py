@@ -623,3 +623,23 @@ def test_embedding_fourier_norms_equal_theirs(fx, name):
     np.testing.assert_allclose(ds["embed_freq_norm"].values, theirs, **TOL)
     w_e = torch.as_tensor(fx[f"{name}/weights/embed.W_E"]).T[: int(fx["p"])]
     np.testing.assert_allclose(freq_norms(w_e, int(fx["p"])).numpy(), theirs, **TOL)
+
+
+def test_final_key_set_is_computed_once_per_run(fx):
+    """The engine shares ``ckpt.state`` across a run's steps: the final set is cached there
+    and read back (a planted set is what the next step ablates)."""
+    state: dict = {}
+    last = _authors_model(fx, "final")
+    mk = lambda name: Checkpoint(step=0, model=_authors_model(fx, name),  # noqa: E731
+                                 data=_authors_data(fx), references={"last": last}, state=state)
+    get("fourier").fn(mk("init"))
+    (cache_key,) = state
+    assert cache_key[0] == "fourier_final_keys" and cache_key[1] == id(last)
+    np.testing.assert_array_equal(np.flatnonzero(state[cache_key][0]) + 1, [1, 9])
+    planted = np.zeros(11, dtype=bool)
+    planted[4] = True  # frequency 5
+    state[cache_key] = (planted, True)
+    ds = get("fourier").fn(mk("memorised"))
+    assert ds["freq"].values[ds["key_freqs"].values].tolist() == [5]
+    assert float(ds["excluded_loss"]) != pytest.approx(
+        float(fx["memorised/excluded_loss_final_keys"]), rel=1e-3)
