@@ -64,7 +64,10 @@ def run_one(name: str, max_children: int, timeout: int) -> collections.Counter:
                 'source_paths = ["grokscope"]\n'
                 f'only_mutate = ["grokscope/measures/{name}.py"]\n'
                 f"pytest_add_cli_args_test_selection = {tests!r}\n"
-                'also_copy = ["tests/"]\n'.replace("'", '"')
+                'also_copy = ["tests/"]\n'
+                # a mutant that loops is cut at 3x the clean run (mutmut's default, 15x, lets
+                # a few looping mutants dominate the run on a small machine)
+                "timeout_multiplier = 3.0\n".replace("'", '"')
             )
         mutmut = [sys.executable, "-m", "mutmut"]
         subprocess.run(mutmut + ["run", "--max-children", str(max_children)], cwd=work,
