@@ -80,43 +80,20 @@ def lmn_params(quick: bool, layer: int) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- analysis
 def generalising_window(metrics: xr.Dataset, t_train: float | None) -> tuple[float, float]:
-    """``(start, end)`` steps of the generalising phase [ours].
+    """``(start, end)`` steps of the generalising phase [ours]
+    (:func:`grokscope.measures.lmn.generalising_window`)."""
+    from grokscope.measures.lmn import generalising_window as window
 
-    ``start``: the step of the largest test loss at or after ``t_train`` (memorisation
-    drives the test loss up; generalisation brings it down); ``end``: the first later step
-    with test accuracy >= 0.99, else the last step.
-    """
-    s = np.asarray(metrics["step"].values, dtype=np.float64)
-    loss = np.asarray(metrics["test_loss"].values, dtype=np.float64)
-    acc = np.asarray(metrics["test_acc"].values, dtype=np.float64)
-    after = s >= (t_train if t_train is not None else s[0])
-    i0 = int(np.nanargmax(np.where(after, loss, -np.inf)))
-    hit = np.flatnonzero((s > s[i0]) & (acc >= 0.99))
-    return float(s[i0]), float(s[hit[0]] if hit.size else s[-1])
+    return window(metrics, t_train)
 
 
 def fit(lmn_ds: xr.Dataset, metrics: xr.Dataset, start: float, end: float) -> dict[str, Any]:
-    """Pearson r, slope and intercept of LMN vs test loss over steps in ``[start, end]``."""
-    from grokscope.plot.lmn import align_test_loss
+    """Pearson r, slope and intercept of LMN vs test loss over steps in ``[start, end]``
+    (:func:`grokscope.measures.lmn.lmn_test_loss_fit`)."""
+    from grokscope.measures.lmn import lmn_test_loss_fit
 
-    steps, lmn, loss = align_test_loss(lmn_ds, metrics["test_loss"])
-    sel = (steps >= start) & (steps <= end) & np.isfinite(lmn) & np.isfinite(loss)
-    out: dict[str, Any] = {"n_points": int(sel.sum()), "start": start, "end": end}
-    if sel.sum() >= 3 and np.ptp(loss[sel]) > 0 and np.ptp(lmn[sel]) > 0:
-        x, y = loss[sel], lmn[sel]
-        slope, icpt = np.polyfit(x, y, 1)
-        r = float(np.corrcoef(x, y)[0, 1])
-        from scipy.stats import spearmanr
-
-        out.update(pearson_r=r, r2=r * r, slope=float(slope), intercept=float(icpt),
-                   spearman_rho=float(spearmanr(x, y).statistic),
-                   lmn_start=float(y[0]), lmn_end=float(y[-1]),
-                   test_loss_start=float(x[0]), test_loss_end=float(x[-1]))
-    # the whole run after memorisation, for contrast
-    allsel = (steps >= start) & np.isfinite(lmn) & np.isfinite(loss)
-    if allsel.sum() >= 3 and np.ptp(loss[allsel]) > 0 and np.ptp(lmn[allsel]) > 0:
-        out["pearson_r_from_start_to_last"] = float(np.corrcoef(loss[allsel], lmn[allsel])[0, 1])
-    return out
+    return {**lmn_test_loss_fit(lmn_ds, metrics["test_loss"], start=start, end=end),
+            "start": start, "end": end}
 
 
 def _before(ds: xr.Dataset, start: float) -> dict[str, Any]:

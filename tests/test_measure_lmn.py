@@ -436,10 +436,12 @@ def test_lmn_test_loss_fit_known_line():
 
 
 def test_lmn_test_loss_fit_matches_the_lmn_analysis():
-    """The fit analyses/04_lmn.py reported (Pearson r, slope, Spearman rho over the generalising
-    window) is the library's: the same numbers on a noisy synthetic run."""
+    """The fit analyses/04_lmn.py reports (now through the library) equals numpy's line, r and
+    scipy's rho over the generalising window, computed here by hand."""
     import importlib.util
     from pathlib import Path
+
+    from scipy.stats import spearmanr
 
     path = Path(__file__).resolve().parents[1] / "analyses" / "04_lmn.py"
     spec = importlib.util.spec_from_file_location("analysis_04_lmn_fit", path)
@@ -451,12 +453,20 @@ def test_lmn_test_loss_fit_matches_the_lmn_analysis():
     acc = np.clip(1 - loss / 4, 0, 1)
     metrics = xr.Dataset({"test_loss": ("step", loss), "test_acc": ("step", acc)},
                          coords={"step": steps})
-    lmn_ds = _lmn_series(steps, 3 + 1.5 * loss + rng.normal(0, 0.3, loss.size))
+    lmn_v = 3 + 1.5 * loss + rng.normal(0, 0.3, loss.size)
+    lmn_ds = _lmn_series(steps, lmn_v)
     start, end = generalising_window(metrics, 100.0)
+    # by hand: the peak of the test loss after t_train, to the first step with acc >= 0.99
+    assert start == 950.0
+    assert not (acc >= 0.99).any() and end == float(steps[-1])  # never 0.99: the last step
     assert (start, end) == mod.generalising_window(metrics, 100.0)
-    mine = lmn_test_loss_fit(lmn_ds, metrics, start=start, end=end)
-    theirs = mod.fit(lmn_ds, metrics, start, end)
-    assert set(theirs) <= set(mine)
-    for k, v in theirs.items():
-        assert mine[k] == pytest.approx(v, rel=1e-12, abs=1e-12), k
+    mine = mod.fit(lmn_ds, metrics, start, end)
+    sel = (steps >= start) & (steps <= end)
+    slope, icpt = np.polyfit(loss[sel], lmn_v[sel], 1)
+    assert mine["slope"] == pytest.approx(slope, rel=1e-12)
+    assert mine["intercept"] == pytest.approx(icpt, rel=1e-12)
+    assert mine["pearson_r"] == pytest.approx(np.corrcoef(loss[sel], lmn_v[sel])[0, 1], rel=1e-12)
+    assert mine["spearman_rho"] == pytest.approx(spearmanr(loss[sel], lmn_v[sel]).statistic,
+                                                 rel=1e-12)
+    assert mine["n_points"] == int(sel.sum())
     assert 0.9 < mine["pearson_r"] < 1.0
