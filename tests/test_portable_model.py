@@ -28,6 +28,7 @@ from grokscope.errors import (
 from grokscope.store import Recorder, open_run
 from grokscope.store.portable import check_program, export_model, fresh_copy, load_exported
 from tests._checkpoint_factories import trajectory, write_per_epoch
+from tests._zoo import RawTransformer as ZooRawTransformer
 
 P = 7  # vocabulary of the token models
 
@@ -47,95 +48,9 @@ class EmbedMLP(nn.Module):
         return self.mlp(self.embed(x).flatten(1)) * self.scale * self.mask
 
 
-class _Embed(nn.Module):
-    def __init__(self, d_vocab: int, d_model: int) -> None:
-        super().__init__()
-        self.W_E = nn.Parameter(torch.randn(d_model, d_vocab) / d_model**0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("dbp -> bpd", self.W_E[:, x])
-
-
-class _PosEmbed(nn.Module):
-    def __init__(self, n_ctx: int, d_model: int) -> None:
-        super().__init__()
-        self.W_pos = nn.Parameter(torch.randn(n_ctx, d_model) / d_model**0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.W_pos[: x.shape[-2]]
-
-
-class _Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, d_head: int, n_ctx: int) -> None:
-        super().__init__()
-        s = d_model**-0.5
-        self.W_K = nn.Parameter(torch.randn(n_heads, d_head, d_model) * s)
-        self.W_Q = nn.Parameter(torch.randn(n_heads, d_head, d_model) * s)
-        self.W_V = nn.Parameter(torch.randn(n_heads, d_head, d_model) * s)
-        self.W_O = nn.Parameter(torch.randn(d_model, d_head * n_heads) * s)
-        self.register_buffer("mask", torch.tril(torch.ones((n_ctx, n_ctx))))
-        self.d_head = d_head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = torch.einsum("ihd,bpd->biph", self.W_K, x)
-        q = torch.einsum("ihd,bpd->biph", self.W_Q, x)
-        v = torch.einsum("ihd,bpd->biph", self.W_V, x)
-        scores = torch.einsum("biph,biqh->biqp", k, q)
-        n = x.shape[-2]
-        scores = torch.tril(scores) - 1e10 * (1 - self.mask[:n, :n])
-        attn = torch.softmax(scores / self.d_head**0.5, dim=-1)
-        z = torch.einsum("biph,biqp->biqh", v, attn)
-        return torch.einsum("df,bqf->bqd", self.W_O, z.permute(0, 2, 1, 3).reshape(*z.shape[:1], n, -1))
-
-
-class _MLP(nn.Module):
-    def __init__(self, d_model: int, d_mlp: int) -> None:
-        super().__init__()
-        self.W_in = nn.Parameter(torch.randn(d_mlp, d_model) / d_model**0.5)
-        self.b_in = nn.Parameter(torch.zeros(d_mlp))
-        self.W_out = nn.Parameter(torch.randn(d_model, d_mlp) / d_mlp**0.5)
-        self.b_out = nn.Parameter(torch.zeros(d_model))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(torch.einsum("md,bpd->bpm", self.W_in, x) + self.b_in)
-        return torch.einsum("dm,bpm->bpd", self.W_out, h) + self.b_out
-
-
-class _Block(nn.Module):
-    def __init__(self, d_model: int, d_mlp: int, n_heads: int, d_head: int, n_ctx: int) -> None:
-        super().__init__()
-        self.attn = _Attention(d_model, n_heads, d_head, n_ctx)
-        self.mlp = _MLP(d_model, d_mlp)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(x)
-        return x + self.mlp(x)
-
-
-class _Unembed(nn.Module):
-    def __init__(self, d_vocab: int, d_model: int) -> None:
-        super().__init__()
-        self.W_U = nn.Parameter(torch.randn(d_model, d_vocab) / d_model**0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.W_U
-
-
-class RawTransformer(nn.Module):
-    """Nanda-style one-layer transformer: raw parameters used through einsum, no nn.Linear."""
-
-    def __init__(self, d_vocab: int = P + 1, d_model: int = 16, n_ctx: int = 3) -> None:
-        super().__init__()
-        self.embed = _Embed(d_vocab, d_model)
-        self.pos_embed = _PosEmbed(n_ctx, d_model)
-        self.blocks = nn.ModuleList([_Block(d_model, 32, 2, 8, n_ctx)])
-        self.unembed = _Unembed(d_vocab, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.pos_embed(self.embed(x))
-        for block in self.blocks:
-            h = block(h)
-        return self.unembed(h)[:, -1]
+def RawTransformer() -> nn.Module:
+    """Nanda-style one-layer transformer, raw parameters through einsum (the test zoo's)."""
+    return ZooRawTransformer(P, d_model=16, d_mlp=32, num_heads=2)
 
 
 class DataDependent(nn.Module):
