@@ -93,26 +93,21 @@ def import_object(spec: str) -> Any:
     target, _, qualname = spec.rpartition(":")
     if not target or not qualname:
         raise ConfigError(f"--model must be MODULE:CLASS or FILE.py:CLASS, got {spec!r}")
-    if target.endswith(".py"):
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"--model {spec}: no file {path}")
-        name = f"_grokscope_user_{path.stem}"
-        mod_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
-        sys.modules[name] = module
-        try:
-            mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - the user's file; say what failed
-            raise ConfigError(f"--model {spec}: running {path} failed ({type(exc).__name__}: {exc})") from exc
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ConfigError(
-                f"--model {spec}: cannot import {target!r} ({exc}); run from the folder that "
-                "holds it, set PYTHONPATH, or give FILE.py:CLASS"
-            ) from exc
+    if not target.endswith(".py"):  # an importable module: the lookup a stored factory gets
+        from .models import _import_factory
+
+        return _import_factory(spec)
+    path = Path(target).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--model {spec}: no file {path}")
+    name = f"_grokscope_user_{path.stem}"
+    mod_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
+    sys.modules[name] = module
+    try:
+        mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except Exception as exc:  # noqa: BLE001 - the user's file; say what failed
+        raise ConfigError(f"--model {spec}: running {path} failed ({type(exc).__name__}: {exc})") from exc
     obj: Any = module
     for part in qualname.split("."):
         if not hasattr(obj, part):

@@ -55,14 +55,19 @@ def probe_inputs(data: Any, n: int = 4) -> torch.Tensor:
     return data.x_train[: max(2, n)]
 
 
-def _detect_for(model: nn.Module, data: Any) -> Anatomy:
+def _probe_for(model: nn.Module, data: Any) -> torch.Tensor:
+    """:func:`probe_inputs` as ``model`` takes them: float inputs in the dtype and on the
+    device of its first floating parameter."""
     x = probe_inputs(data)
     if torch.is_floating_point(x):
         for p in model.parameters():
             if torch.is_floating_point(p):
-                x = x.to(device=p.device, dtype=p.dtype)
-                break
-    return detect(model, x, n_classes=getattr(data, "n_classes", None))
+                return x.to(device=p.device, dtype=p.dtype)
+    return x
+
+
+def _detect_for(model: nn.Module, data: Any) -> Anatomy:
+    return detect(model, _probe_for(model, data), n_classes=getattr(data, "n_classes", None))
 
 
 def describe(model: nn.Module, data: Any) -> dict[str, Any] | None:
@@ -82,8 +87,7 @@ def describe(model: nn.Module, data: Any) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- overrides
 def _module_input_dim(model: nn.Module, data: Any, path: str) -> int:
     view = ModelView(model, Anatomy())
-    x = probe_inputs(data)
-    (h,) = view.capture(x, [(path, "input")])
+    (h,) = view.capture(_probe_for(model, data), [(path, "input")])
     return int(h.shape[-1])
 
 
@@ -129,14 +133,14 @@ def _table(model: nn.Module, data: Any, role: str, item: Any, anat: Anatomy) -> 
     if not isinstance(w, torch.Tensor) or w.ndim != 2:
         raise ConfigError(f"{role} {item!r} is not a 2-D parameter (or nn.Embedding) of the model")
     if role == "embedding":
-        x = probe_inputs(data)
+        x = _probe_for(model, data)
         view = ModelView(model, anat)
         (out,) = view.capture(x, [(parent, "output")])
         tok = x.long()
         if w.shape[0] > int(tok.max()) and _close(w.detach()[tok], out):
             return {"param": item, "orientation": "rows"}
         return {"param": item, "orientation": "columns"}
-    n_out = ModelView(model, anat).forward(probe_inputs(data)[:2]).shape[1]
+    n_out = ModelView(model, anat).forward(_probe_for(model, data)[:2]).shape[1]
     if w.shape[0] == n_out and not (w.shape[1] == n_out and leaf.startswith("W_")):
         return {"param": item, "orientation": "rows"}
     return {"param": item, "orientation": "columns"}
@@ -272,11 +276,8 @@ def _adapt(anat: Anatomy, model: nn.Module, data: Any) -> Anatomy:
             mod = model.get_submodule(path)
             handles.append(mod.register_forward_pre_hook(
                 lambda _m, _a, path=path: called.add(path)))
-        x = probe_inputs(data)
-        if torch.is_floating_point(x):
-            x = x.to(ModelView(model, anat).dtype)
         with torch.no_grad():
-            model(x)
+            model(_probe_for(model, data))
     except Exception:  # noqa: BLE001 - the measures will report a model that does not run
         return anat
     finally:
