@@ -9,6 +9,11 @@ surviving mutants, to read and kill by strengthening tests).
     python tools/mutate.py                         # every measure module (hours on 2 cores)
     python tools/mutate.py rqi phases              # a few modules
     python tools/mutate.py --max-children 2 nfa
+    python tools/mutate.py --sample 80          # a seeded random sample of 80 mutants each
+
+With ``--sample N`` every mutant is generated, N of them are drawn at random (seeded) and
+only those are run; the table then gives the sample's score and its 95% Wilson interval,
+an estimate of the whole module's score at a fraction of the cost.
 
 Score = killed / (killed + survived + timeout-free survivors); mutants no test reaches
 ("no tests") count as survivors, timeouts as killed (mutmut's convention).
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
+import random
 import shutil
 import subprocess
 import sys
@@ -46,7 +53,30 @@ def tests_for(name: str) -> list[str]:
     return own + EXTRA_TESTS.get(name, [])
 
 
-def run_one(name: str, max_children: int, timeout: int) -> collections.Counter:
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _mutant_states(mutmut: list[str], work: Path) -> dict[str, str]:
+    out = subprocess.run(mutmut + ["results", "--all", "true"], cwd=work,
+                         capture_output=True, text=True).stdout
+    states = {}
+    for line in out.splitlines():
+        if ": " in line:
+            mutant, state = line.strip().rsplit(": ", 1)
+            states[mutant] = state
+    return states
+
+
+def run_one(name: str, max_children: int, timeout: int, sample: int = 0,
+            seed: int = 0) -> tuple[collections.Counter, int]:
+    """Mutate one module; returns (outcome counts of the mutants run, mutants generated)."""
     tests = tests_for(name)
     if not tests:
         raise SystemExit(f"no tests found for measure module {name!r}")
@@ -70,24 +100,32 @@ def run_one(name: str, max_children: int, timeout: int) -> collections.Counter:
                 "timeout_multiplier = 3.0\n".replace("'", '"')
             )
         mutmut = [sys.executable, "-m", "mutmut"]
-        subprocess.run(mutmut + ["run", "--max-children", str(max_children)], cwd=work,
-                       timeout=timeout, capture_output=True)
-        out = subprocess.run(mutmut + ["results", "--all", "true"], cwd=work,
-                             capture_output=True, text=True).stdout
-        status = collections.Counter()
-        survivors = []
-        for line in out.splitlines():
-            if ": " not in line:
-                continue
-            mutant, state = line.strip().rsplit(": ", 1)
-            status[state] += 1
-            if state in ("survived", "no tests"):
-                survivors.append(f"{state:10} {mutant}")
+        chosen: list[str] = []
+        generated = 0
+        if sample:
+            # a filter that matches nothing makes mutmut generate every mutant and stop
+            subprocess.run(mutmut + ["run", "grokscope.no_such_mutant__"], cwd=work,
+                           capture_output=True)
+            everything = sorted(_mutant_states(mutmut, work))
+            generated = len(everything)
+            chosen = sorted(random.Random(f"{seed}:{name}").sample(
+                everything, min(sample, generated)))
+        subprocess.run(mutmut + ["run", "--max-children", str(max_children), *chosen],
+                       cwd=work, timeout=timeout, capture_output=True)
+        states = _mutant_states(mutmut, work)
+        if chosen:
+            states = {m: states.get(m, "not checked") for m in chosen}
+        generated = generated or len(states)
+        status = collections.Counter(states.values())
+        survivors = [f"{state:10} {m}" for m, state in sorted(states.items())
+                     if state in ("survived", "no tests")]
         report = ROOT / "reports" / "mutation" / f"{name}.txt"
         report.parent.mkdir(parents=True, exist_ok=True)
+        how = f"a seeded sample (seed {seed}) of {len(chosen)}" if chosen else "all"
         report.write_text(f"# mutmut on grokscope/measures/{name}.py with {tests}\n"
-                          f"# {dict(status)}\n" + "\n".join(survivors) + "\n")
-        return status
+                          f"# {how} of {generated} mutants: {dict(status)}\n"
+                          + "\n".join(survivors) + "\n")
+        return status, generated
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -97,17 +135,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("modules", nargs="*", help=f"measure modules (default all: {modules()})")
     ap.add_argument("--max-children", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=6 * 3600, help="seconds per module")
+    ap.add_argument("--sample", type=int, default=0,
+                    help="run only this many mutants per module, drawn at random (0: all)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --sample's draw")
     args = ap.parse_args(argv)
     names = args.modules or modules()
-    print(f"{'module':<12} {'mutants':>8} {'killed':>7} {'survived':>9} {'no tests':>9} "
-          f"{'timeout':>8} {'score':>6}")
+    print(f"{'module':<12} {'mutants':>8} {'run':>5} {'killed':>7} {'survived':>9} "
+          f"{'no tests':>9} {'timeout':>8} {'score':>6} {'95% interval':>13}")
     for name in names:
-        s = run_one(name, args.max_children, args.timeout)
+        s, generated = run_one(name, args.max_children, args.timeout, args.sample, args.seed)
         killed = s["killed"] + s["timeout"]
         total = killed + s["survived"] + s["no tests"]
         score = killed / total if total else float("nan")
-        print(f"{name:<12} {sum(s.values()):>8} {s['killed']:>7} {s['survived']:>9} "
-              f"{s['no tests']:>9} {s['timeout']:>8} {score:>6.0%}", flush=True)
+        lo, hi = wilson(killed, total)
+        print(f"{name:<12} {generated:>8} {sum(s.values()):>5} {s['killed']:>7} "
+              f"{s['survived']:>9} {s['no tests']:>9} {s['timeout']:>8} {score:>6.0%} "
+              f"{lo:>6.0%}-{hi:.0%}", flush=True)
     return 0
 
 
