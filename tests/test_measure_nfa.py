@@ -381,17 +381,17 @@ def test_shared_module_is_left_out_by_default_and_refused_explicitly():
         layer_agops(model, x, layers=["L"])
 
 
-def test_uneven_sample_and_class_chunks(monkeypatch):
+def test_uneven_sample_and_class_chunks():
     from grokscope.measures import _jacobian
 
     model = TinyMLP(nn.SiLU(), depth=2)
     x = _x(23)
     expect = _oracle(model, x)
     # a tiny gradient budget: the class blocks differ between the full and the last sample chunk
-    monkeypatch.setitem(_jacobian.preactivation_jacobians.__kwdefaults__, "max_elements", 100)
     view = _jacobian.as_view(model, x)
     blocks = list(
-        _jacobian.preactivation_jacobians(view, x, {"layers.0": ("layers.0", "output")}, chunk=10)
+        _jacobian.preactivation_jacobians(view, x, {"layers.0": ("layers.0", "output")}, chunk=10,
+                                          max_elements=100)
     )
     assert len({(b[1].start, b[1].stop) for b in blocks}) > 2
     full = torch.zeros(C, len(x), H, dtype=torch.float64)

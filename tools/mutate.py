@@ -110,9 +110,13 @@ def run_one(name: str, max_children: int, timeout: int, sample: int = 0,
             generated = len(everything)
             chosen = sorted(random.Random(f"{seed}:{name}").sample(
                 everything, min(sample, generated)))
-        subprocess.run(mutmut + ["run", "--max-children", str(max_children), *chosen],
-                       cwd=work, timeout=timeout, capture_output=True)
+        proc = subprocess.run(mutmut + ["run", "--max-children", str(max_children), *chosen],
+                              cwd=work, timeout=timeout, capture_output=True, text=True)
         states = _mutant_states(mutmut, work)
+        if states and set(states.values()) == {"not checked"}:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+            raise SystemExit(f"mutmut checked no mutant of {name} (does the clean test run "
+                             f"pass under mutmut?):\n{tail}")
         if chosen:
             states = {m: states.get(m, "not checked") for m in chosen}
         generated = generated or len(states)
