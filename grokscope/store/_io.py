@@ -184,7 +184,9 @@ def delete_entry(store: Store, name: str) -> None:
     """Delete ``name`` whether it is one key or a prefix (a folder on disk)."""
     if isinstance(store, LocalStore):
         path = store.root / name
-        if path.is_dir():
+        if path.is_symlink():  # a link (crafted, or a user's) goes; never what it points to
+            path.unlink()
+        elif path.is_dir():
             shutil.rmtree(path, ignore_errors=False)
         else:
             path.unlink(missing_ok=True)

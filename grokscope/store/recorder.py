@@ -356,7 +356,8 @@ class Recorder:
             return None  # _create replaces the root document first, then deletes the rest
         if root is not None:
             schema.check_version(root["attributes"], self._where)
-            if root["attributes"][schema.META_KEY]["commit"]["count"] == 0:
+            meta = schema.check_meta(root["attributes"].get(schema.META_KEY), self._where)
+            if meta["commit"]["count"] == 0:
                 return None  # nothing committed: start afresh
         return root
 
@@ -503,7 +504,7 @@ class Recorder:
     def _reopen(self, root: dict, sd: dict[str, torch.Tensor], data: Data | None,
                 config: dict | None) -> None:
         store = self._store
-        meta = root["attributes"][schema.META_KEY]
+        meta = schema.check_meta(root.get("attributes", {}).get(schema.META_KEY), self._where)
         stored = {k: tuple(v["shape"]) for k, v in meta["params"].items()}
         msg = mismatch_message(stored, {k: tuple(v.shape) for k, v in sd.items()},
                                f"the model does not match the store at {self._where}")
@@ -538,11 +539,7 @@ class Recorder:
         self._meta = meta
         self._count = int(meta["commit"]["count"])
         self._last_step = meta["commit"]["last_step"]
-        self._resume = meta["commit"]["resume"]
-        if self._resume is not None:
-            if not isinstance(self._resume, dict):
-                raise CorruptStoreError(f"the resume record of {self._where} is malformed")
-            schema.check_stored_key(self._resume.get("key"), "resume", self._where)
+        self._resume = meta["commit"].get("resume")  # checked by schema.check_meta
         _io.remove_stale_tmp(store)
         # invalidate consolidated metadata before anything changes
         self._write_root(meta)

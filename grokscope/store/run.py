@@ -316,15 +316,9 @@ class Run:
         doc = _io.check_root(store)
         attrs = doc.get("attributes", {})
         schema.check_version(attrs, self._where)
-        try:
-            meta = attrs[schema.META_KEY]
-            count = int(meta["commit"]["count"])
-            params, metrics = meta["params"], list(meta["metrics"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptStoreError(
-                f"the root metadata of {self._where} lacks {exc}; the store is damaged: restore "
-                "it from a copy or re-record the run"
-            ) from exc
+        meta = schema.check_meta(attrs.get(schema.META_KEY), self._where)
+        count = meta["commit"]["count"]
+        params, metrics = meta["params"], list(meta["metrics"])
         self._meta = meta
         self._count = count
         self._readers: dict[str, _ArrayReader] = {}

@@ -78,8 +78,75 @@ def check_stored_key(key: Any, kind: str, where: str) -> str:
     return key
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad_meta(where: str, what: str) -> CorruptStoreError:
+    return CorruptStoreError(
+        f"the root metadata of {where} is damaged or crafted: {what}. Restore the store from a "
+        "copy, or re-record/re-import the run"
+    )
+
+
+def _array_name_ok(name: Any) -> bool:
+    """A name grokscope could have written as a root array: one path segment inside the store."""
+    return (isinstance(name, str) and 0 < len(name) <= 1024 and name not in RESERVED
+            and not name.startswith(".") and "/" not in name and "\0" not in name
+            and name != "zarr.json")
+
+
+def check_meta(meta: Any, where: str) -> dict:
+    """``meta`` (the ``grokscope`` attribute of a root document) after checking every field a
+    reader or a writer acts on: ``params`` names one-segment array names with non-negative
+    integer shapes, ``metrics`` distinct one-segment names, ``commit.count`` a non-negative
+    integer, ``commit.last_step`` an integer or None, ``commit.resume`` None or a record whose
+    key has the resume form. Anything else is CorruptStoreError: nothing a store's metadata
+    names can point a reader or a writer outside the store."""
+    if not isinstance(meta, dict):
+        raise _bad_meta(where, f"the {META_KEY!r} attribute is not an object")
+    commit = meta.get("commit")
+    if not isinstance(commit, dict):
+        raise _bad_meta(where, "'commit' is missing or not an object")
+    count, last = commit.get("count"), commit.get("last_step")
+    if not _is_int(count) or count < 0:
+        raise _bad_meta(where, f"commit.count {count!r} is not a non-negative integer")
+    if last is not None and not _is_int(last):
+        raise _bad_meta(where, f"commit.last_step {last!r} is not an integer")
+    if count and last is None:
+        raise _bad_meta(where, f"{count} steps are committed but commit.last_step is null")
+    resume = commit.get("resume")
+    if resume is not None:
+        if not isinstance(resume, dict) or not _is_int(resume.get("step")):
+            raise _bad_meta(where, "commit.resume is not a resume record")
+        check_stored_key(resume.get("key"), "resume", where)
+    params = meta.get("params")
+    if not isinstance(params, dict):
+        raise _bad_meta(where, "'params' is missing or not an object")
+    for key, info in params.items():
+        if not _array_name_ok(key):
+            raise _bad_meta(where, f"parameter name {key!r} is not a one-segment array name")
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if (not isinstance(shape, list) or len(shape) > 32
+                or not all(_is_int(n) and n >= 0 for n in shape)):
+            raise _bad_meta(where, f"parameter {key!r} has no valid shape ({info!r})")
+    metrics = meta.get("metrics")
+    if not isinstance(metrics, list):
+        raise _bad_meta(where, "'metrics' is missing or not a list")
+    for name in metrics:
+        if not _array_name_ok(name) or name in params:
+            raise _bad_meta(where, f"metric name {name!r} is not a one-segment array name")
+    if len(set(metrics)) != len(metrics):
+        raise _bad_meta(where, f"metric names repeat: {metrics}")
+    if not isinstance(meta.get("config", {}), dict):
+        raise _bad_meta(where, "'config' is not an object")
+    return meta
+
+
 def check_version(attrs: dict, where: str) -> int:
     """The schema version in root ``attrs``; SchemaVersionError when newer than this code's."""
+    if not isinstance(attrs, dict):
+        raise _bad_meta(where, "the root attributes are not an object")
     version = attrs.get(SCHEMA_KEY)
     if not isinstance(version, int):
         from ..errors import NotAStoreError
