@@ -7,6 +7,11 @@ Every byte the store writes goes through :func:`put_file` (local disk) or the fs
   ``SIGKILL`` can never leave a torn chunk or a torn ``zarr.json``;
 * an ``OSError`` (disk full, permissions) surfaces as one exception type the recorder turns
   into :class:`~grokscope.errors.StoreWriteError`.
+
+Chunk checksums: every array grokscope writes ends its codec chain with zarr v3's ``crc32c``
+codec (4 little-endian bytes of the CRC32C of the encoded chunk, appended). :func:`crc32c`,
+:func:`codec_layout` and :func:`check_crc` are the raw-path helpers the recorder and the
+readers share with zarr's own codec.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
+import numpy as np
 import zarr
 from zarr.abc.store import ByteRequest, RangeByteRequest, Store
 from zarr.core.buffer import Buffer, default_buffer_prototype
@@ -29,9 +36,42 @@ from ..errors import CorruptStoreError, NotAStoreError
 
 TMP_SUFFIX = ".gstmp"
 
+CRC_NBYTES = 4
+
+
+# ---------------------------------------------------------------------------- checksums
+def crc32c(data: Any) -> bytes:
+    """The 4-byte little-endian CRC32C of ``data`` (any buffer), as zarr's ``crc32c`` codec
+    appends it to a chunk."""
+    value = google_crc32c.value(np.frombuffer(data, dtype=np.uint8))
+    return int(value).to_bytes(CRC_NBYTES, "little")
+
+
+def codec_layout(array: zarr.Array) -> tuple[bool, bool]:
+    """``(raw, checksummed)`` of an array's codec chain: ``raw`` when a chunk is plain
+    little-endian bytes (``bytes``, optionally followed by ``crc32c``), ``checksummed`` when the
+    chain ends with ``crc32c`` (stores written before checksums: False)."""
+    names = [type(c).__name__ for c in array.metadata.codecs]
+    checksummed = bool(names) and names[-1] == "Crc32cCodec"
+    plain = names[:-1] if checksummed else names
+    endian = getattr(array.metadata.codecs[0], "endian", None) if names else None
+    raw = plain == ["BytesCodec"] and (endian is None or getattr(endian, "value", endian) == "little")
+    return raw, checksummed
+
+
+def check_crc(data: Any, stored: Any) -> bool:
+    """Whether the CRC32C of ``data`` equals the 4 ``stored`` bytes."""
+    return len(stored) == CRC_NBYTES and crc32c(data) == bytes(stored)
+
+
+def is_checksum_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is zarr's crc32c codec reporting a mismatch."""
+    return isinstance(exc, ValueError) and "checksum do not match" in str(exc)
+
 
 def put_file(path: Path, data: Any) -> None:
-    """Write ``data`` (bytes-like) to ``path`` atomically: temporary file, then ``os.replace``.
+    """Write ``data`` (bytes-like, or a tuple/list of bytes-like parts written one after the
+    other) to ``path`` atomically: temporary file, then ``os.replace``.
 
     The temporary file lives in the same folder (same file system), is named
     ``.<name>.<random>.gstmp`` and is removed on failure; a killed process may leave one behind,
@@ -45,7 +85,8 @@ def put_file(path: Path, data: Any) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             f = open(tmp, "wb")  # noqa: SIM115
         with f:
-            f.write(data)
+            for part in (data if isinstance(data, tuple | list) else (data,)):
+                f.write(part)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -134,12 +175,14 @@ def store_label(store: Store) -> str:
 
 
 # ---------------------------------------------------------------------------- raw keys
-def put_bytes(store: Store, key: str, data: Any) -> None:
-    """Write raw bytes (any buffer-protocol object) to ``key``."""
+def put_bytes(store: Store, key: str, data: Any, *, checksum: bool = False) -> None:
+    """Write raw bytes (any buffer-protocol object) to ``key``; with ``checksum``, followed by
+    their CRC32C (what zarr's ``crc32c`` codec writes)."""
+    parts = (data, crc32c(data)) if checksum else (data,)
     if isinstance(store, AtomicLocalStore):
-        put_file(store.root / key, data)
+        put_file(store.root / key, parts if checksum else data)
         return
-    buf = cpu_buffer.Buffer.from_bytes(bytes(data))
+    buf = cpu_buffer.Buffer.from_bytes(b"".join(bytes(p) for p in parts))
     sync(store.set(key, buf))
 
 
@@ -160,23 +203,31 @@ def get_bytes(store: Store, key: str, byte_range: tuple[int, int] | None = None)
     return None if buf is None else buf.to_bytes()
 
 
-def read_into(store: Store, key: str, out: memoryview) -> int | None:
-    """Read ``key`` into the writable buffer ``out``; the byte count (``None`` when missing).
+def read_into(store: Store, key: str, out: memoryview, tail: memoryview | None = None
+              ) -> int | None:
+    """Read ``key`` into the writable buffer ``out`` and its last bytes into ``tail`` (e.g. the
+    4 checksum bytes); the byte count (``None`` when missing).
 
-    A byte count different from ``len(out)`` means a truncated or oversized chunk.
+    A byte count different from ``len(out) + len(tail)`` means a truncated or oversized chunk.
     """
+    n_tail = 0 if tail is None else len(tail)
+    want = len(out) + n_tail
     if isinstance(store, LocalStore):
         try:
             with open(store.root / key, "rb", buffering=0) as f:
                 n = f.readinto(out)
-                return n + len(f.read(1)) if n == len(out) else n
+                if n == len(out) and n_tail:
+                    n += f.readinto(tail)
+                return n + len(f.read(1)) if n == want else n
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
     raw = get_bytes(store, key)
     if raw is None:
         return None
-    if len(raw) == len(out):
-        out[:] = raw
+    if len(raw) == want:
+        out[:] = raw[:len(out)]
+        if n_tail:
+            tail[:] = raw[len(out):]
     return len(raw)
 
 

@@ -2,8 +2,9 @@
 
 Commit protocol (see :mod:`grokscope.store.schema`): arrays are pre-allocated with a capacity
 along ``step`` that doubles when full (a metadata-only resize, O(log n) times). One record
-writes each tensor's chunk (raw little-endian bytes straight to the chunk key when
-uncompressed), every scalar array's current chunk (metrics, ``nonfinite``, ``step``), the
+writes each tensor's chunk (raw little-endian bytes and their CRC32C straight to the chunk key
+when uncompressed, exactly as zarr's ``bytes`` + ``crc32c`` codecs encode it), every scalar
+array's current chunk (metrics, ``nonfinite``, ``step``), the
 resume state when given, and finally the root ``zarr.json`` carrying the committed count.
 Every write is atomic, so a killed writer leaves the store at its last commit; readers use
 only the first ``count`` rows.
@@ -144,17 +145,55 @@ class _Scalar:
         self.fill = schema.fill_value(self.dtype)
         self.chunk = -1
         self.buf = np.full(schema.SCALAR_CHUNK, self.fill, dtype=self.dtype)
+        self.raw, self.checksummed = _io.codec_layout(array)
+        if not self.raw:
+            raise CorruptStoreError(
+                f"scalar array {name!r} has codecs {array.metadata.codecs} that grokscope does not "
+                "write; the store is damaged or was not written by grokscope: restore it from a "
+                "copy or re-record the run"
+            )
 
     def key(self, chunk: int) -> str:
         return f"{self.name}/{self.array.metadata.encode_chunk_key((chunk,))}"
 
     def load(self, store: Any, row: int) -> None:
-        """Load the chunk holding ``row``; entries at and after ``row`` reset to the fill."""
+        """Load the chunk holding ``row``; entries at and after ``row`` reset to the fill.
+
+        The committed entries are verified (a missing chunk of a checksummed array, a length
+        or checksum mismatch: CorruptStoreError), so a re-opened writer never rewrites damaged
+        committed values as if they were fill.
+        """
         chunk = row // schema.SCALAR_CHUNK
         self.buf = np.full(schema.SCALAR_CHUNK, self.fill, dtype=self.dtype)
         start = chunk * schema.SCALAR_CHUNK
         if row > start:
-            self.buf[: row - start] = self.array[start:row]
+            raw = _io.get_bytes(store, self.key(chunk))
+            if raw is None and self.checksummed:
+                raise self._damaged(chunk, "the chunk of committed rows is missing")
+            if raw is not None:
+                n = self.buf.nbytes
+                if len(raw) != n + (_io.CRC_NBYTES if self.checksummed else 0):
+                    raise self._damaged(chunk, f"the chunk holds {len(raw)} bytes")
+                if self.checksummed and not _io.check_crc(raw[:n], raw[n:]):
+                    raise self._damaged(chunk, "its CRC32C checksum does not match its bytes")
+                self.buf[: row - start] = np.frombuffer(raw, dtype=self.dtype, count=row - start)
+        self.chunk = chunk
+
+    def _damaged(self, chunk: int, detail: str) -> CorruptStoreError:
+        return CorruptStoreError(
+            f"array {self.name!r} is damaged at rows {chunk * schema.SCALAR_CHUNK}.. (chunk "
+            f"{chunk}: {detail}); restore the store from a copy or re-record the run (a writer "
+            "does not repair committed data)"
+        )
+
+    def start_empty(self, store: Any, row: int) -> None:
+        """A new array whose first value is at ``row``: write the fill chunks before it (so
+        every chunk of a committed row exists) and start a buffer of fill at ``row``'s chunk."""
+        chunk = row // schema.SCALAR_CHUNK
+        fill = memoryview(np.full(schema.SCALAR_CHUNK, self.fill, dtype=self.dtype)).cast("B")
+        for c in range(chunk):
+            _io.put_bytes(store, self.key(c), fill, checksum=self.checksummed)
+        self.buf = np.full(schema.SCALAR_CHUNK, self.fill, dtype=self.dtype)
         self.chunk = chunk
 
     def set(self, store: Any, row: int, value: Any) -> None:
@@ -162,7 +201,8 @@ class _Scalar:
         if chunk != self.chunk:
             self.load(store, row)
         self.buf[row - chunk * schema.SCALAR_CHUNK] = value
-        _io.put_bytes(store, self.key(chunk), memoryview(self.buf).cast("B"))
+        _io.put_bytes(store, self.key(chunk), memoryview(self.buf).cast("B"),
+                      checksum=self.checksummed)
 
     def reset(self, row: int) -> None:
         if row // schema.SCALAR_CHUNK == self.chunk:
@@ -177,14 +217,14 @@ class _Param:
         self.array = array
         self.shape = tuple(array.shape[1:])
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
-        codecs = array.metadata.codecs
-        self.raw = len(codecs) == 1 and type(codecs[0]).__name__ == "BytesCodec"
+        self.raw, self.checksummed = _io.codec_layout(array)
         self._zeros = (0,) * len(self.shape)
 
     def write(self, store: Any, row: int, a: np.ndarray) -> None:
         if self.raw:
             key = f"{self.name}/{self.array.metadata.encode_chunk_key((row, *self._zeros))}"
-            _io.put_bytes(store, key, memoryview(a.reshape(-1)).cast("B"))
+            _io.put_bytes(store, key, memoryview(a.reshape(-1)).cast("B"),
+                          checksum=self.checksummed)
         else:
             self.array[row] = a
 
@@ -245,6 +285,11 @@ class Recorder:
         committed row count; ``"consolidated"`` also writes consolidated metadata whose shapes
         are the committed length (so plain ``xr.open_zarr`` sees exactly the committed prefix
         while recording, at some extra cost per step).
+    checksum : bool
+        End every array's codec chain with zarr's ``crc32c`` codec (default), so every read
+        (grokscope's and plain zarr's) detects changed, truncated or missing chunks. False
+        writes stores as grokscope did before checksums (for benchmarks and compatibility
+        tests). A re-opened store keeps the choice it was created with.
     consolidate : bool
         Consolidate metadata on :meth:`close` (after trimming), so plain ``xr.open_zarr`` opens
         the closed store quickly and without warnings.
@@ -290,6 +335,7 @@ class Recorder:
         consolidate: bool = True,
         model_kwargs: dict | None = None,
         export_program: bool | None = None,
+        checksum: bool = True,
     ) -> None:
         if compression not in (None, "lz4"):
             raise ConfigError(f"compression={compression!r}: use None or 'lz4'")
@@ -304,6 +350,7 @@ class Recorder:
         self.compression = compression
         self.commit_mode = commit
         self.consolidate = consolidate
+        self.checksum = bool(checksum)
         self._model = model
         sd = _state_dict(model)
         if model_kwargs is not None and not isinstance(model_kwargs, dict):
@@ -363,9 +410,9 @@ class Recorder:
 
     def _new_array(self, name: str, shape: tuple, chunks: tuple, dtype: np.dtype, dims: tuple,
                    *, compress: bool) -> zarr.Array:
-        compressors = None
+        compressors: list = []
         if compress:
-            compressors = zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+            compressors.append(zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"))
         return zarr.create_array(
             store=self._store,
             name=name,
@@ -374,12 +421,17 @@ class Recorder:
             dtype=dtype,
             fill_value=schema.fill_value(dtype),
             dimension_names=dims,
-            compressors=compressors,
+            compressors=self._codecs(*compressors),
             filters=None,
             zarr_format=3,
             overwrite=True,
             write_data=False,
         )
+
+    def _codecs(self, *compressors: Any) -> tuple:
+        """``compressors`` followed by the ``crc32c`` codec when checksums are on (bytes ->
+        [blosc ->] crc32c: the checksum covers the stored, possibly compressed, bytes)."""
+        return (*compressors, zarr.codecs.Crc32cCodec()) if self.checksum else compressors
 
     def _create(self, sd: dict[str, torch.Tensor], data: Data | None, config: dict | None) -> None:
         cfg = dict(_jsonable(config or {}, "config"))
@@ -467,17 +519,20 @@ class Recorder:
         arr = zarr.create_array(
             store=self._store, name=key, shape=(len(raw),), chunks=(len(raw),), dtype="uint8",
             fill_value=0, zarr_format=3, overwrite=True, dimension_names=("byte",),
-            compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="noshuffle"),
+            compressors=self._codecs(
+                zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="noshuffle")),
             attributes={"format": "torch.export.save", "torch": torch.__version__},
         )
         arr[...] = np.frombuffer(raw, dtype=np.uint8)
         return {"key": key, "nbytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
                 "torch": torch.__version__, "format": "torch.export"}
 
-    def _add_scalar(self, name: str, dtype: np.dtype) -> _Scalar:
+    def _add_scalar(self, name: str, dtype: np.dtype, row: int = 0) -> _Scalar:
+        """A new scalar array whose first row is ``row`` (earlier rows: the fill value)."""
         arr = self._new_array(name, (self._capacity,), (schema.SCALAR_CHUNK,), dtype,
                               (schema.STEP,), compress=False)
         sc = _Scalar(name, arr)
+        sc.start_empty(self._store, row)
         self._scalars[name] = sc
         return sc
 
@@ -495,7 +550,7 @@ class Recorder:
                 chunks=a.shape if a.size else None, dtype=a.dtype,
                 fill_value=schema.fill_value(a.dtype),
                 dimension_names=schema.dim_names(name, a.ndim, leading=None),
-                compressors=None, zarr_format=3, overwrite=True,
+                compressors=self._codecs(), zarr_format=3, overwrite=True,
                 attributes={"torch_dtype": str(t.dtype)},
             )
             if a.size:
@@ -549,6 +604,8 @@ class Recorder:
         for name in (schema.STEP, schema.NONFINITE, *self._metric_names):
             arr = _io.open_zarr_array(store, name, what="scalar array")
             self._scalars[name] = _Scalar(name, arr)
+        # keep the store's choice: new arrays (metrics, resume states) match its step array
+        self.checksum = self._scalars[schema.STEP].checksummed
         self._drop_orphan_resume()
         # trim the uncommitted tail (deletes its chunks), then pre-allocate again
         self._capacity = self._count
@@ -773,7 +830,7 @@ class Recorder:
             if row >= self._capacity:
                 self._resize_all(max(schema.INITIAL_CAPACITY, 2 * self._capacity))
             for name in new_metrics:
-                self._add_scalar(name, np.dtype("float64"))
+                self._add_scalar(name, np.dtype("float64"), row)
             for key, a in arrays.items():
                 self._params[key].write(store, row, a)
             names = self._metric_names + pending + new_metrics
@@ -817,10 +874,11 @@ class Recorder:
         key = f"{schema.RESUME_GROUP}/s{step}"
         arr = zarr.create_array(
             store=store, name=key, shape=(len(raw),), chunks=(max(len(raw), 1),), dtype="uint8",
-            fill_value=0, compressors=None, zarr_format=3, overwrite=True,
+            fill_value=0, compressors=self._codecs(), zarr_format=3, overwrite=True,
             dimension_names=("byte",), write_data=False,
         )
-        _io.put_bytes(store, f"{key}/{arr.metadata.encode_chunk_key((0,))}", raw)
+        _io.put_bytes(store, f"{key}/{arr.metadata.encode_chunk_key((0,))}", raw,
+                      checksum=self.checksum)
         return {"step": step, "key": key, "nbytes": len(raw)}
 
     def resume_state(self) -> dict | None:

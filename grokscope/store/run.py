@@ -50,8 +50,11 @@ def _corrupt(where: str, name: str, detail: str) -> CorruptStoreError:
 class _ArrayReader:
     """Read access to the first ``count`` rows of one root array, errors named.
 
-    Uncompressed arrays are read as raw chunk bytes (length-checked, so a truncated or missing
-    chunk is detected); compressed ones through zarr. Also a dask-compatible array-like.
+    Uncompressed arrays are read as raw chunk bytes (length-checked, and CRC32C-checked when
+    the array carries zarr's ``crc32c`` codec); compressed ones through zarr, whose codec
+    verifies the checksum. A missing chunk of a committed row, a wrong length or a checksum
+    mismatch raise CorruptStoreError naming the array and the rows/steps. Also a
+    dask-compatible array-like.
     """
 
     def __init__(self, store: Any, where: str, name: str, array: zarr.Array, count: int,
@@ -62,26 +65,102 @@ class _ArrayReader:
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
         self.source_dtype = source_dtype
-        codecs = array.metadata.codecs
-        self.raw = len(codecs) == 1 and type(codecs[0]).__name__ == "BytesCodec"
+        self.raw, self.checksummed = _io.codec_layout(array)
         self.chunk_rows = array.chunks[0]
-        self._per_row = array.chunks[0] == 1 and tuple(array.chunks[1:]) == self.inner
+        self._chunk_shape = tuple(array.chunks)
+        self._whole_rows = tuple(array.chunks[1:]) == self.inner
+        self._per_row = array.chunks[0] == 1 and self._whole_rows
         self._nbytes_chunk = int(np.prod(array.chunks)) * self.dtype.itemsize
+        self._crc = _io.CRC_NBYTES if self.checksummed else 0
         self._le = self.dtype.newbyteorder("<")
+        # stores written before checksums leave the chunks of a metric's rows before its first
+        # value unwritten (read as the fill value, as before); everywhere else a missing chunk
+        # of a committed row is damage
+        self._missing_ok = not self.checksummed and self.chunk_rows > 1
+        #: the committed steps (set by the Run once read), to name steps in messages
+        self.steps: np.ndarray | None = None
 
     def _key(self, chunk: int) -> str:
         zeros = (0,) * len(self.inner)
         return f"{self.name}/{self.array.metadata.encode_chunk_key((chunk, *zeros))}"
 
+    def _rows_text(self, chunk: int) -> str:
+        """``"row 3 (step 5)"`` or ``"rows 0..99 (steps 0..4000)"`` for a chunk."""
+        lo = chunk * self.chunk_rows
+        hi = min(lo + self.chunk_rows, self.shape[0]) - 1
+        steps = self.steps
+        if lo == hi:
+            at = f" (step {int(steps[lo])})" if steps is not None and lo < len(steps) else ""
+            return f"row {lo}{at}"
+        at = (f" (steps {int(steps[lo])}..{int(steps[hi])})"
+              if steps is not None and hi < len(steps) else "")
+        return f"rows {lo}..{hi}{at}"
+
+    def _damage(self, chunk: int, what: str) -> CorruptStoreError:
+        return _corrupt(self.where, self.name, f"the chunk of {self._rows_text(chunk)} {what}")
+
+    def _check(self, chunk: int, n: int | None, data: Any = None, stored: Any = None) -> None:
+        """Raise unless a chunk read as ``n`` bytes (``None``: missing) is whole and, when the
+        array is checksummed, ``data``'s CRC32C equals the ``stored`` 4 bytes."""
+        want = self._nbytes_chunk + self._crc
+        if n is None:
+            raise self._damage(chunk, "is missing")
+        if n != want:
+            raise self._damage(chunk, f"holds {n} bytes, expected {want} (truncated or "
+                                      "overwritten)")
+        if self.checksummed and not _io.check_crc(data, stored):
+            raise self._damage(chunk, "does not match its CRC32C checksum (its bytes changed "
+                                      "after they were written)")
+
     def _raw_chunk(self, chunk: int, byte_range: tuple[int, int] | None = None) -> bytes:
-        raw = _io.get_bytes(self.store, self._key(chunk), byte_range)
-        want = self._nbytes_chunk if byte_range is None else byte_range[1] - byte_range[0]
-        if raw is None:
-            raise _corrupt(self.where, self.name, f"chunk {chunk} of a committed row is missing")
-        if len(raw) != want:
-            raise _corrupt(self.where, self.name,
-                           f"chunk {chunk} holds {len(raw)} bytes, expected {self._nbytes_chunk}")
-        return raw
+        """The decoded bytes of a raw chunk (checked), or of ``byte_range`` of it (checked
+        only for presence, unchecksummed arrays only)."""
+        if byte_range is not None and not self.checksummed:
+            raw = _io.get_bytes(self.store, self._key(chunk), byte_range)
+            if raw is None:
+                raise self._damage(chunk, "is missing")
+            if len(raw) != byte_range[1] - byte_range[0]:
+                raise self._damage(chunk, f"is shorter than {self._nbytes_chunk} bytes "
+                                          "(truncated)")
+            return raw
+        raw = _io.get_bytes(self.store, self._key(chunk))
+        n = self._nbytes_chunk
+        self._check(chunk, None if raw is None else len(raw), raw[:n] if raw else b"",
+                    raw[n:] if raw else b"")
+        return raw[:n] if byte_range is None else raw[byte_range[0]:byte_range[1]]
+
+    def _chunk_rows_array(self, chunk: int) -> np.ndarray:
+        """A raw chunk as an array of shape ``(chunk_rows, *inner)`` (whole-row chunks)."""
+        if self._missing_ok and not _io.exists(self.store, self._key(chunk)):
+            return np.full((self.chunk_rows, *self.inner), schema.fill_value(self.dtype),
+                           dtype=self._le)
+        return np.frombuffer(self._raw_chunk(chunk), dtype=self._le).reshape(
+            self.chunk_rows, *self.inner)
+
+    def _zarr_read(self, fn: Any, chunks: np.ndarray) -> np.ndarray:
+        """``fn()`` (a zarr read touching ``chunks``) with missing chunks and zarr's errors
+        (its crc32c codec's mismatch included) turned into CorruptStoreError."""
+        for c in np.unique(chunks) if not self._missing_ok else ():
+            if not _io.exists(self.store, self._key(int(c))):
+                raise self._damage(int(c), "is missing")
+        try:
+            return np.asarray(fn())
+        except _READ_ERRORS as exc:
+            if _io.is_checksum_error(exc):
+                bad = self._first_bad(chunks)
+                where = f"the chunk of {self._rows_text(bad)}" if bad is not None else "a chunk"
+                raise _corrupt(self.where, self.name,
+                               f"{where} does not match its CRC32C checksum (its bytes changed "
+                               "after they were written)") from exc
+            raise _corrupt(self.where, self.name, f"{type(exc).__name__}: {exc}") from exc
+
+    def _first_bad(self, chunks: np.ndarray) -> int | None:
+        """The first of ``chunks`` whose stored bytes fail their checksum (for messages)."""
+        for c in np.unique(chunks):
+            raw = _io.get_bytes(self.store, self._key(int(c)))
+            if raw is None or len(raw) < 4 or not _io.check_crc(raw[:-4], raw[-4:]):
+                return int(c)
+        return None
 
     def rows(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows ``idx`` (positions, not steps), shape ``(len(idx), *inner)``."""
@@ -91,20 +170,29 @@ class _ArrayReader:
         if self.raw and self._per_row:
             out = np.empty((idx.size, *self.inner), dtype=self._le)
             flat = out.reshape(idx.size, -1)
+            tail = bytearray(self._crc)
             for j, i in enumerate(idx):
-                n = _io.read_into(self.store, self._key(int(i)), memoryview(flat[j]).cast("B"))
-                if n != self._nbytes_chunk:
-                    detail = (f"chunk {int(i)} of a committed row is missing" if n is None else
-                              f"chunk {int(i)} holds {n} bytes, expected {self._nbytes_chunk}")
-                    raise _corrupt(self.where, self.name, detail)
+                view = memoryview(flat[j]).cast("B")
+                n = _io.read_into(self.store, self._key(int(i)), view,
+                                  memoryview(tail) if self._crc else None)
+                self._check(int(i), n, view, tail)
             return out.astype(self.dtype, copy=False)
-        try:
-            return np.asarray(self.array.get_orthogonal_selection((idx,)))
-        except _READ_ERRORS as exc:
-            raise _corrupt(self.where, self.name, f"{type(exc).__name__}: {exc}") from exc
+        if self.raw and self._whole_rows:
+            out = np.empty((idx.size, *self.inner), dtype=self._le)
+            chunks = idx // self.chunk_rows
+            for c in np.unique(chunks):
+                sel = chunks == c
+                out[sel] = self._chunk_rows_array(int(c))[idx[sel] - c * self.chunk_rows]
+            return out.astype(self.dtype, copy=False)
+        return self._zarr_read(lambda: self.array.get_orthogonal_selection((idx,)),
+                               idx // self.chunk_rows)
 
     def element(self, idx: Sequence[int] | np.ndarray, index: tuple[int, ...]) -> np.ndarray:
-        """One entry ``index`` of the tensor at rows ``idx``, shape ``(len(idx),)``."""
+        """One entry ``index`` of the tensor at rows ``idx``, shape ``(len(idx),)``.
+
+        Checksummed chunks are read whole (a checksum covers the whole chunk); chunks of
+        stores written before checksums are read at the entry's byte range.
+        """
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         index = tuple(int(i) for i in index)
         if len(index) != len(self.inner) or any(
@@ -125,19 +213,24 @@ class _ArrayReader:
         if not isinstance(key, tuple):
             key = (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
-        first = key[0]
+        first, rest = key[0], key[1:]
         if isinstance(first, slice):
-            start, stop, stride = first.indices(self.shape[0])
-            rest = key[1:]
-            if self.raw and self._per_row:
-                return self.rows(np.arange(start, stop, stride))[(slice(None), *rest)]
-            key = (slice(start, stop, stride), *rest)
-        elif isinstance(first, int | np.integer) and not 0 <= first < self.shape[0]:
-            raise IndexError(f"row {first} out of range for {self.name!r}")
-        try:
-            return np.asarray(self.array[key])
-        except _READ_ERRORS as exc:
-            raise _corrupt(self.where, self.name, f"{type(exc).__name__}: {exc}") from exc
+            idx = np.arange(*first.indices(self.shape[0]))
+            if self.raw and self._whole_rows:
+                return self.rows(idx)[(slice(None), *rest)]
+            sel = (first, *rest)
+        elif isinstance(first, int | np.integer):
+            if not 0 <= first < self.shape[0]:
+                raise IndexError(f"row {first} out of range for {self.name!r}")
+            if self.raw and self._whole_rows:
+                return self.rows([int(first)])[(0, *rest)]
+            idx, sel = np.array([int(first)]), (int(first), *rest)
+        else:
+            idx = np.asarray(first, dtype=np.int64).reshape(-1)
+            if self.raw and self._whole_rows:
+                return self.rows(idx)[(slice(None), *rest)]
+            sel = key
+        return self._zarr_read(lambda: self.array[sel], idx // self.chunk_rows)
 
     def dask(self, token: str) -> da.Array:
         chunks = (1 if self._per_row else self.chunk_rows, *self.inner)
@@ -146,6 +239,27 @@ class _ArrayReader:
             meta=np.empty((0,) * self.ndim, dtype=self.dtype),
             name=f"grokscope-{token}-{self.name}-{self.shape[0]}",
         )
+
+
+def _read_whole(store: Any, where: str, path: str, what: str) -> np.ndarray:
+    """The whole array at ``path`` through zarr, every chunk required to exist (a missing one
+    would read as the fill value) and zarr's errors (its crc32c mismatch included) named."""
+    import itertools
+
+    arr = _io.open_zarr_array(store, path, what=what)
+    if not arr.size:
+        return np.empty(arr.shape, dtype=arr.dtype)
+    grid = [range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)]
+    for coords in itertools.product(*grid):
+        if not _io.exists(store, f"{path}/{arr.metadata.encode_chunk_key(coords)}"):
+            raise _corrupt(where, path, f"its chunk {coords} is missing")
+    try:
+        return np.asarray(arr[...])
+    except _READ_ERRORS as exc:
+        if _io.is_checksum_error(exc):
+            raise _corrupt(where, path, "a chunk does not match its CRC32C checksum (its bytes "
+                                        "changed after they were written)") from exc
+        raise _corrupt(where, path, f"{type(exc).__name__}: {exc}") from exc
 
 
 def read_data(store: Any) -> Data:
@@ -161,11 +275,8 @@ def read_data(store: Any) -> Data:
     for name in _io.list_dir(store, schema.DATA_GROUP):
         if name == "zarr.json":
             continue
+        a = _read_whole(store, where, f"{schema.DATA_GROUP}/{name}", "data array")
         arr = _io.open_zarr_array(store, f"{schema.DATA_GROUP}/{name}", what="data array")
-        try:
-            a = np.asarray(arr[...]) if arr.size else np.empty(arr.shape, dtype=arr.dtype)
-        except _READ_ERRORS as exc:
-            raise _corrupt(where, f"{schema.DATA_GROUP}/{name}", f"{type(exc).__name__}: {exc}") from exc
         t = torch.from_numpy(np.ascontiguousarray(a))
         tdtype = arr.attrs.get("torch_dtype")
         if tdtype == "torch.bfloat16":
@@ -194,9 +305,21 @@ def load_resume(store: Any, resume: dict | None) -> dict | None:
         raise CorruptStoreError(f"the resume record of {where} is malformed; re-record the run")
     schema.check_stored_key(resume.get("key"), "resume", where)
     arr = _io.open_zarr_array(store, resume["key"], what="resume state")
+    raw_ok, checksummed = _io.codec_layout(arr)
+    if not raw_ok:
+        raise _corrupt(where, resume["key"], f"codecs {arr.metadata.codecs} that grokscope does "
+                                             "not write")
     raw = _io.get_bytes(store, f"{resume['key']}/{arr.metadata.encode_chunk_key((0,))}")
-    if raw is None or len(raw) != resume.get("nbytes", len(raw)):
+    crc = _io.CRC_NBYTES if checksummed else 0
+    nbytes = resume.get("nbytes", len(raw) - crc if raw is not None else 0)
+    if raw is None or len(raw) != nbytes + crc:
         raise _corrupt(where, resume["key"], "the saved optimizer state is missing or truncated")
+    if checksummed:
+        if not _io.check_crc(raw[:nbytes], raw[nbytes:]):
+            raise _corrupt(where, resume["key"],
+                           f"the saved optimizer state of step {resume.get('step')} does not "
+                           "match its CRC32C checksum (its bytes changed after they were written)")
+        raw = raw[:nbytes]
     try:
         state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
@@ -337,6 +460,8 @@ class Run:
                       else np.empty(0, dtype=np.int64))
         if count and np.any(np.diff(self.steps) <= 0):
             raise _corrupt(self._where, schema.STEP, "steps are not strictly increasing")
+        for r in (*self._readers.values(), *self._scalar_readers.values()):
+            r.steps = self.steps
         self._index = {int(s): i for i, s in enumerate(self.steps)}
         self._token = f"{abs(hash((self._where, meta.get('created'), count))):x}"
         self._params_ds: xr.Dataset | None = None
@@ -632,12 +757,7 @@ class Run:
         if arr.shape != (nbytes,) or np.dtype(arr.dtype) != np.uint8:
             raise _corrupt(self._where, key, f"shape {arr.shape} {arr.dtype}, expected "
                                              f"({nbytes},) uint8")
-        if not _io.exists(self._store, f"{key}/{arr.metadata.encode_chunk_key((0,))}"):
-            raise _corrupt(self._where, key, "its chunk is missing")
-        try:
-            raw = np.asarray(arr[...]).tobytes()
-        except _READ_ERRORS as exc:
-            raise _corrupt(self._where, key, f"{type(exc).__name__}: {exc}") from exc
+        raw = _read_whole(self._store, self._where, key, "model program").tobytes()
         if len(raw) != nbytes or hashlib.sha256(raw).hexdigest() != info.get("sha256"):
             raise _corrupt(self._where, key, "its bytes do not match the recorded checksum")
         self._program = raw
