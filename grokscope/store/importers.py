@@ -461,7 +461,7 @@ def import_checkpoints(
     """
     from tqdm.auto import tqdm
 
-    from .recorder import Recorder
+    from .recorder import Recorder, remove_lock_file
     from .run import open_run
 
     source = open_source(
@@ -512,6 +512,8 @@ def import_checkpoints(
     # success, so a failure part-way leaves the old store untouched.
     target = out
     local = _io._local_path(out)
+    if existed and local is not None and _io.unfinished_store_files(local):
+        existed = False  # only the temp files of a writer killed before its first commit
     swap = existed and overwrite and local is not None
     if swap and not _is_grokscope_store(local):
         raise ConfigError(
@@ -562,12 +564,14 @@ def import_checkpoints(
     except GrokscopeError:
         if created:  # remove only what this call created; never a path that existed before
             _remove(target, storage_options)
+            remove_lock_file(target)
         raise
     if swap:
         old = local.with_name(f".{local.name}.replaced-{uuid.uuid4().hex[:8]}")
         os.replace(local, old)
         os.replace(target, local)
         shutil.rmtree(old)
+        remove_lock_file(target)  # the sibling's lock file: the store keeps its own
     return open_run(out, storage_options=storage_options)
 
 
