@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -35,7 +36,10 @@ from zarr.storage import FsspecStore, LocalStore
 from ..errors import CorruptStoreError, NotAStoreError
 
 TMP_SUFFIX = ".gstmp"
-
+#: the names of grokscope's own leftovers: :func:`put_file`'s temporary files and (empty)
+#: writer-lock files
+_OWN_TMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}" + re.escape(TMP_SUFFIX) + "$")
+_OWN_LOCK_RE = re.compile(r"^\..+\.lock$")
 CRC_NBYTES = 4
 
 
@@ -129,6 +133,60 @@ def remove_stale_tmp(store: Store) -> int:
                 except FileNotFoundError:
                     pass
     return n
+
+
+def unfinished_store_files(store: Store | Path) -> list[Path] | None:
+    """The leftovers of a local store killed before its first commit, else None.
+
+    A writer killed before its root document landed leaves a folder holding only
+    :func:`put_file`'s temporary files (``.zarr.json.<hex>.gstmp``), perhaps empty lock files
+    and empty folders: no data, and no ``zarr.json`` that would say whose it is. This returns
+    those files (a non-empty list) when the folder holds nothing else; None for a store with a
+    ``zarr.json``, an empty or missing folder, a URL, or a folder holding anything else.
+    """
+    root = _root_of(store)
+    if root is None or not root.is_dir() or (root / "zarr.json").exists():
+        return None
+    found: list[Path] = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if _OWN_TMP_RE.match(name):
+                found.append(path)
+                continue
+            try:
+                empty_lock = bool(_OWN_LOCK_RE.match(name)) and path.stat().st_size == 0
+            except OSError:
+                empty_lock = False
+            if not empty_lock:
+                return None  # anything else: not ours to judge, never ours to delete
+            found.append(path)
+    return found or None
+
+
+def clear_unfinished_store(store: Store | Path, files: list[Path]) -> None:
+    """Delete the leftovers :func:`unfinished_store_files` found, then the folders they leave
+    empty inside the store (never the store's folder itself, never a non-empty folder)."""
+    for path in files:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+    root = _root_of(store)
+    if root is None:
+        return
+    for dirpath, _dirs, _files in os.walk(root, topdown=False):
+        if Path(dirpath) != root:
+            try:
+                os.rmdir(dirpath)
+            except OSError:  # not empty: leave it
+                pass
+
+
+def _root_of(store: Store | Path) -> Path | None:
+    if isinstance(store, Path):
+        return store
+    return Path(store.root) if isinstance(store, LocalStore) else None
 
 
 def _local_path(path_or_url: str | os.PathLike) -> Path | None:
@@ -321,6 +379,12 @@ def open_zarr_array(store: Store, path: str, *, what: str) -> zarr.Array:
 def check_root(store: Store) -> dict:
     """The root ``zarr.json`` document, or NotAStoreError."""
     doc = read_json(store, "zarr.json", what="the root metadata document")
+    if doc is None and unfinished_store_files(store):
+        raise NotAStoreError(
+            f"{store_label(store)} is an unfinished grokscope store: a writer was stopped before "
+            "its first commit and left only temporary files, no data. Record or import into "
+            "it again (it is reused), or delete the folder"
+        )
     if doc is None:
         raise NotAStoreError(
             f"{store_label(store)} is not a grokscope store (no zarr.json at its root). Record "

@@ -236,6 +236,10 @@ def _writer_lock(path: Any) -> Any:
     Two writers on one store would each commit from their own count and silently drop the
     other's steps; the second one gets a StoreError instead. The OS releases the lock when the
     process dies, so a killed writer never blocks the next. Remote stores (URLs) take no lock.
+
+    A holder may delete the lock file (:func:`_drop_lock_file`, for targets it refused), so a
+    lock counts only when the file locked is still the one at the path; otherwise the newer
+    file is locked instead.
     """
     import fcntl
 
@@ -244,16 +248,51 @@ def _writer_lock(path: Any) -> Any:
         return None
     local = local.expanduser().absolute()
     local.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(local.with_name(f".{local.name}.lock"), "a+")  # noqa: SIM115 (held open)
+    lock_path = local.with_name(f".{local.name}.lock")
+    while True:
+        fh = open(lock_path, "a+")  # noqa: SIM115 (held open)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise StoreError(
+                f"{local} is already being written by another Recorder (another process, or an "
+                "unclosed Recorder in this one); close it first, or record into another path"
+            ) from None
+        try:
+            st = os.stat(lock_path)
+            held = os.fstat(fh.fileno())
+            if (st.st_ino, st.st_dev) == (held.st_ino, held.st_dev):
+                return fh
+        except FileNotFoundError:
+            pass
+        fh.close()  # the file was deleted by its holder after we opened it: lock the new one
+
+
+def _drop_lock_file(fh: Any) -> None:
+    """Delete a held lock file, then release it (no other writer can be using that file)."""
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise StoreError(
-            f"{local} is already being written by another Recorder (another process, or an "
-            "unclosed Recorder in this one); close it first, or record into another path"
-        ) from None
-    return fh
+        os.unlink(fh.name)
+    except OSError:
+        pass
+    fh.close()
+
+
+def remove_lock_file(path: Any) -> None:
+    """Delete the lock file beside ``path`` when no writer holds it (a path grokscope wrote
+    into and then removed, or never used); a held lock is left alone."""
+    local = _io._local_path(path)
+    if local is None:
+        return
+    local = local.expanduser().absolute()
+    if not local.with_name(f".{local.name}.lock").is_file():
+        return
+    try:
+        fh = _writer_lock(path)
+    except (StoreError, OSError):
+        return
+    if fh is not None:
+        _drop_lock_file(fh)
 
 
 class Recorder:
@@ -373,7 +412,7 @@ class Recorder:
             else:
                 self._reopen(root, sd, data, config)
         except BaseException as exc:
-            self._release_lock()
+            self._release_lock(drop=True)  # a refused target keeps no lock file of ours
             if not isinstance(exc, OSError):
                 raise
             raise StoreWriteError(
@@ -392,6 +431,15 @@ class Recorder:
                 "path (grokscope will not delete it, even with overwrite=True)"
             )
         if root is None:
+            leftovers = _io.unfinished_store_files(store)
+            if leftovers:  # killed before its first commit: only our temp files, no data
+                if not overwrite:
+                    warnings.warn(
+                        f"{self._where} is an unfinished grokscope store (a writer was stopped "
+                        "before its first commit; it holds no data, only temporary files): "
+                        "starting the run in it afresh", UserWarning, stacklevel=3,
+                    )
+                _io.clear_unfinished_store(store, leftovers)
             local_file = (isinstance(store, _io.LocalStore) and store.root.exists()
                           and not store.root.is_dir())
             if local_file or _io.list_dir(store, ""):  # any store kind: a local folder or a URL prefix
@@ -890,9 +938,11 @@ class Recorder:
         return load_resume(self._store, self._resume)
 
     # ------------------------------------------------------------------ closing
-    def _release_lock(self) -> None:
+    def _release_lock(self, *, drop: bool = False) -> None:
         lock, self._lock = getattr(self, "_lock", None), None
-        if lock is not None:
+        if lock is not None and drop:
+            _drop_lock_file(lock)
+        elif lock is not None:
             lock.close()  # closing the descriptor releases the flock
 
     def close(self) -> None:
