@@ -961,6 +961,13 @@ class Recorder:
                 f"closing {self._where} failed ({exc}); the {self._count} committed checkpoints "
                 "are intact (re-open with a Recorder to trim again)"
             ) from exc
+        except (ValueError, TypeError, KeyError) as exc:  # zarr: a node's metadata is unreadable
+            raise CorruptStoreError(
+                f"closing {self._where}: the metadata of a node in the store is damaged "
+                f"({type(exc).__name__}: {exc}), so it cannot be consolidated; the "
+                f"{self._count} committed checkpoints are intact. Restore the damaged node from a "
+                "copy (or delete a damaged results/ group and analyse again)"
+            ) from exc
         finally:
             self._release_lock()
 
