@@ -299,7 +299,7 @@ def test_duplicate_steps_error_names_files(tmp_path, model, sds):
     torch.save({"model": sds[0], "epoch": 5}, ck / "x_1.pt")
     torch.save({"model": sds[1], "epoch": 5}, ck / "y_2.pt")
     with pytest.raises(CheckpointFormatError, match=r"step 5 .*x_1\.pt.*y_2\.pt"):
-        _imp(ck, tmp_path / "run.zarr", model, small_data())
+        _imp(ck, tmp_path / "run.zarr", model, small_data(), step_from="meta")
 
 
 def test_empty_folder_and_missing_path(tmp_path, model):

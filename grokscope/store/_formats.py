@@ -36,6 +36,11 @@ file, else the last number in the file name (``epoch_120.pt``, ``ckpt-00500.pth`
 ``final*``/``last*`` come after the last numbered step (dropped when their weights equal the
 checkpoint at that step), anything else is an error unless ``skip_unknown``. Two files at one
 step are an error unless the extra ones are unnumbered aliases with identical weights.
+
+A file whose name's number disagrees with its step key (``ckpt_100.pt`` holding ``epoch=1``)
+is refused naming both values, unless ``step_from="name"``/``"meta"`` chooses (an explicit
+``step_key`` chooses the key); a key equal to any number in the name agrees. The source that
+won is in the notes (``step_source``, and ``step_disagreements`` for overruled files).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointFormatError, UnsafeCheckpointError
+from ..errors import CheckpointFormatError, ConfigError, UnsafeCheckpointError
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -105,7 +110,13 @@ def _safe_numpy_globals() -> list[Any]:
     return [np.dtype, np.ndarray, _reconstruct, scalar, argparse.Namespace, *dtypes]
 
 
-_UNSUPPORTED_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+#: how torch's weights-only unpickler names what it refused
+_BLOCKED_RE = re.compile(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked")
+_REFUSED_RES = (
+    re.compile(r"Unsupported global: GLOBAL (\S+)"),
+    re.compile(r"but got <class '([^']+)'>"),
+    re.compile(r"unrecognized function <(?:built-in )?function ([\w.]+)"),
+)
 
 
 def load_torch(path: Path, *, trust_pickle: bool = False, mmap: bool = True) -> Any:
@@ -130,14 +141,7 @@ def load_torch(path: Path, *, trust_pickle: bool = False, mmap: bool = True) -> 
         if not _is_weights_only_refusal(exc):
             raise _format_error(path, exc) from exc
         if not trust_pickle:
-            match = _UNSUPPORTED_RE.search(str(exc))
-            what = f" (it pickles {match.group(1)})" if match else ""
-            raise UnsafeCheckpointError(
-                f"{path}: loading it needs arbitrary pickled Python code{what}, which "
-                "torch.load(weights_only=True) refuses. If you trust this file, pass "
-                "trust_pickle=True (CLI: --trust-pickle) to load it with weights_only=False; "
-                "never do so for files from an unknown source."
-            ) from None
+            raise _unsafe_error(path, exc) from None
     try:
         return _load_mmap_or_plain(path, mmap, weights_only=False, **kwargs)
     except (ImportError, AttributeError) as exc:
@@ -147,6 +151,48 @@ def load_torch(path: Path, *, trust_pickle: bool = False, mmap: bool = True) -> 
         ) from exc
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a format problem
         raise _format_error(path, exc) from exc
+
+
+def _unsafe_error(path: Path, exc: Exception) -> UnsafeCheckpointError:
+    """The refusal of a file that needs pickled code, naming the globals it pickles."""
+    text = str(exc)
+    blocked = _BLOCKED_RE.search(text)
+    if blocked:
+        return UnsafeCheckpointError(
+            f"{path}: loading it would call {blocked.group(1)}, from the module "
+            f"{blocked.group(2)!r} that torch refuses outright (it can run commands on this "
+            "machine). The file may be malicious: do not load it with trust_pickle=True "
+            "(--trust-pickle) unless you wrote it yourself."
+        )
+    names = []
+    for pattern in _REFUSED_RES:
+        names += [m for m in pattern.findall(text) if m not in names]
+    names += [n for n in _unsafe_globals_in(path) if n not in names]
+    if names:
+        what = f"it pickles {', '.join(names[:8])}" + (" ..." if len(names) > 8 else "")
+        allow = (f"allow just {'this global' if len(names) == 1 else 'these globals'} with "
+                 f"torch.serialization.add_safe_globals([{', '.join(names[:8])}]) (the objects "
+                 "themselves, imported) and import again, or ")
+    else:
+        what = "torch did not name it: " + " ".join(text.split())[-200:]
+        allow = "allow its globals with torch.serialization.add_safe_globals([...]), or "
+    return UnsafeCheckpointError(
+        f"{path}: loading it needs arbitrary pickled Python code ({what}), which "
+        "torch.load(weights_only=True) refuses. Only if you trust this file: "
+        f"{allow}pass trust_pickle=True (CLI: --trust-pickle) to load it with "
+        "weights_only=False; never do either for files from an unknown source."
+    )
+
+
+def _unsafe_globals_in(path: Path) -> list[str]:
+    """Every global of a zip-format torch file that weights-only loading does not allow."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - legacy files, older torch: the error text suffices
+        return []
+    ours = {f"{g.__module__}.{getattr(g, '__qualname__', getattr(g, '__name__', ''))}"
+            for g in _safe_numpy_globals()}
+    return [n for n in found if n not in ours]
 
 
 def _load_mmap_or_plain(path: Path, mmap: bool, **kwargs: Any) -> Any:
@@ -324,6 +370,34 @@ def step_from_meta(meta: dict, step_key: str | None, label: str) -> tuple[int, s
     return None
 
 
+STEP_FROM = (None, "name", "meta")
+_NAME_SOURCES = {
+    "numeric": "the number in the file name",
+    "init": "the file name (init*: step 0)",
+    "final": "the file name (final*: after the last numbered step)",
+    "unknown": "none (a single file without a step: step 0)",
+}
+
+
+def _name_numbers(name: str) -> set[int]:
+    """Every number in a file name (without its suffix)."""
+    for suffix in (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return {int(n) for n in _NUMBER_RE.findall(name)}
+
+
+def _summarise_sources(sources: list[str]) -> str:
+    """One line saying where the steps came from: one source, or each with its file count."""
+    counts: dict[str, int] = {}
+    for src in sources:
+        counts[src] = counts.get(src, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{n} file{'s' if n > 1 else ''}: {src}" for src, n in counts.items())
+
+
 def name_kind(name: str) -> tuple[str, int | None]:
     """Classify a file name: ``("numeric", n)``, ``("init", 0)``, ``("final", None)``, ``("unknown", None)``."""
     stem = name
@@ -411,6 +485,24 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
     )
 
 
+def weights_digest(sd: dict[str, torch.Tensor]) -> bytes:
+    """A 16-byte hash of a state dict's keys, dtypes, shapes and exact bytes.
+
+    Equal digests mean bit-for-bit identical weights (up to a 2**-128 accident); hashing each
+    checkpoint once finds repeats among ``n`` checkpoints without comparing pairs.
+    """
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for key in sorted(sd):
+        t = sd[key].detach()
+        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        flat = t.cpu().contiguous().reshape(-1)
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy().data)
+    return h.digest()
+
+
 # ---------------------------------------------------------------------------- the source
 @dataclass
 class Item:
@@ -458,6 +550,7 @@ class _Entry:
     step: int | None
     step_from: str  # "key:<k>" | "name" | "init" | "final"
     scalars: dict[str, float]
+    source: str = ""  # which source gave the step, in words (for the import notes)
 
 
 class _FileKind:
@@ -510,8 +603,13 @@ def open_source(
     state_key: str | None = None,
     trust_pickle: bool = False,
     skip_unknown: bool = False,
+    step_from: str | None = None,
 ) -> Source:
     """Detect the format of ``src`` (a folder or a file) and scan it.
+
+    ``step_from`` decides a file whose name's number disagrees with the step inside it
+    (``"name"`` or ``"meta"``); None (default) refuses such a file, unless ``step_key`` is
+    given (then the key wins).
 
     Raises
     ------
@@ -520,19 +618,23 @@ def open_source(
     UnsafeCheckpointError
         A file needs pickled code and ``trust_pickle`` is False.
     """
+    if step_from not in STEP_FROM:
+        raise ConfigError(f"step_from={step_from!r}: use one of {STEP_FROM}")
     src = Path(src)
     if not src.exists():
         raise CheckpointFormatError(f"{src}: no such file or folder")
     if src.is_file():
         if src.suffix == SAFETENSORS_SUFFIX:
             kind = _FileKind(state_key=state_key, trust_pickle=trust_pickle, safetensors=True)
-            return _scan_files(src, [(src, src.name)], kind, "file", step_key, skip_unknown, single=True)
+            return _scan_files(src, [(src, src.name)], kind, "file", step_key, skip_unknown, single=True,
+                               step_from=step_from)
         obj = load_torch(src, trust_pickle=trust_pickle)
         if _bundle_list(obj, state_key) is not None:
             return _bundle_source(src, obj, step_key=step_key, state_key=state_key)
         del obj
         kind = _FileKind(state_key=state_key, trust_pickle=trust_pickle, safetensors=False)
-        return _scan_files(src, [(src, src.name)], kind, "file", step_key, skip_unknown, single=True)
+        return _scan_files(src, [(src, src.name)], kind, "file", step_key, skip_unknown, single=True,
+                               step_from=step_from)
 
     files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
     torch_files = [p for p in files if p.suffix in TORCH_SUFFIXES]
@@ -564,7 +666,8 @@ def open_source(
         del obj
     kind = _FileKind(state_key=state_key, trust_pickle=trust_pickle, safetensors=safetensors)
     fmt = "safetensors" if safetensors else "torch_files"
-    return _scan_files(src, entries, kind, fmt, step_key, skip_unknown, single=False)
+    return _scan_files(src, entries, kind, fmt, step_key, skip_unknown, single=False,
+                       step_from=step_from)
 
 
 def _scan_files(
@@ -576,9 +679,14 @@ def _scan_files(
     skip_unknown: bool,
     *,
     single: bool,
+    step_from: str | None = None,
 ) -> Source:
     entries: list[_Entry] = []
     unknown: list[str] = []
+    disagree: list[str] = []
+    overruled: list[str] = []
+    # an explicit step_key is the caller's choice of the metadata
+    choice = step_from if step_from is not None else ("meta" if step_key is not None else None)
     split = split_label = None
     notes: dict[str, Any] = {}
     lightning = []
@@ -591,9 +699,25 @@ def _scan_files(
                 notes["source_config"] = cfg
         name_k, name_step = name_kind(label)
         found = step_from_meta(meta, step_key, label)
-        if found is not None:
+        if found is not None and name_k == "numeric" and found[0] not in _name_numbers(label):
             step, key = found
-            entry = _Entry(path, label, name_k, step, f"key:{key}", {})
+            clash = f"{label}: the file name says step {name_step}, its {key!r} says {step}"
+            if choice is None:
+                disagree.append(clash)
+                continue
+            overruled.append(clash)
+            if choice == "name":  # the key's value stays a metric
+                entry = _Entry(path, label, name_k, name_step, "name", {},
+                               f"the number in the file name (step_from='name', over {key!r})")
+                used = set()
+            else:
+                entry = _Entry(path, label, name_k, step, f"key:{key}", {},
+                               f"the key {key!r} (step_from='meta', over the file name)")
+                used = {key}
+        elif found is not None:
+            step, key = found
+            how = (" (agrees with the number in the file name)" if name_k == "numeric" else "")
+            entry = _Entry(path, label, name_k, step, f"key:{key}", {}, f"the key {key!r}{how}")
             used = {key}
         elif step_key is not None and name_k in ("numeric", "unknown"):
             raise CheckpointFormatError(
@@ -604,13 +728,24 @@ def _scan_files(
             continue
         else:
             step = 0 if name_k == "unknown" else name_step
-            entry = _Entry(path, label, name_k, step, "name" if name_k == "numeric" else name_k, {})
+            entry = _Entry(path, label, name_k, step, "name" if name_k == "numeric" else name_k, {},
+                           _NAME_SOURCES[name_k])
             used = set()
         entry.scalars = scalars_of(meta, used)
         entries.append(entry)
         s = split_of(meta)
         if s is not None and (split is None or name_k == "init"):
             split, split_label = s, label
+    if disagree:
+        raise CheckpointFormatError(
+            f"{src}: the step in the file name and the step inside the file disagree for "
+            f"{len(disagree)} file(s): {'; '.join(disagree[:5])}"
+            f"{' ...' if len(disagree) > 5 else ''}. Choose the source: step_from='name' "
+            "(CLI: --step-from name) takes the numbers in the file names (the values inside "
+            "stay as metrics), step_from='meta' (--step-from meta) the values inside the files"
+        )
+    if overruled:
+        notes["step_disagreements"] = overruled[:50] + (["..."] if len(overruled) > 50 else [])
     if unknown and not skip_unknown:
         raise CheckpointFormatError(
             f"{src}: cannot tell the step of {unknown}: no step key "
@@ -625,6 +760,7 @@ def _scan_files(
     if all(lightning) and fmt == "torch_files":
         fmt = "lightning"
     entries = _resolve_steps(entries, kind, notes)
+    notes["step_source"] = _summarise_sources([e.source for e in entries])
     labels = [e.label for e in entries]
 
     def load(i: int) -> Item:
@@ -751,12 +887,14 @@ def _bundle_source(path: Path, obj: Any, *, step_key: str | None, state_key: str
     notes: dict[str, Any] = {}
     item_state_key = state_key if list_key is None else None
     per_item: list[tuple[int | None, dict, dict]] = []  # (step, sd, scalars)
+    item_sources: list[str | None] = []
     for i, it in enumerate(items):
         sd, key = find_state_dict(it, item_state_key, f"{label}[{i}]")
         it_meta = {k: v for k, v in it.items() if k != key} if key is not None else {}
         found_step = step_from_meta(it_meta, step_key, f"{label}[{i}]")
         used = {found_step[1]} if found_step else set()
         per_item.append((found_step[0] if found_step else None, sd, scalars_of(it_meta, used)))
+        item_sources.append(f"the key {found_step[1]!r} of each entry" if found_step else None)
     step_list_key = None
     if steps is None and any(s is None for s, _, _ in per_item):
         for key in ((step_key,) if step_key else BUNDLE_STEP_KEYS):
@@ -779,6 +917,13 @@ def _bundle_source(path: Path, obj: Any, *, step_key: str | None, state_key: str
                 stacklevel=3,
             )
     final_steps = [s if s is not None else steps[i] for i, (s, _, _) in enumerate(per_item)]  # type: ignore[index]
+    if step_list_key is not None:
+        list_source = f"the list {step_list_key!r}"
+    elif "steps_from" in notes:
+        list_source = "the position in the list"
+    else:
+        list_source = "the keys of the dict of checkpoints"
+    notes["step_source"] = _summarise_sources([s or list_source for s in item_sources])
     order = sorted(range(len(items)), key=lambda i: final_steps[i])
     sorted_steps = [final_steps[i] for i in order]
     dups = sorted({s for s in sorted_steps if sorted_steps.count(s) > 1})

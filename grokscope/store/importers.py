@@ -18,6 +18,11 @@ that makes every key match. Numbers found in the files become metrics; in a bund
 lists (``train_losses``...) become metrics at the checkpoint epochs: ``list[epoch]`` when the
 list covers every epoch up to the last checkpoint (losses indexed by epoch), else
 ``list[i]`` for the ``i``-th checkpoint when the list has one entry per checkpoint.
+
+The step of a file comes from a key inside it or the number in its name; when both exist and
+disagree the import stops unless ``step_from`` chooses (see :func:`import_checkpoints`).
+Checkpoints at different steps with identical weights are imported, and reported by a
+warning and in ``config["import"]["identical_weights"]`` (each checkpoint hashed once).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from .._cliargs import json_arg
 from ..data import Data
 from ..errors import ConfigError, DataError, GrokscopeError, ModelMismatchError
 from . import _io, _tl, schema
-from ._formats import Item, Source, jsonable, open_source
+from ._formats import Item, Source, jsonable, open_source, weights_digest
 from .schema import RESERVED
 
 if TYPE_CHECKING:
@@ -381,6 +386,7 @@ def import_checkpoints(
     full_data: tuple | None = None,
     key_map: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     storage_options: dict | None = None,
+    step_from: str | None = None,
 ) -> Run:
     """Turn foreign checkpoints into a grokscope store.
 
@@ -432,6 +438,13 @@ def import_checkpoints(
         Applied to every state dict before matching (for renamings beyond one prefix).
     storage_options : dict, optional
         fsspec options for ``out``.
+    step_from : {None, "name", "meta"}
+        Where the step comes from when a file's name carries a number and the file a step key
+        that disagree (``ckpt_100.pt`` holding ``epoch=1``): ``"name"`` the number in the
+        name (the key's value stays a metric), ``"meta"`` the key. None (default) refuses
+        such files with a CheckpointFormatError naming both values, unless ``step_key`` is
+        given (then the key wins). A key equal to any number in the name agrees with it;
+        names without a number are unaffected.
 
     Returns
     -------
@@ -441,7 +454,8 @@ def import_checkpoints(
     Raises
     ------
     CheckpointFormatError
-        No checkpoints, unreadable files, unknown file names, duplicate steps.
+        No checkpoints, unreadable files, unknown file names, duplicate steps, a file name
+        and a step key that disagree (see ``step_from``).
     UnsafeCheckpointError
         A file needs pickled code and ``trust_pickle`` is False.
     ModelMismatchError
@@ -454,6 +468,14 @@ def import_checkpoints(
 
     Notes
     -----
+    ``config["import"]`` records what the importer decided, among others ``step_source``
+    (which source gave the steps: a key, the file names, list positions ...),
+    ``step_disagreements`` (files whose name and key disagreed, and which won) and
+    ``identical_weights`` (groups of steps whose weights are bit-for-bit identical: public
+    checkpoint series have shipped one set of weights under several step names; each group
+    is also reported by a warning, and every step is still imported). Identical weights are
+    found by hashing each checkpoint once, never by comparing pairs.
+
     Unless ``model`` is one of grokscope's registered models, the store also keeps the
     architecture as a ``torch.export`` program (see :mod:`grokscope.store.portable`), so a
     process without the model's code can analyse the run; the model's anatomy is stored in
@@ -466,7 +488,7 @@ def import_checkpoints(
 
     source = open_source(
         Path(src), step_key=step_key, state_key=state_key, trust_pickle=trust_pickle,
-        skip_unknown=skip_unknown,
+        skip_unknown=skip_unknown, step_from=step_from,
     )
     notes: dict[str, Any] = dict(source.notes)
     if data is None:
@@ -507,6 +529,7 @@ def import_checkpoints(
     params = net.state_dict()
     renamed: dict[str, str] = {}
     seen: list[str] = []
+    digests: dict[bytes, list[int]] = {}  # weights hash -> the steps holding those weights
     existed = _exists(out, storage_options)
     # Re-importing over an existing local store writes a sibling first and swaps it in only on
     # success, so a failure part-way leaves the old store untouched.
@@ -552,6 +575,7 @@ def import_checkpoints(
                 for i in todo:
                     item = first if i == 0 else _mapped(source.item(i), key_map)
                     sd = matcher(item.state_dict, item.extra["file"])
+                    digests.setdefault(weights_digest(sd), []).append(item.step)
                     net.load_state_dict(sd, strict=True)
                     metrics = {_metric_name(k, params, renamed): v for k, v in item.scalars.items()}
                     for name in seen:
@@ -566,6 +590,16 @@ def import_checkpoints(
             _remove(target, storage_options)
             remove_lock_file(target)
         raise
+    same = sorted(steps for steps in digests.values() if len(steps) > 1)
+    if same:
+        shown = ", ".join(str(g) for g in same[:10]) + (" ..." if len(same) > 10 else "")
+        warnings.warn(
+            f"{src}: identical weights under different steps: {shown}. Every step was imported; "
+            "the groups are listed in run.config['import']['identical_weights']. Check that the "
+            "checkpoints were saved at the steps their names or keys claim",
+            stacklevel=2,
+        )
+        _note_in_store(target, storage_options, "identical_weights", same)
     if swap:
         old = local.with_name(f".{local.name}.replaced-{uuid.uuid4().hex[:8]}")
         os.replace(local, old)
@@ -573,6 +607,17 @@ def import_checkpoints(
         shutil.rmtree(old)
         remove_lock_file(target)  # the sibling's lock file: the store keeps its own
     return open_run(out, storage_options=storage_options)
+
+
+def _note_in_store(out: str | Path, storage_options: dict | None, key: str, groups: list) -> None:
+    """Add ``groups`` under ``config["import"][key]`` of the closed store ``out``."""
+    store = _io.open_store(out, read_only=False, storage_options=storage_options)
+    doc = _io.read_json(store, "zarr.json", what="the root metadata document")
+    if doc is None:
+        return
+    notes = doc["attributes"][schema.META_KEY]["config"].setdefault("import", {})
+    notes[key] = [g for g in notes.get(key, []) if g not in groups] + groups
+    _io.write_json(store, "zarr.json", doc)
 
 
 def _is_grokscope_store(path: Path) -> bool:
@@ -633,6 +678,10 @@ def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="modular table the checkpoints' train/test indices index, e.g. "
                    "'{\"p\": 113, \"op\": \"+\"}' (Nanda et al. runs)")
     p.add_argument("--step-key", default=None, help="key holding the step in each file")
+    p.add_argument("--step-from", default=None, choices=("name", "meta"),
+                   help="when a file's name and its step key disagree (ckpt_100.pt holding "
+                   "epoch=1): take the step from the number in the name or from the key inside "
+                   "(default: refuse such files)")
     p.add_argument("--state-key", default=None, help="key holding the state dict")
     p.add_argument("--skip-unknown", action="store_true",
                    help="skip files whose step cannot be told")
@@ -668,6 +717,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             step_key=args.step_key, state_key=args.state_key, trust_pickle=args.trust_pickle,
             trust_code=args.trust_code, overwrite=args.overwrite, skip_unknown=args.skip_unknown,
             full_data=full_data, progress=not args.no_progress,
+            step_from=getattr(args, "step_from", None),
         )
     except GrokscopeError as exc:
         print(f"grokscope import: error: {exc}", file=sys.stderr)
