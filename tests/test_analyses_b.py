@@ -52,8 +52,12 @@ def test_mixture_quick(tmp_path):
     out = tmp_path / "report"
     s = mod.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")])
     assert s["order_parameter"] == "fourier"
-    assert 1 <= s["final_k"] <= 4
-    assert 0.0 <= s["final_droplet_fraction"] <= 1.0
+    # the quick run (60 steps) has not left its initialisation: the known answer is one
+    # Gaussian (the null component) and no droplet; a k or a fraction drifting from these
+    # means the null component or the droplet rule changed
+    assert s["final_k"] == 1
+    assert s["final_droplet_fraction"] == 0.0
+    assert s["final_neurons_outside_null"] < 0.1
     _check_outputs(out, ["mixture_heatmap", "mixture_k"])
 
 
@@ -64,7 +68,11 @@ def test_nfa_quick(tmp_path):
     summaries = mod.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")])
     assert set(summaries) == {"+", "/"}
     for s in summaries.values():
-        assert -1.0 <= s["nfa_corr_sqrt_final"] <= 1.0
+        # pinned values of the seeded quick run (one torch thread); at init the correlation
+        # already sits near the paper's 0.955 / 0.929 (the NFA holds at initialisation)
+        want = {"+": (0.9571, 0.9736), "/": (0.9571, 0.9751)}[s["op"]]
+        assert s["nfa_corr_sqrt_init"] == pytest.approx(want[0], abs=2e-3)
+        assert s["nfa_corr_sqrt_final"] == pytest.approx(want[1], abs=2e-3)
         assert s["paper_nfa_corr_sqrt"] in (0.955, 0.929)
     _check_outputs(out, ["nfa_corr", "nfm"])
 
