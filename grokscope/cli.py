@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ._cliargs import add_model_arguments, json_arg, kv_args, model_from_args
-from .errors import GrokscopeError
+from .errors import ConfigError, GrokscopeError
 
 
 def _fmt_bytes(n: float) -> str:
@@ -90,8 +90,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .store.run import open_run
 
     model, anatomy = model_from_args(args)
+    _one_run_for_results(args, "info")
     for path in args.runs:
-        run = open_run(path, model=model, anatomy=anatomy, trust_code=args.trust_code)
+        run = open_run(path, model=model, anatomy=anatomy, trust_code=args.trust_code,
+                       results=args.results)
         print(describe(run))
         print(describe_anatomy(run))
     return 0
@@ -126,6 +128,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .store.run import open_run
 
     model, anatomy = model_from_args(args)
+    _one_run_for_results(args, "analyze")
+    if args.results and (args.workers or args.scheduler):
+        raise ConfigError("--results works without --workers/--scheduler (one run, one results store)")
     if args.workers or args.scheduler:
         from .distributed import analyze_many
 
@@ -141,15 +146,32 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(milestone_table(run, {n: run.results[n] for n in info["measures"]}))
         return 0
     for path in args.runs:
-        run = open_run(path, model=model, anatomy=anatomy, trust_code=args.trust_code)
+        run = open_run(path, model=model, anatomy=anatomy, trust_code=args.trust_code,
+                       results=args.results)
         t0 = time.perf_counter()
         res = analyze(run, measures, steps=args.steps, device=args.device,
                       progress=not args.quiet, recompute=args.recompute,
-                      num_threads=args.threads)
+                      num_threads=args.threads, results=args.results)
         print(f"{path}: {len(res)} measures in {time.perf_counter() - t0:.1f} s "
               f"({', '.join(res)}); skipped: {dict(res.skipped) or 'none'}")
         print(milestone_table(run, res))
     return 0
+
+
+def _one_run_for_results(args: argparse.Namespace, command: str) -> None:
+    if getattr(args, "results", None) and len(args.runs) > 1:
+        raise ConfigError(f"--results names the results store of one run; run `grokscope "
+                          f"{command}` once per run, each with its own --results PATH")
+
+
+def add_results_argument(parser: argparse.ArgumentParser, *, writes: bool) -> None:
+    """``--results PATH``: a separate results store (for read-only runs)."""
+    parser.add_argument(
+        "--results", metavar="PATH",
+        help=("write and read the analysis results in this separate results store instead of "
+              "the run's own (needed when the run is read-only; created when absent)") if writes
+        else "read the analysis results from this separate results store (see analyze --results)",
+    )
 
 
 def demo_measures() -> dict[str, dict[str, Any]]:
@@ -223,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("runs", nargs="+")
     add_model_arguments(i)
     i.add_argument("--trust-code", action="store_true", help="allow importing the model factory named in the store")
+    add_results_argument(i, writes=False)
     i.set_defaults(func=cmd_info)
 
     a = sub.add_parser("analyze", help="compute measures over stored runs")
@@ -235,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy small machine)")
     a.add_argument("--trust-code", action="store_true", help="allow importing the model factory named in the store")
     add_model_arguments(a)
+    add_results_argument(a, writes=True)
     a.add_argument("-q", "--quiet", action="store_true")
     from .distributed import add_distributed_arguments
 
@@ -271,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: everything committed so far is in the store", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system refused (permissions, disk full): say so, no traceback
+        print(f"grokscope {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = report(
         args.run, args.out, analyze=args.analyze, formats=formats, threshold=args.threshold,
         dpi=args.dpi, steps=args.steps, trust_code=args.trust_code, progress=not args.quiet,
-        model=model, anatomy=anatomy,
+        model=model, anatomy=anatomy, results=args.results,
     )
     n_figs = len(list((out / "figures").glob("*.png")))
     print(f"report written to {out} ({n_figs} figures): open {out / 'index.html'}")
@@ -53,6 +53,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     from ._cliargs import add_model_arguments
 
     add_model_arguments(r)
+    from .cli import add_results_argument
+
+    add_results_argument(r, writes=True)
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_report)
     return r

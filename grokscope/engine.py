@@ -9,6 +9,7 @@ non-finite weights (NaN results with a ``nonfinite_weights`` flag).
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +23,7 @@ import xarray as xr
 from . import results_io
 from ._threads import torch_threads
 from .anatomy import Anatomy, ModelView, resolve
-from .errors import ConfigError, GrokscopeError
+from .errors import ConfigError, GrokscopeError, StoreWriteError
 from .measures import registry
 from .measures.registry import Checkpoint, MeasureSpec
 from .steps import StepSpec, select_steps
@@ -131,8 +132,9 @@ def _stack(parts: list[xr.Dataset]) -> xr.Dataset:
 
 
 def open_for_analysis(run_or_path: Any, *, model: Any = None, anatomy: dict | None = None,
-                      trust_code: bool = False) -> Any:
-    """A Run from a Run or a path, with the caller's ``model``/``anatomy`` attached."""
+                      trust_code: bool = False, results: Any = None) -> Any:
+    """A Run from a Run or a path, with the caller's ``model``/``anatomy``/``results`` store
+    attached."""
     from .store.run import Run, open_run
 
     if isinstance(run_or_path, Run):
@@ -141,8 +143,12 @@ def open_for_analysis(run_or_path: Any, *, model: Any = None, anatomy: dict | No
             run.model_override = model
         if anatomy is not None:
             run.anatomy_override = anatomy
+        if results is not None:
+            run.results_path = results
+            results_io.location_for(run)  # refuse a results store of another run
         return run
-    return open_run(run_or_path, model=model, anatomy=anatomy, trust_code=trust_code)
+    return open_run(run_or_path, model=model, anatomy=anatomy, trust_code=trust_code,
+                    results=results)
 
 
 def run_anatomy(run: Any, model: torch.nn.Module, data: Any) -> Anatomy:
@@ -181,8 +187,9 @@ def analyze(
     trust_code: bool = False,
     flush_seconds: float = 30.0,
     num_threads: int | None = None,
+    results: Any = None,
 ) -> Results:
-    """Compute measures over a stored run and persist them in its store.
+    """Compute measures over a stored run and persist them in its store (or in ``results``).
 
     Parameters
     ----------
@@ -209,6 +216,15 @@ def analyze(
     num_threads : int, optional
         torch CPU threads during the analysis (None: leave torch's setting alone; 1 is much
         faster on a loaded machine with few cores).
+    results : str or PathLike, optional
+        A separate results store to write (and read) the results in instead of the run's own
+        store, e.g. for a read-only run; created when absent, refused (StoreError) when it
+        belongs to another run. It is attached to the run, so ``run.results`` reads it.
+
+    On a local store, two analyses of the same measure never interleave: the second waits for
+    the first, then computes only the steps still missing. A read-only store is detected
+    before anything is computed; it and a failed write (disk full) raise StoreWriteError,
+    leaving the last complete version of every result in place.
 
     Returns
     -------
@@ -219,7 +235,7 @@ def analyze(
     with torch_threads(num_threads):
         return _analyze(run_or_path, measures, model=model, anatomy=anatomy, steps=steps,
                         device=device, progress=progress, recompute=recompute,
-                        trust_code=trust_code, flush_seconds=flush_seconds)
+                        trust_code=trust_code, flush_seconds=flush_seconds, results=results)
 
 
 def _analyze(
@@ -234,11 +250,24 @@ def _analyze(
     recompute: bool,
     trust_code: bool,
     flush_seconds: float,
+    results: Any,
 ) -> Results:
-    run = open_for_analysis(run_or_path, model=model, anatomy=anatomy, trust_code=trust_code)
+    run = open_for_analysis(run_or_path, model=model, anatomy=anatomy, trust_code=trust_code,
+                            results=results)
     dev = pick_device(device)
     selected = select_steps(run.steps, steps)
     plan = resolve_measures(measures)
+    loc = results_io.location_for(run, write=True)
+    results_io.prepare_write(loc)  # a read-only store is refused before anything is computed
+    with results_io.writing(loc, [spec.name for spec, _ in plan],
+                            note=lambda msg: print(msg, file=sys.stderr, flush=True)):
+        return _analyze_locked(run, loc, plan, selected, dev, progress=progress,
+                               recompute=recompute, flush_seconds=flush_seconds)
+
+
+def _analyze_locked(run: Any, loc: results_io.ResultsLocation, plan: list, selected: np.ndarray,
+                    dev: torch.device, *, progress: bool, recompute: bool,
+                    flush_seconds: float) -> Results:
     data = run.data.to(dev)
     refs = _References(run, dev)
     first_model = run.model_at(int(selected[0]), device=dev).eval()
@@ -271,7 +300,7 @@ def _analyze(
         step_jobs.append(_Job(spec, params, key, stored, todo, context=context))
     del first_model, first_view
 
-    _run_step_jobs(run, step_jobs, selected, data, dev, refs, progress, flush_seconds, anat)
+    _run_step_jobs(run, loc, step_jobs, selected, data, dev, refs, progress, flush_seconds, anat)
     for job in step_jobs:
         ds = _read(run, job.spec.name)
         if ds is not None:
@@ -286,7 +315,7 @@ def _analyze(
         if not fresh:
             ds = spec.fn(run, selected, **params)
             ds = results_io.annotate(ds, spec.name, params, steps_analyzed=selected, device=str(dev))
-            _write(run, spec.name, ds)
+            results_io.write_result(loc, spec.name, ds)
             stored = _read(run, spec.name)
         out[spec.name] = stored
     return out
@@ -297,22 +326,19 @@ def _read(run: Any, name: str) -> xr.Dataset | None:
     return None if ds is None else ds.load()
 
 
-def _write(run: Any, name: str, ds: xr.Dataset) -> None:
-    results_io.write_result(str(run.path), name, ds, storage_options=getattr(run, "storage_options", None))
-
-
-def _flush(run: Any, job: _Job, dev: torch.device) -> None:
+def _flush(loc: results_io.ResultsLocation, job: _Job, dev: torch.device) -> None:
     if not job.new:
         return
     parts = ([job.done] if job.done is not None else []) + job.new
     ds = _stack(parts)
     ds = results_io.annotate(ds, job.spec.name, job.params, context=job.context, device=str(dev))
-    _write(run, job.spec.name, ds)
+    results_io.write_result(loc, job.spec.name, ds)
     job.done, job.new = ds, []
 
 
 def _run_step_jobs(
     run: Any,
+    loc: results_io.ResultsLocation,
     jobs: list[_Job],
     selected: np.ndarray,
     data: Any,
@@ -352,12 +378,20 @@ def _run_step_jobs(
                     job.new.append(ds.expand_dims(step=np.array([step], dtype=np.int64)))
             if time.monotonic() - last_flush > flush_seconds:
                 for job in jobs:
-                    _flush(run, job, dev)
+                    _flush(loc, job, dev)
                 last_flush = time.monotonic()
-    finally:
+    except BaseException as exc:
         bar.close()
-        for job in jobs:
-            _flush(run, job, dev)
+        if not isinstance(exc, StoreWriteError):  # keep what was computed (an interrupt, a bug)
+            for job in jobs:
+                try:
+                    _flush(loc, job, dev)
+                except Exception:  # noqa: BLE001 - the original error is the one to report
+                    pass
+        raise
+    bar.close()
+    for job in jobs:
+        _flush(loc, job, dev)
 
 
 def _rewarm(run: Any, job: _Job, step: int, data: Any, dev: torch.device, refs: _References,

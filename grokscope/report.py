@@ -281,8 +281,8 @@ def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
             scal = [v for v, da in ds.data_vars.items()
                     if da.dims == ("step",) and da.dtype.kind == "f"][:6]
             if scal:
-                add(measure, f"Scalar values of the '{measure}' result.", gp.plot_scalars, ds,
-                    variables=scal)
+                add(measure, f"Scalar values of the '{measure}' result.",
+                    lambda d, ax, scal=scal: gp.plot_scalars(d, scal, ax), ds)
             continue
         for fn in fns:
             name = fn.__name__.removeprefix("plot_")
@@ -462,6 +462,7 @@ def report(
     progress: bool = False,
     model: Any = None,
     anatomy: dict | None = None,
+    results: Any = None,
 ) -> Path:
     """Write a report folder for a run: figures, ``summary.json`` and ``index.html``.
 
@@ -488,6 +489,9 @@ def report(
     model, anatomy : optional
         The architecture and roles, as for :func:`grokscope.analyze` (needed to decide which
         measures apply and with ``analyze=True``).
+    results : str or PathLike, optional
+        A separate results store to read the results from (and, with ``analyze=True``, to write
+        the missing ones to), as written by ``gs.analyze(..., results=...)``.
 
     Returns
     -------
@@ -503,7 +507,8 @@ def report(
         raise ConfigError(f"unknown figure format(s) {bad}; use some of {list(_FORMATS)}")
     if not 0.0 < threshold <= 1.0:
         raise ConfigError(f"threshold must be in (0, 1], got {threshold}")
-    run = open_for_analysis(run_or_path, model=model, anatomy=anatomy, trust_code=trust_code)
+    run = open_for_analysis(run_or_path, model=model, anatomy=anatomy, trust_code=trust_code,
+                            results=results)
     if len(run.steps) == 0:
         raise ConfigError(f"run {run.path} has no committed checkpoints: nothing to report")
 
@@ -516,7 +521,12 @@ def report(
             from . import engine
 
             engine.analyze(run, todo, steps=steps, progress=progress)
-    results = {name: run.results[name].load() for name in run.results}
+    stored_results = run.results
+    results = {}
+    for name in stored_results:
+        ds = stored_results.get(name)  # None: removed since it was listed
+        if ds is not None:
+            results[name] = ds
 
     out = Path(out)
     fig_dir = out / "figures"

@@ -8,20 +8,26 @@ parameter on its own), so two numbers computed differently are never mistaken fo
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import time
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from ._version import __version__
+from .errors import StoreError, StoreWriteError
 
 RESULTS_GROUP = "results"
 COMPLETE_ATTR = "grokscope_complete"
@@ -69,22 +75,363 @@ def annotate(ds: xr.Dataset, name: str, params: Mapping[str, Any], *,
     return ds
 
 
+# ---------------------------------------------------------------------------- where results live
+RESULTS_STORE_ATTR = "grokscope_results"
+LOCKS = ".locks"
+_GROUP_DOC = b'{"zarr_format": 3, "node_type": "group", "attributes": {}}'
+_ORPHAN = re.compile(r"^\.(?P<name>.+)\.(?:new|old)-[0-9a-f]{8}$")
+_ADVICE = ("write the results to a separate results store instead: gs.analyze(run, ..., "
+           "results='PATH') or `grokscope analyze RUN --results PATH`, and read them back with "
+           "gs.open_run(RUN, results='PATH') / gs.report(..., results='PATH') / --results PATH")
+
+
 def _group(name: str) -> str:
     return f"{RESULTS_GROUP}/{name}"
 
 
-def write_result(path: str, name: str, ds: xr.Dataset, *, storage_options: dict | None = None) -> None:
-    """Write ``ds`` as the complete result ``name`` of the store at ``path`` (replacing it).
+def run_identity(run: Any) -> dict[str, Any]:
+    """What ties a results store to its run: the run's creation time, first step, tensor
+    shapes and a hash of its smallest tensor at the first step (a run that grows keeps its
+    identity; a re-recorded or different run does not)."""
+    cached = getattr(run, "_results_identity", None)
+    if cached is not None:
+        return cached
+    meta = getattr(run, "meta", None) or {}
+    params = meta.get("params") or {}
+    shapes = {k: (v or {}).get("shape") for k, v in params.items()} if isinstance(params, Mapping) else {}
+    steps = getattr(run, "steps", None)
+    first = None
+    if steps is not None and len(steps) and shapes:
+        key = min(shapes, key=lambda k: (int(np.prod(shapes[k] or [1])), k))
+        try:
+            row = np.ascontiguousarray(run.params[key].isel(step=0).values)
+            first = hashlib.sha1(row.tobytes()).hexdigest()[:16]
+        except Exception:  # noqa: BLE001 - an unreadable row: the other fields still identify
+            first = None
+    ident = {
+        "created": meta.get("created"),
+        "first_step": int(steps[0]) if steps is not None and len(steps) else None,
+        "tensors": hashlib.sha1(json.dumps(jsonable(shapes), sort_keys=True).encode()).hexdigest()[:16],
+        "first_weights": first,
+    }
+    if first is not None:
+        with contextlib.suppress(AttributeError):
+            run._results_identity = ident
+    return ident
 
-    On a local store the new version is written beside the old one (``results/.<name>.new-*``),
-    marked complete, and swapped in by directory renames, so a kill at any moment leaves the
-    last complete version in place. On other stores the group is rewritten in place and a kill
-    mid-write leaves it incomplete (recomputed by the next analysis).
-    """
+
+class ResultsLocation:
+    """Where a run's results live: ``results/<name>`` groups under ``root``, which is the run's
+    own store or a separate results store (``results=``)."""
+
+    def __init__(self, root: Any, *, storage_options: dict | None = None, separate: bool = False,
+                 store: Any = None) -> None:
+        from .store._io import _local_path
+
+        self.root = os.fspath(root)
+        self.storage_options = storage_options
+        self.separate = separate
+        local = _local_path(self.root)
+        self.local: Path | None = None if local is None else local.expanduser().absolute()
+        self._store = store
+
+    @property
+    def label(self) -> str:
+        return str(self.local) if self.local is not None else self.root
+
+    @property
+    def results_dir(self) -> Path | None:
+        return None if self.local is None else self.local / RESULTS_GROUP
+
+    def store(self) -> Any:
+        """A read-only zarr store of ``root``."""
+        if self._store is None:
+            from .store._io import open_store
+
+            self._store = open_store(self.root, read_only=True, storage_options=self.storage_options)
+        return self._store
+
+    def lock_path(self, name: str, kind: str = "read") -> Path:
+        """The lock file of result ``name`` (a valid empty zarr group document, so zarr and
+        xarray never trip over it): ``read`` guards the swap, ``write`` one analysis at a time."""
+        assert self.results_dir is not None
+        sub = Path(LOCKS) / name if kind == "read" else Path(LOCKS) / name / "writer"
+        return self.results_dir / sub / "zarr.json"
+
+    def __repr__(self) -> str:
+        return f"<results at {self.label}{' (separate store)' if self.separate else ''}>"
+
+
+def _same_place(a: Any, b: Any) -> bool:
     from .store._io import _local_path
 
+    la, lb = _local_path(os.fspath(a)), _local_path(os.fspath(b))
+    if la is None or lb is None:
+        return os.fspath(a).rstrip("/") == os.fspath(b).rstrip("/")
+    return os.path.realpath(la.expanduser()) == os.path.realpath(lb.expanduser())
+
+
+def location_for(run: Any, results: Any = None, *, write: bool = False) -> ResultsLocation:
+    """The results location of ``run``: ``results`` (or ``run.results_path``) when given, else
+    the run's own store. A separate results store is checked to belong to ``run`` (StoreError
+    otherwise) and, with ``write=True``, created when absent."""
+    results = results if results is not None else getattr(run, "results_path", None)
+    so = getattr(run, "storage_options", None)
+    if results is None or _same_place(results, run.path):
+        return ResultsLocation(run.path, storage_options=so, store=getattr(run, "store", None))
+    sep_so = so if "://" in os.fspath(results) and not os.fspath(results).startswith("file://") else None
+    loc = ResultsLocation(results, storage_options=sep_so, separate=True)
+    _check_results_store(loc, run, create=write)
+    return loc
+
+
+def _check_results_store(loc: ResultsLocation, run: Any, *, create: bool) -> None:
+    from .store import _io, schema
+
+    ident = run_identity(run)
+    try:
+        doc = _io.read_json(loc.store(), "zarr.json", what="the results store's root metadata")
+    except FileNotFoundError:
+        doc = None
+    if doc is None:
+        if loc.local is not None and loc.local.is_dir() and any(loc.local.iterdir()):
+            raise StoreError(
+                f"{loc.label} is not empty and is not a grokscope results store; pass results= "
+                "a new folder, or the results store an earlier analysis of this run made"
+            )
+        if create:
+            info = {"run": str(run.path), **ident,
+                    "committed": int(len(getattr(run, "steps", ()))), "grokscope_version": __version__}
+            body = json.dumps({"zarr_format": 3, "node_type": "group",
+                               "attributes": {RESULTS_STORE_ATTR: jsonable(info)}}).encode()
+            try:
+                if loc.local is not None:
+                    loc.local.mkdir(parents=True, exist_ok=True)
+                _io.put_bytes(_io.open_store(loc.root, read_only=False,
+                                             storage_options=loc.storage_options), "zarr.json", body)
+            except OSError as exc:
+                raise _write_error(exc, loc, None) from exc
+        return
+    attrs = doc.get("attributes", {}) or {}
+    info = attrs.get(RESULTS_STORE_ATTR)
+    if not isinstance(info, Mapping):
+        what = ("a grokscope run store, not a results store" if schema.META_KEY in attrs
+                else "not a grokscope results store")
+        raise StoreError(
+            f"{loc.label} is {what}; results= / --results must name a separate results store "
+            "(a new folder, or the one an earlier analysis of this run made)"
+        )
+    for key in ("created", "first_step", "tensors", "first_weights"):
+        mine, theirs = ident.get(key), info.get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise StoreError(
+                f"the results store {loc.label} belongs to another run ({info.get('run')}: "
+                f"{key} {theirs!r}), not to {run.path} ({key} {mine!r}); give this run its own "
+                "results store (a new folder)"
+            )
+
+
+# ---------------------------------------------------------------------------- errors
+def _read_only_error(exc: BaseException) -> bool:
+    if isinstance(exc, PermissionError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    return isinstance(exc, ValueError) and "read-only" in str(exc).replace("read_only", "read-only")
+
+
+def _write_error(exc: BaseException, loc: ResultsLocation, name: str | None) -> StoreWriteError:
+    what = f"result {name!r}" if name else "the results store"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return StoreWriteError(
+            f"no space left on the device of {loc.label} while writing {what} ({exc}). Free some "
+            "space (or pass results='PATH' / --results PATH to write to another disk) and run the "
+            "analysis again: the results already stored are kept and their steps are not "
+            "recomputed; nothing half-written was left behind"
+        )
+    if _read_only_error(exc):
+        return StoreWriteError(f"cannot write {what}: {loc.label} is read-only ({exc}); {_ADVICE}")
+    return StoreWriteError(
+        f"writing {what} to {loc.label} failed ({type(exc).__name__}: {exc}); the last complete "
+        "version is kept. Fix the cause (or pass results='PATH' / --results PATH) and run the "
+        "analysis again"
+    )
+
+
+# ---------------------------------------------------------------------------- locks (local stores)
+def _open_lock(path: Path, *, create: bool) -> int | None:
+    """An open descriptor of lock file ``path`` (created, as an empty zarr group document, when
+    ``create``); None when it does not exist and ``create`` is False."""
+    if not create:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+    try:
+        return os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = path.parent.parent  # every folder up to .locks is a zarr group too
+    while folder.name and folder.name != RESULTS_GROUP:
+        _create_group_doc(folder / "zarr.json")
+        if folder.name == LOCKS:
+            break
+        folder = folder.parent
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:  # another process created it first: lock the same file
+        return os.open(path, os.O_RDWR)
+    os.write(fd, _GROUP_DOC)
+    return fd
+
+
+def _create_group_doc(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return
+    try:
+        os.write(fd, _GROUP_DOC)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _flock(path: Path, *, exclusive: bool, create: bool,
+           on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold a ``flock`` on ``path`` (shared or exclusive) for the ``with`` body; waits for it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no coordination
+        yield
+        return
+    fd = _open_lock(path, create=create)
+    if fd is None:  # readers: no lock file yet, so no locking writer ever swapped this result
+        yield
+        return
+    try:
+        op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, op)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _try_flock(path: Path) -> int | None:
+    """A descriptor holding an exclusive lock on ``path``, or None when someone holds it."""
+    import fcntl
+
+    fd = _open_lock(path, create=True)
+    assert fd is not None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def prepare_write(loc: ResultsLocation) -> None:
+    """Check, before anything is computed, that results can be written at ``loc``: a local
+    store is probed (``results/`` created, a file created and removed). StoreWriteError naming
+    ``results=`` / ``--results`` when it is read-only or full."""
+    if loc.local is None:
+        return
+    results = loc.local / RESULTS_GROUP
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        _create_group_doc(results / "zarr.json")
+        probe = results / f".probe-{uuid.uuid4().hex[:8]}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _write_error(exc, loc, None) from exc
+
+
+def _remove_orphans(loc: ResultsLocation, name: str) -> int:
+    """Delete the half-written ``.<name>.new-*`` / ``.<name>.old-*`` folders of ``name`` (call
+    with its writer lock held: then no live writer owns them)."""
+    n = 0
+    for entry in _orphans(loc):
+        if entry[0] == name:
+            shutil.rmtree(entry[1], ignore_errors=True)
+            n += 1
+    return n
+
+
+def _orphans(loc: ResultsLocation) -> list[tuple[str, Path]]:
+    results = loc.results_dir
+    if results is None:
+        return []
+    try:
+        names = os.listdir(results)
+    except OSError:
+        return []
+    out = []
+    for entry in names:
+        m = _ORPHAN.match(entry)
+        if m:
+            out.append((m.group("name"), results / entry))
+    return out
+
+
+def remove_stale_orphans(loc: ResultsLocation, *, skip: Iterable[str] = ()) -> int:
+    """Delete the orphaned write folders of every result that no live writer holds; returns
+    how many were removed."""
+    if loc.local is None:
+        return 0
+    skip, n = set(skip), 0
+    for name in sorted({name for name, _ in _orphans(loc)} - skip):
+        try:
+            fd = _try_flock(loc.lock_path(name, "write"))
+        except (OSError, ImportError):
+            continue
+        if fd is None:  # a live analysis is writing it
+            continue
+        try:
+            n += _remove_orphans(loc, name)
+        finally:
+            os.close(fd)
+    return n
+
+
+@contextlib.contextmanager
+def writing(loc: ResultsLocation, names: Iterable[str], *,
+            note: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the writer lock of each result in ``names`` for the ``with`` body (one analysis of
+    a result at a time on a local store: a second one waits, then finds the steps the first
+    stored). Orphaned write folders of those results, and of any result nobody is writing,
+    are removed."""
+    names = sorted(set(names))
+    if loc.local is None:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        for name in names:  # sorted: two analyses never wait for each other in a cycle
+            def waiting(name: str = name) -> None:
+                if note is not None:
+                    note(f"waiting for another analysis writing result {name!r} in {loc.label}; "
+                         "its steps will be reused")
+            try:
+                stack.enter_context(_flock(loc.lock_path(name, "write"), exclusive=True,
+                                           create=True, on_wait=waiting))
+            except OSError as exc:
+                raise _write_error(exc, loc, name) from exc
+            _remove_orphans(loc, name)
+        remove_stale_orphans(loc, skip=names)
+        yield
+
+
+# ---------------------------------------------------------------------------- write and read
+def _fixed_width(ds: xr.Dataset) -> xr.Dataset:
     ds = ds.copy()
-    ds.attrs = {**ds.attrs, COMPLETE_ATTR: False}
     for vname, var in list(ds.variables.items()):
         var.encoding = {}
         if var.dtype.kind == "O":  # variable-length strings: store as fixed-width unicode
@@ -93,52 +440,156 @@ def write_result(path: str, name: str, ds: xr.Dataset, *, storage_options: dict 
                 ds = ds.assign_coords({vname: (var.dims, fixed, var.attrs)})
             else:
                 var.values = fixed
-    local = _local_path(path)
-    tag = uuid.uuid4().hex[:8]
-    group = _group(name) if local is None else _group(f".{name}.new-{tag}")
-    with warnings.catch_warnings():
-        # fixed-width unicode (labels, layer names) has no zarr v3 spec yet; we read it back ourselves
-        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
-        ds.to_zarr(
-            path, group=group, mode="w", consolidated=False, zarr_format=3,
-            storage_options=storage_options,
-        )
-    import zarr
-
-    grp = zarr.open_group(path, path=group, mode="r+", storage_options=storage_options)
-    grp.attrs[COMPLETE_ATTR] = True
-    if local is not None:
-        results = local / RESULTS_GROUP
-        final, old = results / name, results / f".{name}.old-{tag}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(results / f".{name}.new-{tag}", final)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def read_result(path: str, name: str, *, storage_options: dict | None = None) -> xr.Dataset | None:
-    """The stored result ``name`` (loaded into memory), or None when absent or incomplete."""
-    import zarr
-
-    try:
-        grp = zarr.open_group(path, path=_group(name), mode="r", storage_options=storage_options)
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        return None
-    if not grp.attrs.get(COMPLETE_ATTR, False):
-        return None
-    ds = xr.open_zarr(
-        path, group=_group(name), consolidated=False, zarr_format=3, storage_options=storage_options
-    ).load()
-    ds.attrs.pop(COMPLETE_ATTR, None)
     return ds
 
 
-def list_results(path: str, *, storage_options: dict | None = None) -> list[str]:
-    """Names of the result groups stored at ``path``."""
+def _as_location(where: Any, storage_options: dict | None) -> ResultsLocation:
+    if isinstance(where, ResultsLocation):
+        return where
+    return ResultsLocation(where, storage_options=storage_options)
+
+
+def write_result(where: Any, name: str, ds: xr.Dataset, *, storage_options: dict | None = None) -> None:
+    """Write ``ds`` as the complete result ``name`` at ``where`` (a store path/URL or a
+    :class:`ResultsLocation`), replacing it.
+
+    On a local store the new version is written beside the old one (``results/.<name>.new-*``),
+    marked complete, and swapped in by two directory renames made under the result's exclusive
+    read lock (readers take it shared), so a reader always sees the last complete version and a
+    kill at any moment leaves it in place. A failed write removes what it wrote and raises
+    StoreWriteError. On other stores the group is rewritten in place: a kill mid-write leaves it
+    incomplete (recomputed by the next analysis) and a reader during the rewrite may find it
+    absent.
+    """
     import zarr
 
+    loc = _as_location(where, storage_options)
+    ds = _fixed_width(ds)
+    ds.attrs = {**ds.attrs, COMPLETE_ATTR: False}
+    tag = uuid.uuid4().hex[:8]
+    group = _group(name) if loc.local is None else _group(f".{name}.new-{tag}")
+    new = None if loc.local is None else loc.local / group
     try:
-        grp = zarr.open_group(path, path=RESULTS_GROUP, mode="r", storage_options=storage_options)
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        return []
-    return sorted(name for name, _ in grp.groups() if not name.startswith("."))
+        with warnings.catch_warnings():
+            # fixed-width unicode (labels, layer names) has no zarr v3 spec yet; we read it back ourselves
+            warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+            ds.to_zarr(loc.root, group=group, mode="w", consolidated=False, zarr_format=3,
+                       storage_options=loc.storage_options)
+        grp = zarr.open_group(loc.root, path=group, mode="r+", storage_options=loc.storage_options)
+        grp.attrs[COMPLETE_ATTR] = True
+        if loc.local is not None:
+            results = loc.local / RESULTS_GROUP
+            final, old = results / name, results / f".{name}.old-{tag}"
+            with _flock(loc.lock_path(name), exclusive=True, create=True):
+                if final.exists():
+                    os.replace(final, old)
+                try:
+                    os.replace(new, final)
+                except BaseException:
+                    if old.exists() and not final.exists():
+                        os.replace(old, final)
+                    raise
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        if new is not None:
+            shutil.rmtree(new, ignore_errors=True)
+        if isinstance(exc, StoreWriteError):
+            raise
+        if isinstance(exc, OSError) or _read_only_error(exc):
+            raise _write_error(exc, loc, name) from exc
+        raise
+
+
+class ResultsView(Mapping):
+    """``name -> xr.Dataset`` (loaded into memory) over the complete results at a location.
+
+    A group whose ``grokscope_complete`` attribute is not true (an analysis killed while
+    writing it on a non-local store) is not listed: the engine recomputes it. On a local store
+    each read holds the result's shared lock, so a concurrent rewrite is never seen half-done.
+    """
+
+    def __init__(self, loc: ResultsLocation) -> None:
+        self.location = loc
+
+    def _complete(self, name: str) -> bool:
+        from .store import _io
+
+        doc = _io.read_json(self.location.store(), f"{_group(name)}/zarr.json", what=f"result {name!r}")
+        return bool(doc and doc.get("attributes", {}).get(COMPLETE_ATTR, False))
+
+    def _listed(self) -> list[str]:
+        from .store import _io
+
+        loc = self.location
+        if loc.results_dir is not None:
+            try:
+                return [n for n in os.listdir(loc.results_dir) if (loc.results_dir / n).is_dir()]
+            except OSError:
+                return []
+        store = loc.store()
+        if not _io.exists(store, f"{RESULTS_GROUP}/zarr.json"):
+            return []
+        return _io.list_dir(store, RESULTS_GROUP)
+
+    def _names(self) -> list[str]:
+        return sorted(n for n in self._listed() if not n.startswith(".") and self._has(n))
+
+    def _has(self, name: str) -> bool:
+        if self.location.local is None:
+            return self._complete(name)
+        with self._read_lock(name):
+            return self._complete(name)
+
+    def _read_lock(self, name: str) -> Any:
+        if self.location.local is None or "/" in name or name.startswith("."):
+            return contextlib.nullcontext()
+        return _flock(self.location.lock_path(name), exclusive=False, create=False)
+
+    def _load(self, name: str) -> xr.Dataset:
+        if not self._complete(name):
+            raise KeyError(
+                f"no result {name!r} in {self.location.label} (have {self._names()}); compute "
+                "it with grokscope.analyze"
+            )
+        ds = xr.open_zarr(self.location.store(), group=_group(name), consolidated=False,
+                          zarr_format=3).load()
+        ds.attrs.pop(COMPLETE_ATTR, None)
+        return ds
+
+    def __getitem__(self, name: str) -> xr.Dataset:
+        if self.location.local is not None:
+            with self._read_lock(name):
+                return self._load(name)
+        for attempt in range(4):  # no locks on object stores: retry a read torn by a rewrite
+            try:
+                return self._load(name)
+            except KeyError:
+                raise
+            except (ValueError, OSError):
+                if attempt == 3:
+                    raise
+                time.sleep(0.25 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._listed() and self._has(name)
+
+    def __repr__(self) -> str:
+        return f"<results: {self._names()}>"
+
+
+def read_result(where: Any, name: str, *, storage_options: dict | None = None) -> xr.Dataset | None:
+    """The stored result ``name`` at ``where`` (a store path/URL or a ResultsLocation, loaded
+    into memory), or None when absent or incomplete."""
+    return ResultsView(_as_location(where, storage_options)).get(name)
+
+
+def list_results(where: Any, *, storage_options: dict | None = None) -> list[str]:
+    """Names of the complete result groups stored at ``where``."""
+    return list(ResultsView(_as_location(where, storage_options)))

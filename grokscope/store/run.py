@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask.array as da
@@ -347,54 +347,6 @@ def _same_arg(a: Any, b: Any) -> bool:
     return a is b or (isinstance(a, str) and isinstance(b, str) and a == b)
 
 
-class _Results(Mapping):
-    """``name -> xr.Dataset`` over the complete ``results/<name>`` groups of a store.
-
-    A group whose ``grokscope_complete`` attribute is not true (an analysis killed while
-    writing it) is not listed: the engine recomputes it.
-    """
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-
-    def _complete(self, name: str) -> bool:
-        from ..results_io import COMPLETE_ATTR
-
-        doc = _io.read_json(self._store, f"{schema.RESULTS_GROUP}/{name}/zarr.json",
-                            what=f"result {name!r}")
-        return bool(doc and doc.get("attributes", {}).get(COMPLETE_ATTR, False))
-
-    def _names(self) -> list[str]:
-        if not _io.exists(self._store, f"{schema.RESULTS_GROUP}/zarr.json"):
-            return []
-        return sorted(
-            n for n in _io.list_dir(self._store, schema.RESULTS_GROUP)
-            if not n.startswith(".") and self._complete(n)  # ".<name>.new-*": a write in flight
-        )
-
-    def __getitem__(self, name: str) -> xr.Dataset:
-        from ..results_io import COMPLETE_ATTR
-
-        if not self._complete(name):
-            raise KeyError(
-                f"no result {name!r} in this run (have {self._names()}); compute it with "
-                "grokscope.analyze"
-            )
-        ds = xr.open_zarr(self._store, group=f"{schema.RESULTS_GROUP}/{name}",
-                          consolidated=False, zarr_format=3)
-        ds.attrs.pop(COMPLETE_ATTR, None)
-        return ds
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-    def __repr__(self) -> str:
-        return f"<results: {self._names()}>"
-
-
 class Run:
     """A recorded trajectory: the committed prefix of a store (see :func:`open_run`).
 
@@ -419,6 +371,7 @@ class Run:
                  anatomy: dict | None = None) -> None:
         self.path = path
         self.storage_options: dict | None = None
+        self.results_path: Any = None  # a separate results store (``open_run(results=...)``)
         self.trust_code = trust_code
         self.model_override = _check_model_arg(model)
         if anatomy is not None and not isinstance(anatomy, Mapping):
@@ -517,8 +470,11 @@ class Run:
 
     @property
     def results(self) -> Mapping[str, xr.Dataset]:
-        """``name -> xr.Dataset`` of the analysis results stored under ``results/``."""
-        return _Results(self._store)
+        """``name -> xr.Dataset`` (loaded) of the analysis results: ``results/`` of this store,
+        or of the separate results store ``results_path`` when set (``open_run(results=...)``)."""
+        from ..results_io import ResultsView, location_for
+
+        return ResultsView(location_for(self))
 
     @property
     def nbytes(self) -> int:
@@ -804,7 +760,7 @@ class Run:
 
 def open_run(path_or_url: str | os.PathLike | Run, *, model: Any = None,
              anatomy: dict | None = None, trust_code: bool = False,
-             storage_options: dict | None = None) -> Run:
+             storage_options: dict | None = None, results: str | os.PathLike | None = None) -> Run:
     """Open a recorded run (a local path or an fsspec URL) for reading.
 
     Parameters
@@ -822,6 +778,9 @@ def open_run(path_or_url: str | os.PathLike | Run, *, model: Any = None,
         Allow :meth:`Run.model_at` to import a ``module:qualname`` factory named in the store.
     storage_options : dict, optional
         fsspec options for URLs.
+    results : str or PathLike, optional
+        A separate results store (written by ``gs.analyze(..., results=...)``, e.g. for a
+        read-only run): ``run.results`` reads from it. StoreError when it belongs to another run.
 
     Raises
     ------
@@ -834,6 +793,8 @@ def open_run(path_or_url: str | os.PathLike | Run, *, model: Any = None,
             path_or_url.model_override = _check_model_arg(model)
         if anatomy is not None:
             path_or_url.anatomy_override = anatomy
+        if results is not None:
+            path_or_url.results_path = results
         return path_or_url
     local = _io._local_path(path_or_url)
     store = _io.open_store(path_or_url, read_only=True, storage_options=storage_options)
@@ -844,4 +805,9 @@ def open_run(path_or_url: str | os.PathLike | Run, *, model: Any = None,
     where = local.expanduser().absolute() if local is not None else path_or_url
     run = Run(where, store, trust_code=trust_code, model=model, anatomy=anatomy)
     run.storage_options = storage_options
+    if results is not None:
+        from ..results_io import location_for
+
+        run.results_path = results
+        location_for(run)  # refuse now a results store that belongs to another run
     return run
