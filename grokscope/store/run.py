@@ -112,9 +112,11 @@ class _ArrayReader:
             raise self._damage(chunk, "does not match its CRC32C checksum (its bytes changed "
                                       "after they were written)")
 
-    def _raw_chunk(self, chunk: int, byte_range: tuple[int, int] | None = None) -> bytes:
+    def _raw_chunk(self, chunk: int, byte_range: tuple[int, int] | None = None
+                   ) -> bytes | None:
         """The decoded bytes of a raw chunk (checked), or of ``byte_range`` of it (checked
-        only for presence, unchecksummed arrays only)."""
+        only for presence, unchecksummed arrays only); None for a missing chunk where that
+        means the fill value (see ``_missing_ok``)."""
         if byte_range is not None and not self.checksummed:
             raw = _io.get_bytes(self.store, self._key(chunk), byte_range)
             if raw is None:
@@ -124,18 +126,22 @@ class _ArrayReader:
                                           "(truncated)")
             return raw
         raw = _io.get_bytes(self.store, self._key(chunk))
+        if raw is None and self._missing_ok:
+            return None
         n = self._nbytes_chunk
-        self._check(chunk, None if raw is None else len(raw), raw[:n] if raw else b"",
-                    raw[n:] if raw else b"")
-        return raw[:n] if byte_range is None else raw[byte_range[0]:byte_range[1]]
+        view = memoryview(raw if raw is not None else b"")  # slices without copies
+        self._check(chunk, None if raw is None else len(raw), view[:n], view[n:])
+        if byte_range is None:
+            return raw if len(raw) == n else bytes(view[:n])
+        return bytes(view[byte_range[0]:byte_range[1]])
 
     def _chunk_rows_array(self, chunk: int) -> np.ndarray:
         """A raw chunk as an array of shape ``(chunk_rows, *inner)`` (whole-row chunks)."""
-        if self._missing_ok and not _io.exists(self.store, self._key(chunk)):
+        raw = self._raw_chunk(chunk)
+        if raw is None:
             return np.full((self.chunk_rows, *self.inner), schema.fill_value(self.dtype),
                            dtype=self._le)
-        return np.frombuffer(self._raw_chunk(chunk), dtype=self._le).reshape(
-            self.chunk_rows, *self.inner)
+        return np.frombuffer(raw, dtype=self._le).reshape(self.chunk_rows, *self.inner)
 
     def _zarr_read(self, fn: Any, chunks: np.ndarray) -> np.ndarray:
         """``fn()`` (a zarr read touching ``chunks``) with missing chunks and zarr's errors

@@ -27,6 +27,17 @@ A run is one zarr v3 group::
 ``capacity`` grows geometrically; readers use only the first ``commit.count`` rows, which the
 writer publishes last (an atomic rewrite of the root ``zarr.json``). A cleanly closed store is
 trimmed to exactly ``count`` rows and consolidated, so plain ``xr.open_zarr`` shows the data.
+
+Integrity: every array above except ``results/`` ends its codec chain with zarr v3's
+``crc32c`` codec: ``bytes -> crc32c`` (uncompressed), ``bytes -> blosc -> crc32c``
+(``compression="lz4"``, and the zstd program), so each stored chunk is its encoded bytes
+followed by the 4-byte little-endian CRC32C of them. The recorder writes uncompressed chunks
+itself in exactly that form; grokscope's readers and plain zarr verify it on every read. A
+checksum mismatch, a chunk of the wrong length, or a missing chunk of a committed row (a metric
+first logged late has its earlier chunks written as NaN) is a CorruptStoreError naming the
+array and the rows/steps. Stores written before checksums (no ``crc32c`` in an array's codecs)
+read as before, and a writer appending to one keeps its format; the schema version is unchanged
+(the codec is declared per array, in its own metadata).
 """
 
 from __future__ import annotations
