@@ -307,3 +307,20 @@ def test_checksums_change_no_value(tmp_path):
     for name in ("train_loss", "test_acc", "nonfinite"):
         np.testing.assert_array_equal(ra.trajectory(name), rb.trajectory(name))
     assert os.path.getsize(chunk_path(a)) == os.path.getsize(chunk_path(b)) + 4
+
+
+# ---------------------------------------------------------------------------- Run.verify
+def test_verify_reads_every_chunk_and_lists_every_damaged_one(path):
+    counts = open_run(path).verify()
+    assert counts["chunks"] == 4 * len(STEPS) + 4  # 4 tensors x 5 rows, 4 scalar arrays x 1
+    assert counts["arrays"] == 4 + 4 + 2  # + the data split and the resume state
+    chunk = chunk_path(path, "fc2.bias", row=1)
+    chunk.write_bytes(bytes(12) + chunk.read_bytes()[12:])
+    (path / "test_acc" / "c" / "0").unlink()
+    run = open_run(path)  # opening reads only the steps
+    with pytest.raises(CorruptStoreError) as info:
+        run.verify()
+    msg = str(info.value)
+    assert msg.startswith(f"2 damaged part(s) in {path}")
+    assert "'fc2.bias'" in msg and "step 1" in msg and "checksum" in msg
+    assert "'test_acc'" in msg and "missing" in msg and "Restore the store" in msg

@@ -725,6 +725,57 @@ class Run:
         self._program = raw
         return raw
 
+    # ------------------------------------------------------------------ integrity
+    def verify(self) -> dict[str, int]:
+        """Read and check every stored chunk of the committed rows: each tensor, metric,
+        ``step`` and ``nonfinite`` chunk, the data split, the resume state and the stored
+        program (checksums, lengths, presence; see docs/store.md, "Integrity").
+
+        Returns
+        -------
+        dict
+            ``{"arrays": n, "chunks": n}`` checked.
+
+        Raises
+        ------
+        CorruptStoreError
+            Listing every damaged array with its first damaged rows/steps (up to 20 lines).
+        """
+        problems: list[str] = []
+        n_arrays = n_chunks = 0
+
+        def check(fn: Any) -> None:
+            try:
+                fn()
+            except CorruptStoreError as exc:
+                problems.append(str(exc).split(". Restore")[0])
+
+        for r in (*self._readers.values(), *self._scalar_readers.values()):
+            n_arrays += 1
+            for c in range(-(-self._count // r.chunk_rows)):
+                n_chunks += 1
+                lo = c * r.chunk_rows
+                check(lambda lo=lo, r=r: r.rows(np.arange(lo, min(lo + r.chunk_rows,
+                                                                  self._count))))
+        if _io.exists(self._store, f"{schema.DATA_GROUP}/zarr.json"):
+            n_arrays += 1
+            check(lambda: read_data(self._store))
+        if self._meta["commit"].get("resume") is not None:
+            n_arrays += 1
+            check(lambda: load_resume(self._store, self._meta["commit"]["resume"]))
+        if self._meta.get("program") is not None:
+            n_arrays += 1
+            self._program = None  # re-read, never the cached bytes
+            check(self._program_bytes)
+        if problems:
+            shown = problems[:20] + ([f"... and {len(problems) - 20} more"]
+                                     if len(problems) > 20 else [])
+            raise CorruptStoreError(
+                f"{len(problems)} damaged part(s) in {self._where}:\n  " + "\n  ".join(shown)
+                + "\nRestore the store from a copy, or re-record/re-import the run"
+            )
+        return {"arrays": n_arrays, "chunks": n_chunks}
+
     # ------------------------------------------------------------------ description
     def info(self) -> dict[str, Any]:
         """A summary: steps, tensors (shapes), metrics, task, model spec, the stored program
