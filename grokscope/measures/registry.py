@@ -22,6 +22,7 @@ supplies it (the engine then skips it). Measures see models only through the ana
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,13 +166,27 @@ def register(
             defaults[p.name] = p.default
         doc = (inspect.getdoc(fn) or "").split("\n\n")[0]
         _REGISTRY[name] = MeasureSpec(
-            name, fn, kind, defaults, applies or _always, tuple(references), tuple(after), doc,
-            stateful,
+            name, _with_variable_attrs(fn, name, defaults), kind, defaults, applies or _always,
+            tuple(references), tuple(after), doc, stateful,
         )
         fn.measure_name = name  # type: ignore[attr-defined]
         return fn
 
     return deco
+
+
+def _with_variable_attrs(fn: Callable[..., Any], name: str,
+                         defaults: dict[str, Any]) -> Callable[..., Any]:
+    """``fn`` whose result's variables get their ``long_name``, ``units`` and ``description``
+    (:mod:`grokscope.measures._variables`; attrs the measure set itself are kept). The spec
+    holds this wrapper, so every result the engine computes is annotated in one place."""
+    from ._variables import annotate_variables
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **params: Any) -> Any:
+        return annotate_variables(fn(*args, **params), name, {**defaults, **params})
+
+    return wrapper
 
 
 def _load_all() -> None:
