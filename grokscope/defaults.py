@@ -8,7 +8,7 @@ betas (0.9, 0.98)), float32.
 Measured through :func:`grokscope.train` on the shared 2-core CI machine (load 4-5), model
 seeds 0, 1, 2 (and split seeds 0, 1): train accuracy passes 0.9 at step 63, test accuracy
 stays below 0.01 until step ~400 and passes 0.9 at step 1300-1400. That is a grokking gap of
-~1250-1350 steps, so section 1 of METHODS.md labels the run **grokking** (gap >= 1000) and not
+~1250-1350 steps, so section 1 of docs/methods.md labels the run **grokking** (gap >= 1000) and not
 comprehension. The run stops at step ~1950-2300 in 23-38 s of training (~1.5-3 s more for
 imports).
 

@@ -1,7 +1,7 @@
 """Training-time regularisers.
 
 :func:`jacobian_norm_penalty` is GrokAlign's Jacobian regulariser (Walker et al. 2025;
-METHODS.md section 3): the mean over the batch of ``||J_x||_F``, estimated with random unit
+docs/methods.md section 3): the mean over the batch of ``||J_x||_F``, estimated with random unit
 output vectors. The trainer adds ``lambda * jacobian_norm_penalty(model, x)`` to the loss
 (lambda 1e-3 for cross-entropy, 1e-4 for MSE in the paper).
 """

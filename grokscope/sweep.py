@@ -30,7 +30,7 @@ cluster (``workers=N``) or on an existing one (``scheduler="tcp://..."``), see
 Phase diagram
 -------------
 :func:`phase_diagram` labels every run with
-:func:`grokscope.measures.phases.phase_summary` (METHODS.md section 1) and lays the labels
+:func:`grokscope.measures.phases.phase_summary` (docs/methods.md section 1) and lays the labels
 out on a grid whose dims are the two hyperparameters and ``seed``, with aggregates over
 seeds. :func:`grokscope.plot.phase.plot_phase_diagram` draws it.
 """
@@ -683,7 +683,7 @@ def phase_diagram(
         Hyperparameter names, looked up in each store's config with :func:`config_value`
         (``weight_decay``, ``train_frac``, ``task.p``, ``model.width`` ...).
     threshold, comprehension_gap, semi_rise, ungrok_margin
-        Passed to :func:`grokscope.measures.phases.phase_summary` (METHODS.md section 1).
+        Passed to :func:`grokscope.measures.phases.phase_summary` (docs/methods.md section 1).
     storage_options : dict, optional
         fsspec options for URL stores.
     model, anatomy : optional
@@ -844,7 +844,7 @@ def phase_diagram(
         ds[f"{k}_{agg}"] = ((x, y), out)
 
     for k, text in (
-        ("label", "grokking phase of each run (METHODS.md section 1)"),
+        ("label", "grokking phase of each run (docs/methods.md section 1)"),
         ("t_train", "first recorded step with train accuracy >= threshold"),
         ("t_test", "first recorded step with test accuracy >= threshold"),
         ("gap", "t_test - t_train"),

@@ -137,7 +137,7 @@ def test_mixture_on_every_zoo_kind_reads_first_layer(kind):
     two_hot = kind in ("seq_mlp", "named_mlp")
     assert ds.attrs["order_parameter_used"] == ("fourier" if two_hot else "pca")
     assert int(ds["n_neurons"]) == WIDTH[kind]
-    # at random init: one Gaussian, no droplet (METHODS.md section 2's known answer)
+    # at random init: one Gaussian, no droplet (docs/methods.md section 2's known answer)
     assert int(ds["k"]) == 1 and float(ds["droplet_fraction"]) == 0.0
     assert np.isfinite(ds["bic"].values[: int(ds["k"])]).all()
     # the histogram is that of the order parameter of the model's own first-layer weight

@@ -1,4 +1,4 @@
-"""GrokAlign alignment measure: known answers on tiny models (METHODS.md section 3)."""
+"""GrokAlign alignment measure: known answers on tiny models (docs/methods.md section 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Known-answer tests of the recomputed training curves (METHODS.md section 1)."""
+"""Known-answer tests of the recomputed training curves (docs/methods.md section 1)."""
 
 from __future__ import annotations
 

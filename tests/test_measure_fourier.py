@@ -1,4 +1,4 @@
-"""Known-answer tests of the Fourier progress measures (METHODS.md sections 6 and 9)."""
+"""Known-answer tests of the Fourier progress measures (docs/methods.md sections 6 and 9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Known-answer tests of the empirical-NTK measure (METHODS.md section 7)."""
+"""Known-answer tests of the empirical-NTK measure (docs/methods.md section 7)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_scaling_last_layer_scales_kernel_of_linear_readout():
 def test_pure_kernel_growth_has_zero_distance_but_a_large_relative_change():
     """f = s (w . x) with s a buffer (not a parameter): Theta = s^2 X X^T. Going from s = 1 to
     s = 3 multiplies the kernel by 9 without changing its shape: the scale-free distance (the
-    headline) is 0, the relative change is 8 (METHODS.md section 7: the relative change is
+    headline) is 0, the relative change is 8 (docs/methods.md section 7: the relative change is
     dominated by weight growth)."""
 
     class Buffered(nn.Module):

@@ -1,4 +1,4 @@
-"""Known answers of the linear mapping number (METHODS.md section 4)."""
+"""Known answers of the linear mapping number (docs/methods.md section 4)."""
 
 from __future__ import annotations
 
@@ -328,7 +328,7 @@ def _r2_by_hand(y: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def test_variance_weighting_against_a_hand_computation():
     """g(z) = [100 z_0 + z_1, 0.01 (z_0^2 + sin 3 z_1)]: a dominant linear output and a
     negligible non-linear one. Uniform: the mean of the two r^2; variance: weighted by each
-    output's variance along the segment (METHODS.md section 4's option)."""
+    output's variance along the segment (docs/methods.md section 4's option)."""
     torch.manual_seed(12)
     h = torch.randn(8, 2, dtype=torch.float64)
 

@@ -1,4 +1,4 @@
-"""Known answers of the Gaussian-mixture measure (METHODS.md section 2).
+"""Known answers of the Gaussian-mixture measure (docs/methods.md section 2).
 
 Rubin, Seroussi and Ringel published no code, so the known answers are hand-built: samples
 from one Gaussian, a 0.7/0.3 mixture, a modular MLP at random initialisation and the same MLP

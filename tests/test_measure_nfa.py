@@ -1,4 +1,4 @@
-"""Neural feature ansatz (NFM vs AGOP): known answers and oracles (METHODS.md section 5)."""
+"""Neural feature ansatz (NFM vs AGOP): known answers and oracles (docs/methods.md section 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Phase labels on synthetic curves and change points (METHODS.md section 1)."""
+"""Phase labels on synthetic curves and change points (docs/methods.md section 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Known answers of the representation quality index (METHODS.md section 8)."""
+"""Known answers of the representation quality index (docs/methods.md section 8)."""
 
 from __future__ import annotations
 

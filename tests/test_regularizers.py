@@ -1,4 +1,4 @@
-"""GrokAlign's training-time Jacobian regulariser (METHODS.md section 3)."""
+"""GrokAlign's training-time Jacobian regulariser (docs/methods.md section 3)."""
 
 from __future__ import annotations
 

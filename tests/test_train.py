@@ -235,7 +235,7 @@ def test_demo_groks(tmp_path):
     t_train = int(train_acc[train_acc >= 0.9].index[0])
     t_test = int(test_acc[test_acc >= 0.9].index[0])
     assert test_acc.max() >= 0.9
-    assert t_test - t_train >= 1000  # 'grokking' by METHODS.md section 1
+    assert t_test - t_train >= 1000  # 'grokking' by docs/methods.md section 1
 
 
 def test_factory_spec_needs_trust(tmp_path):

@@ -1,4 +1,4 @@
-"""GrokAlign: Jacobian and centroid alignment (Walker et al. 2025; METHODS.md section 3).
+"""GrokAlign: Jacobian and centroid alignment (Walker et al. 2025; docs/methods.md section 3).
 
 For a model ``f: R^d -> R^C`` and an input ``x`` (the model's ``input`` role: the output of
 its token embedding, before any positional embedding, or the raw float input, flattened; see
@@ -248,7 +248,7 @@ def alignment(
         pc1_definition="GrokAlign's PC1 class (mitchell-solomon/grokalign utils.py): per point, "
         "the explained variance of the first principal component of the uncentred Jacobian "
         "(sigma_1^2/sum sigma_i^2), averaged over the first pc1_points (the authors: 64); it is "
-        "rank-one-ness on the authors' point set (METHODS.md's 'centred, stacked' wording does "
+        "rank-one-ness on the authors' point set (reading the paper as PC1 of 'centred, stacked' Jacobians does "
         "not match their code)",
         jacobian_alignment_random=1.0 / d,
         jacobian_alignment_note="[ours] 1 when every row of J_x is parallel to x; 1/d (d = "

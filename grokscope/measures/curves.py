@@ -1,4 +1,4 @@
-"""Training curves recomputed from the stored weights (METHODS.md section 1).
+"""Training curves recomputed from the stored weights (docs/methods.md section 1).
 
 Per checkpoint: loss and accuracy on each split, the total and per-tensor L2 norm of the
 parameters, their l-infinity norm, and the relative distance from the first checkpoint

@@ -1,4 +1,4 @@
-"""Fourier progress measures for modular arithmetic (METHODS.md sections 6 and 9).
+"""Fourier progress measures for modular arithmetic (docs/methods.md sections 6 and 9).
 
 Nanda et al. (2023) found that networks trained on modular addition learn a few *key
 frequencies* ``w_k = 2 pi k / p`` and compute ``cos(w_k (a + b - c))``. This module measures,

@@ -1,4 +1,4 @@
-"""Kernel-regime escape: the empirical NTK over training (METHODS.md section 7).
+"""Kernel-regime escape: the empirical NTK over training (docs/methods.md section 7).
 
 Mohamadi et al. (2024) argue grokking is the network leaving the kernel regime: the empirical
 neural tangent kernel barely moves while the training set is fit, then changes sharply.

@@ -1,4 +1,4 @@
-"""Linear mapping number (Liu, Zhong, Tegmark 2023; METHODS.md section 4).
+"""Linear mapping number (Liu, Zhong, Tegmark 2023; docs/methods.md section 4).
 
 For a sub-network ``g`` and ``N`` fixed samples ``h_1..h_N`` at its input, the linearity
 matrix ``L`` holds, for every pair ``i < j``, the mean over outputs ``k`` of the squared
@@ -8,7 +8,7 @@ eigenvalues of ``L``, ``S = -sum p_i log2 p_i`` and ``LMN = 2^S``: 1 for an affi
 ``c`` when the samples fall into ``c`` mutually non-linear groups.
 
 The cut comes from the model's anatomy (:mod:`grokscope.anatomy`): by default (``cut="auto"``,
-METHODS.md) the post-activation of the first hidden layer, or the input role where the rest of
+docs/methods.md) the post-activation of the first hidden layer, or the input role where the rest of
 the network after it is affine by construction (a one-hidden-layer MLP, a one-block
 transformer), so no default is constant; ``cut="pre"`` takes the pre-activation, interpolated at
 the input of that layer's linear map (exact, since interpolation commutes with an affine map;
@@ -17,7 +17,7 @@ see :func:`lmn`), ``cut="post"`` the post-activation, ``layer=-1`` the input rol
 
 All pairs are evaluated in batches (``chunk`` pairs, i.e. ``chunk * n_points`` rows per call
 of ``g``); the correlations are accumulated in float64. ``weighting="variance"`` [ours,
-METHODS.md's option] weights each output's ``r^2`` by its variance along the segment.
+docs/methods.md's option] weights each output's ``r^2`` by its variance along the segment.
 
 The paper's claim (LMN falls during the generalising phase and is roughly linear in the test
 loss there) is tested by :func:`lmn_test_loss_fit` over :func:`generalising_window`.
@@ -91,7 +91,7 @@ def _pair_r2(
 ) -> torch.Tensor:
     """``L_ij`` per pair from ``r^2(t, y_k)``: ``y (P, T, K)`` -> ``(P,)`` float64.
 
-    ``weighting="uniform"``: the mean over outputs (METHODS.md section 4). ``"variance"``
+    ``weighting="uniform"``: the mean over outputs (docs/methods.md section 4). ``"variance"``
     [ours]: each output weighted by its variance along the segment,
     ``sum_k var_k r_k^2 / sum_k var_k`` (the share of the segment's total output variance a
     straight line in ``t`` explains), so a negligible output does not count as much as a
@@ -477,7 +477,7 @@ def subnetwork(
 
 
 def _auto_route(view: ModelView, xs: torch.Tensor, layer: int) -> SubNetwork:
-    """METHODS.md's default: the post-activation of hidden layer ``layer``, unless the rest of
+    """docs/methods.md's default: the post-activation of hidden layer ``layer``, unless the rest of
     the network after it is affine by construction (no hidden layer follows it: an MLP's last
     hidden layer before the read-out, a one-block transformer's MLP before ``W_out``, the
     residual sum and the unembedding) or the post-activation cannot be replaced (a
@@ -531,7 +531,7 @@ def lmn(
         raw float input flattened) to the logits.
     cut : {"auto", "pre", "post"}
         Where in hidden layer ``layer`` [ours: the paper leaves it open].
-        ``"auto"`` (default, METHODS.md section 4): ``"post"`` unless the rest of the network
+        ``"auto"`` (default, docs/methods.md section 4): ``"post"`` unless the rest of the network
         after the post-activation is affine by construction (no hidden layer follows: a
         one-hidden-layer MLP, a one-block transformer) or cannot be replaced (a raw-parameter
         MLP block), and then the input role (``layer=-1``); the rule is structural, so every
@@ -567,7 +567,7 @@ def lmn(
         Pairs per batched evaluation (bounds memory at ``chunk * n_points`` rows).
     weighting : {"uniform", "variance"}
         How the outputs' ``r_k^2`` along a segment make ``L_ij``: ``"uniform"`` (default, the
-        paper's) is their mean; ``"variance"`` [ours, METHODS.md section 4's option] weights
+        paper's) is their mean; ``"variance"`` [ours, docs/methods.md section 4's option] weights
         each output by its variance along the segment, ``L_ij = sum_k var_k r_k^2 / sum_k
         var_k``, so a negligible output (e.g. a logit that barely moves) does not count as
         much as a dominant one. Stored in the attrs.

@@ -4,7 +4,7 @@ Before grokking the per-neuron order parameter ``phi_i`` of the first layer ``W1
 (``(hidden, in)``) is one Gaussian, the distribution it had at random initialisation; at
 grokking a finite fraction of neurons ("droplets") leaves it for other modes. Per checkpoint we
 fit sklearn ``GaussianMixture`` with ``k = 1..max_components`` components, choose ``k`` by BIC,
-and store the fit, the evidence for it and a histogram (METHODS.md section 2).
+and store the fit, the evidence for it and a histogram (docs/methods.md section 2).
 
 Order parameters (``order_parameter="auto"`` picks the first that applies):
 
@@ -42,7 +42,7 @@ distance after dividing each feature by its null std, for vector ``phi``); of se
 nearest. ``droplet_fraction = 1 - pi_null``, and **1 when no component is null** (every neuron
 has left the random-init distribution).
 
-Fitting [ours where METHODS.md leaves it open]: each feature is divided by its standard
+Fitting [ours where docs/methods.md leaves it open]: each feature is divided by its standard
 deviation before fitting (not centred; reported means, variances and BIC are in the original
 units), so ``k`` does not depend on the weight scale. For every ``k`` a cold fit (``n_init``
 k-means++ initialisations, best likelihood kept) is always made; from the second visited step

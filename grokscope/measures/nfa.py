@@ -1,6 +1,6 @@
 """Neural feature ansatz: NFM vs AGOP (Radhakrishnan et al.; Beaglehole et al. 2024).
 
-METHODS.md section 5. For a linear map ``W`` (``(out, in)``, whatever the parameter's
+docs/methods.md section 5. For a linear map ``W`` (``(out, in)``, whatever the parameter's
 orientation: ``view.weight(name)``) with input ``h`` and pre-activation ``z = W h (+ b)``:
 
 - ``NFM = W^T W`` (``in x in``);
@@ -60,8 +60,8 @@ general, input space
     ``attrs["cnfa_skipped"]`` says why.
 
 Maps with a position axis (transformers: ``z`` of shape ``(n, T, out)``) use the last position
-by default (``position="last"``, METHODS: "the MLP's W_in acting on the last-position
-residual"); ``position="all"`` sums the per-position AGOPs over positions.
+by default (``position="last"``, docs/methods.md section 5: "the MLP's W_in acting on the
+last-position residual"); ``position="all"`` sums the per-position AGOPs over positions.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Grokking phases and change points of a trajectory (METHODS.md section 1).
+"""Grokking phases and change points of a trajectory (docs/methods.md section 1).
 
 :func:`phase_summary` is the pure core: from accuracy curves sampled at (usually
 non-uniform) steps it finds ``t_train`` and ``t_test`` and labels the run. The registered
