@@ -324,3 +324,16 @@ def test_verify_reads_every_chunk_and_lists_every_damaged_one(path):
     assert msg.startswith(f"2 damaged part(s) in {path}")
     assert "'fc2.bias'" in msg and "step 1" in msg and "checksum" in msg
     assert "'test_acc'" in msg and "missing" in msg and "Restore the store" in msg
+
+
+def test_a_changed_program_chunk_is_named_by_its_checksum(tmp_path):
+    """The stored torch.export program (bytes -> blosc zstd -> crc32c) is checked by zarr's
+    codec on read; its failure becomes a CorruptStoreError naming the program."""
+    p = tmp_path / "run.zarr"
+    record(p, steps=[0, 1], export_program=True)
+    chunk = p / "_model" / "program" / "c" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x04
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(CorruptStoreError, match=r"_model/program.*CRC32C"):
+        open_run(p).model_at(1)
