@@ -160,6 +160,11 @@ def test_separate_results_store_for_a_read_only_run(tmp_path, counting_measure, 
         assert rc == 0
         rc = cli.main(["info", str(path), "--results", str(res)])
         assert rc == 0 and "results: _rcount, curves" in capsys.readouterr().out
+        rc = cli.main(["report", str(path), "-o", str(tmp_path / "rep2"), "--results", str(res),
+                       "--formats", "png", "-q"])
+        assert rc == 0
+        summary = json.loads((tmp_path / "rep2" / "summary.json").read_text())
+        assert {"_rcount", "curves"} <= set(summary["measures_stored"])
     finally:
         _restore_writable(path)
 
