@@ -289,13 +289,50 @@ def read_into(store: Store, key: str, out: memoryview, tail: memoryview | None =
     return len(raw)
 
 
+def links_leaving(store: Store) -> list[tuple[str, str]]:
+    """Symbolic links inside a local store whose targets resolve outside it, as
+    ``(link, target)`` (none for other stores). A writer refuses such a store: writing or
+    deleting through the link would touch files outside the store."""
+    if not isinstance(store, LocalStore):
+        return []
+    root = Path(store.root).resolve()
+    found = []
+    for dirpath, dirs, files in os.walk(store.root):
+        for name in (*dirs, *files):
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if target != root and root not in target.parents:
+                    found.append((str(path.relative_to(store.root)), str(target)))
+    return found
+
+
+def check_links_inside(store: Store) -> None:
+    """CorruptStoreError when :func:`links_leaving` finds any link."""
+    bad = links_leaving(store)
+    if bad:
+        shown = ", ".join(f"{a} -> {b}" for a, b in bad[:3])
+        raise CorruptStoreError(
+            f"{store_label(store)} holds {len(bad)} link(s) pointing outside the store ({shown}); "
+            "grokscope never writes through them. Replace each link by a copy of what it points "
+            "to (or remove it), or record into another path"
+        )
+
+
 def delete_entry(store: Store, name: str) -> None:
     """Delete ``name`` whether it is one key or a prefix (a folder on disk)."""
     if isinstance(store, LocalStore):
         path = store.root / name
+        root = Path(store.root).resolve()
         if path.is_symlink():  # a link (crafted, or a user's) goes; never what it points to
             path.unlink()
-        elif path.is_dir():
+            return
+        if root not in path.resolve().parents:  # a linked folder on the way: refuse
+            raise CorruptStoreError(
+                f"deleting {name!r} in {store_label(store)} would delete {path.resolve()}, "
+                "outside the store (a link in its path); grokscope never deletes through links"
+            )
+        if path.is_dir():
             shutil.rmtree(path, ignore_errors=False)
         else:
             path.unlink(missing_ok=True)

@@ -607,6 +607,7 @@ class Recorder:
     def _reopen(self, root: dict, sd: dict[str, torch.Tensor], data: Data | None,
                 config: dict | None) -> None:
         store = self._store
+        _io.check_links_inside(store)  # appending writes and deletes inside the store only
         meta = schema.check_meta(root.get("attributes", {}).get(schema.META_KEY), self._where)
         stored = {k: tuple(v["shape"]) for k, v in meta["params"].items()}
         msg = mismatch_message(stored, {k: tuple(v.shape) for k, v in sd.items()},
