@@ -454,8 +454,8 @@ def write_result(where: Any, name: str, ds: xr.Dataset, *, storage_options: dict
     :class:`ResultsLocation`), replacing it.
 
     On a local store the new version is written beside the old one (``results/.<name>.new-*``),
-    marked complete, and swapped in by two directory renames made under the result's exclusive
-    read lock (readers take it shared), so a reader always sees the last complete version and a
+    marked complete, and swapped in (one atomic ``renameat2`` exchange on Linux, else two
+    renames) under the result's exclusive read lock (readers take it shared), so a reader always sees the last complete version and a
     kill at any moment leaves it in place. A failed write removes what it wrote and raises
     StoreWriteError. On other stores the group is rewritten in place: a kill mid-write leaves it
     incomplete (recomputed by the next analysis) and a reader during the rewrite may find it
@@ -481,14 +481,17 @@ def write_result(where: Any, name: str, ds: xr.Dataset, *, storage_options: dict
             results = loc.local / RESULTS_GROUP
             final, old = results / name, results / f".{name}.old-{tag}"
             with _flock(loc.lock_path(name), exclusive=True, create=True):
-                if final.exists():
-                    os.replace(final, old)
-                try:
-                    os.replace(new, final)
-                except BaseException:
-                    if old.exists() and not final.exists():
-                        os.replace(old, final)
-                    raise
+                if final.exists() and _exchange(new, final):
+                    old = new  # the old version now sits at the new one's name
+                else:
+                    if final.exists():
+                        os.replace(final, old)
+                    try:
+                        os.replace(new, final)
+                    except BaseException:
+                        if old.exists() and not final.exists():
+                            os.replace(old, final)
+                        raise
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
         if new is not None:
@@ -498,6 +501,32 @@ def write_result(where: Any, name: str, ds: xr.Dataset, *, storage_options: dict
         if isinstance(exc, OSError) or _read_only_error(exc):
             raise _write_error(exc, loc, name) from exc
         raise
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``), so even a
+    reader taking no lock never finds the result absent; False where unsupported."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            _renameat2 = fn
+        except (OSError, AttributeError, ImportError):
+            _renameat2 = False
+    if _renameat2 is False:
+        return False
+    at_fdcwd = -100
+    return _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+_renameat2: Any = None
 
 
 class ResultsView(Mapping):
