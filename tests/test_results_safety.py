@@ -311,3 +311,24 @@ def test_two_concurrent_analyses_of_one_measure_match_a_serial_one(tmp_path):
     xr.testing.assert_allclose(together.reset_coords(drop=True), serial.reset_coords(drop=True))
     assert together.attrs["params_key"] == serial.attrs["params_key"]
     assert _orphans(Path(run.path)) == []
+
+
+def test_results_on_fsspec_stores(tmp_path, counting_measure):
+    """memory:// runs keep results in place (no locks) and take a separate results store too;
+    a file:// URL is a local store (locks, atomic swap)."""
+    import uuid
+
+    url = f"memory://gs-res-{uuid.uuid4().hex}/run.zarr"
+    run = record_tiny_run(url)
+    out = gs.analyze(url, ["_rcount"], progress=False, flush_seconds=0.0)
+    assert out["_rcount"].sizes["step"] == len(run.steps)
+    assert gs.open_run(url).results["_rcount"].step.values.tolist() == run.steps.tolist()
+    sep = f"memory://gs-res-{uuid.uuid4().hex}/results.zarr"
+    gs.analyze(url, {"_rcount": {"scale": 2.0}}, results=sep, progress=False)
+    assert gs.open_run(url, results=sep).results["_rcount"].attrs["param_scale"] == 2.0
+    assert gs.open_run(url).results["_rcount"].attrs["param_scale"] == 1.0
+    furl = f"file://{tmp_path}/f.zarr"
+    record_tiny_run(furl)
+    gs.analyze(furl, ["_rcount"], progress=False)
+    assert "_rcount" in gs.open_run(tmp_path / "f.zarr").results
+    assert (tmp_path / "f.zarr" / "results" / ".locks" / "_rcount" / "writer" / "zarr.json").exists()
