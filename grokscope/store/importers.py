@@ -628,7 +628,8 @@ def _is_grokscope_store(path: Path) -> bool:
         doc = json.loads((path / "zarr.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(doc, dict) and schema.SCHEMA_KEY in doc.get("attributes", {})
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return isinstance(attrs, dict) and schema.SCHEMA_KEY in attrs
 
 
 def _exists(out: str | Path, storage_options: dict | None) -> bool:

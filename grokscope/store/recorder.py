@@ -424,6 +424,12 @@ class Recorder:
     def _existing_root(self, overwrite: bool) -> dict | None:
         store = self._store
         root = _io.read_json(store, "zarr.json", what="the root metadata document")
+        if root is not None and not isinstance(root.get("attributes", {}), dict):
+            raise CorruptStoreError(
+                f"the root metadata of {self._where} is damaged (its attributes are not an "
+                "object), so grokscope cannot tell whether it wrote it and will not touch it; "
+                "restore it from a copy or record into another path"
+            )
         is_ours = root is not None and schema.SCHEMA_KEY in root.get("attributes", {})
         if root is not None and not is_ours:
             raise NotAStoreError(

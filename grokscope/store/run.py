@@ -268,6 +268,11 @@ def _read_whole(store: Any, where: str, path: str, what: str) -> np.ndarray:
         raise _corrupt(where, path, f"{type(exc).__name__}: {exc}") from exc
 
 
+def _task_of(doc: dict) -> Any:
+    attrs = doc.get("attributes")
+    return attrs.get("task") if isinstance(attrs, dict) else None
+
+
 def read_data(store: Any) -> Data:
     """The ``data/`` group of a store as a :class:`~grokscope.data.Data`."""
     where = _io.store_label(store)
@@ -298,7 +303,7 @@ def read_data(store: Any) -> Data:
         k[len(schema.EXTRA_PREFIX):]: v for k, v in tensors.items()
         if k.startswith(schema.EXTRA_PREFIX)
     }
-    return Data(*(tensors[s] for s in schema.SPLITS), task=doc.get("attributes", {}).get("task"),
+    return Data(*(tensors[s] for s in schema.SPLITS), task=_task_of(doc),
                 extras=extras)
 
 
