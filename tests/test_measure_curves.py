@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from grokscope.data import Data
-from grokscope.errors import ModelMismatchError
+from grokscope.errors import ConfigError, ModelMismatchError
 from grokscope.measures import get
 from grokscope.measures.curves import curves, loss_and_accuracy, margins
 from grokscope.measures.registry import Checkpoint
@@ -80,6 +80,8 @@ def test_mse_on_class_labels_uses_one_hot_targets():
 def test_margins():
     lg = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
     assert margins(lg, torch.tensor([0, 2])).tolist() == [1.0, -4.0]
+    with pytest.raises(ConfigError, match=r"at least 2 classes, got logits \(3, 1\)"):
+        margins(torch.zeros(3, 1), torch.zeros(3))
 
 
 def test_empty_test_split_gives_nan():

@@ -121,8 +121,12 @@ def run_one(name: str, max_children: int, timeout: int, sample: int = 0,
             states = {m: states.get(m, "not checked") for m in chosen}
         generated = generated or len(states)
         status = collections.Counter(states.values())
-        survivors = [f"{state:10} {m}" for m, state in sorted(states.items())
-                     if state in ("survived", "no tests")]
+        survivors = []
+        for m, state in sorted(states.items()):
+            if state in ("survived", "no tests"):
+                diff = subprocess.run(mutmut + ["show", m], cwd=work, capture_output=True,
+                                      text=True).stdout.strip()
+                survivors.append(f"{state:10} {m}\n{diff}\n")
         report = ROOT / "reports" / "mutation" / f"{name}.txt"
         report.parent.mkdir(parents=True, exist_ok=True)
         how = f"a seeded sample (seed {seed}) of {len(chosen)}" if chosen else "all"
