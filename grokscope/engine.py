@@ -25,6 +25,7 @@ from ._threads import torch_threads
 from .anatomy import Anatomy, ModelView, resolve
 from .errors import ConfigError, GrokscopeError, StoreWriteError
 from .measures import registry
+from .measures._variables import annotate_variables
 from .measures.registry import Checkpoint, MeasureSpec
 from .steps import StepSpec, select_steps
 
@@ -330,7 +331,7 @@ def _flush(loc: results_io.ResultsLocation, job: _Job, dev: torch.device) -> Non
     if not job.new:
         return
     parts = ([job.done] if job.done is not None else []) + job.new
-    ds = _stack(parts)
+    ds = annotate_variables(_stack(parts), job.spec.name, job.params)
     ds = results_io.annotate(ds, job.spec.name, job.params, context=job.context, device=str(dev))
     results_io.write_result(loc, job.spec.name, ds)
     job.done, job.new = ds, []

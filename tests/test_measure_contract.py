@@ -175,8 +175,6 @@ def test_every_described_variable_is_output(runs, name):
     assert set(VARIABLES[name]) <= seen, sorted(set(VARIABLES[name]) - seen)
 
 
-@pytest.mark.xfail(strict=True, reason="engine-added variables get their attrs only once "
-                   "engine.py calls grokscope.measures._variables.annotate_variables in _flush")
 def test_engine_variables_are_described(runs):
     ds = gs.analyze(runs["mlp"], ["curves"], device="cpu", progress=False)["curves"]
     for v in ENGINE_VARIABLES:
