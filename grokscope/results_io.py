@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from ._version import __version__
-from .errors import StoreError, StoreWriteError
+from .errors import CorruptStoreError, StoreError, StoreWriteError
 
 RESULTS_GROUP = "results"
 COMPLETE_ATTR = "grokscope_complete"
@@ -580,8 +580,18 @@ class ResultsView(Mapping):
                 f"no result {name!r} in {self.location.label} (have {self._names()}); compute "
                 "it with grokscope.analyze"
             )
-        ds = xr.open_zarr(self.location.store(), group=_group(name), consolidated=False,
-                          zarr_format=3).load()
+        import zarr
+
+        try:
+            ds = xr.open_zarr(self.location.store(), group=_group(name), consolidated=False,
+                              zarr_format=3).load()
+        except (ValueError, RuntimeError, OSError, TypeError, EOFError, KeyError,
+                zarr.errors.BaseZarrError) as exc:
+            raise CorruptStoreError(
+                f"result {name!r} in {self.location.label} is damaged ({type(exc).__name__}: "
+                f"{exc}); compute it again with gs.analyze(..., recompute=True) or `grokscope "
+                "analyze --recompute`, which replaces it"
+            ) from exc
         ds.attrs.pop(COMPLETE_ATTR, None)
         return ds
 
@@ -592,9 +602,7 @@ class ResultsView(Mapping):
         for attempt in range(4):  # no locks on object stores: retry a read torn by a rewrite
             try:
                 return self._load(name)
-            except KeyError:
-                raise
-            except (ValueError, OSError):
+            except CorruptStoreError:
                 if attempt == 3:
                     raise
                 time.sleep(0.25 * (attempt + 1))

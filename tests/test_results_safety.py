@@ -332,3 +332,18 @@ def test_results_on_fsspec_stores(tmp_path, counting_measure):
     gs.analyze(furl, ["_rcount"], progress=False)
     assert "_rcount" in gs.open_run(tmp_path / "f.zarr").results
     assert (tmp_path / "f.zarr" / "results" / ".locks" / "_rcount" / "writer" / "zarr.json").exists()
+
+
+def test_a_damaged_result_is_a_corrupt_store_error(tmp_path, counting_measure):
+    from grokscope.errors import CorruptStoreError
+
+    run = record_tiny_run(tmp_path / "d.zarr")
+    gs.analyze(run, ["_rcount"], progress=False)
+    chunks = [p for p in (Path(run.path) / "results" / "_rcount" / "value").rglob("*")
+              if p.is_file() and p.name != "zarr.json"]
+    assert chunks
+    chunks[0].write_bytes(b"\x28\xb5\x2f\xfd garbage, not a chunk")
+    with pytest.raises(CorruptStoreError, match="recompute=True"):
+        gs.open_run(run.path).results["_rcount"]
+    fixed = gs.analyze(run, ["_rcount"], progress=False, recompute=True)["_rcount"]
+    assert fixed.sizes["step"] == len(run.steps)
