@@ -76,6 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             hp[name] = value
+    if args.threads is not None:
+        hp["num_threads"] = args.threads
     run = train(
         task=args.task, model=args.model, out=args.out,
         task_kwargs=json_arg(args.task_kwargs, "--task-kwargs"),
@@ -217,6 +219,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from ._threads import cli_threads
+
     p = argparse.ArgumentParser(prog="grokscope", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -233,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other hyperparameter of gs.train")
     t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=cli_threads, metavar="N|auto",
+                   help="torch CPU threads: a count, or auto (default: time a few passes at "
+                   "1, 2, 4, ... threads and keep the fastest)")
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("-q", "--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -255,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--steps", help="all | every:K | log:N | A:B | A:B:K | comma list")
     a.add_argument("--device", default="auto")
     a.add_argument("--recompute", action="store_true")
-    a.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy small machine)")
+    a.add_argument("--threads", type=cli_threads, default="auto", metavar="N|auto",
+                   help="torch (and BLAS) CPU threads: a count, or auto (default: time a few "
+                   "passes of the model at 1, 2, 4, ... threads and keep the fastest)")
     a.add_argument("--trust-code", action="store_true", help="allow importing the model factory named in the store")
     add_model_arguments(a)
     add_results_argument(a, writes=True)

@@ -19,6 +19,7 @@ per-step ``.item()``); evaluation runs under ``torch.no_grad()``.
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._threads import torch_threads
+from ._threads import auto_threads, available_cpus, check_threads, torch_threads
 from .data import Data
 from .errors import ConfigError, GrokscopeError, NotAStoreError, StoreError
 
@@ -39,7 +40,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 LOSSES = ("auto", "ce", "mse")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: config keys that may change between a run and its continuation
-RESUMABLE_KEYS = frozenset({"progress", "device", "eval_every", "stop_when", "steps"})
+RESUMABLE_KEYS = frozenset({"progress", "device", "eval_every", "stop_when", "steps",
+                            "num_threads"})
 #: config keys the Recorder derives from the model (not settings): never a reason to refuse
 DERIVED_KEYS = frozenset({"anatomy"})
 #: evaluation chunk (rows) bounding memory on large splits
@@ -287,7 +289,7 @@ def train(
     stop_when: dict | None = None,
     compression: str | None = None,
     storage_options: dict | None = None,
-    num_threads: int | None = None,
+    num_threads: int | str | None = "auto",
     trust_code: bool = False,
 ) -> Any:
     """Train a model on a task, recording the trajectory into the store ``out``.
@@ -357,10 +359,18 @@ def train(
     trust_code : bool
         Allow a ``{"factory": "module:qualname", ...}`` model spec (e.g. one read from a store)
         to import that code; registered names and classes never need it.
-    num_threads : int, optional
-        CPU threads for torch while training (restored afterwards); ``None`` leaves torch's
-        setting. Small models train fastest with 1 thread on a busy machine: intra-op threads
-        that wait for a core spin, and were measured 10x slower there.
+    num_threads : "auto", int or None
+        CPU threads for torch while training (restored afterwards). ``"auto"`` (default)
+        measures: about a second of forward+backward passes of this model on this batch shape
+        at 1, 2, 4, ... threads up to the CPUs the process may use, and keeps the fastest
+        (fewer threads unless more are >10% faster; see :mod:`grokscope._threads`; cached per
+        model shape, batch and device in the process; on a GPU torch's setting is left alone).
+        An int sets the count; ``None`` leaves torch's setting. The count used is recorded as
+        ``config["num_threads"]``. Threads change float rounding (~1e-6 after 50 steps), so
+        an exact rerun needs the same count: a continuation under ``"auto"`` keeps the
+        recorded count (when this machine has that many CPUs). Why it matters: the README's
+        ``p = 97`` run took 280 s with torch's default threads on a busy 2-core machine and
+        36 s with one, while on the same machine idle two threads were 1.6x faster than one.
 
     Returns
     -------
@@ -397,7 +407,7 @@ def train(
     warmup = _check_int("warmup", warmup, 0)
     seed = _check_int("seed", seed, 0)
     eval_every = _check_int("eval_every", eval_every, 1, allow_none=True)
-    num_threads = _check_int("num_threads", num_threads, 1, allow_none=True)
+    num_threads = check_threads(num_threads, "train: num_threads")
     if norm_project is not None:
         norm_project = _check_float("norm_project", norm_project, 0.0, strict=True)
     dtype_name, torch_dtype = _resolve_dtype(dtype)
@@ -484,6 +494,17 @@ def train(
     met_at = None  # the first evaluated step at which stop_when was met
     start = 0
 
+    if num_threads == "auto" and stored is not None:
+        recorded = stored.get("num_threads")  # an exact continuation needs the same count
+        if isinstance(recorded, int) and 1 <= recorded <= available_cpus():
+            num_threads = recorded
+    rows = n_train if full_batch else batch_size
+    num_threads, calibration = auto_threads(
+        num_threads, net, dd.x_train[:rows], device=dev,
+        loss=lambda out: objective(out, t_train[:rows]), key_extra=("train", loss))
+    if calibration is not None and progress:
+        print(f"train: {calibration.summary()}", file=sys.stderr, flush=True)
+    config["num_threads"] = num_threads
     rec_config = config if stored is None else None  # continuing: keep the stored config
     with torch_threads(num_threads), Recorder(
         out, net, data, config=rec_config, schedule=schedule, overwrite=overwrite,
