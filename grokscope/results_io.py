@@ -443,6 +443,25 @@ def _fixed_width(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+#: attribute holding a SHA-256 of the result's attributes and its variables' attributes (zarr
+#: v3 checksums chunks, not metadata documents: this catches an edited parameter or label)
+ATTRS_HASH = "grokscope_attrs_sha256"
+
+
+def _attrs_digest(ds: xr.Dataset) -> str:
+    attrs = {k: v for k, v in ds.attrs.items() if k not in (COMPLETE_ATTR, ATTRS_HASH)}
+    doc = {"attrs": jsonable(attrs),
+           "variables": {str(k): jsonable(dict(v.attrs)) for k, v in ds.variables.items()}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _encoding(ds: xr.Dataset) -> dict[str, dict]:
+    """Every variable's chunks zstd-compressed and CRC32C-checksummed (verified on read)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return {str(v): {"compressors": (ZstdCodec(), Crc32cCodec())} for v in ds.variables}
+
+
 def _as_location(where: Any, storage_options: dict | None) -> ResultsLocation:
     if isinstance(where, ResultsLocation):
         return where
@@ -466,6 +485,7 @@ def write_result(where: Any, name: str, ds: xr.Dataset, *, storage_options: dict
     loc = _as_location(where, storage_options)
     ds = _fixed_width(ds)
     ds.attrs = {**ds.attrs, COMPLETE_ATTR: False}
+    ds.attrs[ATTRS_HASH] = _attrs_digest(ds)
     tag = uuid.uuid4().hex[:8]
     group = _group(name) if loc.local is None else _group(f".{name}.new-{tag}")
     new = None if loc.local is None else loc.local / group
@@ -474,7 +494,8 @@ def write_result(where: Any, name: str, ds: xr.Dataset, *, storage_options: dict
             # fixed-width unicode (labels, layer names) has no zarr v3 spec yet; we read it back ourselves
             warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
             ds.to_zarr(loc.root, group=group, mode="w", consolidated=False, zarr_format=3,
-                       storage_options=loc.storage_options)
+                       storage_options=loc.storage_options, encoding=_encoding(ds),
+                       write_empty_chunks=True)  # every chunk exists: a missing one is damage
         grp = zarr.open_group(loc.root, path=group, mode="r+", storage_options=loc.storage_options)
         grp.attrs[COMPLETE_ATTR] = True
         if loc.local is not None:
@@ -593,7 +614,31 @@ class ResultsView(Mapping):
                 "analyze --recompute`, which replaces it"
             ) from exc
         ds.attrs.pop(COMPLETE_ATTR, None)
+        stored = ds.attrs.pop(ATTRS_HASH, None)  # results written before hashes have none
+        if stored is not None:
+            self._check_chunks(name)
+        if stored is not None and stored != _attrs_digest(ds):
+            raise CorruptStoreError(
+                f"result {name!r} in {self.location.label} is damaged: its attributes (parameters, "
+                "labels, units) changed after it was written; compute it again with "
+                "gs.analyze(..., recompute=True) or `grokscope analyze --recompute`, which "
+                "replaces it"
+            )
         return ds
+
+    def _check_chunks(self, name: str) -> None:
+        """Every chunk of every array of the result is stored (they are all written, NaN ones
+        included): a missing chunk would otherwise read as its fill value."""
+        import zarr
+
+        grp = zarr.open_group(self.location.store(), path=_group(name), mode="r")
+        for aname, arr in grp.arrays():
+            if arr.size and arr.nchunks_initialized != arr.nchunks:
+                raise CorruptStoreError(
+                    f"result {name!r} in {self.location.label} is damaged: array {aname!r} has "
+                    f"{arr.nchunks_initialized} of its {arr.nchunks} chunks; compute it again "
+                    "with gs.analyze(..., recompute=True) or `grokscope analyze --recompute`"
+                )
 
     def __getitem__(self, name: str) -> xr.Dataset:
         if self.location.local is not None:

@@ -4,6 +4,7 @@ a full disk (StoreWriteError, no orphans left), readers during a rewrite, two an
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import subprocess
@@ -18,7 +19,7 @@ import xarray as xr
 
 import grokscope as gs
 from grokscope import cli, results_io
-from grokscope.errors import GrokscopeError, StoreError, StoreWriteError
+from grokscope.errors import CorruptStoreError, GrokscopeError, StoreError, StoreWriteError
 from grokscope.measures import registry
 
 from .conftest import record_tiny_run
@@ -347,3 +348,39 @@ def test_a_damaged_result_is_a_corrupt_store_error(tmp_path, counting_measure):
         gs.open_run(run.path).results["_rcount"]
     fixed = gs.analyze(run, ["_rcount"], progress=False, recompute=True)["_rcount"]
     assert fixed.sizes["step"] == len(run.steps)
+
+
+# ---------------------------------------------------------------------------- damaged results
+def _analysed(tmp_path: Path) -> Path:
+    run = record_tiny_run(tmp_path / "run.zarr", steps=[0, 5, 10])
+    gs.analyze(run, ["curves"], progress=False)
+    return tmp_path / "run.zarr"
+
+
+def _flip_a_byte(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "deleted chunk", "edited parameter"])
+def test_a_damaged_result_is_reported_never_read(tmp_path, damage):
+    path = _analysed(tmp_path)
+    group = path / "results" / "curves"
+    chunk = next(p for p in sorted((group / "train_loss").rglob("*")) if p.is_file()
+                 and p.name != "zarr.json")
+    if damage == "flipped byte":  # the chunk's CRC32C no longer matches
+        _flip_a_byte(chunk)
+    elif damage == "deleted chunk":  # would read as NaN
+        chunk.unlink()
+    else:  # zarr checksums chunks, not metadata: the attributes carry their own hash
+        doc_path = group / "zarr.json"
+        doc = json.loads(doc_path.read_text())
+        key = next(k for k in doc["attributes"] if k.startswith("param_"))
+        doc["attributes"][key] = "something else"
+        doc_path.write_text(json.dumps(doc))
+    with pytest.raises(CorruptStoreError, match="recompute"):
+        gs.open_run(path).results["curves"]
+    # the CLI says so and recomputing replaces it
+    assert cli.main(["analyze", str(path), "--measures", "curves", "--recompute", "-q"]) == 0
+    assert np.isfinite(gs.open_run(path).results["curves"]["train_loss"].values).all()
