@@ -337,3 +337,14 @@ def test_a_changed_program_chunk_is_named_by_its_checksum(tmp_path):
     chunk.write_bytes(bytes(raw))
     with pytest.raises(CorruptStoreError, match=r"_model/program.*CRC32C"):
         open_run(p).model_at(1)
+
+
+def test_cli_verify_names_a_damaged_weight_that_info_does_not_read(path, capsys):
+    code, text = _cli(capsys, "verify", str(path))
+    assert code == 0 and "ok (" in text
+    chunk = chunk_path(path)
+    raw = chunk.read_bytes()
+    chunk.write_bytes(bytes(8) + raw[8:])
+    code, text = _cli(capsys, "verify", str(path))
+    assert code != 0
+    assert "fc1.weight" in text and "checksum" in text and "Traceback" not in text
