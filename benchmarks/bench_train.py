@@ -53,7 +53,8 @@ def run(quick: bool = False) -> list[Row]:
             def ours(n: int) -> float:
                 return median_time(lambda: train(
                     data, "mlp", out, model_kwargs={"width": width}, steps=n, lr=3e-3,
-                    schedule=sched, progress=False, device="cpu", overwrite=True), repeat=3)
+                    schedule=sched, progress=False, device="cpu", overwrite=True,
+                    num_threads=1), repeat=3)
 
             def naive(n: int) -> float:
                 return median_time(lambda: _naive(data, width, n, 3e-3), repeat=3)

@@ -39,6 +39,11 @@ Threads = int | Literal["auto"] | None
 BUDGET_S = 1.0
 #: ... and no more than this many calls' worth (a tiny model is timed in well under a second)
 BUDGET_CALLS = 200
+#: ... or this share of the job, when the caller says how many calls the job makes
+SHARE = 0.02
+#: a count slower than this many times the best so far is timed no more (under load a
+#: spinning count is 10-20x slower: timing it five times would cost more than it tells)
+PRUNE = 2.0
 #: ... but at least this long (so each sample spans many timer ticks and scheduler slices)
 MIN_BUDGET_S = 0.1
 #: more threads must be at least this much faster (relative) to be preferred to fewer
@@ -142,7 +147,8 @@ def torch_threads(n: int | None, *, blas: bool = False) -> Iterator[None]:
 
 def calibrate(work: Callable[[], object], *, key: Hashable | None = None,
               max_threads: int | None = None, budget_s: float = BUDGET_S,
-              margin: float = MARGIN, rounds: int = ROUNDS) -> Calibration:
+              margin: float = MARGIN, rounds: int = ROUNDS,
+              expected_calls: int | None = None) -> Calibration:
     """Time ``work()`` at each of :func:`candidates` and pick the fastest count.
 
     Parameters
@@ -162,7 +168,12 @@ def calibrate(work: Callable[[], object], *, key: Hashable | None = None,
         A larger count is chosen only when its median is more than ``margin`` (relative)
         below that of every smaller count's.
     rounds : int
-        Interleaved timing rounds (the median over rounds is compared).
+        Interleaved timing rounds (the median over rounds is compared). A count more than
+        :data:`PRUNE` times slower than the best after a round is dropped from later rounds.
+    expected_calls : int, optional
+        About how many ``work()``-sized calls the job itself makes (e.g. training steps):
+        timing then takes at most :data:`SHARE` of that, so a short job is not dominated by
+        its calibration (never under :data:`MIN_BUDGET_S`).
 
     Returns
     -------
@@ -177,14 +188,16 @@ def calibrate(work: Callable[[], object], *, key: Hashable | None = None,
     if len(cands) == 1:
         result = Calibration(cands[0], {})
     else:
-        result = _measure(work, cands, budget_s=budget_s, margin=margin, rounds=max(1, rounds))
+        calls = BUDGET_CALLS if expected_calls is None else max(1.0, SHARE * expected_calls)
+        result = _measure(work, cands, budget_s=budget_s, margin=margin, rounds=max(1, rounds),
+                          budget_calls=calls)
     if full_key is not None:
         _CACHE[full_key] = result
     return result
 
 
 def _measure(work: Callable[[], object], cands: list[int], *, budget_s: float, margin: float,
-             rounds: int) -> Calibration:
+             rounds: int, budget_calls: float = BUDGET_CALLS) -> Calibration:
     previous = torch.get_num_threads()
     try:
         warm = {}
@@ -195,12 +208,13 @@ def _measure(work: Callable[[], object], cands: list[int], *, budget_s: float, m
             warm[n] = time.perf_counter() - t0
         # calls per sample so that all rounds over all counts fit the budget
         fastest = max(min(warm.values()), 1e-6)
-        budget_s = min(budget_s, max(MIN_BUDGET_S, BUDGET_CALLS * fastest))
+        budget_s = min(budget_s, max(MIN_BUDGET_S, budget_calls * fastest))
         per_sample = budget_s / (rounds * len(cands))
         samples: dict[int, list[float]] = {n: [] for n in cands}
         start = time.perf_counter()
+        live = list(cands)
         for r in range(rounds):
-            order = cands[r % len(cands):] + cands[:r % len(cands)]  # rotate: no count always first
+            order = live[r % len(live):] + live[:r % len(live)]  # rotate: no count always first
             for n in order:  # each sample: as many calls as fit per_sample (at least one)
                 torch.set_num_threads(n)
                 calls, t0 = 0, time.perf_counter()
@@ -211,6 +225,9 @@ def _measure(work: Callable[[], object], cands: list[int], *, budget_s: float, m
                     if elapsed >= per_sample:
                         break
                 samples[n].append(elapsed / calls)
+            medians = {n: statistics.median(samples[n]) for n in live}
+            best = min(medians.values())
+            live = [n for n in live if medians[n] <= PRUNE * best]
             if time.perf_counter() - start > 2 * budget_s:  # slow work: stop after whole rounds
                 break
     finally:
@@ -280,12 +297,13 @@ def calibration_guard(model: torch.nn.Module) -> Iterator[None]:
 def auto_threads(threads: Threads, model: torch.nn.Module, x: torch.Tensor, *,
                  device: torch.device | str = "cpu",
                  loss: Callable[[Any], torch.Tensor] | None = None,
-                 max_rows: int | None = None,
+                 max_rows: int | None = None, expected_calls: int | None = None,
                  key_extra: tuple = ()) -> tuple[int | None, Calibration | None]:
     """Resolve a thread setting for work on ``model`` with batches like ``x``.
 
     ``None`` and ints are returned as they are. ``"auto"`` on a CPU device calibrates
-    forward+backward passes (``x`` cut to ``max_rows`` rows); on a GPU the CPU threads barely
+    forward+backward passes (``x`` cut to ``max_rows`` rows; ``expected_calls``: about how
+    many such passes the job makes, see :func:`calibrate`); on a GPU the CPU threads barely
     matter and torch's setting is left alone (``None``).
 
     Returns
@@ -301,6 +319,6 @@ def auto_threads(threads: Threads, model: torch.nn.Module, x: torch.Tensor, *,
     if max_rows is not None and x.shape[0] > max_rows:
         x = x[:max_rows]
     with calibration_guard(model):
-        cal = calibrate(forward_backward(model, x, loss),
+        cal = calibrate(forward_backward(model, x, loss), expected_calls=expected_calls,
                         key=model_key(model, x, loss is None, *key_extra))
     return cal.threads, cal

@@ -27,9 +27,11 @@ Why these values (plain-torch sweeps and runs through the trainer, same machine)
   A quadratic activation groks faster (test 0.9 at step ~630) but with a gap of only ~540.
 * **Stopping.** ``stop_when`` ends the run 100 steps after test accuracy first reaches 0.99,
   so the plot shows the plateau after grokking; ``steps`` is only a cap.
-* **Threads.** ``num_threads=1``: on a shared 2-core machine, two intra-op threads that wait
-  for a busy core spin, and a step of this model was measured 8-15x slower with 2 threads
-  than with 1 under load (13 ms vs 100-200 ms).
+* **Threads.** ``num_threads="auto"``: on a shared 2-core machine, two intra-op threads that
+  wait for a busy core spin, and a step of this model was measured 8-15x slower with 2 threads
+  than with 1 under load (13 ms vs 100-200 ms), while on the idle machine 2 threads were ~1.6x
+  faster; so the trainer times both (about a second, see :mod:`grokscope._threads`) and keeps
+  the faster, recorded as ``config["num_threads"]``.
 * **Recording.** The default schedule (log-spaced to step 1000, then every 100 steps) keeps
   ~62 checkpoints of the 45k parameters (~16 MB on disk), enough for every offline measure
   to resolve memorisation, the plateau and the jump. ``eval_every=50`` only feeds the progress bar and
@@ -57,5 +59,5 @@ DEMO: dict[str, Any] = dict(
     seed=0,
     eval_every=50,
     stop_when={"test_acc": 0.99, "patience": 100},
-    num_threads=1,
+    num_threads="auto",
 )

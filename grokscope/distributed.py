@@ -253,8 +253,11 @@ def analyze_one(
     from .engine import analyze
 
     t0 = time.perf_counter()
+    # threads: the worker's own setting (Dask starts each worker process with one: the cluster
+    # already uses every core); a calibration here would see the other workers as noise
     res = analyze(path, measures, steps=steps, device=device, progress=progress,
-                  recompute=recompute, trust_code=trust_code, model=model, anatomy=anatomy)
+                  recompute=recompute, trust_code=trust_code, model=model, anatomy=anatomy,
+                  num_threads=None)
     return {
         "measures": list(res),
         "skipped": dict(res.skipped),

@@ -274,7 +274,7 @@ def _analyze(
     plan = resolve_measures(measures)
     loc = results_io.location_for(run, write=True)
     results_io.prepare_write(loc)  # a read-only store is refused before anything is computed
-    threads = _choose_threads(num_threads, run, selected, dev, progress)
+    threads = _choose_threads(num_threads, run, selected, dev, progress, len(plan))
     with torch_threads(threads, blas=True), results_io.writing(
             loc, [spec.name for spec, _ in plan],
             note=lambda msg: print(msg, file=sys.stderr, flush=True)):
@@ -292,16 +292,18 @@ CALIBRATION_ROWS = 4096
 
 
 def _choose_threads(num_threads: int | str | None, run: Any, selected: np.ndarray,
-                    dev: torch.device, progress: bool) -> int | None:
+                    dev: torch.device, progress: bool, n_measures: int = 1) -> int | None:
     """The thread count for this analysis: ``"auto"`` calibrates on the first analysed
-    checkpoint and the training inputs (see :func:`grokscope._threads.auto_threads`)."""
+    checkpoint and the training inputs (see :func:`grokscope._threads.auto_threads`), for at
+    most ~2% of the analysis (a measure costs roughly ten forward+backward passes a step)."""
     if num_threads != "auto" or dev.type != "cpu" or not len(selected):
         return None if num_threads == "auto" else num_threads
     model = run.model_at(int(selected[0]), device=dev)
     x = run.data.to(dev).x_train
     try:
         threads, cal = auto_threads("auto", model, x, device=dev, max_rows=CALIBRATION_ROWS,
-                                    key_extra=("analyze",))
+                                    key_extra=("analyze",),
+                                    expected_calls=10 * len(selected) * max(1, n_measures))
     except (RuntimeError, TypeError, ValueError) as exc:  # the plain forward is not how this
         # model runs (measures reach it through its anatomy): one thread, the safe choice
         warnings.warn(f"analyze: could not time the model to choose threads ({exc}); using 1",

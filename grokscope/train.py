@@ -501,7 +501,8 @@ def train(
     rows = n_train if full_batch else batch_size
     num_threads, calibration = auto_threads(
         num_threads, net, dd.x_train[:rows], device=dev,
-        loss=lambda out: objective(out, t_train[:rows]), key_extra=("train", loss))
+        loss=lambda out: objective(out, t_train[:rows]), key_extra=("train", loss),
+        expected_calls=max(1, steps))
     if calibration is not None and progress:
         print(f"train: {calibration.summary()}", file=sys.stderr, flush=True)
     config["num_threads"] = num_threads
