@@ -161,7 +161,7 @@ def linearity_matrix(
     h: torch.Tensor,
     n_points: int = 21,
     *,
-    chunk: int = 1024,
+    chunk: int = 256,
     weighting: str = "uniform",
 ) -> np.ndarray:
     """The linearity matrix ``L`` of ``g`` over the samples ``h``.
@@ -229,7 +229,7 @@ class SubNetwork:
     affine: bool = False
 
     def linearity(
-        self, n_points: int = 21, chunk: int = 1024, weighting: str = "uniform"
+        self, n_points: int = 21, chunk: int = 256, weighting: str = "uniform"
     ) -> np.ndarray:
         """The linearity matrix ``(N, N)`` of this cut (all pairs batched, ``chunk`` at a time)."""
         return _linearity(self.fn, self.h, n_points, chunk, weighting)
@@ -509,7 +509,7 @@ def lmn(
     split: str = "train",
     seed: int = 0,
     n_points: int = 21,
-    chunk: int = 1024,
+    chunk: int = 256,
     weighting: str = "uniform",
 ) -> xr.Dataset:
     """Linear mapping number of the sub-network after a cut (Liu et al. 2023).
