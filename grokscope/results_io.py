@@ -343,6 +343,9 @@ def prepare_write(loc: ResultsLocation) -> None:
     ``results=`` / ``--results`` when it is read-only or full."""
     if loc.local is None:
         return
+    from .store._io import check_links_inside
+
+    check_links_inside(loc.local, RESULTS_GROUP)  # never write through a link leaving the store
     results = loc.local / RESULTS_GROUP
     try:
         results.mkdir(parents=True, exist_ok=True)

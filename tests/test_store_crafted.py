@@ -111,3 +111,22 @@ def test_deleting_through_a_linked_folder_is_refused(tmp_path):
     _io.delete_entry(store, "elsewhere")  # the link itself goes, never its target
     assert not (path / "elsewhere").exists()
     assert (victim / "inner" / "keep.txt").read_text() == "keep"
+
+
+def test_a_results_link_leaving_the_store_stops_an_analysis(tmp_path):
+    import grokscope as gs
+
+    path = _store(tmp_path)
+    victim = _outside(tmp_path)
+    (path / "results").symlink_to(victim, target_is_directory=True)
+    with pytest.raises(CorruptStoreError, match="pointing outside the store"):
+        gs.analyze(path, ["curves"], progress=False, model=TinyNet)
+    assert sorted(p.name for p in victim.rglob("*")) == ["inner", "keep.txt", "zarr.json"]
+
+
+def test_a_last_step_that_disagrees_with_the_step_array_stops_a_writer(tmp_path):
+    path = _store(tmp_path)
+    _edit_meta(path, lambda m: m["commit"].update(last_step=40))
+    with pytest.raises(CorruptStoreError, match="last committed step is 40"):
+        _append(path)
+    assert list(open_run(path).steps) == [0, 1]

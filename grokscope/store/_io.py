@@ -295,27 +295,44 @@ def links_leaving(store: Store) -> list[tuple[str, str]]:
     deleting through the link would touch files outside the store."""
     if not isinstance(store, LocalStore):
         return []
-    root = Path(store.root).resolve()
+    return _links_leaving(Path(store.root), Path(store.root))
+
+
+def _links_leaving(root: Path, top: Path) -> list[tuple[str, str]]:
+    """Links at or under ``top`` whose targets resolve outside ``root``."""
+    real = root.resolve()
     found = []
-    for dirpath, dirs, files in os.walk(store.root):
+
+    def leaves(path: Path) -> bool:
+        target = path.resolve()
+        return target != real and real not in target.parents
+
+    if top != root and top.is_symlink() and leaves(top):
+        return [(str(top.relative_to(root)), str(top.resolve()))]
+    for dirpath, dirs, files in os.walk(top):
         for name in (*dirs, *files):
             path = Path(dirpath) / name
-            if path.is_symlink():
-                target = path.resolve()
-                if target != root and root not in target.parents:
-                    found.append((str(path.relative_to(store.root)), str(target)))
+            if path.is_symlink() and leaves(path):
+                found.append((str(path.relative_to(root)), str(path.resolve())))
     return found
 
 
-def check_links_inside(store: Store) -> None:
-    """CorruptStoreError when :func:`links_leaving` finds any link."""
-    bad = links_leaving(store)
+def check_links_inside(store: Store | Path, under: str = "") -> None:
+    """CorruptStoreError when the store (a zarr store or a local folder), or its part
+    ``under``, holds a link pointing outside the store."""
+    if isinstance(store, Path):
+        bad, label = _links_leaving(store, store / under if under else store), str(store)
+    else:
+        if not isinstance(store, LocalStore):
+            return
+        root = Path(store.root)
+        bad, label = _links_leaving(root, root / under if under else root), store_label(store)
     if bad:
         shown = ", ".join(f"{a} -> {b}" for a, b in bad[:3])
         raise CorruptStoreError(
-            f"{store_label(store)} holds {len(bad)} link(s) pointing outside the store ({shown}); "
+            f"{label} holds {len(bad)} link(s) pointing outside the store ({shown}); "
             "grokscope never writes through them. Replace each link by a copy of what it points "
-            "to (or remove it), or record into another path"
+            "to (or remove it), or write into another path"
         )
 
 

@@ -668,7 +668,25 @@ class Recorder:
         self._resize_all(max(schema.INITIAL_CAPACITY, 1 << math.ceil(math.log2(self._count + 1))))
         for sc in self._scalars.values():
             sc.load(store, self._count)
+        self._check_last_step()
         self._collect_static_nodes()
+
+    def _check_last_step(self) -> None:
+        """The metadata's ``last_step`` is the step array's last committed entry (appending
+        after a wrong one would leave a gap or break the order)."""
+        if not self._count:
+            return
+        from .run import _ArrayReader
+
+        arr = self._scalars[schema.STEP].array
+        stored = int(_ArrayReader(self._store, self._where, schema.STEP, arr, self._count)
+                     [self._count - 1])
+        if stored != self._last_step:
+            raise CorruptStoreError(
+                f"the root metadata of {self._where} says the last committed step is "
+                f"{self._last_step}, but the step array holds {stored}; the store is damaged: "
+                "restore it from a copy or re-record the run"
+            )
 
     def _check_same_data(self, data: Data) -> None:
         from .run import read_data

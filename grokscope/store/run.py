@@ -289,7 +289,8 @@ def read_data(store: Any) -> Data:
         a = _read_whole(store, where, f"{schema.DATA_GROUP}/{name}", "data array")
         arr = _io.open_zarr_array(store, f"{schema.DATA_GROUP}/{name}", what="data array")
         t = torch.from_numpy(np.ascontiguousarray(a))
-        tdtype = arr.attrs.get("torch_dtype")
+        attrs = arr.metadata.attributes
+        tdtype = attrs.get("torch_dtype") if isinstance(attrs, dict) else None
         if tdtype == "torch.bfloat16":
             t = t.to(torch.bfloat16)
         tensors[name] = t
