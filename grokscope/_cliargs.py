@@ -7,6 +7,36 @@ from typing import Any
 
 from .errors import ConfigError
 
+#: ``--steps STEP-SPEC``: the step syntax every command that analyses accepts
+#: (:func:`grokscope.steps.select_steps`), documented once here
+STEPS_HELP = (
+    "all (default) | every:K (every K-th stored step, the "
+    "last included) | log:N (about N steps log-spaced over the step values, first and last "
+    "included) | A:B or A:B:K (stored steps with A <= step <= B, every K-th of those; A or B "
+    "may be left out) | S1,S2,... (exactly these steps, each must be stored)"
+)
+
+
+def add_steps_argument(parser: Any, *, what: str = "the stored steps to analyse") -> None:
+    """``--steps STEP-SPEC``: ``what``, then the syntax :data:`STEPS_HELP`."""
+    parser.add_argument("--steps", metavar="STEP-SPEC", help=f"{what}: {STEPS_HELP}")
+
+
+def add_quiet_argument(parser: Any, *aliases: str) -> None:
+    """``-q/--quiet``: no progress bars (what the command prints at the end still prints)."""
+    parser.add_argument("-q", "--quiet", *aliases, dest="quiet", action="store_true",
+                        help="no progress bars (the summary at the end is still printed)")
+
+
+def add_trust_code_argument(parser: Any) -> None:
+    """``--trust-code``: allow importing the model factory a store names."""
+    parser.add_argument(
+        "--trust-code", action="store_true",
+        help="allow importing the model code (a module:qualname factory) named in the store; "
+        "only for stores you trust (not needed when the store carries its exported program "
+        "or --model is given)",
+    )
+
 
 def json_arg(text: str | None, what: str) -> dict[str, Any]:
     """The JSON object given to option ``what`` (``{}`` when absent); ConfigError otherwise."""

@@ -1,19 +1,121 @@
-"""The ``grokscope`` command: train, import, info, analyze, sweep, phase-diagram, report, demo.
+"""The ``grokscope`` command: train, import, info, verify, analyze, measures, sweep,
+phase-diagram, report, demo.
 
-Errors that a user can cause are printed as one message (no traceback) with a non-zero exit.
+Errors that a user can cause are printed as one message (no traceback) with a non-zero exit;
+:func:`cli_message` rewrites the library's Python keywords (``overwrite=True``) into the
+command's flags (``--overwrite``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ._cliargs import add_model_arguments, json_arg, kv_args, model_from_args
+from ._cliargs import (
+    add_model_arguments,
+    add_quiet_argument,
+    add_steps_argument,
+    add_trust_code_argument,
+    json_arg,
+    kv_args,
+    model_from_args,
+)
+from ._version import __version__
 from .errors import ConfigError, GrokscopeError
+
+#: the top-level ``grokscope --help`` text (plain text: argparse prints it as is)
+DESCRIPTION = (
+    "grokscope records neural-network training runs into zarr stores and analyses them for "
+    "grokking: train or import a run, compute the measures of the grokking literature over "
+    "its checkpoints, and write figures, reports and phase diagrams. Run 'grokscope COMMAND "
+    "--help' for a command's options; 'grokscope measures' lists the measures."
+)
+
+#: the examples under ``grokscope --help``
+EXAMPLES = """examples:
+  grokscope demo                                   # train, analyse and report a grokking run
+  grokscope train --task-kwargs '{"p": 97}' -o runs/add97 --steps 5000
+  grokscope analyze runs/add97 --measures curves,nfa --steps log:50
+  grokscope report runs/add97 -o reports/add97
+  grokscope measures lmn                           # what a measure computes, its parameters"""
+
+#: the library's Python keywords as they appear in error messages -> the CLI's flags.
+#: Applied in order by :func:`cli_message`; a keyword inside a Python call written in the
+#: message (``gs.open_run(path, model=...)``) is left alone.
+KEYWORD_FLAGS: tuple[tuple[str, str], ...] = (
+    (r"overwrite=True", "--overwrite"),
+    (r"recompute=True", "--recompute"),
+    (r"trust_code=True", "--trust-code"),
+    (r"trust_pickle=True", "--trust-pickle"),
+    (r"skip_unknown=True", "--skip-unknown"),
+    (r"analyze=True", "--analyze"),
+    (r"results=(?:'PATH'|\.\.\.)", "--results PATH"),
+    (r"results=", "--results"),
+    (r"model_kwargs=", "--model-kwargs"),
+    (r"task_kwargs=", "--task-kwargs"),
+    (r"model=\.\.\.", "--model"),
+    (r"model=", "--model"),
+    (r"task=", "--task"),
+    (r"out=", "--out"),
+    (r"anatomy=", "--anatomy"),
+    (r"steps=", "--steps"),
+    (r"step_from='(name|meta)'", r"--step-from \1"),
+    (r"step_from=", "--step-from"),
+    (r"step_key=", "--step-key"),
+    (r"state_key=", "--state-key"),
+    (r"workers=N", "--workers N"),
+    (r"scheduler=ADDRESS", "--scheduler ADDRESS"),
+    (r"num_threads=", "--threads"),
+    (r"to sweep\(\)", "to grokscope sweep"),
+    (r"another out\b", "another -o/--out"),
+)
+_KW = r"(?<![\w.\-])"  # a keyword starts a word (not ``gs.x`` or ``--x``)
+_CALL = re.compile(r"[\w.]*\w\([^()]+\)")  # a Python call written in a message: left as is
+_DICT = r"\{(?:[^{}]|\{[^{}]*\})*\}"  # a dict literal, one level of nesting
+_ANATOMY_DICT = re.compile(_KW + r"anatomy=(" + _DICT + ")")
+_FLAG = r"--[a-z][\w-]*(?: (?:PATH|N|ADDRESS|JSON|name|meta))?"
+#: ``keyword (CLI: --flag)``, ``keyword (--flag)``, ``keyword / --flag``: the flag alone
+_BOTH = re.compile(r"(?<![\w.\-])(?:[a-z_]+=(?:True|'[^']*'|\.\.\.|N|ADDRESS)?|[a-z]+(?:_[a-z]+)+) ?"
+                   r"(?:\((?:CLI: )?(" + _FLAG + r")(\)|; )|/ (" + _FLAG + r"))")
+_SIMPLE = tuple(
+    (re.compile(_KW + pattern + (r"(?=[\s,;.)/]|$)" if pattern.endswith("=") else r"(?!\w)")), flag)
+    for pattern, flag in KEYWORD_FLAGS
+)
+
+
+def cli_message(message: str) -> str:
+    """``message`` (a library error) as the command line should say it: every Python keyword
+    of :data:`KEYWORD_FLAGS` replaced by its flag (``overwrite=True`` -> ``--overwrite``,
+    ``anatomy={'output': 'all'}`` -> ``--anatomy '{"output": "all"}'``), a keyword already
+    followed by its flag (``trust_pickle=True (CLI: --trust-pickle)``) by the flag alone;
+    keywords inside a Python call the message spells out are kept."""
+
+    def both(m: re.Match) -> str:
+        if m.group(3):
+            return m.group(3)
+        return m.group(1) + ("" if m.group(2) == ")" else " (")
+
+    def anatomy(m: re.Match) -> str:
+        return "--anatomy '" + m.group(1).replace("'", '"') + "'"
+
+    def outside_calls(text: str) -> str:
+        text = _BOTH.sub(both, text)
+        text = _ANATOMY_DICT.sub(anatomy, text)
+        for pattern, flag in _SIMPLE:
+            text = pattern.sub(flag, text)
+        return text
+
+    out, pos = [], 0
+    for call in _CALL.finditer(message):
+        out += [outside_calls(message[pos:call.start()]), call.group(0)]
+        pos = call.end()
+    out.append(outside_calls(message[pos:]))
+    return "".join(out)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -226,41 +328,116 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def _train_default(name: str) -> Any:
+    """The default of ``gs.train``'s parameter ``name`` (each default lives in train.py)."""
+    import inspect
+
+    from .train import train
+
+    return inspect.signature(train).parameters[name].default
+
+
+#: the hyperparameters of ``gs.train`` that ``train --set KEY=VALUE`` reaches (no own flag)
+TRAIN_SET_KEYS = (
+    "optimizer (adamw, adam, sgd), betas ([0.9, 0.98]), momentum (SGD), warmup (linear "
+    "learning-rate warm-up steps), loss (auto, ce, mse), dtype (float32, float64), "
+    "jacobian_reg (GrokAlign's lambda: penalty on the input-output Jacobian norm), "
+    "norm_project (Omnigrok's alpha: keep the parameter norm at alpha x its initial norm), "
+    "schedule (recording schedule, a JSON object of Schedule's arguments), eval_every "
+    "(also evaluate every K steps), stop_when (early stop, e.g. {\"test_acc\": 0.99, "
+    "\"patience\": 300}), compression (lz4)"
+)
+
+
+def add_train_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``train`` to the ``grokscope`` subcommand parsers; returns its parser."""
     from ._threads import cli_threads
 
-    p = argparse.ArgumentParser(prog="grokscope", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a reference run into a store")
-    t.add_argument("--task", default="modular", help="task name (modular, parity, teacher, digits)")
-    t.add_argument("--task-kwargs", help='JSON, e.g. \'{"p": 97, "op": "+"}\'')
-    t.add_argument("--model", default="mlp", help="model name (mlp, transformer)")
-    t.add_argument("--model-kwargs", help='JSON, e.g. \'{"width": 256}\'')
-    t.add_argument("-o", "--out", required=True, help="the store to write (path or fsspec URL)")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other hyperparameter of gs.train")
-    t.add_argument("--device", default="auto")
+    t = sub.add_parser(
+        "train", help="train a reference model on a task, recording its trajectory into a store",
+        description="Train one of grokscope's reference models on a built-in task with the "
+        "reference trainer (gs.train), recording checkpoints (log-spaced early, then linear) "
+        "and train/test loss and accuracy into the store OUT. An existing store is continued "
+        "from its last checkpoint with the same settings, or replaced with --overwrite. "
+        "Hyperparameters without a flag of their own are set with --set KEY=VALUE: "
+        + TRAIN_SET_KEYS + ". Prints the run's summary at the end.",
+    )
+    t.add_argument("--task", default="modular", metavar="NAME",
+                   help="task building the train/test split: modular (modular arithmetic), "
+                   "parity (sparse parity), teacher (cubic teacher-student), digits (sklearn "
+                   "digits) (default: %(default)s)")
+    t.add_argument("--task-kwargs", metavar="JSON",
+                   help='task parameters as a JSON object, e.g. \'{"p": 97, "op": "+", '
+                   '"train_frac": 0.3}\'')
+    t.add_argument("--model", default="mlp", metavar="NAME",
+                   help="reference model: mlp or transformer; input and output sizes come from "
+                   "the task (default: %(default)s)")
+    t.add_argument("--model-kwargs", metavar="JSON",
+                   help='model constructor arguments as a JSON object, e.g. \'{"width": 256}\'')
+    t.add_argument("-o", "--out", required=True, metavar="PATH",
+                   help="the store to write (a folder or an fsspec URL); an existing store is "
+                   "continued")
+    t.add_argument("--steps", type=int, metavar="N",
+                   help="total optimizer steps; a continued run trains up to this many "
+                   f"(default: {_train_default('steps')})")
+    t.add_argument("--lr", type=float, metavar="X",
+                   help=f"learning rate (default: {_train_default('lr')})")
+    t.add_argument("--weight-decay", type=float, metavar="X",
+                   help="weight decay: decoupled for adamw, L2 for adam and sgd "
+                   f"(default: {_train_default('weight_decay')})")
+    t.add_argument("--batch-size", type=int, metavar="N",
+                   help="minibatch size, shuffled epochs drawn with --seed (default: the whole "
+                   "training split, full batch)")
+    t.add_argument("--seed", type=int, metavar="N",
+                   help="seed of the model initialisation, the minibatch order and the "
+                   f"regulariser's projections (default: {_train_default('seed')})")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other hyperparameter of gs.train, listed above (repeatable; VALUE "
+                   "is JSON when it parses, else a string), e.g. --set optimizer=sgd --set "
+                   "betas=[0.9,0.99]")
+    t.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1 ... "
+                   "(default: %(default)s)")
     t.add_argument("--threads", type=cli_threads, metavar="N|auto",
                    help="torch CPU threads: a count, or auto (default: time a few passes at "
                    "1, 2, 4, ... threads and keep the fastest)")
-    t.add_argument("--overwrite", action="store_true")
-    t.add_argument("-q", "--quiet", action="store_true")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an existing store at --out instead of continuing it")
+    add_quiet_argument(t)
     t.set_defaults(func=cmd_train)
+    return t
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    import textwrap
+
+    from ._threads import cli_threads
+
+    p = argparse.ArgumentParser(
+        prog="grokscope", description=textwrap.fill(DESCRIPTION, 79), epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"grokscope {__version__}",
+                   help="print grokscope's version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           title="commands")
+
+    add_train_parser(sub)
 
     from .store.importers import add_import_parser
 
     add_import_parser(sub)
 
-    i = sub.add_parser("info", help="print a run's summary and its model's anatomy")
-    i.add_argument("runs", nargs="+")
+    i = sub.add_parser(
+        "info", help="print a run's summary and its model's anatomy",
+        description="Print what each run recorded (task, model, steps, tensors, metrics, "
+        "milestones, stored results, size on disk) and the roles its model shows measures "
+        "(input, output, hidden layers, linear maps, embedding, unembedding).",
+    )
+    i.add_argument("runs", nargs="+", metavar="RUN", help="run stores (folders or fsspec URLs)")
     add_model_arguments(i)
-    i.add_argument("--trust-code", action="store_true", help="allow importing the model factory named in the store")
+    add_trust_code_argument(i)
     add_results_argument(i, writes=False)
     i.set_defaults(func=cmd_info)
 
@@ -272,24 +449,41 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("runs", nargs="+", metavar="RUN", help="run stores to check")
     v.set_defaults(func=cmd_verify)
 
-    a = sub.add_parser("analyze", help="compute measures over stored runs")
-    a.add_argument("runs", nargs="+")
-    a.add_argument("-m", "--measures", action="append", help="measure names (comma-separated); default all")
-    a.add_argument("--params", help='JSON {measure: {param: value}}')
-    a.add_argument("--steps", help="all | every:K | log:N | A:B | A:B:K | comma list")
-    a.add_argument("--device", default="auto")
-    a.add_argument("--recompute", action="store_true")
+    a = sub.add_parser(
+        "analyze", help="compute measures over stored runs (results kept in the store)",
+        description="Compute measures over the stored checkpoints of each run and keep the "
+        "results in the store (or in --results). Steps already computed with the same "
+        "parameters are skipped. Prints each run's measures, timings and milestone table. "
+        "'grokscope measures' lists the measures and their parameters.",
+    )
+    a.add_argument("runs", nargs="+", metavar="RUN", help="run stores (folders or fsspec URLs)")
+    a.add_argument("-m", "--measures", action="append", metavar="NAMES",
+                   help="measure names, comma-separated, repeatable (default: every measure "
+                   "that applies to the model; see grokscope measures)")
+    a.add_argument("--params", metavar="JSON",
+                   help='measure parameters as a JSON object {measure: {param: value}}, e.g. '
+                   '\'{"lmn": {"n_samples": 50}}\'; without --measures, the measures named here')
+    add_steps_argument(a)
+    a.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto (CUDA when available, else CPU), cpu, cuda, cuda:1 ... "
+                   "(default: %(default)s)")
+    a.add_argument("--recompute", action="store_true",
+                   help="recompute steps that already have a stored result")
     a.add_argument("--threads", type=cli_threads, default="auto", metavar="N|auto",
                    help="torch (and BLAS) CPU threads: a count, or auto (default: time a few "
                    "passes of the model at 1, 2, 4, ... threads and keep the fastest)")
-    a.add_argument("--trust-code", action="store_true", help="allow importing the model factory named in the store")
+    add_trust_code_argument(a)
     add_model_arguments(a)
     add_results_argument(a, writes=True)
-    a.add_argument("-q", "--quiet", action="store_true")
+    add_quiet_argument(a)
     from .distributed import add_distributed_arguments
 
     add_distributed_arguments(a)
     a.set_defaults(func=cmd_analyze)
+
+    from .cli_measures import add_measures_parser
+
+    add_measures_parser(sub)
 
     from .cli_sweep import add_sweep_parsers
 
@@ -299,13 +493,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_parser(sub)
 
-    d = sub.add_parser("demo", help="train, analyse and summarise the built-in grokking run")
-    d.add_argument("-o", "--out", default="runs/demo")
-    d.add_argument("--steps", help="analyse only these steps (default all)")
-    d.add_argument("--no-analyze", action="store_true")
-    d.add_argument("--no-report", action="store_true")
-    d.add_argument("--report", help="report folder (default: <out>-report)")
-    d.add_argument("-q", "--quiet", action="store_true")
+    d = sub.add_parser(
+        "demo", help="train, analyse and report the built-in grokking run",
+        description="Train the built-in demo run (modular addition, a one-hidden-layer MLP; "
+        "about a minute on a laptop CPU), analyse every recorded step with every measure, "
+        "print the milestone table and write a report folder.",
+    )
+    d.add_argument("-o", "--out", default="runs/demo", metavar="PATH",
+                   help="the store to write; replaced if present (default: %(default)s)")
+    add_steps_argument(d, what="analyse only these steps")
+    d.add_argument("--no-analyze", action="store_true", help="only train (no analysis, no report)")
+    d.add_argument("--no-report", action="store_true", help="train and analyse, write no report")
+    d.add_argument("--report", metavar="PATH",
+                   help="the report folder to write (default: OUT-report next to the store)")
+    add_quiet_argument(d)
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -316,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except GrokscopeError as exc:
-        print(f"grokscope {args.command}: error: {exc}", file=sys.stderr)
+        print(f"grokscope {args.command}: error: {cli_message(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: everything committed so far is in the store", file=sys.stderr)
