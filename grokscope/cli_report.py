@@ -2,7 +2,7 @@
 
 ``grokscope.cli`` calls :func:`add_report_parser` on its subparsers::
 
-    grokscope report runs/demo -o reports/demo [--analyze] [--formats png,pdf]
+    grokscope report RUN -o PATH [--analyze [--steps STEP-SPEC]] [--formats png,pdf]
 """
 
 from __future__ import annotations
@@ -40,22 +40,32 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(PNG and PDF), write DIR/summary.json and a self-contained DIR/index.html. Only "
         "stored results are used unless --analyze computes the missing measures first.",
     )
-    r.add_argument("run", help="the run store (path or fsspec URL)")
-    r.add_argument("-o", "--out", required=True, help="the report folder to write")
+    from ._cliargs import (
+        add_model_arguments,
+        add_quiet_argument,
+        add_steps_argument,
+        add_trust_code_argument,
+    )
+
+    r.add_argument("run", metavar="RUN", help="the run store (a folder or an fsspec URL)")
+    r.add_argument("-o", "--out", required=True, metavar="PATH",
+                   help="the report folder to write (DIR above)")
     r.add_argument("--analyze", action="store_true",
                    help="first compute the measures that have no stored result")
-    r.add_argument("--steps", help="steps to analyse with --analyze (all | every:K | log:N | A:B)")
-    r.add_argument("--formats", default="png,pdf", help="figure files to write (png,pdf,svg)")
-    r.add_argument("--threshold", type=float, default=0.9, help="accuracy that counts as reached")
-    r.add_argument("--dpi", type=int, default=150, help="resolution of the PNG figures")
-    r.add_argument("--trust-code", action="store_true",
-                   help="allow importing the model factory named in the store")
-    from ._cliargs import add_model_arguments
-
+    add_steps_argument(r, what="with --analyze, the stored steps to analyse")
+    r.add_argument("--formats", default="png,pdf", metavar="LIST",
+                   help="figure files to write, comma-separated from png, pdf, svg "
+                   "(default: %(default)s)")
+    r.add_argument("--threshold", type=float, default=0.9, metavar="X",
+                   help="accuracy that counts as reached, for the milestones "
+                   "(default: %(default)s)")
+    r.add_argument("--dpi", type=int, default=150, metavar="N",
+                   help="resolution of the PNG figures (default: %(default)s)")
+    add_trust_code_argument(r)
     add_model_arguments(r)
     from .cli import add_results_argument
 
     add_results_argument(r, writes=True)
-    r.add_argument("-q", "--quiet", action="store_true")
+    add_quiet_argument(r)
     r.set_defaults(func=cmd_report)
     return r

@@ -130,19 +130,31 @@ def add_sweep_parsers(subparsers: Any) -> None:
         "--set key goes to the trainer when gs.train takes it, else to the task, else to the "
         "model; prefix it with task. or model. to be explicit.",
     )
-    s.add_argument("--task", default="modular", help="task name (modular, parity, teacher, digits)")
-    s.add_argument("--task-kwargs", help='JSON shared by every run, e.g. \'{"p": 23}\'')
-    s.add_argument("--model", default="mlp", help="model name (mlp, transformer)")
-    s.add_argument("--model-kwargs", help='JSON shared by every run, e.g. \'{"width": 256}\'')
+    from ._cliargs import add_quiet_argument
+
+    s.add_argument("--task", default="modular", metavar="NAME",
+                   help="task name: modular, parity, teacher, digits (default: %(default)s)")
+    s.add_argument("--task-kwargs", metavar="JSON",
+                   help='task parameters shared by every run, e.g. \'{"p": 23}\'')
+    s.add_argument("--model", default="mlp", metavar="NAME",
+                   help="model name: mlp, transformer (default: %(default)s)")
+    s.add_argument("--model-kwargs", metavar="JSON",
+                   help='model arguments shared by every run, e.g. \'{"width": 256}\'')
     s.add_argument("--grid", action="append", metavar="NAME=V1,V2,...", required=True,
-                   help="a swept hyperparameter and its values (repeat for more axes)")
-    s.add_argument("--seeds", default="1", help="number of seeds (0..N-1) or a comma list")
+                   help="a swept hyperparameter and its values, comma-separated or a JSON list "
+                   "(repeat for more axes)")
+    s.add_argument("--seeds", default="1", metavar="N|LIST",
+                   help="number of seeds (seeds 0..N-1) or a comma list of seeds "
+                   "(default: %(default)s)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="a fixed hyperparameter of every run (e.g. steps=2000, lr=1e-3)")
-    s.add_argument("-o", "--out", required=True, help="the sweep folder")
-    s.add_argument("--device", help="training device (default auto)")
+                   help="a fixed hyperparameter of every run, repeatable (e.g. steps=2000, "
+                   "lr=1e-3; see grokscope train --help)")
+    s.add_argument("-o", "--out", required=True, metavar="PATH",
+                   help="the sweep folder (one store per run, and sweep.json)")
+    s.add_argument("--device", metavar="DEVICE",
+                   help="training device: auto, cpu, cuda, cuda:1 ... (default: auto)")
     add_distributed_arguments(s)
-    s.add_argument("-q", "--quiet", action="store_true")
+    add_quiet_argument(s)
     s.set_defaults(func=cmd_sweep)
 
     p = subparsers.add_parser(
@@ -151,16 +163,25 @@ def add_sweep_parsers(subparsers: Any) -> None:
         "hyperparameters read from each store's config. Writes FIG.png, FIG.pdf and the "
         "dataset (phase_diagram.nc next to the figure unless --data).",
     )
-    p.add_argument("runs", nargs="+", help="a sweep folder, or run stores")
-    p.add_argument("-x", required=True, help="hyperparameter on the x axis (e.g. weight_decay)")
-    p.add_argument("-y", required=True, help="hyperparameter on the y axis (e.g. train_frac)")
-    p.add_argument("-o", "--out", required=True, help="figure path (.png or .pdf; both written)")
-    p.add_argument("--data", help="where to write the dataset (.nc or .zarr)")
-    p.add_argument("--threshold", type=float, default=0.9, help="accuracy that counts as reached")
-    p.add_argument("--comprehension-gap", type=float, default=1000,
-                   help="t_test - t_train (steps) from which a run counts as grokking")
-    p.add_argument("--var", default="label_mode",
-                   help="variable to draw (label_mode, final_test_acc_mean, frac_grokking ...)")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="a sweep folder (its sweep.json names the runs), or run stores")
+    p.add_argument("-x", required=True, metavar="NAME",
+                   help="hyperparameter on the x axis (e.g. weight_decay)")
+    p.add_argument("-y", required=True, metavar="NAME",
+                   help="hyperparameter on the y axis (e.g. train_frac)")
+    p.add_argument("-o", "--out", required=True, metavar="PATH",
+                   help="figure path (.png or .pdf; both are written)")
+    p.add_argument("--data", metavar="PATH",
+                   help="where to write the dataset, .nc or .zarr (default: phase_diagram.nc "
+                   "next to the figure)")
+    p.add_argument("--threshold", type=float, default=0.9, metavar="X",
+                   help="accuracy that counts as reached (default: %(default)s)")
+    p.add_argument("--comprehension-gap", type=float, default=1000, metavar="N",
+                   help="t_test - t_train (steps) from which a run counts as grokking "
+                   "(default: %(default)s)")
+    p.add_argument("--var", default="label_mode", metavar="NAME",
+                   help="variable to draw: label_mode, final_test_acc_mean, frac_grokking ... "
+                   "(default: %(default)s)")
     from ._cliargs import add_model_arguments
 
     add_model_arguments(p)

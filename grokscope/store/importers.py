@@ -667,30 +667,45 @@ def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
             "loaded with torch.load(weights_only=True, map_location='cpu')."
         ),
     )
-    p.add_argument("src", help="checkpoint folder or file")
-    p.add_argument("-o", "--out", required=True, help="the store to write")
-    p.add_argument("--model", required=True,
-                   help="registered model name (e.g. mlp) or module:qualname (needs --trust-code)")
-    p.add_argument("--model-kwargs", default=None, metavar="JSON", help="model constructor kwargs")
-    p.add_argument("--task", default=None, help="task name building the split (else read from "
-                   "the checkpoints)")
-    p.add_argument("--task-kwargs", default=None, metavar="JSON", help="task parameters")
+    from .._cliargs import add_quiet_argument
+    from ._formats import STATE_KEYS, STEP_KEYS
+
+    p.add_argument("src", metavar="PATH",
+                   help="the checkpoint folder (one file per step) or one bundle file")
+    p.add_argument("-o", "--out", required=True, metavar="PATH",
+                   help="the store to write (a folder or an fsspec URL); an existing import of "
+                   "the same source is continued with the new checkpoints")
+    p.add_argument("--model", required=True, metavar="NAME|MODULE:CLASS",
+                   help="the architecture the checkpoints hold: a registered model name (e.g. "
+                   "mlp) or module:qualname (needs --trust-code)")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="model constructor arguments as a JSON object, e.g. '{\"width\": 256}'")
+    p.add_argument("--task", default=None, metavar="NAME",
+                   help="task name building the train/test split (modular, parity, teacher, "
+                   "digits; default: the split read from the checkpoints)")
+    p.add_argument("--task-kwargs", default=None, metavar="JSON",
+                   help="task parameters as a JSON object (with --task)")
     p.add_argument("--full-set", default=None, metavar="JSON",
                    help="modular table the checkpoints' train/test indices index, e.g. "
                    "'{\"p\": 113, \"op\": \"+\"}' (Nanda et al. runs)")
-    p.add_argument("--step-key", default=None, help="key holding the step in each file")
+    p.add_argument("--step-key", default=None, metavar="KEY",
+                   help="key holding the step in each file (default: one of "
+                   f"{', '.join(STEP_KEYS)}, else the number in the file name)")
     p.add_argument("--step-from", default=None, choices=("name", "meta"),
                    help="when a file's name and its step key disagree (ckpt_100.pt holding "
                    "epoch=1): take the step from the number in the name or from the key inside "
                    "(default: refuse such files)")
-    p.add_argument("--state-key", default=None, help="key holding the state dict")
+    p.add_argument("--state-key", default=None, metavar="KEY",
+                   help="key holding the state dict in each file; dotted paths like "
+                   f"'ema.model' work (default: the first of {', '.join(STATE_KEYS)})")
     p.add_argument("--skip-unknown", action="store_true",
                    help="skip files whose step cannot be told")
     p.add_argument("--trust-pickle", action="store_true",
                    help="load files needing pickled code (weights_only=False): trusted files only")
     p.add_argument("--trust-code", action="store_true", help="allow --model module:qualname")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing store at --out instead of continuing it")
+    add_quiet_argument(p, "--no-progress")
     p.set_defaults(func=cmd_import)
     return p
 
@@ -717,11 +732,13 @@ def cmd_import(args: argparse.Namespace) -> int:
             model_kwargs=json_arg(args.model_kwargs, "--model-kwargs"),
             step_key=args.step_key, state_key=args.state_key, trust_pickle=args.trust_pickle,
             trust_code=args.trust_code, overwrite=args.overwrite, skip_unknown=args.skip_unknown,
-            full_data=full_data, progress=not args.no_progress,
+            full_data=full_data, progress=not args.quiet,
             step_from=getattr(args, "step_from", None),
         )
     except GrokscopeError as exc:
-        print(f"grokscope import: error: {exc}", file=sys.stderr)
+        from ..cli import cli_message
+
+        print(f"grokscope import: error: {cli_message(str(exc))}", file=sys.stderr)
         return 2  # as grokscope.cli.main does for every GrokscopeError
     steps = run.steps
     print(f"imported {len(steps)} checkpoints (steps {int(steps[0])}..{int(steps[-1])}, "
