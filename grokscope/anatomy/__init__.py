@@ -125,6 +125,8 @@ def _linear_entry(model: nn.Module, data: Any, item: Any) -> dict[str, Any]:
 def _table(model: nn.Module, data: Any, role: str, item: Any, anat: Anatomy) -> dict | None:
     if item is None or isinstance(item, dict):
         return item
+    if not isinstance(item, str):
+        raise ConfigError(f"{role} is a module path or a parameter key, got {item!r}")
     mods = dict(model.named_modules())
     if isinstance(mods.get(item), nn.Embedding):
         return {"param": f"{item}.weight", "orientation": "rows"}

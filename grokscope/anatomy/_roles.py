@@ -120,22 +120,26 @@ class Anatomy:
 
     def validate_form(self) -> None:
         """Check the shape of every role's description (not the model: see ``check``)."""
-        _need(isinstance(self.input, dict) and "module" in self.input, "input", self.input)
+        _need(isinstance(self.input, dict) and "module" in self.input
+              and _opt_str(self.input["module"]), "input", self.input)
         _need(isinstance(self.output, dict), "output", self.output)
         pos, cls_ = self.output.get("position"), self.output.get("classes")
         _need(pos is None or isinstance(pos, int), "output", self.output)
         _need(cls_ is None or (isinstance(cls_, list | tuple) and len(cls_) == 2), "output", self.output)
         _need(isinstance(self.hidden, list), "hidden", self.hidden)
         for h in self.hidden:
-            _need(isinstance(h, dict) and "name" in h, "hidden", h)
+            _need(isinstance(h, dict) and isinstance(h.get("name"), str), "hidden", h)
+            _need(all(_opt_str(h.get(k)) for k in ("in", "out", "activation")), "hidden", h)
             cap = h.get("capture")
-            _need(cap is None or (isinstance(cap, dict) and cap.get("at") in ("input", "output")),
-                  "hidden", h)
+            _need(cap is None or (isinstance(cap, dict) and cap.get("at") in ("input", "output")
+                                  and isinstance(cap.get("module"), str)), "hidden", h)
             _need(cap is not None or (h.get("in") and h.get("activation")), "hidden", h)
         _need(isinstance(self.linear, list), "linear", self.linear)
         for lin in self.linear:
             _need(isinstance(lin, dict) and {"name", "weight", "orientation"} <= set(lin), "linear", lin)
             _need(lin["orientation"] in ORIENTATIONS, "linear", lin)
+            _need(isinstance(lin["name"], str) and isinstance(lin["weight"], str)
+                  and all(_opt_str(lin.get(k)) for k in ("bias", "module", "output")), "linear", lin)
         for role in ("embedding", "unembedding"):
             t = getattr(self, role)
             _need(t is None or (isinstance(t, dict) and t.get("orientation") in TABLE_ORIENTATIONS
@@ -168,6 +172,10 @@ class Anatomy:
         lines.append(f"readout:     {self.readout or 'none found'}")
         lines += [f"note:        {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _opt_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
 
 
 def _need(ok: bool, role: str, value: Any) -> None:
