@@ -15,6 +15,8 @@ import json
 import textwrap
 from typing import Any
 
+_WIDTH = 92
+
 
 def _summary(description: str) -> str:
     """The registry's description as one plain line (no reST double backticks)."""
@@ -60,12 +62,15 @@ def list_text() -> str:
     for name in names():
         info = measure_info(name)
         kind = "per step" if info["per_step"] else "run"
-        lines.append(f"{name:<10} {kind:<9} {info['summary']}")
-        wrapped = textwrap.wrap(_params(info["parameters"]), width=88,
-                                initial_indent="  parameters: ", subsequent_indent=" " * 14)
-        lines.extend(wrapped)
-    lines += ["", "grokscope measures NAME shows a measure's documentation and output variables; "
-              "set parameters with analyze --params '{\"NAME\": {\"PARAM\": VALUE}}'."]
+        lines += textwrap.wrap(info["summary"], width=_WIDTH,
+                               initial_indent=f"{name:<10} {kind:<9} ", subsequent_indent=" " * 21)
+        lines += textwrap.wrap(_params(info["parameters"]), width=_WIDTH,
+                               initial_indent=" " * 21 + "parameters: ",
+                               subsequent_indent=" " * 33)
+    lines += ["", *textwrap.wrap(
+        "grokscope measures NAME shows a measure's documentation and output variables; set "
+        "parameters with grokscope analyze --params '{\"NAME\": {\"PARAM\": VALUE}}'.",
+        width=_WIDTH)]
     return "\n".join(lines)
 
 
@@ -81,10 +86,11 @@ def detail_text(name: str) -> str:
         lines.append(f"runs after (reads the stored results of): {', '.join(info['after'])}")
     lines += ["", "parameters (default):"]
     lines += [f"  {k} = {_fmt(v)}" for k, v in info["parameters"].items()] or ["  none"]
-    lines += ["", "output variables (units; description):"]
-    width = max((len(k) for k in info["variables"]), default=0)
+    lines += ["", "output variables ([units] long name: description):"]
     for var, v in info["variables"].items():
-        lines.append(f"  {var:<{width}}  [{v['units']}]  {v['long_name']}: {v['description']}")
+        lines += textwrap.wrap(f"[{v['units']}] {v['long_name']}: {v['description']}",
+                               width=_WIDTH, initial_indent=f"  {var:<20} ",
+                               subsequent_indent=" " * 23)
     if not info["variables"]:
         lines.append("  none documented")
     lines += ["", "documentation:", "", textwrap.indent(info["doc"], "  ")]
