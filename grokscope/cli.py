@@ -223,7 +223,7 @@ def describe_anatomy(run: Any) -> str:
         model = run.model_at(int(run.steps[0]))
         anat = run_anatomy(run, model, run.data)
     except GrokscopeError as exc:
-        return f"anatomy: unavailable ({exc})"
+        return f"anatomy: unavailable ({cli_message(str(exc))})"
     body = "\n".join("  " + line for line in anat.summary().splitlines())
     return f"anatomy (model from: {getattr(run, 'model_source', '?')}):\n{body}"
 
@@ -254,7 +254,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         )
         for path, info in summary.items():
             print(f"{path}: {', '.join(info['measures'])} in {info['seconds']:.1f} s; "
-                  f"skipped: {info['skipped'] or 'none'}")
+                  f"skipped: {_skipped(info['skipped'])}")
             run = open_run(path, trust_code=args.trust_code)
             print(milestone_table(run, {n: run.results[n] for n in info["measures"]}))
         return 0
@@ -266,9 +266,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                       progress=not args.quiet, recompute=args.recompute,
                       num_threads=args.threads, results=args.results)
         print(f"{path}: {len(res)} measures in {time.perf_counter() - t0:.1f} s "
-              f"({', '.join(res)}); skipped: {dict(res.skipped) or 'none'}")
+              f"({', '.join(res)}); skipped: {_skipped(res.skipped)}")
         print(milestone_table(run, res))
     return 0
+
+
+def _skipped(skipped: Any) -> Any:
+    """The measures an analysis skipped, their reasons naming flags (:func:`cli_message`)."""
+    return {name: cli_message(str(why)) for name, why in dict(skipped or {}).items()} or "none"
 
 
 def _one_run_for_results(args: argparse.Namespace, command: str) -> None:
@@ -316,7 +321,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = analyze(run, demo_measures(), steps=args.steps, progress=not args.quiet,
                   num_threads=DEMO.get("num_threads"))
-    print(f"analysed in {time.perf_counter() - t0:.1f} s; skipped: {dict(res.skipped) or 'none'}\n")
+    print(f"analysed in {time.perf_counter() - t0:.1f} s; skipped: {_skipped(res.skipped)}\n")
     print(milestone_table(run, res))
     if args.no_report:
         return 0
