@@ -9,6 +9,8 @@ non-finite weights (NaN results with a ``nonfinite_weights`` flag).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 import time
 import warnings
@@ -64,7 +66,9 @@ def resolve_measures(selection: MeasureSelection) -> list[tuple[MeasureSpec, dic
     """Measures to run with their resolved parameters, dependencies first.
 
     ``selection``: None (every registered measure), a name, a list of names, or
-    ``{name: {param: value}}``.
+    ``{name: {param: value}}``. A key that is not a measure's name names a parameterisation
+    of the measure given as ``"measure"``: ``{"nfa_fc1": {"measure": "nfa", "layers":
+    ["fc1"]}}`` stores its result as ``results/nfa_fc1``, beside ``results/nfa``.
     """
     if selection is None:
         wanted: dict[str, dict[str, Any]] = {n: {} for n in registry.names()}
@@ -84,7 +88,13 @@ def resolve_measures(selection: MeasureSelection) -> list[tuple[MeasureSpec, dic
             return
         if name in chain:
             raise ConfigError(f"measures depend on each other in a cycle: {' -> '.join(chain + (name,))}")
-        spec = registry.get(name)
+        params = dict(params)
+        measure = params.pop("measure", None)
+        if measure is not None and measure != name:
+            _check_result_name(name)
+            spec = dataclasses.replace(registry.get(measure), result=name)
+        else:
+            spec = registry.get(name)
         for dep in spec.after:
             visit(dep, wanted.get(dep, {}), chain + (name,))
         seen.add(name)
@@ -180,6 +190,35 @@ class _References:
         return load
 
 
+def _check_result_name(name: Any) -> None:
+    if (not isinstance(name, str) or not name or "/" in name or name.startswith(".")
+            or name in registry.names()):
+        raise ConfigError(
+            f"{name!r} cannot name a parameterisation: use a new name that is not a measure's, "
+            "without '/' or a leading '.' (e.g. 'nfa_fc1')"
+        )
+
+
+def _replacing(name: str, stored: xr.Dataset, params: dict[str, Any], progress: bool) -> None:
+    """Say so when a stored result computed with other parameters is about to be replaced."""
+    before = stored.attrs.get("params")
+    new = results_io.jsonable(params)
+    if before is None or before == json.dumps(new, sort_keys=True):
+        return  # same parameters, other reference steps: the run grew
+    try:
+        old = json.loads(before)
+        diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+    except (TypeError, ValueError, AttributeError):
+        diff = {}
+    shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()) or "parameters"
+    msg = (f"replacing results/{name}, computed with other parameters ({shown}); to keep "
+           f"both, name this parameterisation, e.g. measures={{'{name}_2': {{'measure': "
+           f"'{stored.attrs.get('measure', name)}', ...}}}}")
+    warnings.warn(msg, UserWarning, stacklevel=4)
+    if progress:
+        print(f"analyze: {msg}", file=sys.stderr, flush=True)
+
+
 def analyze(
     run_or_path: Any,
     measures: MeasureSelection = None,
@@ -203,7 +242,10 @@ def analyze(
         A run, or a path/URL to open with :func:`grokscope.open_run`.
     measures : None, str, list of str or dict
         None runs every registered measure that applies; ``{name: {param: value}}`` overrides
-        parameters (a changed parameter recomputes that measure).
+        parameters (a changed parameter recomputes that measure, with a warning that the
+        stored result is replaced). Several parameterisations of one measure live side by
+        side under names you choose: ``{"nfa_fc1": {"measure": "nfa", "layers": ["fc1"]}}``
+        is stored as ``results/nfa_fc1``.
     model : nn.Module, class, zero-argument factory or registered name, optional
         The architecture to load the stored weights into (an instance is copied, never
         mutated). Default: what the store carries (registered name, exported program, or a
@@ -276,7 +318,7 @@ def _analyze(
     results_io.prepare_write(loc)  # a read-only store is refused before anything is computed
     threads = _choose_threads(num_threads, run, selected, dev, progress, len(plan))
     with torch_threads(threads, blas=True), results_io.writing(
-            loc, [spec.name for spec, _ in plan],
+            loc, [spec.result_name for spec, _ in plan],
             note=lambda msg: print(msg, file=sys.stderr, flush=True)):
         t0 = time.perf_counter()
         out = _analyze_locked(run, loc, plan, selected, dev, progress=progress,
@@ -339,9 +381,9 @@ def _analyze_locked(run: Any, loc: results_io.ResultsLocation, plan: list, selec
     for spec, params in plan:
         reason = spec.applies(first_view, data)
         if reason:
-            out.skipped[spec.name] = reason
+            out.skipped[spec.result_name] = reason
             if progress:
-                print(f"skipped {spec.name}: {reason}")
+                print(f"skipped {spec.result_name}: {reason}")
             continue
         if spec.kind == "trajectory":
             traj.append((spec, params))
@@ -351,8 +393,9 @@ def _analyze_locked(run: Any, loc: results_io.ResultsLocation, plan: list, selec
         context = {f"reference_{w}_step": int(run.steps[0] if w == "first" else run.steps[-1])
                    for w in spec.references}
         key = results_io.params_key(params, context)
-        stored = None if recompute else _read(run, spec.name)
+        stored = None if recompute else _read(run, spec.result_name)
         if stored is not None and stored.attrs.get("params_key") != key:
+            _replacing(spec.result_name, stored, params, progress)
             stored = None
         done_steps = set() if stored is None else set(stored.step.values.tolist())
         todo = {int(s) for s in selected} - done_steps
@@ -360,31 +403,33 @@ def _analyze_locked(run: Any, loc: results_io.ResultsLocation, plan: list, selec
     del first_model, first_view
 
     for job in step_jobs:
-        out.timings[job.spec.name] = 0.0
+        out.timings[job.spec.result_name] = 0.0
     _run_step_jobs(run, loc, step_jobs, selected, data, dev, refs, progress, flush_seconds, anat,
                    timings=out.timings)
     for job in step_jobs:
-        ds = _read(run, job.spec.name)
+        ds = _read(run, job.spec.result_name)
         if ds is not None:
-            out[job.spec.name] = ds
+            out[job.spec.result_name] = ds
 
     for spec, params in traj:
         key = results_io.params_key(params)
-        stored = None if recompute else _read(run, spec.name)
+        stored = None if recompute else _read(run, spec.result_name)
+        if stored is not None and stored.attrs.get("params_key") != key:
+            _replacing(spec.result_name, stored, params, progress)
         fresh = stored is not None and stored.attrs.get("params_key") == key and np.array_equal(
             np.asarray(stored.attrs.get("steps_analyzed", [])), selected
         )
         t0 = time.perf_counter()
         if not fresh:
             if progress:
-                print(f"analyze: {spec.name} (over the whole trajectory) ...", file=sys.stderr,
+                print(f"analyze: {spec.result_name} (over the whole trajectory) ...", file=sys.stderr,
                       flush=True)
             ds = spec.fn(run, selected, **params)
             ds = results_io.annotate(ds, spec.name, params, steps_analyzed=selected, device=str(dev))
-            results_io.write_result(loc, spec.name, ds)
-            stored = _read(run, spec.name)
-        out.timings[spec.name] = time.perf_counter() - t0 if not fresh else 0.0
-        out[spec.name] = stored
+            results_io.write_result(loc, spec.result_name, ds)
+            stored = _read(run, spec.result_name)
+        out.timings[spec.result_name] = time.perf_counter() - t0 if not fresh else 0.0
+        out[spec.result_name] = stored
     return out
 
 
@@ -399,7 +444,7 @@ def _flush(loc: results_io.ResultsLocation, job: _Job, dev: torch.device) -> Non
     parts = ([job.done] if job.done is not None else []) + job.new
     ds = annotate_variables(_stack(parts), job.spec.name, job.params)
     ds = results_io.annotate(ds, job.spec.name, job.params, context=job.context, device=str(dev))
-    results_io.write_result(loc, job.spec.name, ds)
+    results_io.write_result(loc, job.spec.result_name, ds)
     job.done, job.new = ds, []
 
 
@@ -424,7 +469,8 @@ def _run_step_jobs(
     def flush(job: _Job) -> None:
         t0 = time.perf_counter()
         _flush(loc, job, dev)
-        timings[job.spec.name] = timings.get(job.spec.name, 0.0) + time.perf_counter() - t0
+        timings[job.spec.result_name] = (timings.get(job.spec.result_name, 0.0)
+                                         + time.perf_counter() - t0)
 
     visit = [int(s) for s in selected if any(int(s) in j.todo for j in jobs)]
     if not visit:
@@ -443,7 +489,7 @@ def _run_step_jobs(
             for job in jobs:
                 if step not in job.todo:
                     continue
-                bar.set_description(job.spec.name)  # refreshed now: names what computes
+                bar.set_description(job.spec.result_name)  # refreshed now: names what computes
                 t0 = time.perf_counter()
                 if job.spec.stateful and not job.state and job.done is not None:
                     _rewarm(run, job, step, data, dev, refs, config, anat)
@@ -455,7 +501,7 @@ def _run_step_jobs(
                 ds = _compute(job, ckpt, finite)
                 if ds is not None:
                     job.new.append(ds.expand_dims(step=np.array([step], dtype=np.int64)))
-                timings[job.spec.name] = (timings.get(job.spec.name, 0.0)
+                timings[job.spec.result_name] = (timings.get(job.spec.result_name, 0.0)
                                           + time.perf_counter() - t0)
             if time.monotonic() - last_flush > flush_seconds:
                 for job in jobs:

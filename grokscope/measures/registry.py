@@ -106,6 +106,13 @@ class MeasureSpec:
     after: tuple[str, ...] = ()
     description: str = ""
     stateful: bool = False
+    #: the name its result is stored under when not the measure's own (a named
+    #: parameterisation, e.g. ``{"nfa_fc1": {"measure": "nfa", "layers": ["fc1"]}}``)
+    result: str = ""
+
+    @property
+    def result_name(self) -> str:
+        return self.result or self.name
 
     def resolve(self, params: dict[str, Any] | None) -> dict[str, Any]:
         """Defaults overridden by ``params``; unknown names are an error."""
