@@ -36,8 +36,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``report`` to the ``grokscope`` subcommand parsers; returns its parser."""
     r = subparsers.add_parser(
         "report", help="write figures, summary.json and index.html for a run",
-        description="Draw every figure the run's stored results support into DIR/figures "
-        "(PNG and PDF), write DIR/summary.json and a self-contained DIR/index.html. Only "
+        description="Draw every figure the run's stored results support into PATH/figures "
+        "(PNG and PDF by default), write PATH/summary.json and a self-contained "
+        "PATH/index.html. Only "
         "stored results are used unless --analyze computes the missing measures first.",
     )
     from ._cliargs import (
@@ -49,7 +50,7 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     r.add_argument("run", metavar="RUN", help="the run store (a folder or an fsspec URL)")
     r.add_argument("-o", "--out", required=True, metavar="PATH",
-                   help="the report folder to write (DIR above)")
+                   help="the report folder to write")
     r.add_argument("--analyze", action="store_true",
                    help="first compute the measures that have no stored result")
     add_steps_argument(r, what="with --analyze, the stored steps to analyse")
