@@ -145,6 +145,8 @@ class Anatomy:
             _need(t is None or (isinstance(t, dict) and t.get("orientation") in TABLE_ORIENTATIONS
                                 and isinstance(t.get("param"), str)), role, t)
         _need(self.readout is None or isinstance(self.readout, str), "readout", self.readout)
+        if not (isinstance(self.notes, list) and all(isinstance(n, str) for n in self.notes)):
+            raise ConfigError(f"anatomy notes must be a list of strings, got {self.notes!r}")
 
     def summary(self) -> str:
         """Several lines, one per role (what ``grokscope info`` prints)."""
