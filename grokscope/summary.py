@@ -64,31 +64,45 @@ def _constant(var: xr.DataArray) -> bool:
     return finite.size == values.size and finite.size > 1 and bool(np.all(finite == finite[0]))
 
 
-def _at(var: xr.DataArray, step: int | None, side: str) -> float:
+def _at(var: xr.DataArray, step: int) -> float:
+    """The value at the stored step nearest ``step``."""
     steps = var.step.values
-    if step is None or steps.size == 0:
+    if steps.size == 0:
         return float("nan")
-    if side == "before":
-        idx = np.flatnonzero(steps < step)
-        idx = idx[-1] if idx.size else 0
-    elif side == "at":
-        idx = int(np.argmin(np.abs(steps - step)))
-    else:
-        idx = len(steps) - 1
-    return float(var.values[idx])
+    return float(var.values[int(np.argmin(np.abs(steps - step)))])
+
+
+def milestone_columns(run: Any, results: Mapping[str, xr.Dataset],
+                      threshold: float = 0.9) -> list[tuple[str, int]]:
+    """``(label, step)`` of the table's columns: the first stored step (the baseline before
+    any training signal), memorisation and generalisation when they happen, the last step.
+    A milestone the run never reached has no column (never a column of the wrong step)."""
+    ms = milestones(run, results, threshold)
+    cols = [("first step", int(run.steps[0]))]
+    if ms["t_train"] is not None:
+        cols.append(("memorised", ms["t_train"]))
+    if ms["t_test"] is not None:
+        cols.append(("generalised", ms["t_test"]))
+    cols.append(("last step", int(run.steps[-1])))
+    return cols
 
 
 def milestone_table(run: Any, results: Mapping[str, xr.Dataset], threshold: float = 0.9) -> str:
-    """A text table: each scalar measure before memorisation, at memorisation, after grokking."""
+    """A text table: each scalar measure at the first stored step, when train accuracy first
+    reaches ``threshold`` (memorised), when test accuracy does (generalised) and at the last
+    step; milestones the run never reached are said so and get no column."""
     ms = milestones(run, results, threshold)
-    t_train, t_test = ms["t_train"], ms["t_test"]
-    last = int(run.steps[-1])
+    cols = milestone_columns(run, results, threshold)
+
+    def when(t: int | None) -> str:
+        return f"step {t}" if t is not None else f"never (up to step {int(run.steps[-1])})"
+
     lines = [
-        f"memorisation (train acc >= {threshold}): step {t_train}",
-        f"generalisation (test acc >= {threshold}): step {t_test}",
+        f"memorisation (train acc >= {threshold}): {when(ms['t_train'])}",
+        f"generalisation (test acc >= {threshold}): {when(ms['t_test'])}",
         "",
-        f"{'measure':<44} {'before mem.':>12} {'at mem.':>12} {'after grok':>12}",
-        f"{'':<44} {'(< ' + str(t_train) + ')':>12} {'(' + str(t_train) + ')':>12} {'(' + str(last) + ')':>12}",
+        f"{'measure':<44} " + " ".join(f"{label:>12}" for label, _ in cols),
+        f"{'':<44} " + " ".join(f"{'(' + str(step) + ')':>12}" for _, step in cols),
     ]
     for mname in results:
         ds = results[mname]
@@ -96,6 +110,5 @@ def milestone_table(run: Any, results: Mapping[str, xr.Dataset], threshold: floa
             continue
         for vname, var in _scalar_series(ds).items():
             label = f"{mname}.{vname}"[:44]
-            vals = [_at(var, t_train, "before"), _at(var, t_train, "at"), _at(var, last, "after")]
-            lines.append(f"{label:<44} " + " ".join(f"{v:>12.4g}" for v in vals))
+            lines.append(f"{label:<44} " + " ".join(f"{_at(var, step):>12.4g}" for _, step in cols))
     return "\n".join(lines)
