@@ -33,6 +33,7 @@ _LAZY = {
     "analyze": "grokscope.engine",
     "make_task": "grokscope.tasks",
     "build_model": "grokscope.models",
+    "open_runs": "grokscope.many",
 }
 
 __all__ = ["Data", "GrokscopeError", "__version__", "phase_diagram", "report", "sweep", "train", *_LAZY]

@@ -36,6 +36,7 @@ _FUNCTIONS: dict[str, str] = {
     "plot_rqi": "scalars",
     "plot_scalars": "scalars",
     "plot_changepoints": "changepoints",
+    "plot_runs": "runs",
     "save_figure": "save",
 }
 
