@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 README = Path(__file__).parents[1] / "README.md"
@@ -57,7 +58,8 @@ def _run_shell(script: str, cwd: Path, only: tuple[str, ...] | None = None) -> l
 
 
 def test_readme_has_the_marked_examples():
-    assert {"own-loop", "own-loop-analyse", "script-class"} <= set(blocks())
+    assert {"own-loop", "own-loop-analyse", "script-class", "reference-trainer",
+            "reference-shell"} <= set(blocks())
 
 
 def test_own_loop_example_shortened(tmp_path):
@@ -87,3 +89,38 @@ def test_own_loop_example_verbatim(tmp_path):
     run = gs.open_run(tmp_path / "runs" / "mine.zarr")
     assert str(run.results["phases"].label.values) == "grokking"
     assert (tmp_path / "reports" / "mine" / "index.html").exists()
+
+
+def test_reference_trainer_example_shortened(tmp_path):
+    """The reference-trainer block with its training shortened (the only substitution)."""
+    code = blocks()["reference-trainer"].replace("steps=2500", "steps=40")
+    assert "steps=40" in code
+    out = _run_python(code, tmp_path)
+    label, t_test = out.split()
+    assert label in ("memorisation", "confusion", "comprehension", "grokking", "semi-grokking",
+                     "ungrokking")
+
+
+@pytest.mark.slow
+def test_reference_trainer_example_verbatim(tmp_path):
+    """Verbatim: the run groks, as the README says (test accuracy 0.9 near step 1400)."""
+    out = _run_python(blocks()["reference-trainer"], tmp_path)
+    label, t_test = out.split()
+    assert label == "grokking" and 800 <= int(t_test) <= 2400
+
+
+@pytest.mark.slow
+def test_reference_shell_example_verbatim(tmp_path):
+    """Verbatim: the trained run groks and the sweep's phase diagram shows several phases."""
+    _run_shell(blocks()["reference-shell"], tmp_path)
+    import xarray as xr
+
+    import grokscope as gs
+
+    run = gs.open_run(tmp_path / "runs" / "add59")
+    assert float(run.metrics["test_acc"].values[-1]) > 0.9
+    ds = gs.phase_diagram(str(tmp_path / "sweeps" / "wd_frac"), "weight_decay", "train_frac")
+    labels = set(np.asarray(ds["label"].values).ravel().tolist())
+    assert len(labels) >= 3 and "grokking" in labels, labels
+    assert (tmp_path / "sweeps" / "wd_frac" / "phase.png").exists()
+    assert isinstance(ds, xr.Dataset)
