@@ -4,6 +4,10 @@ A result group is written whole (``mode="w"``) and marked complete by a ``groksc
 attribute written with it; a group without the marker (an analysis killed mid-write) is
 treated as absent and recomputed. Parameters live in the attrs (``params`` as JSON, and each
 parameter on its own), so two numbers computed differently are never mistaken for each other.
+Attributes are stored as netCDF can hold them (strings, numbers, lists of numbers); any other
+value (None, a bool, a dict, a list of strings) is its JSON text, named in the
+``grokscope_json_attrs`` attribute (``decoded_attrs`` gives the values back), so a result read
+with grokscope or plain ``xr.open_zarr`` exports with ``to_netcdf``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,73 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
+#: attribute naming (as a JSON list) the attributes stored as JSON text: netCDF attributes are
+#: strings and numbers, so None, bools, dicts and lists that are not all numbers are kept as
+#: their JSON (``decoded_attrs`` gives the values back)
+JSON_ATTRS = "grokscope_json_attrs"
+_INT64 = (-(2**63), 2**63)
+
+
+def _number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return _INT64[0] <= v < _INT64[1]
+    return isinstance(v, float)
+
+
+def _netcdf_value(v: Any) -> bool:
+    """A value netCDF keeps as it is: a string, a number, a non-empty list of numbers."""
+    return (isinstance(v, str) or _number(v)
+            or (isinstance(v, list) and bool(v) and all(_number(x) for x in v)))
+
+
+def decoded_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``attrs`` with the values listed in ``grokscope_json_attrs`` decoded from their JSON
+    text (None, bools, dicts, lists of strings ...); the list itself is dropped. Attributes
+    without the list (results written before it) are returned as they are."""
+    out = {k: v for k, v in attrs.items() if k != JSON_ATTRS}
+    names = attrs.get(JSON_ATTRS)
+    try:
+        names = json.loads(names) if isinstance(names, str) else []
+    except ValueError:
+        names = []
+    for k in names if isinstance(names, list) else []:
+        if isinstance(k, str) and isinstance(out.get(k), str):
+            with contextlib.suppress(ValueError):
+                out[k] = json.loads(out[k])
+    return out
+
+
+def netcdf_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``attrs`` as netCDF can store them: strings and numbers (and lists of numbers) as they
+    are, every other value (None, bools, dicts, lists of strings) as its JSON text, with the
+    names of those listed in ``grokscope_json_attrs`` (a JSON list). Inverse:
+    :func:`decoded_attrs`. Idempotent."""
+    out: dict[str, Any] = {}
+    encoded = []
+    for k, v in decoded_attrs(attrs).items():
+        v = jsonable(v)
+        if _netcdf_value(v):
+            out[str(k)] = v
+        else:
+            out[str(k)] = json.dumps(v, sort_keys=True)
+            encoded.append(str(k))
+    if encoded:
+        out[JSON_ATTRS] = json.dumps(sorted(encoded))
+    return out
+
+
+def netcdf_safe(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` (a copy) with its own and every variable's attributes in :func:`netcdf_attrs`
+    form, so ``ds.to_netcdf(...)`` accepts them."""
+    ds = ds.copy()
+    ds.attrs = netcdf_attrs(ds.attrs)
+    for var in ds.variables.values():
+        var.attrs = netcdf_attrs(var.attrs)
+    return ds
+
+
 def params_key(params: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> str:
     """A stable hash of a measure's resolved parameters and the context its values depend on
     (e.g. the steps of the reference checkpoints it compares with)."""
@@ -61,7 +132,7 @@ def annotate(ds: xr.Dataset, name: str, params: Mapping[str, Any], *,
              context: Mapping[str, Any] | None = None, **extra: Any) -> xr.Dataset:
     """``ds`` with the measure name, parameters, context and grokscope version in its attrs."""
     ds = ds.copy()
-    attrs = {k: jsonable(v) for k, v in ds.attrs.items()}
+    attrs = {k: jsonable(v) for k, v in decoded_attrs(ds.attrs).items()}
     attrs.update(
         measure=name,
         params=json.dumps(jsonable(params), sort_keys=True),
@@ -452,9 +523,11 @@ ATTRS_HASH = "grokscope_attrs_sha256"
 
 
 def _attrs_digest(ds: xr.Dataset) -> str:
-    attrs = {k: v for k, v in ds.attrs.items() if k not in (COMPLETE_ATTR, ATTRS_HASH)}
+    """SHA-256 of the attributes' values (decoded: the same for a result stored before and
+    after JSON-encoding of attributes)."""
+    attrs = {k: v for k, v in decoded_attrs(ds.attrs).items() if k not in (COMPLETE_ATTR, ATTRS_HASH)}
     doc = {"attrs": jsonable(attrs),
-           "variables": {str(k): jsonable(dict(v.attrs)) for k, v in ds.variables.items()}}
+           "variables": {str(k): jsonable(decoded_attrs(v.attrs)) for k, v in ds.variables.items()}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -487,8 +560,9 @@ def write_result(where: Any, name: str, ds: xr.Dataset, *, storage_options: dict
 
     loc = _as_location(where, storage_options)
     ds = _fixed_width(ds)
-    ds.attrs = {**ds.attrs, COMPLETE_ATTR: False}
-    ds.attrs[ATTRS_HASH] = _attrs_digest(ds)
+    digest = _attrs_digest(ds)
+    ds = netcdf_safe(ds)  # plain xarray reads values netCDF can hold (to_netcdf works)
+    ds.attrs = {**ds.attrs, COMPLETE_ATTR: False, ATTRS_HASH: digest}
     tag = uuid.uuid4().hex[:8]
     group = _group(name) if loc.local is None else _group(f".{name}.new-{tag}")
     new = None if loc.local is None else loc.local / group
@@ -627,7 +701,7 @@ class ResultsView(Mapping):
                 "gs.analyze(..., recompute=True) or `grokscope analyze --recompute`, which "
                 "replaces it"
             )
-        return ds
+        return netcdf_safe(ds)  # results stored before JSON-encoded attributes too
 
     def _check_chunks(self, name: str) -> None:
         """Every chunk of every array of the result is stored (they are all written, NaN ones

@@ -75,3 +75,76 @@ def test_a_consolidated_recording_drops_its_consolidated_metadata_on_close(tmp_p
     write_result(path, "late", ds)
     got = _quiet_open(path, group="results/late")
     np.testing.assert_array_equal(got.v.values, [1.0, 2.0])
+
+
+# ---------------------------------------------------------------------------- 3. to_netcdf
+def test_every_result_exports_to_netcdf(analysed, tmp_path):
+    path, run, res, _ = analysed
+    for name in res:
+        for how, ds in (("run.results", run.results[name]), ("analyze", res[name]),
+                        ("open_zarr", _quiet_open(path, group=f"results/{name}"))):
+            out = tmp_path / f"{name}-{how.replace('.', '_')}.nc"
+            ds.to_netcdf(out)
+            back = xr.open_dataset(out)
+            assert set(back.data_vars) == set(ds.data_vars), (name, how)
+            back.close()
+
+
+def test_attrs_netcdf_cannot_hold_are_json_text_and_decode(tmp_path):
+    from grokscope.results_io import JSON_ATTRS, annotate, decoded_attrs
+
+    path = tmp_path / "run.zarr"
+    model = TinyNet()
+    with Recorder(path, model, tiny_data()) as rec:
+        rec.record(0)
+    ds = xr.Dataset({"v": ("step", [1.5])}, coords={"step": [0]},
+                    attrs={"note": "", "flags": [True, False], "labels": ["a", "b"],
+                           "nested": {"a": [1, {"b": None}]}, "steps_analyzed": [0]})
+    ds["v"].attrs.update(units="1", long_name="v", extra=None)
+    ds = annotate(ds, "toy", {"layers": None, "warm": True, "k": 3, "w": (0.5, 2)})
+    write_result(path, "toy", ds)
+    got = open_run(path).results["toy"]
+    for where in (got.attrs, got["v"].attrs):  # only strings and numbers (lists of numbers)
+        for k, v in where.items():
+            assert isinstance(v, str | int | float | list) and not isinstance(v, bool), (k, v)
+            assert not isinstance(v, list) or all(isinstance(x, int | float) for x in v), k
+    assert got.attrs["param_layers"] == "null" and got.attrs["param_warm"] == "true"
+    assert got.attrs["param_k"] == 3 and got.attrs["param_w"] == [0.5, 2]
+    assert got.attrs["steps_analyzed"] == [0]
+    assert "param_layers" in json.loads(got.attrs[JSON_ATTRS])
+    logical = decoded_attrs(got.attrs)
+    assert logical["param_layers"] is None and logical["param_warm"] is True
+    assert logical["nested"] == {"a": [1, {"b": None}]} and logical["labels"] == ["a", "b"]
+    assert logical["flags"] == [True, False] and JSON_ATTRS not in logical
+    assert decoded_attrs(got["v"].attrs)["extra"] is None
+    assert json.loads(got.attrs["params"]) == {"k": 3, "layers": None, "w": [0.5, 2], "warm": True}
+    got.to_netcdf(tmp_path / "toy.nc")
+    back = xr.open_dataset(tmp_path / "toy.nc")
+    assert decoded_attrs(back.attrs)["nested"] == {"a": [1, {"b": None}]}
+    back.close()
+    # a result re-annotated from a stored one (the engine's incremental flush) keeps its values
+    again = annotate(got, "toy", {"layers": None, "warm": False, "k": 3, "w": (0.5, 2)})
+    write_result(path, "toy", again)
+    logical = decoded_attrs(open_run(path).results["toy"].attrs)
+    assert logical["param_warm"] is False and logical["labels"] == ["a", "b"]
+
+
+def test_a_result_stored_with_native_attrs_still_reads_and_exports(tmp_path):
+    """Results written before attributes were JSON-encoded (None and lists stored natively)."""
+    import zarr
+
+    from grokscope import results_io
+
+    path = tmp_path / "run.zarr"
+    model = TinyNet()
+    with Recorder(path, model, tiny_data()) as rec:
+        rec.record(0)
+    ds = xr.Dataset({"v": ("step", [1.0])}, coords={"step": [3]},
+                    attrs={"param_layers": None, "labels": ["a"], "flag": True})
+    legacy = ds.copy()
+    legacy.attrs[results_io.ATTRS_HASH] = results_io._attrs_digest(ds)
+    legacy.to_zarr(path, group="results/old", mode="w", zarr_format=3, consolidated=False)
+    zarr.open_group(path, path="results/old", mode="r+").attrs[results_io.COMPLETE_ATTR] = True
+    got = open_run(path).results["old"]
+    assert results_io.decoded_attrs(got.attrs) == ds.attrs
+    got.to_netcdf(tmp_path / "old.nc")

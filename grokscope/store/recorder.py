@@ -666,6 +666,12 @@ class Recorder:
         for name in (schema.STEP, schema.NONFINITE, *self._metric_names):
             arr = _io.open_zarr_array(store, name, what="scalar array")
             self._scalars[name] = _Scalar(name, arr)
+        from .run import _corrupt
+
+        for item in (*self._params.values(), *self._scalars.values()):
+            if item.array.ndim < 1 or item.array.shape[0] < self._count:  # never grow to a count
+                raise _corrupt(self._where, item.name, f"it has {item.array.shape[0] if item.array.ndim else 0} "
+                               f"rows but {self._count} are committed")
         # keep the store's choice: new arrays (metrics, resume states) match its step array
         self.checksum = self._scalars[schema.STEP].checksummed
         self._drop_orphan_resume()
