@@ -148,3 +148,146 @@ def test_a_result_stored_with_native_attrs_still_reads_and_exports(tmp_path):
     got = open_run(path).results["old"]
     assert results_io.decoded_attrs(got.attrs) == ds.attrs
     got.to_netcdf(tmp_path / "old.nc")
+
+
+# ---------------------------------------------------------------------------- 4. typable dims
+def test_tensor_dims_are_identifiers_and_unique():
+    from grokscope.store.schema import identifier, tensor_dims
+
+    assert identifier("layers.0.weight") == "layers_0_weight" and identifier("0.bias") == "_0_bias"
+    dims = tensor_dims({"a.b": 1, "a_b": 2, "0.w": 1, "blocks.0.mlp.W_in": 2, "x-y": 0})
+    assert dims["a_b"] == ("step", "a_b_dim0", "a_b_dim1")  # already an identifier: kept
+    assert dims["a.b"] == ("step", "a_b_2_dim0")
+    assert dims["0.w"] == ("step", "_0_w_dim0")
+    assert dims["blocks.0.mlp.W_in"] == ("step", "blocks_0_mlp_W_in_dim0", "blocks_0_mlp_W_in_dim1")
+    assert dims["x-y"] == ("step",)
+    flat = [d for ds in dims.values() for d in ds[1:]]
+    assert len(flat) == len(set(flat)) and all(d.isidentifier() for d in flat)
+    # a dim never takes an array's name
+    clash = tensor_dims({"w": 1, "w_dim0": 1})
+    assert clash["w"] == ("step", "w_2_dim0") and clash["w_dim0"] == ("step", "w_dim0_dim0")
+    assert tensor_dims({"a.b": 1}, style=None)["a.b"] == ("step", "a.b.dim0")
+
+
+def test_new_stores_have_typable_dims(analysed):
+    path, run, _, _ = analysed
+    assert run.params["layers.0.weight"].dims == ("step", "layers_0_weight_dim0", "layers_0_weight_dim1")
+    w = run.params["layers.0.weight"].isel(layers_0_weight_dim0=0)  # typed as a keyword
+    assert w.shape == (len(STEPS), run.params["layers.0.weight"].shape[2])
+    root = _quiet_open(path)
+    assert root["layers.0.weight"].dims == run.params["layers.0.weight"].dims
+    data = _quiet_open(path, group="data")
+    assert data["x_train"].dims == ("x_train_dim0", "x_train_dim1")
+    assert data["extra.pairs_train"].dims == ("extra_pairs_train_dim0", "extra_pairs_train_dim1")
+    for name in ("layers.0.weight", "x_train"):
+        for d in (root if name in root else data)[name].dims:
+            assert d.isidentifier(), d
+
+
+def test_stores_with_dotted_dims_keep_reading(tmp_path):
+    """A store written before typable dims (no ``dims`` key, ``fc1.weight.dim0`` on disk)."""
+    import zarr
+
+    path = tmp_path / "old.zarr"
+    model = TinyNet()
+    with Recorder(path, model, tiny_data()) as rec:
+        for s in (0, 1):
+            fill_step(model, s)
+            rec.record(s)
+    doc = json.loads((path / "zarr.json").read_text())
+    del doc["attributes"]["grokscope"]["dims"]
+    (path / "zarr.json").write_text(json.dumps(doc))
+    for key, shape in (("fc1.weight", 2), ("fc1.bias", 1), ("fc2.weight", 2), ("fc2.bias", 1)):
+        adoc = json.loads((path / key / "zarr.json").read_text())
+        adoc["dimension_names"] = ["step", *(f"{key}.dim{i}" for i in range(shape))]
+        (path / key / "zarr.json").write_text(json.dumps(adoc))
+    run = open_run(path)
+    assert run.params["fc1.weight"].dims == ("step", "fc1.weight.dim0", "fc1.weight.dim1")
+    np.testing.assert_array_equal(run.params["fc1.weight"].values, run.trajectory("fc1.weight"))
+    assert _quiet_open(path)["fc1.weight"].dims == run.params["fc1.weight"].dims
+    # a writer appending to it keeps its spelling
+    with Recorder(path, model, tiny_data()) as rec:
+        fill_step(model, 2)
+        rec.record(2)
+    run = open_run(path)
+    assert run.params["fc1.weight"].dims[1] == "fc1.weight.dim0" and list(run.steps) == [0, 1, 2]
+    assert zarr.open_array(path, path="fc1.weight", mode="r").metadata.dimension_names[1] == "fc1.weight.dim0"
+
+
+# ---------------------------------------------------------------------------- 2. open_datatree
+def test_open_datatree_shows_every_result(analysed):
+    path, run, res, _ = analysed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        tree = xr.open_datatree(path, engine="zarr")
+    for name in res:
+        node = tree[f"results/{name}"]
+        assert set(node.data_vars) == set(run.results[name].data_vars), name
+        for v in node.data_vars:
+            np.testing.assert_array_equal(node[v].values, run.results[name][v].values)
+    np.testing.assert_array_equal(tree["step"].values, STEPS)
+    assert "x_train" in tree["data"].data_vars
+
+
+def test_open_groups_reads_a_result_of_some_steps(tmp_path):
+    """xarray's DataTree requires a child's ``step`` to align with the root's: a result of
+    some of the steps opens with ``xr.open_groups`` (or one ``open_zarr`` per group) and sits
+    in ``run.to_datatree()``."""
+    path = tmp_path / "run.zarr"
+    model = TinyNet()
+    with Recorder(path, model, tiny_data()) as rec:
+        for s in (0, 1, 2):
+            fill_step(model, s)
+            rec.record(s)
+    write_result(path, "some", xr.Dataset({"v": ("step", [1.0, 2.0])}, coords={"step": [0, 2]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        groups = xr.open_groups(path, engine="zarr")
+    np.testing.assert_array_equal(groups["/results/some"].step.values, [0, 2])
+    tree = open_run(path).to_datatree()
+    np.testing.assert_array_equal(tree["results/some"].step.values, [0, 2])
+    np.testing.assert_array_equal(tree["params"].step.values, [0, 1, 2])
+
+
+# ---------------------------------------------------------------------------- 5. Run.to_datatree
+def test_run_to_datatree(analysed):
+    path, run, res, _ = analysed
+    tree = run.to_datatree()
+    assert isinstance(tree, xr.DataTree)
+    assert {"params", "metrics", "data", "results"} <= set(tree.children)
+    assert set(tree["results"].children) == set(res)
+    params = tree["params"].to_dataset()
+    w = params["layers.0.weight"]
+    assert w.dims == ("step", "layers_0_weight_dim0", "layers_0_weight_dim1")
+    assert w.chunks is not None  # lazy: nothing read yet
+    np.testing.assert_array_equal(w.values, run.trajectory("layers.0.weight"))
+    m = tree["metrics"].to_dataset()
+    assert m["test_acc"].chunks is not None
+    np.testing.assert_array_equal(m["test_acc"].values, run.metrics["test_acc"].values)
+    np.testing.assert_array_equal(tree["data"]["x_train"].values, run.data.x_train.numpy())
+    assert tree["data"]["x_train"].dims == ("x_train_dim0", "x_train_dim1")
+    for name in res:
+        got = tree[f"results/{name}"].to_dataset()
+        xr.testing.assert_identical(got, run.results[name])
+    meta = json.loads(tree.attrs["grokscope"])
+    assert meta["commit"]["count"] == len(STEPS)
+    for node in tree.subtree:  # netCDF-compatible attributes everywhere
+        for k, v in node.attrs.items():
+            assert isinstance(v, str | int | float | list) and not isinstance(v, bool), (node.path, k)
+
+
+def test_to_datatree_of_a_run_without_data_and_with_dotted_dims(tmp_path):
+    import torch
+
+    path = tmp_path / "nodata.zarr"
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with Recorder(path, model, None) as rec:
+        rec.record(0)
+    doc = json.loads((path / "zarr.json").read_text())
+    del doc["attributes"]["grokscope"]["dims"]  # as written before typable dims
+    (path / "zarr.json").write_text(json.dumps(doc))
+    run = open_run(path)
+    assert run.params["0.weight"].dims == ("step", "0.weight.dim0", "0.weight.dim1")
+    tree = run.to_datatree()
+    assert "data" not in tree.children
+    assert tree["params"]["0.weight"].dims == ("step", "_0_weight_dim0", "_0_weight_dim1")

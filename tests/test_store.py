@@ -61,7 +61,7 @@ def test_roundtrip_exact(run_path):
             assert torch.equal(sd[k], v)
     # the lazy datasets agree with the eager reads
     np.testing.assert_array_equal(run.params["fc1.weight"].values, run.trajectory("fc1.weight"))
-    assert run.params["fc1.weight"].dims == ("step", "fc1.weight.dim0", "fc1.weight.dim1")
+    assert run.params["fc1.weight"].dims == ("step", "fc1_weight_dim0", "fc1_weight_dim1")
     np.testing.assert_array_equal(run.metrics["test_acc"].values, 0.25)
     np.testing.assert_array_equal(run.metrics["nonfinite"].values, 0)
     np.testing.assert_array_equal(run.metrics.step.values, STEPS)

@@ -521,6 +521,7 @@ class Recorder:
             "compression": self.compression,
             "commit": {"count": 0, "last_step": None, "resume": None},
             "program": None,
+            schema.DIMS_KEY: schema.DIMS_IDENTIFIER,
         }
         if export_error is not None:
             self._meta["export_error"] = export_error
@@ -531,11 +532,12 @@ class Recorder:
             if name != "zarr.json":
                 _io.delete_entry(self._store, name)
         self._capacity = schema.INITIAL_CAPACITY
+        dims = schema.tensor_dims({k: len(info["shape"]) for k, info in params.items()})
         for key, info in params.items():
             shape = tuple(info["shape"])
             arr = self._new_array(
                 key, (self._capacity, *shape), (1, *shape), np.dtype(info["dtype"]),
-                schema.dim_names(key, len(shape)), compress=self.compression is not None,
+                dims[key], compress=self.compression is not None,
             )
             self._params[key] = _Param(key, arr)
         for name, dtype in ((schema.STEP, "int64"), (schema.NONFINITE, "int64")):
@@ -604,13 +606,14 @@ class Recorder:
         )
         arrays = {n: getattr(data, n) for n in schema.SPLITS}
         arrays.update({schema.EXTRA_PREFIX + k: v for k, v in data.extras.items()})
+        dims = schema.tensor_dims({n: t.dim() for n, t in arrays.items()}, leading=None)
         for name, t in arrays.items():
             a = _tensor_numpy(t, schema.storage_dtype(t.dtype))
             arr = zarr.create_array(
                 store=self._store, name=f"{schema.DATA_GROUP}/{name}", shape=a.shape,
                 chunks=a.shape if a.size else None, dtype=a.dtype,
                 fill_value=schema.fill_value(a.dtype),
-                dimension_names=schema.dim_names(name, a.ndim, leading=None),
+                dimension_names=dims[name],
                 compressors=self._codecs(), zarr_format=3, overwrite=True,
                 attributes={"torch_dtype": str(t.dtype)},
             )

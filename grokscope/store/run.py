@@ -453,11 +453,14 @@ class Run:
 
     @property
     def params(self) -> xr.Dataset:
-        """Lazy (dask) dataset of every state-dict tensor, dims ``(step, <key>.dim0, ...)``."""
+        """Lazy (dask) dataset of every state-dict tensor, dims ``(step, <key>_dim0, ...)``
+        with every character of the key that is not ``[0-9A-Za-z_]`` as ``_``
+        (``layers_0_weight_dim0``; stores written before have ``layers.0.weight.dim0``)."""
         if self._params_ds is None:
+            dims = schema.tensor_dims({k: len(r.inner) for k, r in self._readers.items()},
+                                      style=schema.dims_style(self._meta))
             self._params_ds = xr.Dataset(
-                {k: (schema.dim_names(k, len(r.inner)), r.dask(self._token))
-                 for k, r in self._readers.items()},
+                {k: (dims[k], r.dask(self._token)) for k, r in self._readers.items()},
                 coords={schema.STEP: self.steps},
             )
         return self._params_ds
@@ -487,6 +490,54 @@ class Run:
         from ..results_io import ResultsView, location_for
 
         return ResultsView(location_for(self))
+
+    def to_datatree(self) -> xr.DataTree:
+        """The whole run as one ``xr.DataTree``::
+
+            /                 attrs: grokscope_schema, grokscope (the store's metadata, JSON)
+            /params           every state-dict tensor, lazy (dask), dims (step, <key>_dim0, ...)
+            /metrics          the scalar metrics and nonfinite, lazy, dim step
+            /data             x_train, y_train, x_test, y_test, extra.<name> (when stored)
+            /results/<name>   every complete result (``run.results[name]``, loaded: small)
+
+        Dims are names a user can type (``layers_0_weight_dim0``, ``x_train_dim0``), also for
+        stores whose arrays carry the older ``layers.0.weight.dim0``. The root holds no
+        variables, so each node keeps its own ``step`` coordinate (a result of some of the
+        steps sits beside the params of all of them). Attributes are netCDF-compatible
+        (``results_io.netcdf_attrs``): ``tree.to_netcdf(path)`` needs a netCDF4 engine
+        (netCDF4 or h5netcdf) for the groups.
+        """
+        from ..results_io import netcdf_attrs, netcdf_safe
+
+        nodes: dict[str, xr.Dataset] = {
+            "/": xr.Dataset(attrs=netcdf_attrs({schema.SCHEMA_KEY: schema.SCHEMA_VERSION,
+                                                schema.META_KEY: self._meta})),
+        }
+        dims = schema.tensor_dims({k: len(r.inner) for k, r in self._readers.items()})
+        nodes["/params"] = xr.Dataset(
+            {k: (dims[k], r.dask(self._token)) for k, r in self._readers.items()},
+            coords={schema.STEP: self.steps},
+        )
+        nodes["/metrics"] = self.metrics
+        try:
+            data = self.data
+        except StoreError as exc:
+            if isinstance(exc, CorruptStoreError):
+                raise
+            data = None  # recorded with data=None
+        if data is not None:
+            arrays = {s: getattr(data, s) for s in schema.SPLITS}
+            arrays.update({schema.EXTRA_PREFIX + k: v for k, v in data.extras.items()})
+            ddims = schema.tensor_dims({n: t.dim() for n, t in arrays.items()}, leading=None)
+            nodes["/data"] = xr.Dataset(
+                {n: (ddims[n], t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy())
+                 for n, t in arrays.items()},
+                attrs=netcdf_attrs({"task": data.task}),
+            )
+        results = self.results
+        for name in results:
+            nodes[f"/{schema.RESULTS_GROUP}/{name}"] = netcdf_safe(results[name])
+        return xr.DataTree.from_dict(nodes)
 
     @property
     def nbytes(self) -> int:

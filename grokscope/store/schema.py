@@ -5,7 +5,7 @@ A run is one zarr v3 group::
     zarr.json                 root group; attrs:
                                 grokscope_schema   int, this module's SCHEMA_VERSION
                                 grokscope          {created, versions, config, params, metrics,
-                                                    compression, commit}
+                                                    compression, commit, dims}
                                   config           caller's config + "model" spec + "task" spec
                                   params           {key: {"shape", "dtype", "source_dtype"}}
                                   metrics          [name, ...]   (scalar float64 arrays)
@@ -15,8 +15,13 @@ A run is one zarr v3 group::
     nonfinite                 int64 (capacity,): non-finite parameter entries at that row
     <metric>                  float64 (capacity,), chunks 1024, NaN fill
     <state-dict key>          (capacity, *shape), one chunk per step, NaN fill,
-                              dims ("step", "<key>.dim0", ...)
-    data/                     x_train, y_train, x_test, y_test, extra.<name>; attrs: task
+                              dims ("step", "<key>_dim0", ...) with every character of the key
+                              that is not [0-9A-Za-z_] as "_" (tensor_dims: unique, "layers.0.
+                              weight" -> "layers_0_weight_dim0"); the root metadata says
+                              "dims": "identifier". Stores without that key (written before)
+                              have ("step", "<key>.dim0", ...) and read as before.
+    data/                     x_train, y_train, x_test, y_test, extra.<name>; attrs: task;
+                              dims "x_train_dim0", "extra_pairs_train_dim0" ... (".dim0" before)
     _resume/s<step>           uint8 torch.save bytes of {"optimizer", "extra"} (latest only)
     _model/program            uint8 torch.export.save bytes of the model's architecture (state
                               dict zeroed; zstd), when it could be exported; root metadata
@@ -26,7 +31,9 @@ A run is one zarr v3 group::
 
 ``capacity`` grows geometrically; readers use only the first ``commit.count`` rows, which the
 writer publishes last (an atomic rewrite of the root ``zarr.json``). A cleanly closed store is
-trimmed to exactly ``count`` rows and consolidated, so plain ``xr.open_zarr`` shows the data.
+trimmed to exactly ``count`` rows, so plain ``xr.open_zarr`` shows the data. The root carries no
+zarr consolidated metadata (it would go stale as soon as an analysis adds ``results/<name>``,
+and only the writer rewrites the root).
 
 Integrity: every array above except ``results/`` ends its codec chain with zarr v3's
 ``crc32c`` codec: ``bytes -> crc32c`` (uncompressed), ``bytes -> blosc -> crc32c``
@@ -151,7 +158,15 @@ def check_meta(meta: Any, where: str) -> dict:
         raise _bad_meta(where, f"metric names repeat: {metrics}")
     if not isinstance(meta.get("config", {}), dict):
         raise _bad_meta(where, "'config' is not an object")
+    if meta.get(DIMS_KEY, DIMS_IDENTIFIER) != DIMS_IDENTIFIER:
+        raise _bad_meta(where, f"{DIMS_KEY!r} is {meta.get(DIMS_KEY)!r}, not {DIMS_IDENTIFIER!r}")
     return meta
+
+
+def dims_style(meta: dict) -> str | None:
+    """How the tensor dims of the store with metadata ``meta`` are spelled (see
+    :func:`tensor_dims`): :data:`DIMS_IDENTIFIER`, or None for stores written before it."""
+    return DIMS_IDENTIFIER if meta.get(DIMS_KEY) == DIMS_IDENTIFIER else None
 
 
 def check_version(attrs: dict, where: str) -> int:
@@ -217,9 +232,54 @@ def fill_value(dtype: np.dtype) -> Any:
 
 
 def dim_names(name: str, ndim: int, *, leading: str | None = STEP) -> tuple[str, ...]:
-    """Unique dimension names: ``("step", "<name>.dim0", ...)``."""
+    """The dimension names of stores written before :data:`DIMS_KEY`:
+    ``("step", "<name>.dim0", ...)``."""
     dims = tuple(f"{name}.dim{i}" for i in range(ndim))
     return ((leading,) + dims) if leading else dims
+
+
+#: root-metadata key saying how tensor dims are spelled; :data:`DIMS_IDENTIFIER` (the only
+#: value written) means ``fc1_weight_dim0`` (see :func:`tensor_dims`); stores written before it
+#: have no key and ``fc1.weight.dim0`` (:func:`dim_names`)
+DIMS_KEY = "dims"
+DIMS_IDENTIFIER = "identifier"
+_NOT_IDENT = re.compile(r"[^0-9A-Za-z_]")
+
+
+def identifier(name: str) -> str:
+    """``name`` with every character that is not ``[0-9A-Za-z_]`` replaced by ``_`` (and a
+    leading ``_`` before a digit): ``"layers.0.weight"`` -> ``"layers_0_weight"``,
+    ``"0.bias"`` -> ``"_0_bias"``."""
+    base = _NOT_IDENT.sub("_", name)
+    return base if base and not base[0].isdigit() else f"_{base}"
+
+
+def tensor_dims(ndims: dict[str, int], *, leading: str | None = STEP,
+                style: str | None = DIMS_IDENTIFIER, taken: Any = ()) -> dict[str, tuple[str, ...]]:
+    """The dimension names of every array in ``ndims`` (``name -> number of dims, leading
+    excluded``), unique across them and never an array's name (or one of ``taken``).
+
+    ``style`` :data:`DIMS_IDENTIFIER`: ``("step", "layers_0_weight_dim0", ...)``, names a user
+    can type (:func:`identifier`); two arrays whose names map to the same identifier
+    (``a.b`` and ``a_b``) keep it for the one already spelled so, the other gets ``a_b_2``.
+    ``style`` None: the older ``("step", "layers.0.weight.dim0", ...)`` (:func:`dim_names`).
+    """
+    if style is None:
+        return {n: dim_names(n, k, leading=leading) for n, k in ndims.items()}
+    if style != DIMS_IDENTIFIER:
+        raise ValueError(f"unknown dims style {style!r}")
+    reserved = {*ndims, *taken, STEP, NONFINITE} | ({leading} if leading else set())
+    used: set[str] = set()
+    out = {}
+    for name in sorted(ndims, key=lambda n: (identifier(n) != n, n)):
+        base = identifier(name)
+        prefix, i = base, 2
+        while prefix in used or any(f"{prefix}_dim{d}" in reserved for d in range(ndims[name])):
+            prefix, i = f"{base}_{i}", i + 1
+        used.add(prefix)
+        dims = tuple(f"{prefix}_dim{d}" for d in range(ndims[name]))
+        out[name] = ((leading,) + dims) if leading else dims
+    return {n: out[n] for n in ndims}
 
 
 def check_metric_name(name: Any, params: dict) -> str:
