@@ -137,6 +137,9 @@ def check_meta(meta: Any, where: str) -> dict:
     if resume is not None:
         if not isinstance(resume, dict) or not _is_int(resume.get("step")):
             raise _bad_meta(where, "commit.resume is not a resume record")
+        nbytes = resume.get("nbytes", 0)
+        if not _is_int(nbytes) or nbytes < 0:
+            raise _bad_meta(where, f"commit.resume.nbytes {nbytes!r} is not a byte count")
         check_stored_key(resume.get("key"), "resume", where)
     params = meta.get("params")
     if not isinstance(params, dict):
