@@ -76,12 +76,17 @@ def test_a_recording_into_an_unfinished_store_says_so_and_proceeds(tmp_path):
     assert gs.open_run(path).steps.tolist() == [5]
 
 
-def test_a_import_with_overwrite_clears_an_unfinished_store(tmp_path):
-    sds = trajectory(small_model(), 2)
+def _two_checkpoints(tmp_path):
+    """A folder of two checkpoint files, steps 0 and 10."""
     ck = tmp_path / "ck"
     ck.mkdir()
-    for sd, step in zip(sds, [0, 10]):
+    for sd, step in zip(trajectory(small_model(), 2), [0, 10], strict=True):
         torch.save({"model": sd, "epoch": step}, ck / f"epoch_{step}.pt")
+    return ck
+
+
+def test_a_import_with_overwrite_clears_an_unfinished_store(tmp_path):
+    ck = _two_checkpoints(tmp_path)
     out = tmp_path / "run.zarr"
     out.mkdir()
     (out / f".zarr.json.0123456789ab{_io.TMP_SUFFIX}").write_bytes(b'{"zarr_fo')
@@ -136,11 +141,7 @@ def test_b_refused_targets_leave_no_lock_file(tmp_path):
 
 
 def test_b_refused_import_leaves_no_lock_file(tmp_path):
-    sds = trajectory(small_model(), 2)
-    ck = tmp_path / "ck"
-    ck.mkdir()
-    for sd, step in zip(sds, [0, 10]):
-        torch.save({"model": sd, "epoch": step}, ck / f"epoch_{step}.pt")
+    ck = _two_checkpoints(tmp_path)
     folder = tmp_path / "precious"
     folder.mkdir()
     (folder / "thesis.tex").write_text("years of work")
