@@ -527,7 +527,9 @@ def _attrs_digest(ds: xr.Dataset) -> str:
     after JSON-encoding of attributes)."""
     attrs = {k: v for k, v in decoded_attrs(ds.attrs).items() if k not in (COMPLETE_ATTR, ATTRS_HASH)}
     doc = {"attrs": jsonable(attrs),
-           "variables": {str(k): jsonable(decoded_attrs(v.attrs)) for k, v in ds.variables.items()}}
+           "variables": {str(k): jsonable(decoded_attrs(v.attrs)) for k, v in ds.variables.items()},
+           # the dimension names too: zarr keeps them in metadata, which it does not checksum
+           "dims": {str(k): [str(d) for d in v.dims] for k, v in ds.variables.items()}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 

@@ -130,3 +130,30 @@ def test_a_last_step_that_disagrees_with_the_step_array_stops_a_writer(tmp_path)
     with pytest.raises(CorruptStoreError, match="last committed step is 40"):
         _append(path)
     assert list(open_run(path).steps) == [0, 1]
+
+
+def test_an_array_the_metadata_lost_is_never_overwritten(tmp_path):
+    path = _store(tmp_path)
+    before = (path / "train_loss" / "c" / "0").read_bytes()
+    _edit_meta(path, lambda m: m.update(metrics=[]))
+    model = TinyNet()
+    with pytest.raises(CorruptStoreError, match="metadata does not list it"):
+        with Recorder(path, model, tiny_data()) as rec:
+            fill_step(model, 5)
+            rec.record(5, metrics={"train_loss": 2.0})
+    assert (path / "train_loss" / "c" / "0").read_bytes() == before
+
+
+def test_a_missing_config_or_a_zero_chunk_is_damage(tmp_path):
+    path = _store(tmp_path)
+    _edit_meta(path, lambda m: m.pop("config"))
+    with pytest.raises(CorruptStoreError, match="'config' is missing"):
+        open_run(path)
+    path2 = _store(tmp_path / "b")
+    doc = json.loads((path2 / "fc1.bias" / "zarr.json").read_text())
+    doc["chunk_grid"]["configuration"]["chunk_shape"][0] = 0
+    (path2 / "fc1.bias" / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(CorruptStoreError, match="chunk shape"):
+        open_run(path2)
+    with pytest.raises(CorruptStoreError, match="chunk shape"):
+        _append(path2)

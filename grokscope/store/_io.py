@@ -417,7 +417,11 @@ def store_nbytes(store: Store) -> int:
 def open_zarr_array(store: Store, path: str, *, what: str) -> zarr.Array:
     """Open the array at ``path`` read/write as the store allows, errors named."""
     try:
-        return zarr.open_array(store=store, path=path, zarr_format=3, mode="r" if store.read_only else "r+")
+        arr = zarr.open_array(store=store, path=path, zarr_format=3, mode="r" if store.read_only else "r+")
+        chunks = tuple(int(c) for c in arr.chunks)
+        if len(chunks) != arr.ndim or any(c < 1 for c in chunks):
+            raise ValueError(f"chunk shape {chunks} of an array of shape {arr.shape}")
+        return arr
     except (FileNotFoundError, KeyError) as exc:
         raise CorruptStoreError(
             f"{what} {path!r} is listed in the store's metadata but its array is missing from "

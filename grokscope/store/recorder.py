@@ -592,6 +592,8 @@ class Recorder:
 
     def _add_scalar(self, name: str, dtype: np.dtype, row: int = 0) -> _Scalar:
         """A new scalar array whose first row is ``row`` (earlier rows: the fill value)."""
+        if _io.exists(self._store, f"{name}/zarr.json"):
+            self._check_orphan(name, row)
         arr = self._new_array(name, (self._capacity,), (schema.SCALAR_CHUNK,), dtype,
                               (schema.STEP,), compress=False)
         sc = _Scalar(name, arr)
@@ -686,6 +688,28 @@ class Recorder:
             sc.load(store, self._count)
         self._check_last_step()
         self._collect_static_nodes()
+
+    def _check_orphan(self, name: str, row: int) -> None:
+        """An array ``name`` the metadata does not list may be what a writer killed before it
+        committed its first value left (fill only before ``row``: replaced); one holding values
+        at committed rows means the metadata lost it (CorruptStoreError, never overwritten)."""
+        try:
+            arr = zarr.open_array(store=self._store, path=name, zarr_format=3, mode="r")
+            held = np.asarray(arr[: min(row, arr.shape[0])]) if arr.ndim == 1 else None
+        except (ValueError, TypeError, KeyError, OSError, RuntimeError) as exc:
+            held = exc
+        if isinstance(held, np.ndarray) and not (
+                np.isnan(held).all() if held.dtype.kind == "f" else not held.any()):
+            raise CorruptStoreError(
+                f"{self._where} holds an array {name!r} with values at committed rows, but its "
+                "metadata does not list it: the metadata is damaged. Restore the store from a "
+                "copy; grokscope will not overwrite that array"
+            )
+        if not isinstance(held, np.ndarray):
+            raise CorruptStoreError(
+                f"{self._where} holds an unreadable array {name!r} its metadata does not list "
+                f"({held!r}); restore the store from a copy or remove that folder"
+            )
 
     def _check_last_step(self) -> None:
         """The metadata's ``last_step`` is the step array's last committed entry (appending

@@ -159,8 +159,8 @@ def check_meta(meta: Any, where: str) -> dict:
             raise _bad_meta(where, f"metric name {name!r} is not a one-segment array name")
     if len(set(metrics)) != len(metrics):
         raise _bad_meta(where, f"metric names repeat: {metrics}")
-    if not isinstance(meta.get("config", {}), dict):
-        raise _bad_meta(where, "'config' is not an object")
+    if not isinstance(meta.get("config"), dict):
+        raise _bad_meta(where, "'config' is missing or not an object")
     if meta.get(DIMS_KEY, DIMS_IDENTIFIER) != DIMS_IDENTIFIER:
         raise _bad_meta(where, f"{DIMS_KEY!r} is {meta.get(DIMS_KEY)!r}, not {DIMS_IDENTIFIER!r}")
     return meta
