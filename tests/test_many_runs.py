@@ -77,3 +77,23 @@ def test_plot_runs_errors_name_the_problem(folder):
         plot_runs(ds, "nope")
     with pytest.raises(PlotDataError, match="open_runs"):
         plot_runs(ds.isel(run=0), "test_acc")
+
+
+def test_plot_curves_twice_on_one_axes_keeps_one_twin_and_both_legends(folder):
+    from grokscope.plot import plot_curves
+
+    a, b = gs.open_run(folder / "a"), gs.open_run(folder / "b")
+    ds_a = a.metrics.assign(train_loss=("step", np.linspace(2, 0.1, len(a.steps))))
+    ds_b = b.metrics.assign(train_loss=("step", np.linspace(3, 0.5, len(b.steps))))
+    ax = plot_curves(ds_a, label="wd=1", title="")
+    twin = ax.grokscope_twin
+    plot_curves(ds_b, ax=ax, label="wd=0", colors=("#000000", "#777777"))
+    assert ax.grokscope_twin is twin
+    assert len(ax.figure.axes) == 2  # the axes and one twin, not two
+    leg = twin.get_legend()  # drawn above every line: on the twin
+    labels = [t.get_text() for t in leg.get_texts()]
+    assert {"wd=1: train acc", "wd=1: test acc", "wd=0: train acc", "wd=0: test acc",
+            "wd=1: train loss", "wd=0: train loss"} <= set(labels)
+    assert ax.get_title() == ""
+    colours = {ln.get_label(): ln.get_color() for ln in ax.get_lines()}
+    assert colours["wd=0: train acc"] == "#000000" and colours["wd=1: train acc"] != "#000000"

@@ -105,6 +105,8 @@ def plot_curves(
     threshold: float = 0.9,
     loss: bool = True,
     title: str | None = None,
+    label: str | None = None,
+    colors: tuple[str, str] | None = None,
 ) -> Axes:
     """Train/test accuracy vs step, the grokking gap shaded; loss on a twin axis.
 
@@ -119,6 +121,12 @@ def plot_curves(
     loss : bool
         Draw the losses (log scale) on a twin y axis when present.
     title : str, optional
+        ``""`` draws no title.
+    label : str, optional
+        Prefixes every legend entry (``"wd=1: train acc"``), to draw several runs on one axes.
+    colors : (train colour, test colour), optional
+        Default: the palette's train/test colours. A second call on the same ``ax`` reuses its
+        loss twin axis (never a second one).
 
     Returns
     -------
@@ -137,23 +145,27 @@ def plot_curves(
             f"the dataset has {sorted(map(str, ds.data_vars))}"
         )
     ax = new_axes(ax)
+    if title is None and getattr(ax, "grokscope_twin", None) is not None:
+        title = ax.get_title()  # a second run on the same axes keeps the first one's title
+    train_c, test_c = colors if colors is not None else (TRAIN_COLOR, TEST_COLOR)
+    pre = f"{label}: " if label else ""
     scale = set_step_axis(ax, steps)
     loss_units = "loss (MSE)" if ds.attrs.get("loss") == "mse" else "loss (nats)"
     handles = []
     if any_finite(tr, te):
-        handles += ax.plot(steps, tr, color=TRAIN_COLOR, marker=".", markersize=4, label="train acc")
-        handles += ax.plot(steps, te, color=TEST_COLOR, marker=".", markersize=4, label="test acc")
+        handles += ax.plot(steps, tr, color=train_c, marker=".", markersize=4, label=f"{pre}train acc")
+        handles += ax.plot(steps, te, color=test_c, marker=".", markersize=4, label=f"{pre}test acc")
         ax.axhline(threshold, color="#555555", linewidth=0.8, linestyle="--", alpha=0.6)
         ax.set_ylim(-0.02, 1.04)
         _shade_gap(ax, steps, tr, te, threshold, scale)
         default = "Accuracy and loss vs step" if loss and loss_names else "Accuracy vs step"
-        finish(ax, title or default, "accuracy")
+        finish(ax, default if title is None else title, "accuracy")
         if loss and loss_names:
-            twin = ax.twinx()
-            for name, c in zip(loss_names, (TRAIN_COLOR, TEST_COLOR), strict=False):
+            twin = getattr(ax, "grokscope_twin", None) or ax.twinx()
+            for name, c in zip(loss_names, (train_c, test_c), strict=False):
                 v = values(ds[name])
                 handles += twin.plot(steps, v, color=c, linestyle="--", linewidth=1.0, alpha=0.8,
-                                     label=name.replace("_", " "))
+                                     label=pre + name.replace("_", " "))
             if any_finite(*(values(ds[n]) for n in loss_names)) and np.nanmin(
                 np.concatenate([values(ds[n]) for n in loss_names])
             ) > 0:
@@ -161,14 +173,17 @@ def plot_curves(
             twin.set_ylabel(f"{loss_units}, dashed")
             ax.grokscope_twin = twin  # type: ignore[attr-defined]
     else:
-        for name, c in zip(loss_names, (TRAIN_COLOR, TEST_COLOR), strict=False):
+        for name, c in zip(loss_names, (train_c, test_c), strict=False):
             handles += ax.plot(steps, values(ds[name]), color=c, marker=".", markersize=4,
-                               label=name.replace("_", " "))
+                               label=pre + name.replace("_", " "))
         if np.nanmin(np.concatenate([values(ds[n]) for n in loss_names])) > 0:
             ax.set_yscale("log")
-        finish(ax, title or "Loss vs step", loss_units)
-    marks = [h for h in ax.get_lines() if h.get_label().startswith("t_")]
-    legend(ax, handles + marks, loc="best")
+        finish(ax, "Loss vs step" if title is None else title, loss_units)
+    # every labelled line on the axes and its twin: a second run drawn on the same axes
+    # keeps the first one's entries
+    twin = getattr(ax, "grokscope_twin", None)
+    lines = list(ax.get_lines()) + (list(twin.get_lines()) if twin is not None else [])
+    legend(ax, [h for h in lines if not h.get_label().startswith("_")], loc="best")
     return ax
 
 
