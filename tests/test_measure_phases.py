@@ -106,6 +106,20 @@ def test_changepoint_of_sigmoid_on_nonuniform_steps():
     assert math.isnan(changepoint(S, np.ones(S.size))[0])
 
 
+def test_a_flat_noisy_curve_has_no_changepoint():
+    """A test accuracy wobbling between 0 and 0.003 (a run that never generalises): its noise,
+    normalised by its own tiny range, used to give a change point at an early step."""
+    rng = np.random.default_rng(1)
+    flat = 0.0015 + 0.0015 * rng.uniform(-1, 1, S.size)
+    cp, rate = changepoint(S, flat)
+    assert math.isnan(cp) and rate == 0.0
+    # a loss near 5 nats moving by 0.2 (4%) is flat too; moving by 0.3 (6%) is not
+    assert math.isnan(changepoint(S, 5.0 - 0.2 * sigmoid(S, 7000, 100))[0])
+    assert abs(changepoint(S, 5.0 - 0.3 * sigmoid(S, 7000, 100))[0] - 7000) <= 100
+    # the threshold is a parameter: 0 restores the old rule
+    assert not math.isnan(changepoint(S, flat, min_range=0.0)[0])
+
+
 def test_changepoint_log_scale_ignores_dense_early_noise():
     rng = np.random.default_rng(0)
     v = sigmoid(S, 12000, 300) + np.where(S < 1000, 0.03 * rng.standard_normal(S.size), 0.0)

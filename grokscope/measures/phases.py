@@ -45,8 +45,10 @@ For a curve ``v`` at sorted steps ``s``: drop non-finite values; map steps to
 ``x = log(1 + s)`` (``scale="log"``, default) or ``x = s`` (``"linear"``); the normalised rate
 of each interval is ``|v[i+1] - v[i]| / (range(v) * (x[i+1] - x[i]))`` (``scale="jump"`` uses
 ``|v[i+1] - v[i]| / range(v)``, ignoring spacing). The change point is the midpoint (in ``x``)
-of the interval with the largest rate, and ``changepoint_rate`` that rate. A constant curve
-or one with fewer than 3 finite points has change point NaN and rate 0. The log scale keeps the
+of the interval with the largest rate, and ``changepoint_rate`` that rate. A flat curve (its
+range below ``min_range`` times ``max(1, max |v|)``, 5% by default: a test accuracy that
+wobbles between 0.000 and 0.003 has no change point, however its noise normalises) or one with
+fewer than 3 finite points has change point NaN and rate 0. The log scale keeps the
 densely sampled early steps (log-spaced schedule) from dominating.
 """
 
@@ -181,13 +183,16 @@ def phase_summary(
     return ds
 
 
-def changepoint(steps: Any, values: Any, *, scale: str = "log") -> tuple[float, float]:
+def changepoint(steps: Any, values: Any, *, scale: str = "log",
+                min_range: float = 0.05) -> tuple[float, float]:
     """The step where a curve moves fastest (see the module docstring).
 
     Parameters
     ----------
     steps, values : array, shape ``(n,)``
     scale : {"log", "linear", "jump"}
+    min_range : float
+        A curve whose range is below ``min_range * max(1, max |v|)`` is flat (no change point).
 
     Returns
     -------
@@ -204,7 +209,7 @@ def changepoint(steps: Any, values: Any, *, scale: str = "log") -> tuple[float, 
     if s.size < 3:
         return float("nan"), 0.0
     span = float(v.max() - v.min())
-    if span <= 0:
+    if span <= 0 or span < min_range * max(1.0, float(np.abs(v).max())):
         return float("nan"), 0.0
     if scale == "log":
         if s.min() <= -1:
@@ -360,6 +365,7 @@ def phases(
     semi_rise: float = 0.2,
     ungrok_margin: float = 0.1,
     changepoint_scale: str = "log",
+    changepoint_min_range: float = 0.05,
 ) -> xr.Dataset:
     """Phase label, ``t_train``/``t_test`` and change points of every stored curve.
 
@@ -375,6 +381,8 @@ def phases(
         See :func:`phase_summary`.
     changepoint_scale : {"log", "linear", "jump"}
         See :func:`changepoint`.
+    changepoint_min_range : float
+        A curve moving less than this share of ``max(1, max |v|)`` has no change point.
 
     Returns
     -------
@@ -416,7 +424,8 @@ def phases(
         getattr(run, "results", None) or {}, getattr(run, "metrics", None), skip=("phases",)
     )
     names = sorted(curves)
-    cps = [changepoint(*curves[n], scale=changepoint_scale) for n in names]
+    cps = [changepoint(*curves[n], scale=changepoint_scale, min_range=changepoint_min_range)
+           for n in names]
     ds["changepoint"] = (("curve",), np.array([c[0] for c in cps], dtype=np.float64))
     ds["changepoint_rate"] = (("curve",), np.array([c[1] for c in cps], dtype=np.float64))
     ds = ds.assign_coords(curve=np.array(names, dtype=str))
