@@ -256,3 +256,13 @@ def test_stored_run_with_losses_only(tmp_path):
     assert str(ds["label"].values) == "unavailable"
     assert "accuracy is unavailable" in ds.attrs["accuracy_unavailable"]
     assert "metrics/val_loss" in list(ds["curve"].values)
+
+
+def test_phases_applies_to_classification_only():
+    from types import SimpleNamespace
+
+    from grokscope.measures.phases import _applies
+
+    assert "regression task" in _applies(None, SimpleNamespace(is_classification=False))
+    assert _applies(None, SimpleNamespace(is_classification=True)) is None
+    assert _applies(None, None) is None  # no split stored: the labels come from the metrics
