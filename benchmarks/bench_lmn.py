@@ -15,8 +15,10 @@ floor`` bounds the speed-up any batching can reach against this loop. The profil
 batched path (N = 300, one thread): ~60% of its time in ``g``'s Linear/SiLU kernels (near the
 machine's single-thread float32 matmul rate), ~30% in the float64 ``r^2`` per output, the rest
 building the points. For ``cut="pre"`` a point costs two Linear maps (100x100 and 100x31), so
-the per-pair loop spends most of its own time computing too, and the bound sits near 10x: the
-issue's 20x is reachable only where ``g`` is cheap per point (``cut="post"``, one 100x31 map).
+the per-pair loop spends most of its own time computing too, and the bound was measured at
+6-18x (N = 500 idle / N = 120 loaded): the issue's 20x is out of reach for this ``g``. For
+``cut="post"`` the measure maps segments through the next Linear once per sample, so it does
+less work than that row (which evaluates ``g`` from the post-activation) and can beat it.
 """
 
 from __future__ import annotations
