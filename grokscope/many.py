@@ -57,6 +57,20 @@ def _scalar_vars(ds: xr.Dataset, prefix: str) -> dict[str, xr.DataArray]:
     return out
 
 
+def _config_values(runs: Sequence[Any], name: str) -> list[Any]:
+    """Hyperparameter ``name`` of each run (:func:`grokscope.sweep.config_value`), None where
+    a run's config lacks it."""
+    from .sweep import config_value
+
+    out = []
+    for r in runs:
+        try:
+            out.append(config_value(r.config or {}, name))
+        except KeyError:
+            out.append(None)
+    return out
+
+
 def open_runs(
     runs: Any,
     *,
@@ -108,37 +122,16 @@ def open_runs(
 
     configs = [_flat_config(r.config or {}) for r in opened]
     if hyperparameters is None:
-        grid = list((manifest or {}).get("grid") or {})
-        if grid:
-            from .sweep import config_value
-
-            names = [g for g in grid if g not in ("seed", "train.seed")]
-            columns = {}
-            for g in names:
-                vals = []
-                for r in opened:
-                    try:
-                        vals.append(config_value(r.config or {}, g.split(".", 1)[-1]
-                                                 if g.startswith("train.") else g))
-                    except KeyError:
-                        vals.append(None)
-                columns[g] = vals
-        else:
+        grid = [g for g in (manifest or {}).get("grid") or {} if g not in ("seed", "train.seed")]
+        if not grid:  # no sweep manifest: every config value that differs between the runs
             keys = sorted(set().union(*configs))
-            columns = {k: [c.get(k) for c in configs] for k in keys
-                       if len({repr(c.get(k)) for c in configs}) > 1 and k != "seed"}
+            grid = [k for k in keys
+                    if k != "seed" and len({repr(c.get(k)) for c in configs}) > 1]
+            columns = {k: [c.get(k) for c in configs] for k in grid}
+        else:
+            columns = {g: _config_values(opened, g) for g in grid}
     else:
-        from .sweep import config_value
-
-        columns = {}
-        for h in hyperparameters:
-            vals = []
-            for r in opened:
-                try:
-                    vals.append(config_value(r.config or {}, h))
-                except KeyError:
-                    vals.append(None)
-            columns[h] = vals
+        columns = {h: _config_values(opened, h) for h in hyperparameters}
     names = [os.path.basename(os.fspath(r.path).rstrip("/")) or str(i) for i, r in enumerate(opened)]
     if len(set(names)) < len(names):
         names = [f"{i}:{n}" for i, n in enumerate(names)]
@@ -150,7 +143,6 @@ def open_runs(
     for name, vals in columns.items():
         short = _short(name, taken)
         taken.add(short)
-        arr = np.asarray(vals, dtype=object)
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
             arr = np.asarray(vals, dtype=float)
         else:
