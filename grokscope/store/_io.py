@@ -289,15 +289,6 @@ def read_into(store: Store, key: str, out: memoryview, tail: memoryview | None =
     return len(raw)
 
 
-def links_leaving(store: Store) -> list[tuple[str, str]]:
-    """Symbolic links inside a local store whose targets resolve outside it, as
-    ``(link, target)`` (none for other stores). A writer refuses such a store: writing or
-    deleting through the link would touch files outside the store."""
-    if not isinstance(store, LocalStore):
-        return []
-    return _links_leaving(Path(store.root), Path(store.root))
-
-
 def _links_leaving(root: Path, top: Path) -> list[tuple[str, str]]:
     """Links at or under ``top`` whose targets resolve outside ``root``."""
     real = root.resolve()
@@ -318,15 +309,16 @@ def _links_leaving(root: Path, top: Path) -> list[tuple[str, str]]:
 
 
 def check_links_inside(store: Store | Path, under: str = "") -> None:
-    """CorruptStoreError when the store (a zarr store or a local folder), or its part
-    ``under``, holds a link pointing outside the store."""
+    """CorruptStoreError when a local store (a zarr store or its folder), or its part
+    ``under``, holds a link whose target resolves outside the store: writing or deleting
+    through it would touch files outside. Other stores hold no links."""
     if isinstance(store, Path):
-        bad, label = _links_leaving(store, store / under if under else store), str(store)
+        root, label = store, str(store)
+    elif isinstance(store, LocalStore):
+        root, label = Path(store.root), store_label(store)
     else:
-        if not isinstance(store, LocalStore):
-            return
-        root = Path(store.root)
-        bad, label = _links_leaving(root, root / under if under else root), store_label(store)
+        return
+    bad = _links_leaving(root, root / under if under else root)
     if bad:
         shown = ", ".join(f"{a} -> {b}" for a, b in bad[:3])
         raise CorruptStoreError(
