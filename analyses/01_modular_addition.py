@@ -44,7 +44,7 @@ import grokscope as gs
 from grokscope.defaults import DEMO
 from grokscope.plot import plot_curves, plot_fourier, plot_fourier_losses, save_figure
 
-#: Nanda et al. (2023), seed-0 p = 113 transformer (METHODS.md sections 1 and 6)
+#: Nanda et al. (2023), seed-0 p = 113 transformer (docs/methods.md sections 1 and 6)
 PAPER = {
     "p": 113,
     "t_train_epochs": 200,
@@ -282,7 +282,7 @@ def write_readme(out: Path, summaries: dict[str, dict], configs: dict[str, dict]
             lambda s, n: _fmt(s["t_train"])),
         row("t_test (test acc >= 0.9)", f"~{PAPER['t_test_epochs']:,} epochs",
             lambda s, n: _fmt(s["t_test"])),
-        row("phase label (METHODS.md s.1)", "grokking", lambda s, n: f"**{s['label']}**"),
+        row("phase label (docs/methods.md s.1)", "grokking", lambda s, n: f"**{s['label']}**"),
         row("final train / test acc", "1.0 / 1.0",
             lambda s, n: f"{s['final_train_acc']:.3f} / {s['final_test_acc']:.3f}"),
         row("steps trained", "40k epochs (full batch)", lambda s, n: f"{s['last_step']:,}"),
@@ -338,7 +338,7 @@ def write_readme(out: Path, summaries: dict[str, dict], configs: dict[str, dict]
 Reproduces at CPU size (script: `analyses/01_modular_addition.py`):
 Power et al. (2022) -- the same network groks with weight decay and only memorises without
 it -- and Nanda et al. (2023) -- a few key frequencies carry the generalising circuit, the
-restricted loss falls before the test loss and the excluded loss rises (METHODS.md s.1, s.6).
+restricted loss falls before the test loss and the excluded loss rises (docs/methods.md s.1, s.6).
 
 **Verdict: {word}** at our size.
 

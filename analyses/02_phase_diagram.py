@@ -200,7 +200,7 @@ def write_readme(out: Path, ds: Any, cells: list[dict], cfg: dict, figs: list[st
     text = f"""# Phase diagram: weight decay x training fraction
 {quick_note}
 Reproduces, coarsely and on CPU, the phase diagram of Liu et al. (2022, "Towards
-understanding grokking: an effective theory of representation learning"; METHODS.md s.1, s.8)
+understanding grokking: an effective theory of representation learning"; docs/methods.md s.1, s.8)
 with `gs.sweep` + `gs.phase_diagram` + `grokscope.plot.plot_phase_diagram`
 (script: `analyses/02_phase_diagram.py`).
 
@@ -218,7 +218,7 @@ step {ds.attrs['step_budget']:,} are labelled memorisation even if they would gr
 |---|---|
 {paper}
 
-Ours (labels from METHODS.md s.1: threshold {ds.attrs['threshold']:g}, comprehension if
+Ours (labels from docs/methods.md s.1: threshold {ds.attrs['threshold']:g}, comprehension if
 t_test - t_train < {ds.attrs['comprehension_gap']:g} steps; t_* are the first *recorded*
 step, resolution 50 steps after step 100):
 

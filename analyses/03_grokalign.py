@@ -396,7 +396,7 @@ Jacobian that ignores the direction of `x` is 1/64 = {jrand:.3f} in expectation.
 ```
 
 `jacobian_reg` = λ per run. The regulariser is grokscope's `jacobian_norm_penalty` (one random
-unit projection per sample, METHODS.md section 3). Per-run numbers: `summary.json`.
+unit projection per sample, docs/methods.md section 3). Per-run numbers: `summary.json`.
 
 Wall time of the whole script: {wall_s:.0f} s on the shared 2-core CPU machine.
 Reproduce: `python analyses/03_grokalign.py` (`--quick` for the smoke version).

@@ -1,7 +1,7 @@
 """The linear mapping number falls during generalisation and tracks test loss (Liu, Zhong,
 Tegmark 2023, "Grokking as compression: a nonlinear complexity perspective").
 
-The linear mapping number (LMN, METHODS.md section 4) measures how non-linear a network's
+The linear mapping number (LMN, docs/methods.md section 4) measures how non-linear a network's
 map is over pairs of samples: ``2^S`` with ``S`` the entropy of the eigenvalues of the
 pairwise-linearity matrix ``L``. Liu et al. report that on modular addition, while a
 network generalises after memorising, its LMN falls, and that LMN is roughly linear in the
@@ -44,7 +44,7 @@ import grokscope as gs
 from grokscope.plot import plot_curves, plot_lmn, save_figure
 
 DPI = 120
-#: the paper's set-up (METHODS.md section 4)
+#: the paper's set-up (docs/methods.md section 4)
 PAPER = {
     "model": "SiLU MLP, embeddings 32, hidden 100",
     "optimizer": "AdamW lr 1e-3, wd 0.2",
@@ -184,7 +184,7 @@ def write_readme(out: Path, cfg: dict, summary: dict, figs: list[str], wall_s: f
     text = f"""# Linear mapping number during grokking
 {quick_note}
 Reproduces Liu, Zhong & Tegmark (2023, "Grokking as compression"): the linear mapping
-number (LMN, METHODS.md s.4) falls while a network generalises after memorising, and is
+number (LMN, docs/methods.md s.4) falls while a network generalises after memorising, and is
 roughly linear in the test loss over that phase (script: `analyses/04_lmn.py`).
 
 **Verdict: {word}.** In the generalising phase (steps {int(summary['window'][0]):,} to

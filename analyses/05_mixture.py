@@ -343,7 +343,7 @@ Caveats:
   `t_train` (neurons concentrating their weights on one frequency) before it splits into
   separate modes. While it drifts as one Gaussian, the droplet fraction is 0 until the single
   component's mean passes 3 null stds, then 1 (every component has left the init
-  distribution by METHODS.md's rule, though only part of the neurons individually have): the
+  distribution by the rule of docs/methods.md, though only part of the neurons individually have): the
   rule is a cliff for a drifting bulk. The model-free share of neurons beyond 3 null stds
   (last column) rises smoothly and is the better read of "how many neurons left".
 {flip}{nucleation}

@@ -53,7 +53,7 @@ import grokscope as gs
 from grokscope.measures.nfa import matrix_power_psd
 from grokscope.plot import plot_nfa, save_figure
 
-#: Mallinar et al. (2024), width-1024 quadratic net, p = 61, 50% train (METHODS.md section 5)
+#: Mallinar et al. (2024), width-1024 quadratic net, p = 61, 50% train (docs/methods.md section 5)
 PAPER = {"+": 0.955, "/": 0.929}
 OP_NAMES = {"+": "addition", "/": "division"}
 DPI = 120
@@ -366,7 +366,7 @@ division, p = 61) and both become block-circulant.
 |---|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
-The NFA authors' variants (`nfa` measure; METHODS.md section 5):
+The NFA authors' variants (`nfa` measure; docs/methods.md section 5):
 
 | op | cosine(NFM, AGOP^1/2) init → final | Pearson((W1−W0)ᵀ(W1−W0), AGOP^1/2) first recorded step after init → final | cosine((W1−W0)ᵀ(W1−W0), AGOP) final (Radhakrishnan et al.'s default) | Pearson(NFM, centred AGOP^1/2) final |
 |---|---|---|---|---|
