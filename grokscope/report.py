@@ -228,6 +228,11 @@ def report_summary(
 
 
 # ----------------------------------------------------------------------------- figures
+#: figures of two quantities on different scales: two panels read better than a twin axis
+_PANELS = frozenset({"plot_curves", "plot_norms", "plot_alignment", "plot_kernel",
+                     "plot_mixture_k"})
+
+
 def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
                  ) -> list[tuple[str, str, Callable[[], Any]]]:
     """``(name, caption, draw)`` for every figure the stored data supports."""
@@ -235,9 +240,18 @@ def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
     from .plot._style import PlotDataError
     from .plot.curves import curves_dataset
 
+    import inspect
+
     plan: list[tuple[str, str, Callable[[], Any]]] = []
+    ms = _milestones(run, results, threshold)
+    marks = {k: ms[k] for k in ("t_train", "t_test")}
 
     def add(name: str, caption: str, fn: Callable[..., Any], ds: Any, **kw: Any) -> None:
+        accepts = inspect.signature(fn).parameters
+        if "marks" in accepts:  # every per-step figure marks the run's t_train and t_test
+            kw.setdefault("marks", marks)
+        if "panels" in accepts and fn.__name__ in _PANELS:
+            kw.setdefault("panels", True)
         plan.append((name, caption, lambda: fn(ds, None, **kw)))
 
     try:
@@ -282,7 +296,8 @@ def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
                     if da.dims == ("step",) and da.dtype.kind == "f"][:6]
             if scal:
                 add(measure, f"Scalar values of the '{measure}' result.",
-                    lambda d, ax, scal=scal: gp.plot_scalars(d, scal, ax), ds)
+                    lambda d, ax, scal=scal, **kw: gp.plot_scalars(d, scal, ax, **kw), ds,
+                    marks=marks)
             continue
         for fn in fns:
             name = fn.__name__.removeprefix("plot_")
