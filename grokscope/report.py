@@ -236,11 +236,11 @@ _PANELS = frozenset({"plot_curves", "plot_norms", "plot_alignment", "plot_kernel
 def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
                  ) -> list[tuple[str, str, Callable[[], Any]]]:
     """``(name, caption, draw)`` for every figure the stored data supports."""
+    import inspect
+
     from . import plot as gp
     from .plot._style import PlotDataError
     from .plot.curves import curves_dataset
-
-    import inspect
 
     plan: list[tuple[str, str, Callable[[], Any]]] = []
     ms = _milestones(run, results, threshold)
@@ -260,8 +260,8 @@ def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
         cds = None
     if cds is not None:
         src = "recorded metrics" if cds is run.metrics else "the 'curves' measure"
-        add("curves", f"Accuracy (and loss) vs step from the {src}; the grokking gap "
-            f"t_train → t_test (accuracy ≥ {threshold:g}) is shaded.", gp.plot_curves, cds,
+        add("curves", f"Accuracy (top) and loss (bottom) vs step from the {src}; the grokking "
+            f"gap t_train → t_test (accuracy ≥ {threshold:g}) is shaded.", gp.plot_curves, cds,
             threshold=threshold)
     captions = {
         "plot_norms": "Total parameter L2 norm and relative distance from the first checkpoint.",
@@ -422,7 +422,10 @@ def _html(summary: dict[str, Any], figures: list[_Figure], skipped: dict[str, st
     if not_applicable:
         parts.append("<p class=\"muted\">Measures that do not apply to this run: "
                      + "; ".join(f"{e(k)} ({e(v)})" for k, v in not_applicable.items()) + "</p>")
-    parts.append("<h2>Figures</h2>")
+    parts += ["<h2>Figures</h2>",
+              '<p class="muted">On every figure against step, the dotted vertical lines mark '
+              "t_train (blue) and t_test (vermillion) of the summary above; figures of two "
+              "quantities show them in two panels sharing the step axis.</p>"]
     for fig in figures:
         b64 = base64.b64encode(fig.png).decode("ascii")
         links = " · ".join(f'<a href="{e(f)}">{e(f.rsplit(".", 1)[-1].upper())}</a>'
