@@ -311,3 +311,15 @@ def test_save_paper_ready_pdf_without_title(tmp_path):
     assert names == ["curves.pdf"]
     assert (tmp_path / "curves.pdf").read_bytes()[:5] == b"%PDF-"
     assert LOG_STEPS[-1] == 10000  # the factories' steps span decades (symlog axis)
+
+
+def test_lmn_vs_loss_rings_the_milestone_points_only_inside_the_steps_shown():
+    lmn = lmn_result()
+    ax = gp.plot_lmn(lmn, test_loss=metrics_ds(), marks=MARKS)
+    rings = {c.get_label(): c.get_offsets()[0] for c in ax.collections[1:]}
+    loss = metrics_ds()["test_loss"]
+    np.testing.assert_allclose(rings["t_test = 2,000"],
+                               [float(loss.sel(step=2000)), float(lmn.lmn.sel(step=2000))])
+    # a window starting after t_train: only t_test is ringed
+    ax = gp.plot_lmn(lmn.sel(step=slice(100, None)), test_loss=metrics_ds(), marks=MARKS)
+    assert [c.get_label() for c in ax.collections[1:]] == ["t_test = 2,000"]

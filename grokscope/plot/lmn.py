@@ -91,8 +91,9 @@ def plot_lmn(
         None: the default title; ``""``: none.
     marks : optional
         LMN vs step: ``t_train``/``t_test`` marks (see
-        :func:`grokscope.plot._style.milestone_marks`). LMN vs test loss: the points at those
-        steps are ringed in the train/test colours.
+        :func:`grokscope.plot._style.milestone_marks`). LMN vs test loss: the first point at
+        or after each milestone is ringed in the train/test colours (a milestone before the
+        first plotted step is not drawn).
 
     Returns
     -------
@@ -126,7 +127,7 @@ def plot_lmn(
                      edgecolors="black", linewidths=0.3, zorder=3, clip_on=False)
     for key, t in milestone_marks(marks, ds).items():
         at = np.flatnonzero(ok & (steps >= t))
-        if at.size:  # the first LMN step at or after the milestone
+        if at.size and t >= steps[ok].min():  # the first LMN step at or after the milestone
             i = at[0]
             ax.scatter([loss[i]], [lmn[i]], s=110, facecolors="none", linewidths=1.6, zorder=4,
                        edgecolors=TRAIN_COLOR if key == "t_train" else TEST_COLOR,
