@@ -68,7 +68,7 @@ def test_notebook_runs_and_does_what_it_says(tmp_path, monkeypatch):
     stored = set(ns["gs"].open_run("runs/notebook.zarr").results)
     assert {"curves", "phases", "nfa", "alignment", "kernel"} <= stored
     assert res["nfa"].sizes["step"] == len(run.steps)
-    assert list(res["nfa"]["layer"].values)[:1] == ["W_in"]
+    assert list(res["nfa"]["layer"].values) == ["mlp.W_in"]
     assert np.isfinite(res["nfa"].nfa_corr_sqrt.values).all()
     # the figures: saved, no title, marks at the run's t_train / t_test
     for name in ("curves", "nfa_alignment"):

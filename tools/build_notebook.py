@@ -37,26 +37,37 @@ print(data.x_train.shape, data.x_test.shape)"""),
     ("markdown", """\
 ## The model: raw parameters and `einsum`
 
-A one-hidden-layer ReLU network. grokscope never asks for attribute names: when the run is
-recorded it detects the *anatomy* (this module computes `W_out relu(W_in x + b_in) + b_out`,
-so `W_in`/`W_out` are its linear maps and the ReLU output its neurons) by checking each
-guess against a forward pass. The initialisation is `nn.Linear`'s."""),
+A one-hidden-layer ReLU block with raw weight parameters, inside a model. grokscope never asks
+for attribute names: when the run is recorded it detects the *anatomy* — the block computes
+`W_out relu(W_in x + b_in) + b_out`, so `mlp.W_in` / `mlp.W_out` are its linear maps and the
+ReLU output its neurons — by checking each guess against a forward pass. The initialisation
+is `nn.Linear`'s."""),
     ("code", """\
-class MLP(nn.Module):
+def uniform(*shape, fan_in):
+    return nn.Parameter((torch.rand(*shape) * 2 - 1) / fan_in**0.5)
+
+
+class MLPBlock(nn.Module):
     def __init__(self, d_in: int, width: int, d_out: int):
         super().__init__()
-        u = lambda *shape, fan_in: (torch.rand(*shape) * 2 - 1) / fan_in**0.5
-        self.W_in = nn.Parameter(u(width, d_in, fan_in=d_in))     # (out, in), like nn.Linear
-        self.b_in = nn.Parameter(u(width, fan_in=d_in))
-        self.W_out = nn.Parameter(u(d_out, width, fan_in=width))
-        self.b_out = nn.Parameter(u(d_out, fan_in=width))
+        self.W_in, self.b_in = uniform(width, d_in, fan_in=d_in), uniform(width, fan_in=d_in)
+        self.W_out, self.b_out = uniform(d_out, width, fan_in=width), uniform(d_out, fan_in=width)
 
     def forward(self, x):
         h = torch.relu(torch.einsum("hi,bi->bh", self.W_in, x) + self.b_in)
         return torch.einsum("oh,bh->bo", self.W_out, h) + self.b_out
 
 
-model = MLP(2 * 59, 256, 59)
+class Net(nn.Module):
+    def __init__(self, p: int, width: int):
+        super().__init__()
+        self.mlp = MLPBlock(2 * p, width, p)
+
+    def forward(self, x):
+        return self.mlp(x)
+
+
+model = Net(59, 256)
 opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=1.0, betas=(0.9, 0.98))"""),
     ("markdown", """\
 ## Your training loop, recorded
@@ -109,7 +120,7 @@ ax = gs.plot.plot_curves(run, panels=True, title="")
 gs.plot.save_figure(ax.figure, "figures", "curves", formats=("pdf", "png"))"""),
     ("markdown", """\
 Several measures side by side, sharing the run's milestones: the neural feature ansatz
-(Pearson correlation of `W_in^T W_in` with the AGOP) and the centroid alignment with the
+(Pearson correlation of `W_in^T W_in` with the AGOP, for the detected map `mlp.W_in`) and the centroid alignment with the
 Jacobian norm in a panel below it."""),
     ("code", """\
 fig = Figure(figsize=(10, 4.2), layout="constrained")
