@@ -323,3 +323,22 @@ def test_lmn_vs_loss_rings_the_milestone_points_only_inside_the_steps_shown():
     # a window starting after t_train: only t_test is ringed
     ax = gp.plot_lmn(lmn.sel(step=slice(100, None)), test_loss=metrics_ds(), marks=MARKS)
     assert [c.get_label() for c in ax.collections[1:]] == ["t_test = 2,000"]
+
+
+def test_fourier_bars_label_few_keys_and_legend_only_what_is_drawn():
+    ds = fourier_result()
+    ax = gp.plot_fourier(ds)
+    assert [t.get_text() for t in ax.texts] == ["3"]  # the one key frequency, over its bar
+    wide = xr.Dataset({"freq_share": ("freq", np.full(20, 0.05)),
+                       "key_freqs": ("freq", np.ones(20, dtype=bool))},
+                      coords={"freq": np.arange(1, 21)})
+    ax = gp.plot_fourier(wide)
+    assert list(ax.texts) == []  # 20 labels would overlap; the axis names the frequencies
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["key (20)"]
+
+
+def test_rqi_axis_spans_the_fraction():
+    ds = rqi_result()
+    ds["rqi"] = ds["rqi"] * 0.0
+    lo, hi = gp.plot_rqi(ds).get_ylim()
+    assert lo < 0 and hi > 1

@@ -34,6 +34,8 @@ from ._style import (
 __all__ = ["plot_fourier", "plot_fourier_evolution", "plot_fourier_losses"]
 
 _KEY = color(1)
+#: key frequencies are written over their bars only up to this many
+_MAX_KEY_LABELS = 12
 _OTHER = "#9FB7CC"
 
 
@@ -77,13 +79,14 @@ def plot_fourier(
     ax = new_axes(ax)
     ax.bar(freqs, share, color=[_KEY if k else _OTHER for k in key], width=0.8,
            edgecolor="white", linewidth=0.4)
+    label_keys = int(key.sum()) <= _MAX_KEY_LABELS  # more would overlap (the axis names them)
     for f, s, k in zip(freqs, share, key, strict=True):
-        if k:
+        if k and label_keys:
             ax.annotate(str(int(f)), (f, s), textcoords="offset points", xytext=(0, 2),
                         ha="center", fontsize=8, color=_KEY)
     ax.set_xlabel(r"frequency $k$ (of $2\pi k/p$)")
-    legend(ax, [Patch(color=_KEY, label=f"key ({int(key.sum())})"),
-                Patch(color=_OTHER, label="other")])
+    kinds = [(_KEY, f"key ({int(key.sum())})", key.any()), (_OTHER, "other", (~key).any())]
+    legend(ax, [Patch(color=c, label=lab) for c, lab, present in kinds if present])
     where = f" at step {shown:,}" if shown is not None else ""
     p = ds.attrs.get("p")
     head = f"Neuron frequencies (p = {p}){where}" if p else f"Neuron frequencies{where}"

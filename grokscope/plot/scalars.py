@@ -98,4 +98,5 @@ def plot_rqi(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None
     default = "Representation quality index vs step" + (f" ({variant})" if variant else "")
     ax = plot_scalars(ds, ["rqi"], ax, ylabel=f"RQI ({what})", title=title_or(title, default),
                       marks=marks)
+    ax.set_ylim(-0.03, 1.03)  # a fraction: its whole range, so a flat 0 reads as 0
     return ax
