@@ -412,11 +412,11 @@ of the largest share): {len(s_wd['key_freqs_final'])} of {k_max['MLP, wd 1.0']}
 ## Figures
 
 {chr(10).join(f'- `{f}`' for f in figures if f.endswith('.png'))}
-(PDF versions alongside). `curves_wd.png`: accuracy and loss with and without weight decay.
-`fourier_mlp.png`: neuron-frequency shares at the final step (top) and the restricted /
-excluded / full losses vs step (bottom) for both MLP runs. `fourier_transformer.png`: the same
-for the transformer. The grey band in the loss panels is the grokking window
-[t_train, t_test].
+(PDF versions alongside). `curves_wd.png`: accuracy (top) and loss (bottom) with and without
+weight decay. `fourier_mlp.png`: neuron-frequency shares at the final step (top) and the
+restricted / excluded / full losses vs step (bottom) for both MLP runs. `fourier_transformer.png`:
+the same for the transformer, beside its accuracy and loss. Dotted vertical lines mark
+`t_train` (blue) and `t_test` (vermillion) on every panel against step.
 
 ## Configuration
 

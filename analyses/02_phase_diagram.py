@@ -243,8 +243,9 @@ step, resolution 50 steps after step 100):
 
 {chr(10).join(f'- `{f}`' for f in figs if f.endswith('.png'))}
 (PDF versions alongside). `phase_diagram.png`: phase label per cell (left) and final test
-accuracy (right). `curves_grid.png`: the train/test accuracy curves of every run, laid out
-like the diagram (weight decay to the right, training fraction up), the grokking gap shaded.
+accuracy (right, the value written in each cell), every cell the same size (the swept values
+label the axes). `curves_grid.png`: the train/test accuracy curves of every run, laid out like
+the diagram (weight decay to the right, training fraction up), the grokking gap shaded.
 {_semi_note(cells)}
 
 ## Configuration

@@ -393,9 +393,9 @@ Jacobian that ignores the direction of `x` is 1/64 = {jrand:.3f} in expectation.
 * `accuracy.png` / `.pdf` — test (solid) and train (dotted) accuracy of every run; thresholds
   dashed/dotted; a dot where each run first reaches {HEADLINE}.
 * `alignment.png` / `.pdf` — `grokscope.plot.plot_alignment` (mean centroid alignment with its
-  min–max band over inputs, mean Jacobian norm dashed on a log twin axis) for weight decay only
-  and for λ = 1e-3, with the training-fit and the {HEADLINE}-test-accuracy steps marked; and the
-  mean centroid alignment of every run overlaid.
+  min–max band over inputs; the mean Jacobian norm on a log axis in the panel below) for weight
+  decay only and for λ = 1e-3, `t_train` / `t_test` (accuracy 0.9) dotted; and the mean
+  centroid alignment of every run overlaid.
 
 ## Configuration
 

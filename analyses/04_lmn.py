@@ -258,9 +258,10 @@ the first step with test accuracy >= 0.99. LMN is only comparable at equal N (st
 ## Figures
 
 {chr(10).join(f'- `{f}`' for f in figs if f.endswith('.png'))}
-(PDF versions alongside). `lmn_vs_step.png`: accuracy/loss (left) and LMN vs step with the
-generalising phase shaded (right). `lmn_vs_test_loss.png`: LMN vs test loss over the
-generalising phase, points coloured by step, least-squares line.
+(PDF versions alongside). `lmn_vs_step.png`: accuracy and loss (left, two panels) and each LMN
+vs step in its own panel with the generalising phase shaded (right); `t_train` / `t_test`
+dotted. `lmn_vs_test_loss.png`: LMN vs test loss over the generalising phase, points coloured
+by step, least-squares line, the point at `t_test` ringed.
 
 ## Configuration
 

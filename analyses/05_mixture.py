@@ -367,10 +367,12 @@ widths 2800/1400/700 of which only the narrowest groks) were not attempted at th
 
 * `mixture_heatmap.png` / `.pdf` — `grokscope.plot.plot_mixture`: the histogram of the order
   parameter at every recorded step as `−log p(φ)` (the paper's plot), the fitted component means
-  on top (one colour per component, kept along the trajectory; marker size ~ weight), the null
-  band (step-0 mean ± 3 stds, grey dotted), `t_train` dotted and `t_test` dashed.
-* `mixture_k.png` / `.pdf` — accuracy and loss (`plot_curves`), the BIC-chosen k, the droplet
-  fraction and the share of neurons beyond the null (`plot_mixture_k`), and the BIC gap
+  on top (one colour per component, kept along the trajectory; marker area ~ weight, explained
+  in the legend), the null band (step-0 mean ± 3 stds, grey dotted), `t_train` / `t_test`
+  dotted (blue / vermillion); the legend is below the axes.
+* `mixture_k.png` / `.pdf` — four panels sharing the step axis: accuracy (`plot_curves`), the
+  BIC-chosen k and, below it, the droplet fraction and the share of neurons beyond the null
+  (`plot_mixture_k` with two panels), and the BIC gap
   `BIC(1) − BIC(best)` on a log axis with the "very strong evidence" bar at 10;
   `t_train`/`t_test` marked.
 

@@ -407,7 +407,7 @@ What the numbers say:
 
 * `nfa_corr.png` / `.pdf` — top: `grokscope.plot.plot_nfa` (Pearson with `AGOP^1/2` solid,
   with `AGOP` dashed, cosine of the AGOP with the final one dotted), the off-diagonal-only
-  correlation, the paper's final value, `t_train` (dotted) and `t_test` (dashed). Bottom: the
+  correlation, the paper's final value, `t_train` / `t_test` dotted (blue / vermillion). Bottom: the
   circulant score of the NFM and of `AGOP^1/2`, with train/test accuracy.
 * `nfm.png` / `.pdf` — NFM at init, NFM and `AGOP^1/2` at the last step, rows and columns in
   circulant order (addition: `a` natural, `b` reversed; division: both by discrete log).
