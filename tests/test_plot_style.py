@@ -342,3 +342,14 @@ def test_rqi_axis_spans_the_fraction():
     ds["rqi"] = ds["rqi"] * 0.0
     lo, hi = gp.plot_rqi(ds).get_ylim()
     assert lo < 0 and hi > 1
+
+
+def test_panels_without_a_second_quantity():
+    acc_only = metrics_ds()[["train_acc", "test_acc"]]
+    ax = gp.plot_curves(acc_only, panels=True)  # nothing for a lower panel: one axes
+    assert len(ax.figure.axes) == 1 and not hasattr(ax, "grokscope_panel")
+    top, bottom = gp.new_panels(2)
+    with pytest.raises(PlotDataError, match="lower panel"):
+        gp.plot_curves(acc_only, ax=(top, bottom))
+    with pytest.raises(PlotDataError, match="lower panel"):
+        gp.plot_alignment(alignment_result()[["centroid_alignment_mean"]], ax=(top, bottom))

@@ -182,20 +182,21 @@ def cell_edges(steps: np.ndarray, scale: str) -> np.ndarray:
     return np.expm1(e) if log else e
 
 
-def step_series(ds: xr.Dataset, name: str, ax: Any, *, what: str, panels: bool = False
-                ) -> tuple[Axes, Axes | None, np.ndarray, np.ndarray]:
+def step_series(ds: xr.Dataset, name: str, ax: Any, *, what: str, panels: bool = False,
+                second: str | None = "") -> tuple[Axes, Axes | None, np.ndarray, np.ndarray]:
     """Start a plot of ``ds[name]`` against step.
 
     Checks the variable exists and has a finite value, makes (or takes) the axes and sets the
     step axis. Returns ``(ax, panel, steps, values)``; ``panel`` is the lower Axes of the
-    two-panel layout (``panels=True`` or ``ax=(top, bottom)``), else None.
+    two-panel layout (``panels=True`` or ``ax=(top, bottom)``), else None; ``second`` as in
+    :func:`split_axes`.
     """
     require(ds, name, what=what)
     steps = steps_of(ds, what)
     y = values(ds[name])
     if not any_finite(y):
         raise PlotDataError(f"{what}: {name} has no finite value")
-    ax, panel = split_axes(ax, panels, what=what)
+    ax, panel = split_axes(ax, panels, what=what, second=second)
     set_step_axis(ax, steps)
     if panel is not None:
         set_step_axis(panel, steps)
@@ -237,10 +238,12 @@ def new_panels(n: int = 2, figsize: tuple[float, float] | None = None,
 
 
 def split_axes(ax: Any, panels: bool, *, figsize: tuple[float, float] = (6.4, 4.2),
-               what: str = "this plot") -> tuple[Axes, Axes | None]:
+               what: str = "this plot", second: str | None = "") -> tuple[Axes, Axes | None]:
     """The main Axes and, in the two-panel layout, the lower panel (else None).
 
     ``ax`` may be None, one Axes, or a pair ``(top, bottom)`` (which implies panels).
+    ``second`` names what the lower panel would show; None means the data has none, so a
+    pair is refused (it would leave an empty panel) and ``panels=True`` draws one axes.
     """
     if isinstance(ax, (tuple, list)):
         if len(ax) != 2 or not all(isinstance(a, Axes) for a in ax):
@@ -248,7 +251,13 @@ def split_axes(ax: Any, panels: bool, *, figsize: tuple[float, float] = (6.4, 4.
                 f"{what}: ax must be one Axes or a pair (top, bottom) of Axes for the two-panel "
                 f"layout, got {len(ax)} item(s)"
             )
+        if second is None:
+            raise PlotDataError(
+                f"{what}: the data has nothing for the lower panel of ax=(top, bottom) (it "
+                "would stay empty); pass one Axes"
+            )
         return ax[0], ax[1]
+    panels = panels and second is not None
     if panels:
         if ax is not None:
             raise PlotDataError(

@@ -55,7 +55,8 @@ def plot_alignment(
     """
     draw_jac = jacobian and "jacobian_norm" in ds and any_finite(values(ds["jacobian_norm"]))
     ax, panel, steps, mean = step_series(ds, "centroid_alignment_mean", ax,
-                                         what="plot_alignment", panels=panels and draw_jac)
+                                         what="plot_alignment", panels=panels,
+                                         second="jacobian_norm" if draw_jac else None)
     mk = milestone_marks(marks, ds)
     handles = ax.plot(steps, mean, color=color(0), marker=".", markersize=4,
                       label="centroid alignment (mean)")

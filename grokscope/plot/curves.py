@@ -153,9 +153,8 @@ def plot_curves(
             f"the dataset has {sorted(map(str, ds.data_vars))}"
         )
     with_loss = loss and bool(loss_names) and any_finite(tr, te)
-    ax, panel = split_axes(ax, panels and with_loss, what="plot_curves")
-    if panel is not None and not with_loss:
-        panel = None
+    ax, panel = split_axes(ax, panels, what="plot_curves",
+                           second="loss" if with_loss else None)
     if title is None and getattr(ax, "grokscope_twin", None) is not None:
         title = ax.get_title()  # a second run on the same axes keeps the first one's title
     train_c, test_c = colors if colors is not None else (TRAIN_COLOR, TEST_COLOR)
@@ -234,12 +233,14 @@ def plot_norms(ds: xr.Dataset, ax: Any = None, *, title: str | None = None,
     Axes
         The norm axes (``ax.grokscope_twin`` / ``ax.grokscope_panel`` hold the distance).
     """
-    ax, panel, steps, norm = step_series(ds, "param_norm", ax, what="plot_norms", panels=panels)
+    has_dist = "rel_distance_init" in ds and any_finite(values(ds["rel_distance_init"]))
+    ax, panel, steps, norm = step_series(ds, "param_norm", ax, what="plot_norms", panels=panels,
+                                         second="rel_distance_init" if has_dist else None)
     mk = milestone_marks(marks, ds)
     handles = ax.plot(steps, norm, color=color(0), marker=".", markersize=4,
                       label=r"$\|\theta\|_2$")
     handles += draw_marks(ax, mk)
-    if "rel_distance_init" in ds and any_finite(values(ds["rel_distance_init"])):
+    if has_dist:
         dist = values(ds["rel_distance_init"])
         label = r"$\|\theta-\theta_0\|_2\,/\,\|\theta_0\|_2$"
         if panel is not None:

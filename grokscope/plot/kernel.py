@@ -65,7 +65,8 @@ def plot_kernel(
         second_axis = "kernel alignment with init"
     draw_second = alignment and second in ds and any_finite(values(ds[second]))
     ax, panel, steps, series = step_series(ds, main, ax, what="plot_kernel",
-                                           panels=panels and draw_second)
+                                           panels=panels,
+                                           second=second if draw_second else None)
     mk = milestone_marks(marks, ds)
     handles = ax.plot(steps, series, color=color(0), marker=".", markersize=4, label=label)
     handles += draw_marks(ax, mk)
