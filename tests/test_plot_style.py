@@ -14,7 +14,6 @@ import grokscope.plot as gp
 from grokscope.plot._style import PlotDataError, milestone_marks
 
 from .test_plot import (
-    LOG_STEPS,
     alignment_result,
     curves_result,
     fourier_result,
@@ -303,14 +302,6 @@ def test_phase_diagram_seed_agreement_is_explained():
     texts = [t.get_text() for t in ax.texts]
     assert texts.count("2/3") == 8
     assert any("k/n" in t and "seeds" in t for t in texts)
-
-
-def test_save_paper_ready_pdf_without_title(tmp_path):
-    ax = gp.plot_curves(metrics_ds(), panels=True, title="")
-    names = gp.save_figure(ax.figure, tmp_path, "curves", formats=("pdf",))
-    assert names == ["curves.pdf"]
-    assert (tmp_path / "curves.pdf").read_bytes()[:5] == b"%PDF-"
-    assert LOG_STEPS[-1] == 10000  # the factories' steps span decades (symlog axis)
 
 
 def test_lmn_vs_loss_rings_the_milestone_points_only_inside_the_steps_shown():
