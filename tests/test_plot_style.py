@@ -130,6 +130,16 @@ def test_every_per_step_figure_marks_t_train_and_t_test(fn, make, kw):
     texts = [t.get_text() for t in legend.get_texts()]
     assert "t_train = 50" in texts and "t_test = 2,000" in texts
     assert _marks(_draw(fn, make, kw, marks=False)) == {}
+    # no marker is clipped: every marker of every line lies inside its axes' limits
+    for a in ax.figure.axes:
+        (x0, x1), (y0, y1) = sorted(a.get_xlim()), sorted(a.get_ylim())
+        for ln in a.get_lines():
+            if ln.get_marker() in (None, "None", "", " ") or not ln.get_clip_on():
+                continue
+            x, y = np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float)
+            ok = np.isfinite(x) & np.isfinite(y)
+            assert ((x[ok] >= x0) & (x[ok] <= x1) & (y[ok] >= y0) & (y[ok] <= y1)).all(), (
+                fn.__name__, ln.get_label())
 
 
 def test_marks_from_metrics_phases_result_and_run():
