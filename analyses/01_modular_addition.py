@@ -24,6 +24,7 @@ Usage::
 
     python analyses/01_modular_addition.py            # full version (CPU minutes)
     python analyses/01_modular_addition.py --quick    # smoke version (< 60 s)
+    python analyses/01_modular_addition.py --figures-only  # redraw the figures from the stored runs
 """
 
 from __future__ import annotations
@@ -178,14 +179,8 @@ def _restricted_order(fo: Any, t_train: float | None, t_test: float | None) -> d
     return out
 
 
-def _mark_window(ax: Any, t_train: float | None, t_test: float | None) -> None:
-    if t_train is not None and t_test is not None and t_test > t_train:
-        ax.axvspan(t_train, t_test, color="#999999", alpha=0.18, linewidth=0,
-                   label=f"grokking window {int(t_train):,}-{int(t_test):,}")
-    for t, name, c in ((t_train, "t_train", "#0072B2"), (t_test, "t_test", "#D55E00")):
-        if t is not None:
-            ax.axvline(t, color=c, linestyle=":", linewidth=1.2, label=f"{name} = {int(t):,}")
-    ax.legend(loc="best", fontsize=7)
+def _marks(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("t_train", "t_test")}
 
 
 def _save(fig: Figure, out: Path, name: str) -> list[str]:
@@ -194,10 +189,11 @@ def _save(fig: Figure, out: Path, name: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- figures
 def figure_curves(runs: dict[str, Any], out: Path) -> list[str]:
-    fig = Figure(figsize=(12, 4.4), layout="constrained")
-    axes = fig.subplots(1, len(runs))
-    for ax, (name, run) in zip(np.atleast_1d(axes), runs.items(), strict=True):
-        plot_curves(run, ax=ax, title=name)
+    """Accuracy (top) and loss (bottom) of each run, side by side."""
+    fig = Figure(figsize=(13, 6.4), layout="constrained")
+    axes = fig.subplots(2, len(runs), sharex="col", squeeze=False)
+    for col, (name, run) in enumerate(runs.items()):
+        plot_curves(run, ax=(axes[0, col], axes[1, col]), title=name)
     fig.suptitle("Same network, data and optimiser: weight decay 1.0 vs 0.0")
     return _save(fig, out, "curves_wd")
 
@@ -205,17 +201,45 @@ def figure_curves(runs: dict[str, Any], out: Path) -> list[str]:
 def figure_fourier(results: dict[str, Any], summaries: dict[str, Any], out: Path,
                    stem: str) -> list[str]:
     names = list(results)
-    fig = Figure(figsize=(12, 8.2), layout="constrained")
+    fig = Figure(figsize=(13, 9.0), layout="constrained")
     axes = fig.subplots(2, len(names), squeeze=False)
     for col, name in enumerate(names):
         fo, s = results[name]["fourier"], summaries[name]
         plot_fourier(fo, ax=axes[0, col], title=f"{name}: neuron frequencies, final step")
-        ax = plot_fourier_losses(fo, ax=axes[1, col], title=f"{name}: restricted / excluded loss")
-        _mark_window(ax, s["t_train"], s["t_test"])
+        plot_fourier_losses(fo, ax=axes[1, col], marks=_marks(s),
+                            title=f"{name}: restricted / excluded loss")
     return _save(fig, out, stem)
 
 
-# ----------------------------------------------------------------------------- README
+def figure_transformer(run: Any, res: dict[str, Any], summary: dict[str, Any],
+                       out: Path) -> list[str]:
+    """Accuracy and loss (left); neuron frequencies and progress measures (right)."""
+    fig = Figure(figsize=(13, 7.6), layout="constrained")
+    left, right = fig.subfigures(1, 2, width_ratios=[1, 1.15])
+    plot_curves(run, ax=tuple(left.subplots(2, 1, sharex=True)), title="transformer, wd 1.0")
+    a2, a3 = right.subplots(2, 1)
+    plot_fourier(res["fourier"], ax=a2, title="neuron frequencies, final step")
+    plot_fourier_losses(res["fourier"], ax=a3, marks=_marks(summary),
+                        title="restricted / excluded loss")
+    return _save(fig, out, "fourier_transformer")
+
+
+def figures_only(runs_dir: Path, out: Path) -> list[str]:
+    """Redraw the figures from the stored runs and ``out/summary.json`` (no training)."""
+    summaries = json.loads((out / "summary.json").read_text())["summaries"]
+    stores = {"MLP, wd 1.0": "mlp_wd1", "MLP, wd 0.0": "mlp_wd0",
+              "transformer, wd 1.0": "transformer_wd1"}
+    runs = {name: gs.open_run(str(runs_dir / stores[name])) for name in summaries}
+    results = {name: {"fourier": run.results["fourier"]} for name, run in runs.items()}
+    mlp = [n for n in runs if n.startswith("MLP")]
+    figures = figure_curves({n: runs[n] for n in mlp}, out)
+    figures += figure_fourier({n: results[n] for n in mlp}, summaries, out, "fourier_mlp")
+    name = "transformer, wd 1.0"
+    if name in runs:
+        figures += figure_transformer(runs[name], results[name], summaries[name], out)
+    return figures
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "never"
@@ -388,11 +412,11 @@ of the largest share): {len(s_wd['key_freqs_final'])} of {k_max['MLP, wd 1.0']}
 ## Figures
 
 {chr(10).join(f'- `{f}`' for f in figures if f.endswith('.png'))}
-(PDF versions alongside). `curves_wd.png`: accuracy and loss with and without weight decay.
-`fourier_mlp.png`: neuron-frequency shares at the final step (top) and the restricted /
-excluded / full losses vs step (bottom) for both MLP runs. `fourier_transformer.png`: the same
-for the transformer. The grey band in the loss panels is the grokking window
-[t_train, t_test].
+(PDF versions alongside). `curves_wd.png`: accuracy (top) and loss (bottom) with and without
+weight decay. `fourier_mlp.png`: neuron-frequency shares at the final step (top) and the
+restricted / excluded / full losses vs step (bottom) for both MLP runs. `fourier_transformer.png`:
+the same for the transformer, beside its accuracy and loss. Dotted vertical lines mark
+`t_train` (blue) and `t_test` (vermillion) on every panel against step.
 
 ## Configuration
 
@@ -424,7 +448,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--runs", default="runs/modular_addition", help="run stores (git-ignored)")
     ap.add_argument("--transformer", action=argparse.BooleanOptionalAction, default=None,
                     help="also train the small transformer (default: on unless --quick)")
+    ap.add_argument("--figures-only", action="store_true",
+                    help="redraw the figures from the stored runs (no training; README unchanged)")
     args = ap.parse_args(argv)
+    if args.figures_only:
+        return {"figures": figures_only(Path(args.runs), Path(args.out))}
     t0 = time.perf_counter()
     out, runs_dir = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -454,13 +482,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run, res, w = _train_and_analyze(cfg, runs_dir / "transformer_wd1", steps)
         name = "transformer, wd 1.0"
         configs[name], summaries[name] = cfg, _summary(run, res, w)
-        fig = Figure(figsize=(12, 4.4), layout="constrained")
-        a1, a2, a3 = fig.subplots(1, 3)
-        plot_curves(run, ax=a1, title="transformer, wd 1.0")
-        plot_fourier(res["fourier"], ax=a2, title="neuron frequencies, final step")
-        ax = plot_fourier_losses(res["fourier"], ax=a3, title="restricted / excluded loss")
-        _mark_window(ax, summaries[name]["t_train"], summaries[name]["t_test"])
-        figures += _save(fig, out, "fourier_transformer")
+        figures += figure_transformer(run, res, summaries[name], out)
 
     wall = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(

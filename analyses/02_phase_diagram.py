@@ -18,6 +18,7 @@ Usage::
 
     python analyses/02_phase_diagram.py            # 4 x 3 grid (CPU minutes)
     python analyses/02_phase_diagram.py --quick    # 2 x 2 grid, tiny runs (< 60 s)
+    python analyses/02_phase_diagram.py --figures-only  # redraw the figures from the sweep
 """
 
 from __future__ import annotations
@@ -126,11 +127,25 @@ def figures(ds: Any, out: Path) -> list[str]:
             ax.title.set_fontsize(8)
             ax.xaxis.label.set_fontsize(7)
             ax.tick_params(labelsize=7)
-            if ax.get_legend() is not None and (i, j) != (0, ny - 1):
+            if ax.get_legend() is not None:  # one legend for the figure, below
                 ax.get_legend().remove()
+            if i > 0:
+                ax.set_ylabel("")
             for t in ax.texts:
                 t.set_fontsize(6)
-    fig.suptitle("Train (blue) / test (vermillion) accuracy of every run")
+    from matplotlib.lines import Line2D
+
+    from grokscope.plot._style import TEST_COLOR, TRAIN_COLOR
+
+    handles = [Line2D([], [], color=TRAIN_COLOR, marker=".", label="train accuracy"),
+               Line2D([], [], color=TEST_COLOR, marker=".", label="test accuracy"),
+               Line2D([], [], color=TRAIN_COLOR, linestyle=":", label="t_train"),
+               Line2D([], [], color=TEST_COLOR, linestyle=":", label="t_test"),
+               Line2D([], [], color="#555555", linestyle="--", label="threshold 0.9")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False,
+               fontsize=9)
+    fig.suptitle("Train / test accuracy of every run (shaded: from t_train to t_test, or to "
+                 "the end when test accuracy never reaches 0.9)")
     names += _save(fig, out, "curves_grid")
     return names
 
@@ -228,8 +243,9 @@ step, resolution 50 steps after step 100):
 
 {chr(10).join(f'- `{f}`' for f in figs if f.endswith('.png'))}
 (PDF versions alongside). `phase_diagram.png`: phase label per cell (left) and final test
-accuracy (right). `curves_grid.png`: the train/test accuracy curves of every run, laid out
-like the diagram (weight decay to the right, training fraction up), the grokking gap shaded.
+accuracy (right, the value written in each cell), every cell the same size (the swept values
+label the axes). `curves_grid.png`: the train/test accuracy curves of every run, laid out like
+the diagram (weight decay to the right, training fraction up), the grokking gap shaded.
 {_semi_note(cells)}
 
 ## Configuration
@@ -260,6 +276,8 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--runs", default="runs/phase_diagram", help="sweep folder (git-ignored)")
     ap.add_argument("--fresh", action="store_true",
                     help="delete the sweep folder first (else finished runs are reused)")
+    ap.add_argument("--figures-only", action="store_true",
+                    help="redraw the figures from the finished sweep (no training; README unchanged)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -267,6 +285,8 @@ def main(argv: list[str] | None = None) -> Any:
     torch.set_num_threads(1)
     cfg = sweep_config(args.quick)
     runs = Path(args.runs) / ("quick" if args.quick else "full")
+    if args.figures_only:  # the finished sweep's runs, no training
+        return figures(gs.phase_diagram(str(runs), x="weight_decay", y="train_frac"), out)
     if args.fresh and runs.exists():
         shutil.rmtree(runs)
     gs.sweep("modular", "mlp", grid=cfg["grid"], seeds=cfg["seeds"], out=str(runs),

@@ -26,6 +26,7 @@ Usage::
 
     python analyses/03_grokalign.py            # full version (CPU minutes)
     python analyses/03_grokalign.py --quick    # smoke version (< 60 s)
+    python analyses/03_grokalign.py --figures-only  # redraw the figures from the stored runs
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from matplotlib.figure import Figure
 
 import grokscope as gs
 from grokscope.plot import plot_alignment, save_figure
+from grokscope.plot._style import legend, set_step_axis
 
 #: Walker et al. (2025): 85% test accuracy reached 7.6x sooner with lambda = 1e-3 (CE)
 PAPER = {"threshold": 0.85, "speedup_ce": 7.6, "speedup_mse": 1.7, "lambda_ce": 1e-3}
@@ -103,7 +105,12 @@ def run_one(lam: float, quick: bool, runs: Path) -> dict[str, Any]:
     res = gs.analyze(run, {"alignment": {}}, steps="log:12" if quick else "log:45",
                      progress=False, device="cpu")
     analyze_s = time.perf_counter() - t0
-    al = res["alignment"]
+    return collect(lam, run, res["alignment"], cfg, train_s, analyze_s)
+
+
+def collect(lam: float, run: Any, al: Any, cfg: dict[str, Any], train_s: float | None,
+            analyze_s: float | None) -> dict[str, Any]:
+    """The summary of one run from its metrics and its alignment result."""
     m = run.metrics
     steps = run.steps.astype(np.int64)
     te, tr = m["test_acc"].values, m["train_acc"].values
@@ -149,8 +156,8 @@ def run_one(lam: float, quick: bool, runs: Path) -> dict[str, Any]:
         "pc1_init": _num(al["pc1"].values[0]),
         "pc1_final": _num(al["pc1"].values[-1]),
         "n_points": int(al["n_points"].values[-1]),
-        "train_wall_s": round(train_s, 1),
-        "analyze_wall_s": round(analyze_s, 1),
+        "train_wall_s": None if train_s is None else round(train_s, 1),
+        "analyze_wall_s": None if analyze_s is None else round(analyze_s, 1),
     }
     return {"summary": summary, "run": run, "alignment": al, "config": cfg}
 
@@ -183,9 +190,8 @@ def _save(fig: Figure, out: Path, name: str) -> list[str]:
 
 def figure_accuracy(results: dict[float, dict], out: Path) -> None:
     """Test (solid) and train (dotted) accuracy of every run, thresholds and crossings marked."""
-    fig = Figure(figsize=(8.0, 4.8), layout="constrained")
+    fig = Figure(figsize=(10.0, 4.8), layout="constrained")
     ax = fig.subplots()
-    ax.set_xscale("symlog", linthresh=1)
     for i, (lam, r) in enumerate(results.items()):
         m, steps = r["run"].metrics, r["run"].steps
         c = COLORS[i % len(COLORS)]
@@ -194,51 +200,53 @@ def figure_accuracy(results: dict[float, dict], out: Path) -> None:
         ax.plot(steps, m["train_acc"].values, color=c, linestyle=":", linewidth=1.0)
         hit = r["summary"]["steps_to_test_acc"][f"{HEADLINE:g}"]
         if hit is not None:
-            ax.plot([hit], [HEADLINE], marker="o", color=c, markersize=7, markeredgecolor="white")
+            ax.plot([hit], [HEADLINE], marker="o", color=c, markersize=7, markeredgecolor="white",
+                    clip_on=False)
     for t in THRESHOLDS:
         ax.axhline(t, color="#888888", linewidth=0.7, linestyle="--" if t == HEADLINE else ":")
-    ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("step (optimizer steps, symlog)")
+    ax.set_ylim(0.0, 1.03)
+    set_step_axis(ax, np.concatenate([r["run"].steps for r in results.values()]))
     ax.set_ylabel("accuracy (test solid, train dotted)")
     ax.set_title(f"Digits, bias-free ReLU MLP x8 init: test accuracy (dots: first step ≥ {HEADLINE})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    legend(ax)
     _save(fig, out, "accuracy")
 
 
 def figure_alignment(results: dict[float, dict], out: Path) -> None:
-    """plot_alignment of wd-only and lambda=1e-3, and CA of every run overlaid with test acc."""
+    """plot_alignment (two panels) of wd-only and lambda=1e-3; CA of every run overlaid."""
     show = [lam for lam in (0.0, PAPER["lambda_ce"]) if lam in results]
-    fig = Figure(figsize=(6.2 * (len(show) + 1), 4.6), layout="constrained")
-    axes = fig.subplots(1, len(show) + 1)
-    for ax, lam in zip(axes, show, strict=False):
+    fig = Figure(figsize=(6.4 * (len(show) + 1), 6.6), layout="constrained")
+    subs = fig.subfigures(1, len(show) + 1)
+    for sub, lam in zip(subs, show, strict=False):
         r = results[lam]
         name = "weight decay only" if lam == 0 else f"weight decay + λ={lam:g}"
-        plot_alignment(r["alignment"], ax=ax, title=f"Centroid alignment: {name}")
-        s = r["summary"]
-        for key, style, lab in (("t_fit_train_0.99", ":", "train acc ≥ 0.99"),):
-            if s[key]:
-                ax.axvline(s[key], color="#555555", linestyle=style, linewidth=0.9, label=lab)
-        hit = s["steps_to_test_acc"][f"{HEADLINE:g}"]
-        if hit:
-            ax.axvline(hit, color="#D55E00", linestyle="--", linewidth=0.9,
-                       label=f"test acc ≥ {HEADLINE}")
-        ax.set_title(f"Centroid alignment: {name}\n(dotted: train acc ≥ 0.99; red dashed: "
-                     f"test acc ≥ {HEADLINE})", fontsize=10)
-    ax = axes[-1]
-    ax.set_xscale("symlog", linthresh=1)
+        plot_alignment(r["alignment"], ax=tuple(sub.subplots(2, 1, sharex=True)),
+                       marks=r["run"].metrics, title=f"Centroid alignment: {name}")
+    ax = subs[-1].subplots()
     for i, (lam, r) in enumerate(results.items()):
         al = r["alignment"]
         name = "wd only" if lam == 0 else f"λ={lam:g}"
         ax.plot(al.step.values, al["centroid_alignment_mean"].values, marker=".",
                 color=COLORS[i % len(COLORS)], label=name)
+    set_step_axis(ax, results[show[0]]["alignment"].step.values)
     ax.axhline(0, color="#888888", linewidth=0.6)
-    ax.set_xlabel("step (optimizer steps, symlog)")
-    ax.set_ylabel("mean centroid alignment cos(J_xᵀ1, x)")
+    ax.set_ylabel(r"mean centroid alignment $\cos(J_x^\top \mathbf{1}, x)$")
     ax.set_title("Centroid alignment, all runs (every training point)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend(ax)
     _save(fig, out, "alignment")
+
+
+def figures_only(runs: Path, out: Path, quick: bool) -> None:
+    """Redraw the figures from the stored runs and their alignment results (no training)."""
+    results = {}
+    for lam in lambdas(quick):
+        run = gs.open_run(str(runs / f"lambda_{lam:g}"))
+        results[lam] = collect(lam, run, run.results["alignment"], config(lam, quick), None,
+                               None)
+    figure_accuracy(results, out)
+    figure_alignment(results, out)
 
 
 # ----------------------------------------------------------------------------- README
@@ -385,9 +393,9 @@ Jacobian that ignores the direction of `x` is 1/64 = {jrand:.3f} in expectation.
 * `accuracy.png` / `.pdf` — test (solid) and train (dotted) accuracy of every run; thresholds
   dashed/dotted; a dot where each run first reaches {HEADLINE}.
 * `alignment.png` / `.pdf` — `grokscope.plot.plot_alignment` (mean centroid alignment with its
-  min–max band over inputs, mean Jacobian norm dashed on a log twin axis) for weight decay only
-  and for λ = 1e-3, with the training-fit and the {HEADLINE}-test-accuracy steps marked; and the
-  mean centroid alignment of every run overlaid.
+  min–max band over inputs; the mean Jacobian norm on a log axis in the panel below) for weight
+  decay only and for λ = 1e-3, `t_train` / `t_test` (accuracy 0.9) dotted; and the mean
+  centroid alignment of every run overlaid.
 
 ## Configuration
 
@@ -413,8 +421,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="tiny smoke version (< 60 s)")
     ap.add_argument("--out", default="reports/grokalign", help="figures and README")
     ap.add_argument("--runs", default="runs/grokalign", help="run stores (git-ignored)")
+    ap.add_argument("--figures-only", action="store_true",
+                    help="redraw the figures from the stored runs (no training; README unchanged)")
     args = ap.parse_args(argv)
     out, runs = Path(args.out), Path(args.runs)
+    if args.figures_only:
+        figures_only(runs, out, args.quick)
+        return {"figures": ["accuracy", "alignment"]}
     out.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

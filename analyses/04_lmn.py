@@ -23,6 +23,7 @@ Usage::
 
     python analyses/04_lmn.py            # full version (CPU minutes)
     python analyses/04_lmn.py --quick    # smoke version (< 60 s)
+    python analyses/04_lmn.py --figures-only  # redraw the figures from the stored results
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from matplotlib.figure import Figure
 
 import grokscope as gs
 from grokscope.plot import plot_curves, plot_lmn, save_figure
+from grokscope.plot._style import legend
 
 DPI = 120
 #: the paper's set-up (docs/methods.md section 4)
@@ -115,40 +117,58 @@ def _save(fig: Figure, out: Path, name: str) -> list[str]:
 
 
 def figure_vs_step(run: Any, lmns: dict[str, xr.Dataset], window: tuple[float, float],
-                   out: Path) -> list[str]:
-    fig = Figure(figsize=(13, 4.6), layout="constrained")
-    a1, a2 = fig.subplots(1, 2)
-    plot_curves(run, ax=a1, title="Accuracy and loss (SiLU MLP, mod-31 addition)")
-    colors = ("#0072B2", "#009E73")
-    ax = None
-    for (name, ds), c in zip(lmns.items(), colors, strict=False):
-        if ax is None:
-            ax = plot_lmn(ds, ax=a2, title="LMN vs step (shaded: generalising phase)")
-            ax.get_lines()[-1].set_label(f"LMN, {name}")
-        else:
-            twin = ax.twinx()
-            twin.plot(ds["step"].values, ds["lmn"].values, color=c, marker=".", markersize=4,
-                      label=f"LMN, {name}")
-            twin.set_ylabel(f"LMN, {name} (right axis)", color=c)
-            twin.legend(loc="lower left", fontsize=8)
-    ax.axvspan(window[0], window[1], color="#999999", alpha=0.2, linewidth=0,
-               label=f"generalising {int(window[0]):,}-{int(window[1]):,}")
-    ax.legend(loc="upper left", fontsize=8)
+                   out: Path, marks: dict[str, Any] | None = None) -> list[str]:
+    """Accuracy and loss (left, two panels); each LMN in its own panel (right)."""
+    fig = Figure(figsize=(13, 5.6), layout="constrained")
+    left, right = fig.subfigures(1, 2)
+    plot_curves(run, ax=tuple(left.subplots(2, 1, sharex=True)), marks=marks,
+                title="Accuracy and loss (SiLU MLP, mod-31 addition)")
+    axes = right.subplots(len(lmns), 1, sharex=True, squeeze=False)[:, 0]
+    for k, (ax, (name, ds)) in enumerate(zip(axes, lmns.items(), strict=True)):
+        plot_lmn(ds, ax=ax, marks=marks, title="LMN vs step (shaded: generalising phase)"
+                 if k == 0 else "")
+        ax.get_lines()[0].set_label(f"LMN, {name}")
+        ax.set_ylabel(f"LMN, {name}")
+        ax.axvspan(window[0], window[1], color="#999999", alpha=0.2, linewidth=0,
+                   label=f"generalising {int(window[0]):,}-{int(window[1]):,}")
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        legend(ax, [h for h in ax.get_lines() + ax.patches
+                    if not str(h.get_label()).startswith("_")])
+        if k < len(axes) - 1:
+            ax.tick_params(labelbottom=False)
+            ax.set_xlabel("")
     return _save(fig, out, "lmn_vs_step")
 
 
 def figure_vs_loss(run: Any, lmns: dict[str, xr.Dataset], window: tuple[float, float],
-                   fits: dict[str, dict], out: Path) -> list[str]:
+                   fits: dict[str, dict], out: Path, marks: dict[str, Any] | None = None
+                   ) -> list[str]:
     names = list(lmns)
-    fig = Figure(figsize=(6.2 * len(names), 4.8), layout="constrained")
+    fig = Figure(figsize=(6.2 * len(names), 5.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(names)))
     for ax, name in zip(axes, names, strict=True):
         w = _window_ds(lmns[name], *window)
         r = fits[name].get("pearson_r")
         title = (f"LMN ({name}) vs test loss, generalising phase\n"
                  f"Pearson r = {r:.3f}" if r is not None else f"LMN ({name}) vs test loss")
-        plot_lmn(w, ax=ax, test_loss=run.metrics, title=title)
+        plot_lmn(w, ax=ax, test_loss=run.metrics, title=title, marks=marks)
     return _save(fig, out, "lmn_vs_test_loss")
+
+
+def figures_only(runs: Path, out: Path, wd: float, lr: float) -> list[str]:
+    """Redraw the figures from the stored run and the LMN values in ``out/summary.json``."""
+    summary = json.loads((out / "summary.json").read_text())
+    run = gs.open_run(str(runs / f"silu_mlp_wd{wd:g}_lr{lr:g}"))
+    lmns = {}
+    for name, by_step in summary["lmn_by_step"].items():
+        steps = np.array([int(k) for k in by_step], dtype=np.int64)
+        lmns[name] = xr.Dataset({"lmn": ("step", np.array(list(by_step.values())))},
+                                coords={"step": steps})
+    window = tuple(summary["window"])
+    marks = {k: summary[k] for k in ("t_train", "t_test")}
+    return (figure_vs_step(run, lmns, window, out, marks)
+            + figure_vs_loss(run, lmns, window, summary["fits"], out, marks))
 
 
 # ----------------------------------------------------------------------------- README
@@ -238,9 +258,10 @@ the first step with test accuracy >= 0.99. LMN is only comparable at equal N (st
 ## Figures
 
 {chr(10).join(f'- `{f}`' for f in figs if f.endswith('.png'))}
-(PDF versions alongside). `lmn_vs_step.png`: accuracy/loss (left) and LMN vs step with the
-generalising phase shaded (right). `lmn_vs_test_loss.png`: LMN vs test loss over the
-generalising phase, points coloured by step, least-squares line.
+(PDF versions alongside). `lmn_vs_step.png`: accuracy and loss (left, two panels) and each LMN
+vs step in its own panel with the generalising phase shaded (right); `t_train` / `t_test`
+dotted. `lmn_vs_test_loss.png`: LMN vs test loss over the generalising phase, points coloured
+by step, least-squares line, the point at `t_test` ringed.
 
 ## Configuration
 
@@ -265,7 +286,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--runs", default="runs/lmn", help="run store folder (git-ignored)")
     ap.add_argument("--wd", type=float, default=0.2, help="weight decay (paper: 0.2)")
     ap.add_argument("--lr", type=float, default=1e-3, help="learning rate (paper: 1e-3)")
+    ap.add_argument("--figures-only", action="store_true",
+                    help="redraw the figures from the stored run and summary.json (no training)")
     args = ap.parse_args(argv)
+    if args.figures_only:
+        return {"figures": figures_only(Path(args.runs), Path(args.out), args.wd, args.lr)}
     t0 = time.perf_counter()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -290,8 +315,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lmns[name] = res["lmn"][["lmn", "lmn_entropy", "n_samples"]].load()
         fits[name] = fit(lmns[name], run.metrics, *window)
 
-    figs = figure_vs_step(run, lmns, window, out)
-    figs += figure_vs_loss(run, lmns, window, fits, out)
+    marks = {"t_train": t_train, "t_test": t_test}
+    figs = figure_vs_step(run, lmns, window, out, marks)
+    figs += figure_vs_loss(run, lmns, window, fits, out, marks)
     wall = time.perf_counter() - t0
     summary = {
         "t_train": t_train,

@@ -25,6 +25,7 @@ Usage::
 
     python analyses/05_mixture.py            # full version (CPU minutes)
     python analyses/05_mixture.py --quick    # smoke version (< 60 s)
+    python analyses/05_mixture.py --figures-only  # redraw the figures from the stored run
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import grokscope as gs
-from grokscope.plot import plot_curves, plot_mixture, plot_mixture_k, save_figure
+from grokscope.plot import (
+    milestone_marks,
+    plot_curves,
+    plot_mixture,
+    plot_mixture_k,
+    save_figure,
+)
+from grokscope.plot._style import draw_marks, legend, set_step_axis
 
 DPI = 120
 #: a BIC difference above 10 is "very strong" evidence (Kass & Raftery 1995)
@@ -170,11 +178,8 @@ def summarise(run: Any, res: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- figures
-def _mark(ax: Any, summary: dict[str, Any]) -> None:
-    for key, style, c in (("t_train", ":", "#555555"), ("t_test", "--", "#D55E00")):
-        t = summary[key]
-        if t is not None and t > 0:
-            ax.axvline(t, color=c, linestyle=style, linewidth=1.1, label=key)
+def _marks(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("t_train", "t_test")}
 
 
 def _save(fig: Figure, out: Path, name: str) -> list[str]:
@@ -183,30 +188,38 @@ def _save(fig: Figure, out: Path, name: str) -> list[str]:
 
 def figures(run: Any, res: dict[str, Any], summary: dict[str, Any], out: Path) -> None:
     mx = res["mixture"]
-    fig = Figure(figsize=(8.4, 5.0), layout="constrained")
-    ax = plot_mixture(mx, ax=fig.subplots(),
-                      title="Per-neuron Fourier order parameter: −log p(φ) per step, mixture means")
-    _mark(ax, summary)
-    ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
+    marks = _marks(summary)
+    fig = Figure(figsize=(8.4, 5.6), layout="constrained")
+    plot_mixture(mx, ax=fig.subplots(), marks=marks,
+                 title="Per-neuron Fourier order parameter: −log p(φ) per step, mixture means")
     _save(fig, out, "mixture_heatmap")
 
-    fig = Figure(figsize=(8.0, 9.6), layout="constrained")
-    a1, a2, a3 = fig.subplots(3, 1, sharex=False)
-    plot_curves(run, ax=a1, title="Accuracy and loss vs step")
-    plot_mixture_k(mx, ax=a2, title="k chosen by BIC and droplet fraction")
-    _mark(a2, summary)
-    a3.set_xscale("symlog", linthresh=1)
+    fig = Figure(figsize=(8.4, 11.0), layout="constrained")
+    a1, a2, a3, a4 = fig.subplots(4, 1, sharex=True, height_ratios=[1.3, 1, 1, 1])
+    plot_curves(run, ax=a1, loss=False, title="Accuracy, components and evidence vs step")
+    plot_mixture_k(mx, ax=(a2, a3), marks=marks, title="")
     gap = np.clip(mx["bic_gap"].values, 1e-1, None)
-    a3.plot(mx.step.values, gap, marker=".", color="#0072B2", label="BIC(1) − BIC(best k)")
-    a3.axhline(STRONG_BIC, color="#888888", linestyle=":", label="10 (very strong evidence)")
-    a3.set_yscale("log")
-    _mark(a3, summary)
-    a3.set_xlabel("step (optimizer steps, symlog)")
-    a3.set_ylabel("BIC gap (−2·log-lik. units, ≥ 0.1)")
-    a3.set_title("Evidence for a mixture over one Gaussian")
-    a3.grid(alpha=0.3)
-    a3.legend(fontsize=8, loc="upper left")
+    a4.plot(mx.step.values, gap, marker=".", color="#0072B2", label="BIC(1) − BIC(best k)")
+    a4.axhline(STRONG_BIC, color="#888888", linestyle="--", label="10 (very strong evidence)")
+    a4.set_yscale("log")
+    draw_marks(a4, milestone_marks(marks), label=False)
+    set_step_axis(a4, mx.step.values)
+    a4.set_ylabel("BIC gap (−2·log-lik. units, ≥ 0.1)")
+    a4.grid(alpha=0.3)
+    legend(a4)
+    for a in (a1, a2, a3):
+        a.tick_params(labelbottom=False)
+        a.set_xlabel("")
     _save(fig, out, "mixture_k")
+
+
+def figures_only(runs: Path, out: Path) -> dict[str, Any]:
+    """Redraw the figures from the stored run and results (no training, no analysis)."""
+    run = gs.open_run(str(runs / "modular_quadratic"))
+    res = {name: run.results[name] for name in ("mixture", "phases")}
+    summary = summarise(run, res)
+    figures(run, res, summary, out)
+    return summary
 
 
 # ----------------------------------------------------------------------------- README
@@ -354,10 +367,12 @@ widths 2800/1400/700 of which only the narrowest groks) were not attempted at th
 
 * `mixture_heatmap.png` / `.pdf` — `grokscope.plot.plot_mixture`: the histogram of the order
   parameter at every recorded step as `−log p(φ)` (the paper's plot), the fitted component means
-  on top (one colour per component, kept along the trajectory; marker size ~ weight), the null
-  band (step-0 mean ± 3 stds, grey dotted), `t_train` dotted and `t_test` dashed.
-* `mixture_k.png` / `.pdf` — accuracy and loss (`plot_curves`), the BIC-chosen k, the droplet
-  fraction and the share of neurons beyond the null (`plot_mixture_k`), and the BIC gap
+  on top (one colour per component, kept along the trajectory; marker area ~ weight, explained
+  in the legend), the null band (step-0 mean ± 3 stds, grey dotted), `t_train` / `t_test`
+  dotted (blue / vermillion); the legend is below the axes.
+* `mixture_k.png` / `.pdf` — four panels sharing the step axis: accuracy (`plot_curves`), the
+  BIC-chosen k and, below it, the droplet fraction and the share of neurons beyond the null
+  (`plot_mixture_k` with two panels), and the BIC gap
   `BIC(1) − BIC(best)` on a log axis with the "very strong evidence" bar at 10;
   `t_train`/`t_test` marked.
 
@@ -386,8 +401,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="tiny smoke version (< 60 s)")
     ap.add_argument("--out", default="reports/mixture", help="figures and README")
     ap.add_argument("--runs", default="runs/mixture", help="run stores (git-ignored)")
+    ap.add_argument("--figures-only", action="store_true",
+                    help="redraw the figures from the stored run (no training; README unchanged)")
     args = ap.parse_args(argv)
     out, runs = Path(args.out), Path(args.runs)
+    if args.figures_only:
+        return figures_only(runs, out)
     out.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -33,6 +33,7 @@ Usage::
 
     python analyses/06_nfa.py            # full version (CPU minutes)
     python analyses/06_nfa.py --quick    # smoke version (< 60 s)
+    python analyses/06_nfa.py --figures-only  # redraw the figures from the stored runs
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ from matplotlib.figure import Figure
 
 import grokscope as gs
 from grokscope.measures.nfa import matrix_power_psd
-from grokscope.plot import plot_nfa, save_figure
+from grokscope.plot import milestone_marks, plot_nfa, save_figure
+from grokscope.plot._style import draw_marks, legend, set_step_axis
 
 #: Mallinar et al. (2024), width-1024 quadratic net, p = 61, 50% train (docs/methods.md section 5)
 PAPER = {"+": 0.955, "/": 0.929}
@@ -160,7 +162,6 @@ def _at(series: Any, step: Any) -> float | None:
 def run_one(op: str, quick: bool, runs: Path) -> dict[str, Any]:
     """Train, analyse, and return the per-step series and the summary of one operation."""
     cfg = config(op, quick)
-    p = cfg["task_kwargs"]["p"]
     t0 = time.perf_counter()
     run = gs.train(out=str(runs / OP_NAMES[op]), overwrite=True, **cfg)
     train_s = time.perf_counter() - t0
@@ -168,6 +169,13 @@ def run_one(op: str, quick: bool, runs: Path) -> dict[str, Any]:
     res = gs.analyze(run, {"nfa": {"store_matrices": True}, "phases": {}}, progress=False,
                      device="cpu")
     analyze_s = time.perf_counter() - t0
+    return collect(op, run, res, cfg, train_s, analyze_s)
+
+
+def collect(op: str, run: Any, res: Any, cfg: dict[str, Any], train_s: float | None,
+            analyze_s: float | None) -> dict[str, Any]:
+    """The per-step series and the summary of one operation from its run and results."""
+    p = cfg["task_kwargs"]["p"]
     nfa, ph = res["nfa"].isel(layer=0), res["phases"]
     steps = nfa.step.values.astype(np.int64)
     nfm, agop = nfa["nfm"].values, nfa["agop"].values
@@ -204,8 +212,8 @@ def run_one(op: str, quick: bool, runs: Path) -> dict[str, Any]:
         "circulant_nfm_final": float(circ_nfm[-1]),
         "circulant_agop_sqrt_final": float(circ_agop[-1]),
         "paper_nfa_corr_sqrt": PAPER[op],
-        "train_wall_s": round(train_s, 1),
-        "analyze_wall_s": round(analyze_s, 1),
+        "train_wall_s": None if train_s is None else round(train_s, 1),
+        "analyze_wall_s": None if analyze_s is None else round(analyze_s, 1),
     }
     series = {"steps": steps, "circ_nfm": circ_nfm, "circ_agop": circ_agop, "offdiag": off,
               "test_acc": m["test_acc"].sel(step=steps).values,
@@ -219,43 +227,39 @@ def _save(fig: Figure, out: Path, name: str, dpi: int = DPI) -> list[str]:
     return save_figure(fig, out, name, dpi=dpi)
 
 
-def _mark(ax: Any, summary: dict[str, Any]) -> None:
-    for key, style in (("t_train", ":"), ("t_test", "--")):
-        t = summary[key]
-        if t is not None and t > 0:
-            ax.axvline(t, color="#555555", linestyle=style, linewidth=0.9, label=key)
-
-
 def figure_corr(results: dict[str, dict], out: Path) -> list[str]:
     """NFA correlation (grokscope's plot) and circulant score / accuracy vs step, per op."""
-    fig = Figure(figsize=(6.0 * len(results), 8.4), layout="constrained")
-    axes = fig.subplots(2, len(results), squeeze=False)
+    fig = Figure(figsize=(7.4 * len(results), 8.4), layout="constrained")
+    axes = fig.subplots(2, len(results), squeeze=False, sharex="col")
     for col, (op, r) in enumerate(results.items()):
         s = r["summary"]
-        ax = plot_nfa(r["nfa_ds"], ax=axes[0, col], agop_alignment=True,
-                      title=f"{OP_NAMES[op]} mod {s['p']}: corr(W1ᵀW1, AGOPˢ)")
+        marks = {k: s[k] for k in ("t_train", "t_test")}
+        ax = plot_nfa(r["nfa_ds"], ax=axes[0, col], agop_alignment=True, marks=marks,
+                      title=f"{OP_NAMES[op]} mod {s['p']}: " + r"$\mathrm{corr}(W_1^\top W_1,"
+                      r"\ \mathrm{AGOP}^{s})$")
         st = r["series"]["steps"]
         ax.plot(st, r["series"]["offdiag"], color="#009E73", linestyle="-.", linewidth=1.0,
-                label="off-diagonal entries only (s=1/2)")
+                label="off-diagonal entries only ($s=1/2$)")
         ax.axhline(PAPER[op], color="#CC79A7", linewidth=0.9, label=f"paper final ({PAPER[op]})")
-        _mark(ax, s)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.get_legend().remove()
+        legend(ax)
+        ax.tick_params(labelbottom=False)
+        ax.set_xlabel("")
         ax2 = axes[1, col]
-        ax2.set_xscale("symlog", linthresh=1)
+        set_step_axis(ax2, st)
         ax2.plot(st, r["series"]["circ_nfm"], marker=".", color="#0072B2", label="NFM circulant score")
         ax2.plot(st, r["series"]["circ_agop"], marker=".", color="#D55E00", linestyle="--",
-                 label="AGOP^1/2 circulant score")
+                 label=r"$\mathrm{AGOP}^{1/2}$ circulant score")
         ax2.plot(st, r["series"]["test_acc"], color="#555555", linewidth=1.0, alpha=0.7,
                  label="test accuracy")
         ax2.plot(st, r["series"]["train_acc"], color="#999999", linewidth=1.0, alpha=0.7,
-                 linestyle=":", label="train accuracy")
-        _mark(ax2, s)
+                 linestyle="-.", label="train accuracy")
+        draw_marks(ax2, milestone_marks(marks), label=False)
         ax2.set_ylim(-0.05, 1.05)
-        ax2.set_xlabel("step (optimizer steps, symlog)")
-        ax2.set_ylabel("R² of circulant fit / accuracy")
-        ax2.set_title("Block-circulant structure of NFM and AGOP^1/2")
+        ax2.set_ylabel(r"$R^2$ of circulant fit / accuracy")
+        ax2.set_title(r"Block-circulant structure of NFM and $\mathrm{AGOP}^{1/2}$")
         ax2.grid(alpha=0.3)
-        ax2.legend(fontsize=7, loc="center left")
+        legend(ax2)
     return _save(fig, out, "nfa_corr")
 
 
@@ -285,7 +289,8 @@ def figure_matrices(results: dict[str, dict], out: Path) -> list[str]:
         s0, s1 = int(nfa.step.values[0]), int(nfa.step.values[-1])
         _show(axes[row, 0], first, f"{OP_NAMES[op]}: NFM at step {s0}", half, order)
         _show(axes[row, 1], last, f"{OP_NAMES[op]}: NFM at step {s1}", half, order)
-        _show(axes[row, 2], ag, f"{OP_NAMES[op]}: AGOP^1/2 at step {s1}", half, order)
+        _show(axes[row, 2], ag, f"{OP_NAMES[op]}: " + r"$\mathrm{AGOP}^{1/2}$" + f" at step {s1}",
+              half, order)
     return _save(fig, out, "nfm", dpi=90)  # keeps the PNG under 500 kB
 
 
@@ -402,7 +407,7 @@ What the numbers say:
 
 * `nfa_corr.png` / `.pdf` — top: `grokscope.plot.plot_nfa` (Pearson with `AGOP^1/2` solid,
   with `AGOP` dashed, cosine of the AGOP with the final one dotted), the off-diagonal-only
-  correlation, the paper's final value, `t_train` (dotted) and `t_test` (dashed). Bottom: the
+  correlation, the paper's final value, `t_train` / `t_test` dotted (blue / vermillion). Bottom: the
   circulant score of the NFM and of `AGOP^1/2`, with train/test accuracy.
 * `nfm.png` / `.pdf` — NFM at init, NFM and `AGOP^1/2` at the last step, rows and columns in
   circulant order (addition: `a` natural, `b` reversed; division: both by discrete log).
@@ -441,6 +446,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default="reports/nfa", help="figures and README")
     ap.add_argument("--runs", default="runs/nfa", help="run stores (git-ignored)")
     ap.add_argument("--ops", default="+,/", help="comma-separated operations (+ and/or /)")
+    ap.add_argument("--figures-only", action="store_true",
+                    help="redraw the figures from the stored runs (no training; README unchanged)")
     args = ap.parse_args(argv)
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -449,6 +456,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bad = [o for o in ops if o not in PAPER]
     if bad:
         ap.error(f"--ops: unknown operation(s) {bad}; use + and/or /")
+    if args.figures_only:
+        results = {}
+        for op in ops:
+            run = gs.open_run(str(runs / OP_NAMES[op]))
+            res = {name: run.results[name] for name in ("nfa", "phases")}
+            results[op] = collect(op, run, res, config(op, args.quick), None, None)
+        figure_corr(results, out)
+        figure_matrices(results, out)
+        return {op: r["summary"] for op, r in results.items()}
     t0 = time.perf_counter()
     results = {op: run_one(op, args.quick, runs) for op in ops}
     figure_corr(results, out)

@@ -228,16 +228,30 @@ def report_summary(
 
 
 # ----------------------------------------------------------------------------- figures
+#: figures of two quantities on different scales: two panels read better than a twin axis
+_PANELS = frozenset({"plot_curves", "plot_norms", "plot_alignment", "plot_kernel",
+                     "plot_mixture_k"})
+
+
 def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
                  ) -> list[tuple[str, str, Callable[[], Any]]]:
     """``(name, caption, draw)`` for every figure the stored data supports."""
+    import inspect
+
     from . import plot as gp
     from .plot._style import PlotDataError
     from .plot.curves import curves_dataset
 
     plan: list[tuple[str, str, Callable[[], Any]]] = []
+    ms = _milestones(run, results, threshold)
+    marks = {k: ms[k] for k in ("t_train", "t_test")}
 
     def add(name: str, caption: str, fn: Callable[..., Any], ds: Any, **kw: Any) -> None:
+        accepts = inspect.signature(fn).parameters
+        if "marks" in accepts:  # every per-step figure marks the run's t_train and t_test
+            kw.setdefault("marks", marks)
+        if "panels" in accepts and fn.__name__ in _PANELS:
+            kw.setdefault("panels", True)
         plan.append((name, caption, lambda: fn(ds, None, **kw)))
 
     try:
@@ -246,8 +260,8 @@ def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
         cds = None
     if cds is not None:
         src = "recorded metrics" if cds is run.metrics else "the 'curves' measure"
-        add("curves", f"Accuracy (and loss) vs step from the {src}; the grokking gap "
-            f"t_train → t_test (accuracy ≥ {threshold:g}) is shaded.", gp.plot_curves, cds,
+        add("curves", f"Accuracy (top) and loss (bottom) vs step from the {src}; the grokking "
+            f"gap t_train → t_test (accuracy ≥ {threshold:g}) is shaded.", gp.plot_curves, cds,
             threshold=threshold)
     captions = {
         "plot_norms": "Total parameter L2 norm and relative distance from the first checkpoint.",
@@ -282,7 +296,8 @@ def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
                     if da.dims == ("step",) and da.dtype.kind == "f"][:6]
             if scal:
                 add(measure, f"Scalar values of the '{measure}' result.",
-                    lambda d, ax, scal=scal: gp.plot_scalars(d, scal, ax), ds)
+                    lambda d, ax, scal=scal, **kw: gp.plot_scalars(d, scal, ax, **kw), ds,
+                    marks=marks)
             continue
         for fn in fns:
             name = fn.__name__.removeprefix("plot_")
@@ -407,7 +422,10 @@ def _html(summary: dict[str, Any], figures: list[_Figure], skipped: dict[str, st
     if not_applicable:
         parts.append("<p class=\"muted\">Measures that do not apply to this run: "
                      + "; ".join(f"{e(k)} ({e(v)})" for k, v in not_applicable.items()) + "</p>")
-    parts.append("<h2>Figures</h2>")
+    parts += ["<h2>Figures</h2>",
+              '<p class="muted">On every figure against step, the dotted vertical lines mark '
+              "t_train (blue) and t_test (vermillion) of the summary above; figures of two "
+              "quantities show them in two panels sharing the step axis.</p>"]
     for fig in figures:
         b64 = base64.b64encode(fig.png).decode("ascii")
         links = " · ".join(f'<a href="{e(f)}">{e(f.rsplit(".", 1)[-1].upper())}</a>'

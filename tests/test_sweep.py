@@ -214,8 +214,10 @@ def test_plot_draws_labelled_grid_without_global_figures(diagram):
     assert plt.get_fignums() == []
     assert ax.get_xlabel().startswith("weight_decay")
     assert ax.get_ylabel().startswith("train_frac")
-    assert ax.get_xscale() == "symlog"  # 0, 0.1, 1: includes zero, spans a decade
-    assert ax.get_yscale() == "linear"
+    # categorical axes: equal cells for 0, 0.1, 1, the values as tick labels
+    assert ax.get_xscale() == "linear" and ax.get_yscale() == "linear"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.1", "1"]
+    assert ax.get_xlim() == (-0.5, 2.5)
     assert "toy" in ax.get_title()
     caption = " ".join(t.get_text() for t in ax.texts)
     assert "threshold 0.9" in caption and "step budget 5000" in caption
@@ -242,7 +244,8 @@ def test_plot_numeric_var_log_axis_and_given_axes(tmp_path):
     ax = fig.add_subplot()
     out = plot_phase_diagram(ds, ax, var="final_test_acc_mean")
     assert out is ax
-    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0001", "0.001", "0.01"]
+    assert "cell text: final_test_acc_mean" in " ".join(t.get_text() for t in ax.texts)
     assert len(fig.axes) == 2  # the colour bar
     with pytest.raises(ConfigError, match="select the extra dims"):
         plot_phase_diagram(ds, var="label")

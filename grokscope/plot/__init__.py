@@ -2,9 +2,12 @@
 
 Every function takes the data first, draws on ``ax`` or on a new
 :class:`matplotlib.figure.Figure` (never pyplot: no global figure state, no backend switch),
-and returns the Axes. Figures are titled, their axes labelled with units, drawn in the
-Okabe-Ito colour-blind-safe palette, and the step axis is log-scaled (symlog, step 0 shown)
-when training spans decades.
+and returns the Axes. Figures are titled (``title=""``: none), their axes labelled with units
+(maths in mathtext), drawn in the Okabe-Ito colour-blind-safe palette, and the step axis is
+log-scaled (symlog, step 0 shown) when training spans decades. Every per-step figure marks
+``t_train`` / ``t_test`` (``marks=``, see :func:`milestone_marks`); figures of two quantities
+take ``panels=True`` or ``ax=(top, bottom)`` (:func:`new_panels`) instead of a twin axis;
+legends sit outside the data. See docs/figures.md.
 
 :data:`PLOTS` maps each measure name to its plot functions (the first is the main figure);
 the ``grok`` accessor uses it: ``run.results["nfa"].grok.plot()``. The plotting modules import
@@ -38,6 +41,8 @@ _FUNCTIONS: dict[str, str] = {
     "plot_changepoints": "changepoints",
     "plot_runs": "runs",
     "save_figure": "save",
+    "new_panels": "_style",
+    "milestone_marks": "_style",
 }
 
 #: measure name -> plot function names, main figure first

@@ -7,6 +7,8 @@ heat map; :func:`plot_fourier_losses` the restricted, excluded and full losses v
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
@@ -17,17 +19,23 @@ from ._style import (
     any_finite,
     cell_edges,
     color,
+    draw_marks,
     finish,
+    legend,
+    milestone_marks,
     new_axes,
     require,
     set_step_axis,
     steps_of,
+    title_or,
     values,
 )
 
 __all__ = ["plot_fourier", "plot_fourier_evolution", "plot_fourier_losses"]
 
 _KEY = color(1)
+#: key frequencies are written over their bars only up to this many
+_MAX_KEY_LABELS = 12
 _OTHER = "#9FB7CC"
 
 
@@ -71,24 +79,25 @@ def plot_fourier(
     ax = new_axes(ax)
     ax.bar(freqs, share, color=[_KEY if k else _OTHER for k in key], width=0.8,
            edgecolor="white", linewidth=0.4)
+    label_keys = int(key.sum()) <= _MAX_KEY_LABELS  # more would overlap (the axis names them)
     for f, s, k in zip(freqs, share, key, strict=True):
-        if k:
+        if k and label_keys:
             ax.annotate(str(int(f)), (f, s), textcoords="offset points", xytext=(0, 2),
                         ha="center", fontsize=8, color=_KEY)
-    ax.set_xlabel("frequency k (of 2πk/p)")
-    ax.legend(handles=[Patch(color=_KEY, label=f"key ({int(key.sum())})"),
-                       Patch(color=_OTHER, label="other")], loc="best", fontsize=8)
+    ax.set_xlabel(r"frequency $k$ (of $2\pi k/p$)")
+    kinds = [(_KEY, f"key ({int(key.sum())})", key.any()), (_OTHER, "other", (~key).any())]
+    legend(ax, [Patch(color=c, label=lab) for c, lab, present in kinds if present])
     where = f" at step {shown:,}" if shown is not None else ""
     p = ds.attrs.get("p")
     head = f"Neuron frequencies (p = {p}){where}" if p else f"Neuron frequencies{where}"
-    finish(ax, title or head, "share of neurons")
+    finish(ax, title_or(title, head), "share of neurons")
     ax.grid(True, axis="y", alpha=0.25)
     ax.grid(False, axis="x")
     return ax
 
 
 def plot_fourier_evolution(
-    ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None
+    ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None, marks: Any = None
 ) -> Axes:
     """Share of neurons per frequency over steps (heat map, step x frequency).
 
@@ -96,6 +105,10 @@ def plot_fourier_evolution(
     ----------
     ds : xr.Dataset
         The ``fourier`` result: ``freq_share`` ``(step, freq)``.
+    title : str, optional
+        None: the default title; ``""``: none.
+    marks : optional
+        ``t_train``/``t_test`` marks (see :func:`grokscope.plot._style.milestone_marks`).
 
     Returns
     -------
@@ -115,13 +128,17 @@ def plot_fourier_evolution(
                          vmin=0, rasterized=True)
     ax.set_xlim(xe[0], xe[-1])
     ax.figure.colorbar(mesh, ax=ax, label="share of neurons", pad=0.01)
-    finish(ax, title or "Neuron frequencies over training", "frequency k")
+    ax.set_ylim(ye[0], ye[-1])
+    mk = draw_marks(ax, milestone_marks(marks, ds))
+    finish(ax, title_or(title, "Neuron frequencies over training"), r"frequency $k$")
     ax.grid(False)
+    if mk:
+        legend(ax, mk, where="below")
     return ax
 
 
 def plot_fourier_losses(
-    ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None
+    ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None, marks: Any = None
 ) -> Axes:
     """Restricted, excluded and full loss vs step (Nanda et al.'s progress measures).
 
@@ -131,6 +148,10 @@ def plot_fourier_losses(
         The ``fourier`` result: ``restricted_loss`` (key frequencies only, all pairs),
         ``excluded_loss`` (key frequencies removed, training pairs), ``loss_all`` and
         ``loss_train`` (unablated), dim ``step``.
+    title : str, optional
+        None: the default title; ``""``: none.
+    marks : optional
+        ``t_train``/``t_test`` marks (see :func:`grokscope.plot._style.milestone_marks`).
 
     Returns
     -------
@@ -143,7 +164,7 @@ def plot_fourier_losses(
         ("restricted_loss", "restricted (key freqs only, all pairs)", color(2), "-"),
         ("excluded_loss", "excluded (key freqs removed, train)", color(4), "-"),
         ("loss_all", "full (all pairs)", color(7), "--"),
-        ("loss_train", "full (train pairs)", color(0), ":"),
+        ("loss_train", "full (train pairs)", "#777777", "-."),
     ]
     if ds.attrs.get("keys") == "final":  # every step ablates the final step's key set
         lines[0] = (lines[0][0], "restricted (final key freqs only, all pairs)", *lines[0][2:])
@@ -165,7 +186,8 @@ def plot_fourier_losses(
         ax.set_yscale("log")
     head = "Fourier progress measures"
     if "all_frequencies_key" in ds and bool(np.asarray(ds["all_frequencies_key"].values).any()):
-        head += " (key set = every frequency: no sparsity tested)"
-    finish(ax, title or head, "cross-entropy loss (nats)")
-    ax.legend(loc="best", fontsize=8)
+        head += "\n(key set = every frequency: no sparsity tested)"
+    draw_marks(ax, milestone_marks(marks, ds))
+    finish(ax, title_or(title, head), "cross-entropy loss (nats)")
+    legend(ax, where="below", ncols=2)
     return ax

@@ -11,9 +11,12 @@ spanning all steps (piecewise-constant, so no mass is invented between bins).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ._style import (
@@ -21,12 +24,17 @@ from ._style import (
     any_finite,
     cell_edges,
     color,
+    draw_marks,
     finish,
+    finish_panel,
     legend,
+    milestone_marks,
     new_axes,
     require,
     set_step_axis,
+    split_axes,
     steps_of,
+    title_or,
     values,
 )
 
@@ -79,6 +87,10 @@ def mixture_density(ds: xr.Dataset, n_grid: int | None = None) -> tuple[np.ndarr
     return density, grid
 
 
+#: marker area of a component mean: ``_SIZE0 + _SIZE1 * weight`` (points^2)
+_SIZE0, _SIZE1 = 10.0, 60.0
+
+
 def plot_mixture(
     ds: xr.Dataset,
     ax: Axes | None = None,
@@ -86,6 +98,7 @@ def plot_mixture(
     color_by: str = "neglogp",
     means: bool = True,
     title: str | None = None,
+    marks: Any = None,
 ) -> Axes:
     """Histogram of the order parameter over steps as a heat map, component means overlaid.
 
@@ -97,21 +110,28 @@ def plot_mixture(
     color_by : {"neglogp", "density"}
         Colour = ``-log p(phi)`` (nats; empty cells blank) or ``p(phi)``.
     means : bool
-        Overlay the fitted component means (marker size ~ component weight), one colour per
-        component slot (the measure keeps a component's slot along the trajectory), and the
-        null band: the random-init distribution's mean +- ``null_sds`` of its stds (dotted),
-        where the result has ``null_mean``/``null_std`` for a scalar order parameter.
+        Overlay the fitted component means (marker area ~ component weight, explained in the
+        legend), one colour per component slot (the measure keeps a component's slot along
+        the trajectory), and the null band: the random-init distribution's mean +-
+        ``null_sds`` of its stds (dotted), where the result has ``null_mean``/``null_std``
+        for a scalar order parameter. The y range covers every mean, and markers are never
+        clipped at the axes' edge.
+    title : str, optional
+        None: the default title; ``""``: none.
+    marks : optional
+        ``t_train``/``t_test`` marks (see :func:`grokscope.plot._style.milestone_marks`).
 
     Returns
     -------
     Axes
+        The legend is below the axes (the colour bar is on the right).
     """
     require(ds, "hist_counts", "hist_edges", what="plot_mixture")
     if color_by not in ("neglogp", "density"):
         raise PlotDataError(f"color_by must be 'neglogp' or 'density', got {color_by!r}")
     steps = steps_of(ds, "plot_mixture")
     density, grid = mixture_density(ds)
-    ax = new_axes(ax, figsize=(7.0, 4.4))
+    ax = new_axes(ax, figsize=(7.0, 4.8))
     scale = set_step_axis(ax, steps)
     xe = cell_edges(steps, scale)
     with np.errstate(divide="ignore"):
@@ -120,9 +140,11 @@ def plot_mixture(
     mesh = ax.pcolormesh(xe, grid, c, cmap="magma" if color_by == "neglogp" else "magma_r",
                          shading="flat", rasterized=True)
     ax.set_xlim(xe[0], xe[-1])
-    ax.set_ylim(grid[0], grid[-1])
-    label = "−log p(φ) (nats); blank = no neuron" if color_by == "neglogp" else "p(φ)"
+    lo, hi = float(grid[0]), float(grid[-1])
+    label = (r"$-\log p(\varphi)$ (nats); blank = no neuron" if color_by == "neglogp"
+             else r"$p(\varphi)$")
     ax.figure.colorbar(mesh, ax=ax, label=label, pad=0.01)
+    handles: list = []
     if means and "means" in ds:
         m = values(ds["means"])
         if m.ndim == 3:  # (step, component, feature): the histogram is of the first feature
@@ -134,35 +156,52 @@ def plot_mixture(
             if not any_finite(m[:, k]):
                 continue
             col = _COMPONENT_COLORS[k % len(_COMPONENT_COLORS)]
-            ax.plot(steps, m[:, k], color=col, linewidth=1.2, label=f"component {k} mean")
-            sizes = 10 + 60 * np.nan_to_num(w[:, k])
+            handles += ax.plot(steps, m[:, k], color=col, linewidth=1.2,
+                               label=f"component {k} mean")
+            sizes = _SIZE0 + _SIZE1 * np.nan_to_num(w[:, k])
             ax.scatter(steps, m[:, k], s=sizes, color=col, edgecolors="white", linewidths=0.6,
-                       zorder=3)
-        _null_band(ds, ax, steps)
-        if ax.get_lines():
-            ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
+                       zorder=3, clip_on=False)
+            fin = m[:, k][np.isfinite(m[:, k])]
+            lo, hi = min(lo, float(fin.min())), max(hi, float(fin.max()))
+        handles += _null_band(ds, ax, steps)
+        if handles:  # explain the marker sizes
+            handles += [Line2D([], [], linestyle="none", marker="o", color="#777777",
+                               markeredgecolor="white",
+                               markersize=float(np.sqrt(_SIZE0 + _SIZE1 * wt)),
+                               label=f"weight {wt:g}") for wt in (0.1, 0.5, 1.0)]
+    # the y range covers the histogram and every mean, with room for the largest marker
+    pad = 0.04 * (hi - lo) if hi > lo else 0.5
+    ax.set_ylim(lo - pad, hi + pad)
+    mk = milestone_marks(marks, ds)
+    handles += draw_marks(ax, mk)
     kind = ds.attrs.get("order_parameter_used")
-    ylabel = f"φ ({kind} order parameter)" if kind else "order parameter φ"
-    finish(ax, title or "Neuron order parameter: histogram and mixture means", ylabel)
+    ylabel = rf"$\varphi$ ({kind} order parameter)" if kind else r"order parameter $\varphi$"
+    finish(ax, title_or(title, "Neuron order parameter: histogram and mixture means"), ylabel)
     ax.grid(False)
+    if handles:
+        legend(ax, handles, where="below", ncols=4, title="marker area ∝ component weight"
+               if means and "means" in ds else None, title_fontsize=8)
     return ax
 
 
-def _null_band(ds: xr.Dataset, ax: Axes, steps: np.ndarray) -> None:
+def _null_band(ds: xr.Dataset, ax: Axes, steps: np.ndarray) -> list:
     """Dotted lines at the null mean +- null_sds null stds (scalar order parameters)."""
     if "null_mean" not in ds or "null_std" not in ds or ds["null_mean"].ndim > 1:
-        return
+        return []
     mean = values(ds["null_mean"]).reshape(-1)
     std = values(ds["null_std"]).reshape(-1)
     if mean.size != len(steps) or not any_finite(mean, std):
-        return
+        return []
     n_sd = float(ds.attrs.get("param_null_sds", 3.0))
-    for sign, label in ((1.0, f"null mean ± {n_sd:g} null std"), (-1.0, None)):
-        ax.plot(steps, mean + sign * n_sd * std, color="#BBBBBB", linestyle=":", linewidth=1.1,
-                label=label)
+    out = []
+    for sign, label in ((1.0, f"null mean ± {n_sd:g} null std"), (-1.0, "_null band")):
+        out += ax.plot(steps, mean + sign * n_sd * std, color="#BBBBBB", linestyle=":",
+                       linewidth=1.1, label=label)
+    return out[:1]
 
 
-def plot_mixture_k(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None) -> Axes:
+def plot_mixture_k(ds: xr.Dataset, ax: Any = None, *, title: str | None = None,
+                   panels: bool = False, marks: Any = None) -> Axes:
     """Number of mixture components chosen by BIC and the droplet fraction vs step.
 
     Parameters
@@ -170,11 +209,20 @@ def plot_mixture_k(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None 
     ds : xr.Dataset
         The ``mixture`` result: ``k`` and ``droplet_fraction`` (dim ``step``); also
         ``neurons_outside_null`` (dotted) where present.
+    ax : Axes or (Axes, Axes), optional
+        A pair selects the two-panel layout.
+    title : str, optional
+        None: the default title; ``""``: none.
+    panels : bool
+        The fractions on their own panel below (a new figure).
+    marks : optional
+        ``t_train``/``t_test`` marks (see :func:`grokscope.plot._style.milestone_marks`).
 
     Returns
     -------
     Axes
-        Axes of ``k``; the droplet fraction is on ``ax.grokscope_twin``.
+        Axes of ``k``; the droplet fraction is on ``ax.grokscope_twin`` (or
+        ``ax.grokscope_panel``).
     """
     require(ds, "k", "droplet_fraction", what="plot_mixture_k")
     steps = steps_of(ds, "plot_mixture_k")
@@ -182,22 +230,37 @@ def plot_mixture_k(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None 
     frac = values(ds["droplet_fraction"])
     if not any_finite(k, frac):
         raise PlotDataError("plot_mixture_k: k and droplet_fraction have no finite value")
-    ax = new_axes(ax)
+    ax, panel = split_axes(ax, panels, what="plot_mixture_k")
     set_step_axis(ax, steps)
+    mk = milestone_marks(marks, ds)
     handles = ax.plot(steps, k, color=color(0), drawstyle="steps-mid", marker="o", markersize=3,
-                      label="k (BIC)")
+                      label="k (BIC)", clip_on=False)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     kmax = np.nanmax(k) if any_finite(k) else 1
     ax.set_ylim(0.5, kmax + 0.5)
-    twin = ax.twinx()
-    handles += twin.plot(steps, frac, color=color(1), linestyle="--", marker=".",
-                         label="droplet fraction")
+    handles += draw_marks(ax, mk)
+    if panel is not None:
+        set_step_axis(panel, steps)
+        other = panel
+    else:
+        other = ax.twinx()
+    dashed = "--" if panel is None else "-"
+    fhandles = other.plot(steps, frac, color=color(1), linestyle=dashed, marker=".",
+                          label="droplet fraction", clip_on=False)
     if "neurons_outside_null" in ds and any_finite(values(ds["neurons_outside_null"])):
-        handles += twin.plot(steps, values(ds["neurons_outside_null"]), color=color(2),
-                             linestyle=":", label="neurons beyond the null (no fit)")
-    twin.set_ylim(-0.02, 1.02)
-    twin.set_ylabel("droplet fraction (dashed)")
-    ax.grokscope_twin = twin  # type: ignore[attr-defined]
-    finish(ax, title or "Mixture components and droplet fraction", "components k (chosen by BIC)")
-    legend(ax, handles, loc="upper left", fontsize=8)
+        fhandles += other.plot(steps, values(ds["neurons_outside_null"]), color=color(2),
+                               linestyle=":", label="neurons beyond the null (no fit)")
+    other.set_ylim(-0.03, 1.03)
+    if panel is not None:
+        draw_marks(panel, mk, label=False)
+        finish(panel, "", "fraction of neurons")
+        finish_panel(ax, panel)
+        legend(panel, fhandles)
+    else:
+        handles += fhandles
+        other.set_ylabel("droplet fraction (dashed)")
+        ax.grokscope_twin = other  # type: ignore[attr-defined]
+    finish(ax, title_or(title, "Mixture components and droplet fraction"),
+           "components k (chosen by BIC)")
+    legend(ax, handles)
     return ax

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
@@ -11,11 +13,15 @@ from ._style import (
     PlotDataError,
     any_finite,
     color,
+    draw_marks,
     finish,
+    legend,
+    milestone_marks,
     new_axes,
     require,
     set_step_axis,
     steps_of,
+    title_or,
     values,
 )
 
@@ -28,6 +34,7 @@ def plot_nfa(
     *,
     agop_alignment: bool = False,
     title: str | None = None,
+    marks: Any = None,
 ) -> Axes:
     """NFA correlation per layer vs step: ``s = 1/2`` solid, ``s = 1`` dashed.
 
@@ -38,6 +45,10 @@ def plot_nfa(
         with ``AGOP^(1/2)``), optionally ``nfa_corr`` (``s = 1``) and ``agop_alignment``.
     agop_alignment : bool
         Also draw the cosine of each step's AGOP with the final one (dotted).
+    title : str, optional
+        None: the default title; ``""``: none.
+    marks : optional
+        ``t_train``/``t_test`` marks (see :func:`grokscope.plot._style.milestone_marks`).
 
     Returns
     -------
@@ -46,9 +57,9 @@ def plot_nfa(
     """
     require(ds, "nfa_corr_sqrt", what="plot_nfa")
     steps = steps_of(ds, "plot_nfa")
-    names = [("nfa_corr_sqrt", "-", "s=1/2")]
+    names = [("nfa_corr_sqrt", "-", "$s=1/2$")]
     if "nfa_corr" in ds:
-        names.append(("nfa_corr", "--", "s=1"))
+        names.append(("nfa_corr", "--", "$s=1$"))
     if agop_alignment and "agop_alignment" in ds:
         names.append(("agop_alignment", ":", "AGOP vs final"))
     ref = ds["nfa_corr_sqrt"]
@@ -64,15 +75,15 @@ def plot_nfa(
             label = f"{layer} ({tag})" if layer else tag
             ax.plot(steps, np.asarray(v).reshape(-1), color=color(i), linestyle=style,
                     marker="." if style == "-" else None, markersize=4, label=label)
-    finish(ax, title or "Neural feature ansatz: corr(WᵀW, AGOPˢ) per layer",
-           "Pearson correlation")
+    mk = draw_marks(ax, milestone_marks(marks, ds))
+    finish(ax, title_or(title, "Neural feature ansatz per layer"),
+           r"$\mathrm{corr}(W^\top W,\ \mathrm{AGOP}^{s})$ (Pearson)")
     if len(layers) <= 2:
-        ax.legend(loc="best", fontsize=8)
+        legend(ax)
         return ax
     # many layers: one legend entry per layer (colour) plus one per variable (line style)
     handles = [Line2D([], [], color=color(i), label=layer) for i, layer in enumerate(layers)]
     handles += [Line2D([], [], color="#444444", linestyle=style, label=tag)
                 for _var, style, tag in names]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
-              frameon=False)
+    legend(ax, handles + mk)
     return ax

@@ -2,10 +2,10 @@
 
 Labels get fixed colours from the Okabe-Ito palette (safe for the common colour-vision
 deficiencies); numeric variables (``final_test_acc_mean``, ``frac_grokking`` ...) a
-perceptually uniform colour map with a colour bar. Cells are centred on the swept values: an
-axis is log-scaled when its values are positive and span a decade or more, symlog-scaled when
-they also include 0 (e.g. weight decay 0, 1e-3, ..., 1), linear otherwise, and categorical
-for non-numeric values.
+perceptually uniform colour map with a colour bar. Every cell has the same width and height
+whatever the spacing of the swept values (weight decay 0, 1e-3, 1, 10 ...): each axis is
+categorical, the swept values are its tick labels, in the dataset's order. What the text in
+the cells means is written in the caption under the x label.
 """
 
 from __future__ import annotations
@@ -35,77 +35,23 @@ LABEL_COLORS: dict[str, str] = {
 }
 
 
-def _scale(values: np.ndarray) -> str:
-    if values.dtype.kind not in "iuf" or values.size < 2:
-        return "linear" if values.dtype.kind in "iuf" else "category"
-    v = values.astype(np.float64)
-    if np.all(v > 0) and v.max() / v.min() >= 10:
-        return "log"
-    pos = v[v > 0]
-    if np.all(v >= 0) and pos.size >= 2 and pos.max() / pos.min() >= 10:
-        return "symlog"
-    return "linear"
+def _tick_label(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):g}"
+    return str(v)
 
 
-def _transform(scale: str, values: np.ndarray) -> tuple[Any, Any]:
-    """Forward and inverse maps of an axis scale, as numpy functions."""
-    if scale == "log":
-        return np.log10, lambda u: 10.0**u
-    if scale == "symlog":
-        t = float(values[values > 0].min())
-
-        def fwd(v: np.ndarray) -> np.ndarray:
-            v = np.asarray(v, dtype=np.float64)
-            a = np.maximum(np.abs(v), t)
-            return np.where(np.abs(v) <= t, v / t, np.sign(v) * (1 + np.log10(a / t)))
-
-        def inv(u: np.ndarray) -> np.ndarray:
-            u = np.asarray(u, dtype=np.float64)
-            return np.where(np.abs(u) <= 1, u * t, np.sign(u) * t * 10.0 ** (np.abs(u) - 1))
-
-        return fwd, inv
-    return (lambda v: np.asarray(v, dtype=np.float64)), (lambda u: u)
-
-
-def _edges(values: np.ndarray, scale: str) -> tuple[np.ndarray, np.ndarray]:
-    """Cell edges ``(n + 1,)`` and centres ``(n,)`` in data coordinates."""
-    if scale == "category":
-        centres = np.arange(values.size, dtype=np.float64)
-        return np.arange(values.size + 1, dtype=np.float64) - 0.5, centres
-    fwd, inv = _transform(scale, values)
-    u = fwd(values.astype(np.float64))
-    if u.size == 1:
-        half = np.array([0.5])
-    else:
-        half = np.diff(u) / 2
-    inner = u[:-1] + half[: u.size - 1] if u.size > 1 else np.array([])
-    lo = u[0] - (half[0] if u.size > 1 else 0.5)
-    hi = u[-1] + (half[-1] if u.size > 1 else 0.5)
-    edges = inv(np.concatenate([[lo], inner, [hi]]))
-    if scale == "linear" and u.size == 1:
-        width = 0.5 * abs(values[0]) if values[0] != 0 else 0.5
-        edges = np.array([values[0] - width, values[0] + width], dtype=np.float64)
-    return np.asarray(edges, dtype=np.float64), values.astype(np.float64)
-
-
-def _set_axis(ax: Axes, which: str, values: np.ndarray, scale: str, edges: np.ndarray,
-              name: str) -> None:
-    set_scale = ax.set_xscale if which == "x" else ax.set_yscale
+def _set_axis(ax: Axes, which: str, values: np.ndarray, name: str) -> None:
+    """A categorical axis: cell ``i`` spans ``[i - 0.5, i + 0.5]``, labelled ``values[i]``."""
     set_lim = ax.set_xlim if which == "x" else ax.set_ylim
     set_ticks = ax.set_xticks if which == "x" else ax.set_yticks
     set_label = ax.set_xlabel if which == "x" else ax.set_ylabel
-    if scale == "log":
-        set_scale("log")
-    elif scale == "symlog":
-        set_scale("symlog", linthresh=float(values[values > 0].min()), linscale=1.0)
-    set_lim(edges[0], edges[-1])
-    centres = np.arange(values.size) if scale == "category" else values.astype(np.float64)
-    labels = [str(v) if scale == "category" else f"{float(v):g}" for v in values]
-    set_ticks(centres, labels)
+    set_lim(-0.5, values.size - 0.5)
+    set_ticks(np.arange(values.size), [_tick_label(v) for v in values])
     axis = ax.xaxis if which == "x" else ax.yaxis
     axis.set_minor_locator(_NullLocator())
-    suffix = {"log": " (log scale)", "symlog": " (symlog scale)"}.get(scale, "")
-    set_label(f"{name}{suffix}")
+    axis.set_tick_params(length=0)
+    set_label(name)
 
 
 def _NullLocator() -> Any:  # noqa: N802 (a factory, named like the class it returns)
@@ -131,8 +77,8 @@ def _task_title(ds: xr.Dataset) -> str:
     return f"Phase diagram: {task['name']}{extra}"
 
 
-def _caption(ds: xr.Dataset) -> str:
-    parts = []
+def _caption(ds: xr.Dataset, cells: str = "") -> str:
+    parts = [cells] if cells else []
     if "threshold" in ds.attrs:
         parts.append(f"threshold {ds.attrs['threshold']:g}")
     if "comprehension_gap" in ds.attrs:
@@ -141,6 +87,8 @@ def _caption(ds: xr.Dataset) -> str:
         parts.append(f"step budget {int(ds.attrs['step_budget'])}")
     if "seed" in ds.dims:
         parts.append(f"{ds.sizes['seed']} seed{'s' if ds.sizes['seed'] != 1 else ''}")
+    if cells:  # what the cell text means on its own line
+        return parts[0] + ("\n" + ", ".join(parts[1:]) if parts[1:] else "")
     return ", ".join(parts)
 
 
@@ -201,9 +149,8 @@ def plot_phase_diagram(
         fig = Figure(figsize=(6.4, 4.8), layout="constrained")
         ax = fig.add_subplot()
     xs, ys = np.asarray(ds[x].values), np.asarray(ds[y].values)
-    sx, sy = _scale(xs), _scale(ys)
-    ex, cx = _edges(xs, sx)
-    ey, cy = _edges(ys, sy)
+    ex = np.arange(xs.size + 1, dtype=np.float64) - 0.5
+    ey = np.arange(ys.size + 1, dtype=np.float64) - 0.5
     values = np.asarray(da.values)
     categorical = values.dtype.kind in "USO"
     if categorical:
@@ -226,12 +173,13 @@ def plot_phase_diagram(
                              edgecolors="white", linewidth=1.0)
         label = var + (f" [{da.attrs['units']}]" if "units" in da.attrs else "")
         ax.figure.colorbar(mesh, ax=ax, label=label)
-    _set_axis(ax, "x", xs, sx, ex, x)
-    _set_axis(ax, "y", ys, sy, ey, y)
+    _set_axis(ax, "x", xs, x)
+    _set_axis(ax, "y", ys, y)
+    cells = ""
     if annotate:
-        _annotate(ax, ds, da, mesh, cx, cy, categorical, sx, sy)
+        cells = _annotate(ax, ds, da, mesh, categorical)
     ax.set_title(title if title is not None else _task_title(ds))
-    caption = _caption(ds)
+    caption = _caption(ds, cells)
     if caption:  # below the x label, inside the axes' layout box
         ax.annotate(caption, xy=(0.5, 0.0), xycoords=ax.xaxis.label, xytext=(0, -4),
                     textcoords="offset points", ha="center", va="top", fontsize="small",
@@ -245,29 +193,29 @@ def _ink(rgba: Any) -> str:
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
 
 
-def _annotate(ax: Axes, ds: xr.Dataset, da: xr.DataArray, mesh: Any, cx: np.ndarray,
-              cy: np.ndarray, categorical: bool, sx: str, sy: str) -> None:
+def _annotate(ax: Axes, ds: xr.Dataset, da: xr.DataArray, mesh: Any, categorical: bool) -> str:
+    """Write each cell's text; returns what the text means (for the caption), or ``""``."""
     x, y = ds.attrs["x"], ds.attrs["y"]
-    colours = mesh.to_rgba(np.asarray(mesh.get_array())).reshape(cy.size, cx.size, 4)
-    px = np.arange(cx.size) if sx == "category" else cx
-    py = np.arange(cy.size) if sy == "category" else cy
+    nx, ny = ds.sizes[x], ds.sizes[y]
+    colours = mesh.to_rgba(np.asarray(mesh.get_array())).reshape(ny, nx, 4)
     if categorical:
         if "n_runs" not in ds or "label_agreement" not in ds or "seed" not in ds.dims:
-            return
+            return ""
         if ds.sizes["seed"] < 2:
-            return
+            return ""
         n = ds["n_runs"].transpose(x, y).values
         agree = ds["label_agreement"].transpose(x, y).values
-        for i in range(px.size):
-            for j in range(py.size):
+        for i in range(nx):
+            for j in range(ny):
                 if n[i, j] > 0:
                     k = int(round(agree[i, j] * n[i, j]))
-                    ax.text(px[i], py[j], f"{k}/{int(n[i, j])}", ha="center", va="center",
+                    ax.text(i, j, f"{k}/{int(n[i, j])}", ha="center", va="center",
                             fontsize="small", color=_ink(colours[j, i]))
-        return
+        return "cell text k/n: k of the cell's n seeds have the colour's label"
     v = da.values.astype(np.float64)
-    for i in range(px.size):
-        for j in range(py.size):
+    for i in range(nx):
+        for j in range(ny):
             if np.isfinite(v[i, j]):
-                ax.text(px[i], py[j], f"{v[i, j]:.3g}", ha="center", va="center",
+                ax.text(i, j, f"{v[i, j]:.3g}", ha="center", va="center",
                         fontsize="small", color=_ink(colours[j, i]))
+    return f"cell text: {da.name}"

@@ -8,7 +8,17 @@ import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 
-from ._style import PlotDataError, color, finish, legend, new_axes, set_step_axis, values
+from ._style import (
+    PlotDataError,
+    color,
+    draw_marks,
+    finish,
+    legend,
+    milestone_marks,
+    new_axes,
+    set_step_axis,
+    values,
+)
 
 
 def plot_runs(
@@ -20,6 +30,7 @@ def plot_runs(
     label: str | None = None,
     color_index: int | None = None,
     title: str | None = None,
+    marks: Any = None,
 ) -> Axes:
     """``variable`` of :func:`grokscope.open_runs`'s dataset against step, all runs on ``ax``.
 
@@ -28,7 +39,9 @@ def plot_runs(
     hyperparameter coordinates gets its own colour and a legend entry naming it (``label``
     prefixes every entry). Without ``bands`` every run is its own line. Call it again on the
     same ``ax`` with ``color_index`` to add another group in the next colours. ``title=""``
-    draws no title.
+    draws no title. Runs have their own milestones, so no ``t_train``/``t_test`` is drawn
+    unless ``marks`` gives them (a mapping, or one run's metrics; see
+    :func:`grokscope.plot._style.milestone_marks`).
     """
     from ..many import seed_groups
 
@@ -66,6 +79,7 @@ def plot_runs(
     if not drawn:
         raise PlotDataError(f"plot_runs: {variable!r} has no finite value in any run")
     set_step_axis(ax, steps)
+    draw_marks(ax, milestone_marks(marks if marks is not None else False))
     long_name = ds[variable].attrs.get("long_name", variable)
     legend(ax)
     return finish(ax, f"{long_name} across runs" if title is None else title, long_name)

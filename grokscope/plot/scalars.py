@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import xarray as xr
 from matplotlib.axes import Axes
@@ -11,10 +12,14 @@ from ._style import (
     PlotDataError,
     any_finite,
     color,
+    draw_marks,
     finish,
+    legend,
+    milestone_marks,
     new_axes,
     set_step_axis,
     steps_of,
+    title_or,
     values,
 )
 
@@ -28,6 +33,7 @@ def plot_scalars(
     *,
     ylabel: str = "value",
     title: str | None = None,
+    marks: Any = None,
 ) -> Axes:
     """Each of ``variables`` (dim ``step`` only) as one line vs step.
 
@@ -37,6 +43,10 @@ def plot_scalars(
         A per-step result.
     variables : sequence of str
         Variables with dims ``("step",)``.
+    title : str, optional
+        None: the default title; ``""``: none.
+    marks : optional
+        ``t_train``/``t_test`` marks (see :func:`grokscope.plot._style.milestone_marks`).
 
     Returns
     -------
@@ -56,21 +66,27 @@ def plot_scalars(
     for i, v in enumerate(variables):
         ax.plot(steps, values(ds[v]), color=color(i), marker=".", markersize=4,
                 label=ds[v].attrs.get("long_name", v))
+    mk = draw_marks(ax, milestone_marks(marks, ds))
     measure = ds.attrs.get("measure")
-    finish(ax, title or (f"{measure}: " if measure else "") + ", ".join(variables) + " vs step",
-           ylabel)
-    if len(variables) > 1:
-        ax.legend(loc="best", fontsize=8)
+    default = (f"{measure}: " if measure else "") + ", ".join(variables) + " vs step"
+    finish(ax, title_or(title, default), ylabel)
+    if len(variables) > 1 or mk:
+        legend(ax)
     return ax
 
 
-def plot_rqi(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None) -> Axes:
+def plot_rqi(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None,
+             marks: Any = None) -> Axes:
     """Representation quality index of the embedding vs step (integer or modular variant).
 
     Parameters
     ----------
     ds : xr.Dataset
         The ``rqi`` result: ``rqi`` (dim ``step``).
+    title : str, optional
+        None: the default title; ``""``: none.
+    marks : optional
+        ``t_train``/``t_test`` marks (see :func:`grokscope.plot._style.milestone_marks`).
 
     Returns
     -------
@@ -79,7 +95,8 @@ def plot_rqi(ds: xr.Dataset, ax: Axes | None = None, *, title: str | None = None
     variant = ds.attrs.get("variant")
     what = ("fraction of parallel-chord quadruples" if variant == "modular"
             else "fraction of parallelograms")
-    ax = plot_scalars(ds, ["rqi"], ax, ylabel=f"RQI ({what})",
-                      title=title or "Representation quality index vs step"
-                      + (f" ({variant})" if variant else ""))
+    default = "Representation quality index vs step" + (f" ({variant})" if variant else "")
+    ax = plot_scalars(ds, ["rqi"], ax, ylabel=f"RQI ({what})", title=title_or(title, default),
+                      marks=marks)
+    ax.set_ylim(-0.03, 1.03)  # a fraction: its whole range, so a flat 0 reads as 0
     return ax
