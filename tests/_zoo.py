@@ -11,6 +11,8 @@ Five kinds, none using grokscope's attribute names:
   ``W_U`` parameters used through einsum, output ``(batch, ctx, vocab_out)``. With
   ``tl_layout=True`` the 2-D weights take TransformerLens's orientation (``W_E`` (vocab,
   d_model), ``W_in`` (d_model, d_mlp), ``W_out`` (d_mlp, d_model)).
+- ``RootRawMLP``: one module, no submodules: raw ``W_in``, ``b_in``, ``W_out`` at the model's
+  root, used through einsum on two-hot inputs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,20 @@ class NamedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(F.silu(self.fc_mid(F.silu(self.fc_in(x)))))
+
+
+class RootRawMLP(nn.Module):
+    """A one-hidden-layer ReLU MLP as one module of raw parameters (nothing nested)."""
+
+    def __init__(self, d_in: int, width: int, n_out: int) -> None:
+        super().__init__()
+        self.W_in = nn.Parameter(torch.randn(width, d_in) / math.sqrt(d_in))
+        self.b_in = nn.Parameter(torch.zeros(width))
+        self.W_out = nn.Parameter(torch.randn(n_out, width) / math.sqrt(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(torch.einsum("wd,nd->nw", self.W_in, x) + self.b_in)
+        return torch.einsum("cw,nw->nc", self.W_out, h)
 
 
 class EmbedMLP(nn.Module):
@@ -168,7 +184,7 @@ def grokscope_transformer(p: int) -> nn.Module:
 
 def data_for(kind: str, p: int = 11, frac: float = 0.5, seed: int = 0) -> gs.Data:
     """The modular-addition split each zoo model takes."""
-    enc = "onehot" if kind in ("seq_mlp", "named_mlp") else "tokens"
+    enc = "onehot" if kind in ("seq_mlp", "named_mlp", "root_raw_mlp") else "tokens"
     return make_task("modular", p=p, op="+", train_frac=frac, encoding=enc, seed=seed)
 
 
@@ -179,6 +195,8 @@ def build(kind: str, p: int = 11, seed: int = 0) -> nn.Module:
         return seq_mlp(p)
     if kind == "named_mlp":
         return NamedMLP(2 * p, 40, p)
+    if kind == "root_raw_mlp":
+        return RootRawMLP(2 * p, 40, p)
     if kind == "embed_mlp":
         return EmbedMLP(p + 1, 12, 48, p)
     if kind == "grokscope_transformer":
@@ -190,7 +208,7 @@ def build(kind: str, p: int = 11, seed: int = 0) -> nn.Module:
     raise KeyError(kind)
 
 
-KINDS = ("seq_mlp", "named_mlp", "embed_mlp", "grokscope_transformer", "raw_transformer",
+KINDS = ("seq_mlp", "named_mlp", "root_raw_mlp", "embed_mlp", "grokscope_transformer", "raw_transformer",
          "tl_layout_transformer")
 
 

@@ -21,6 +21,10 @@ EXPECTED = {
     "named_mlp": (None, None, [("fc_in", "fc_in", "fc_mid", "silu", ("fc_mid", "input")),
                                ("fc_mid", "fc_mid", "head", "silu", ("head", "input"))],
                   ("fc_in.weight", "columns"), "head.weight", "head"),
+    # raw W_in/b_in/W_out at the model's root (no submodules): the root's own output is
+    # W_out relu(W_in x + b_in); the hidden layer is named after its in map
+    "root_raw_mlp": (None, None, [("W_in", "W_in", "W_out", "relu", None)],
+                     ("W_in", "columns"), "W_out", "W_out"),
     "embed_mlp": ("tok", None, [("hidden_layer", "hidden_layer", "out", "gelu", ("out", "input"))],
                   ("tok.weight", "rows"), "out.weight", "out"),
     "grokscope_transformer": (

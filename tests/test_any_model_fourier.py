@@ -29,6 +29,9 @@ from grokscope.tasks import make_task
 P_ZOO = 11
 
 
+TWO_HOT = ("seq_mlp", "named_mlp", "root_raw_mlp")
+
+
 def _ckpt(model, data) -> Checkpoint:
     return Checkpoint(step=0, model=model.eval(), data=data, references={"first": model})
 
@@ -36,7 +39,7 @@ def _ckpt(model, data) -> Checkpoint:
 def _grid(kind: str, p: int) -> torch.Tensor:
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
     a, b = a.reshape(-1), b.reshape(-1)
-    if kind in ("seq_mlp", "named_mlp"):
+    if kind in TWO_HOT:
         x = torch.zeros(p * p, 2 * p)
         x[torch.arange(p * p), a] = 1
         x[torch.arange(p * p), p + b] = 1
@@ -61,6 +64,8 @@ def _own_neurons(kind: str, m, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(m[0](x))
     if kind == "named_mlp":
         return F.silu(m.fc_in(x))
+    if kind == "root_raw_mlp":
+        return torch.relu(x @ m.W_in.T + m.b_in)
     if kind == "embed_mlp":
         return F.gelu(m.hidden_layer(m.tok(x[:, :2]).flatten(1)))
     if kind == "grokscope_transformer":
@@ -79,6 +84,9 @@ def _own_tables(kind: str, m, p: int):
     if kind == "named_mlp":
         w = m.fc_in.weight.detach()
         return (w[:, :p].T, w[:, p:].T), m.head.weight.detach(), w
+    if kind == "root_raw_mlp":
+        w = m.W_in.detach()
+        return (w[:, :p].T, w[:, p:].T), m.W_out.detach(), w
     if kind == "embed_mlp":
         return (m.tok.weight.detach()[:p],), m.out.weight.detach(), m.hidden_layer.weight.detach()
     if kind == "grokscope_transformer":
@@ -89,10 +97,10 @@ def _own_tables(kind: str, m, p: int):
     return (w_e[:p],), m.unembed.W_U.detach().T @ w_out, w_in
 
 
-MODULE = {"seq_mlp": "0", "named_mlp": "fc_in", "embed_mlp": "hidden_layer",
+MODULE = {"seq_mlp": "0", "named_mlp": "fc_in", "root_raw_mlp": "W_in", "embed_mlp": "hidden_layer",
           "grokscope_transformer": "blocks.0.mlp.W_in", "raw_transformer": "blocks.0.mlp.W_in",
           "tl_layout_transformer": "blocks.0.mlp.W_in"}
-WIDTH = {"seq_mlp": 48, "named_mlp": 40, "embed_mlp": 48, "grokscope_transformer": 64,
+WIDTH = {"seq_mlp": 48, "named_mlp": 40, "root_raw_mlp": 40, "embed_mlp": 48, "grokscope_transformer": 64,
          "raw_transformer": 64, "tl_layout_transformer": 64}
 
 
@@ -134,7 +142,7 @@ def test_mixture_on_every_zoo_kind_reads_first_layer(kind):
     m, data = build(kind, P_ZOO).eval(), data_for(kind, P_ZOO)
     ds = get("mixture").fn(_ckpt(m, data))
     assert ds.attrs["module"] == MODULE[kind]
-    two_hot = kind in ("seq_mlp", "named_mlp")
+    two_hot = kind in TWO_HOT
     assert ds.attrs["order_parameter_used"] == ("fourier" if two_hot else "pca")
     assert int(ds["n_neurons"]) == WIDTH[kind]
     # at random init: one Gaussian, no droplet (docs/methods.md section 2's known answer)

@@ -94,10 +94,10 @@ def test_curves_on_trained_raw_transformer(trained_raw):
 # --------------------------------------------------------------------------- LMN
 #: where each kind's first hidden layer's pre-activation map takes its input h, and the module
 #: whose output is the input role (None: the raw float input), written from the model code
-PRE_INPUT = {"seq_mlp": "0", "named_mlp": "fc_in", "embed_mlp": "hidden_layer",
+PRE_INPUT = {"seq_mlp": "0", "named_mlp": "fc_in", "root_raw_mlp": "", "embed_mlp": "hidden_layer",
              "grokscope_transformer": "blocks.0.mlp.W_in", "raw_transformer": "blocks.0.mlp",
              "tl_layout_transformer": "blocks.0.mlp"}
-INPUT_OUT = {"seq_mlp": None, "named_mlp": None, "embed_mlp": "tok",
+INPUT_OUT = {"seq_mlp": None, "named_mlp": None, "root_raw_mlp": None, "embed_mlp": "tok",
              "grokscope_transformer": "embed", "raw_transformer": "embed",
              "tl_layout_transformer": "embed"}
 
@@ -163,7 +163,7 @@ def test_lmn_pre_and_input_run_on_every_kind(kind):
     assert "input role" in inp.attrs["subnetwork"]
     # how g is evaluated: MLPs from the anatomy's maps, transformers through hooks
     direct = "directly from the anatomy" in pre.attrs["subnetwork"]
-    assert direct == (kind in ("seq_mlp", "named_mlp", "embed_mlp"))
+    assert direct == (kind in ("seq_mlp", "named_mlp", "root_raw_mlp", "embed_mlp"))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -212,6 +212,7 @@ def test_grokscope_models():
 
 # ------------------------------------------------------------------------ any model (the zoo)
 ZOO_INPUT = {"seq_mlp": "raw float input", "named_mlp": "raw float input",
+             "root_raw_mlp": "raw float input",
              "embed_mlp": "output of module 'tok'",
              "grokscope_transformer": "output of module 'embed'",
              "raw_transformer": "output of module 'embed'",

@@ -149,7 +149,7 @@ def test_registration():
 
 
 # ------------------------------------------------------------------------ any model (the zoo)
-@pytest.mark.parametrize("kind", ["seq_mlp", "named_mlp", "embed_mlp", "grokscope_transformer",
+@pytest.mark.parametrize("kind", ["seq_mlp", "named_mlp", "root_raw_mlp", "embed_mlp", "grokscope_transformer",
                                   "raw_transformer", "tl_layout_transformer"])
 def test_kernel_on_every_zoo_kind(kind):
     from _zoo import build, data_for

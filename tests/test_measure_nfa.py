@@ -416,6 +416,7 @@ def _zoo_ckpt(kind, dtype=torch.float64):
 ZOO_LAYERS = {  # the default layers: hidden in-maps and nn.Linear-like maps, not the readout
     "seq_mlp": ["0"],
     "named_mlp": ["fc_in", "fc_mid"],
+    "root_raw_mlp": ["W_in"],
     "embed_mlp": ["hidden_layer"],
     "grokscope_transformer": ["blocks.0.attn.W_V", "blocks.0.attn.W_Q", "blocks.0.attn.W_K",
                               "blocks.0.attn.W_O", "blocks.0.mlp.W_in", "blocks.0.mlp.W_out"],
@@ -440,8 +441,13 @@ def test_nfa_on_every_zoo_kind(kind):
     assert ds.attrs["space_per_layer"] == ["input" if raw else "output"] * len(ZOO_LAYERS[kind])
     assert np.isfinite(ds.cnfa.values).all() and ds.attrs["cnfa_skipped"] == ""
     closed = {"seq_mlp": ["closed_form"], "named_mlp": ["general", "closed_form"],
-              "embed_mlp": ["closed_form"]}
+              "root_raw_mlp": ["closed_form"], "embed_mlp": ["closed_form"]}
     assert ds.attrs["method_per_layer"] == closed.get(kind, ["general"] * len(ZOO_LAYERS[kind]))
+    if kind == "root_raw_mlp":  # the closed form read from root-level raw weights = hooks
+        general = nfa(ck, max_points=40, method="general")
+        assert general.attrs["method_per_layer"] == ["general"]
+        for v in ("nfa_corr", "nfa_corr_centred", "agop_alignment"):
+            np.testing.assert_allclose(ds[v].values, general[v].values, rtol=1e-4)
 
 
 def test_grokscope_default_layers_unchanged():

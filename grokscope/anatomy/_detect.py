@@ -72,9 +72,7 @@ def _probe(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, _Call], torch.T
 
         return hook
 
-    for name, mod in model.named_modules():
-        if not name:
-            continue
+    for name, mod in model.named_modules():  # "" is the model itself (raw parameters at its root)
         handles.append(mod.register_forward_pre_hook(pre(name), with_kwargs=True))
         handles.append(mod.register_forward_hook(post(name)))
     try:
@@ -85,9 +83,14 @@ def _probe(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, _Call], torch.T
             h.remove()
     for name in calls:
         parent = name.rpartition(".")[0]
-        if parent in calls:
+        if name and parent in calls:
             calls[parent].children.append(name)
     return calls, out
+
+
+def _prefix(name: str) -> str:
+    """The key prefix of module ``name``'s own parameters (none for the model itself)."""
+    return name + "." if name else ""
 
 
 def _matching_act(z: torch.Tensor, target: torch.Tensor) -> str | None:
@@ -147,7 +150,7 @@ def _token_embedding(model: nn.Module, calls: dict[str, _Call], x: torch.Tensor,
         if not torch.is_floating_point(c.out) or c.out.shape[:-1] != c.inp.shape:
             continue
         mod = model.get_submodule(name)
-        prefix = name + "."
+        prefix = _prefix(name)
         cands = [("weight", mod.weight)] if isinstance(mod, nn.Embedding) else [
             (k, p) for k, p in mod.named_parameters(recurse=False) if p.ndim == 2]
         for leaf, w in cands:
@@ -176,7 +179,7 @@ def _linear_maps(model: nn.Module, calls: dict[str, _Call], anat: Anatomy) -> di
     for name, c in sorted(calls.items(), key=lambda kv: kv[1].order):
         mod = model.get_submodule(name)
         if isinstance(mod, nn.Linear):
-            if c.inp is None or c.out is None:
+            if c.inp is None or c.out is None or not name:  # a bare nn.Linear: no anatomy
                 continue
             anat.linear.append({
                 "name": name, "weight": f"{name}.weight",
@@ -197,8 +200,8 @@ def _linear_maps(model: nn.Module, calls: dict[str, _Call], anat: Anatomy) -> di
             orient = _orient(w, d_in, leaf)
             if orient is None:
                 continue
-            key = f"{name}.{leaf}"
-            bias = _bias_key(mod, name + ".", leaf)
+            key = _prefix(name) + leaf
+            bias = _bias_key(mod, _prefix(name), leaf)
             b = None if bias is None else getattr(mod, bias.rpartition(".")[2]).detach()
             z = _apply(w.detach(), orient, b, c.inp)
             if z is None:
@@ -217,15 +220,16 @@ def _linear_maps(model: nn.Module, calls: dict[str, _Call], anat: Anatomy) -> di
 
 
 def _second_map(model: nn.Module, mod_name: str, c: _Call, first: dict, z: torch.Tensor,
-                calls: dict[str, _Call]) -> tuple[dict, dict] | None:
-    """``(out map, hidden layer)`` when module ``mod_name`` computes ``W2 act(z) + b2``."""
+                calls: dict[str, _Call]) -> tuple[dict, dict, tuple] | None:
+    """``(out map, hidden layer, (act(z), out))`` when module ``mod_name`` computes
+    ``W2 act(z) + b2``."""
     mod = model.get_submodule(mod_name)
     width, d_out = z.shape[-1], c.out.shape[-1]
     for leaf, w in mod.named_parameters(recurse=False):
-        key = f"{mod_name}.{leaf}"
+        key = _prefix(mod_name) + leaf
         if w.ndim != 2 or key == first["weight"]:
             continue
-        bias = _bias_key(mod, mod_name + ".", leaf)
+        bias = _bias_key(mod, _prefix(mod_name), leaf)
         b = None if bias is None else getattr(mod, bias.rpartition(".")[2]).detach()
         for orient, shape in (("out_in", (d_out, width)), ("in_out", (width, d_out))):
             if tuple(w.shape) != shape:
@@ -242,9 +246,9 @@ def _second_map(model: nn.Module, mod_name: str, c: _Call, first: dict, z: torch
                         capture = {"module": child, "at": "output"}
                 out_map = {"name": key, "weight": key, "bias": bias, "module": None,
                            "orientation": orient, "output": None}
-                hidden = {"name": mod_name, "in": first["name"], "out": key,
+                hidden = {"name": mod_name or first["name"], "in": first["name"], "out": key,
                           "activation": act, "capture": capture}
-                return out_map, hidden
+                return out_map, hidden, (post, y)
     return None
 
 
@@ -264,6 +268,7 @@ def _raw_mlps(model: nn.Module, calls: dict[str, _Call], anat: Anatomy,
             anat.linear = [m for m in anat.linear if m["weight"] != found[0]["weight"]]
             anat.linear.append(found[0])
             anat.hidden.append(found[1])
+            maps[found[0]["name"]] = found[2]  # the readout when its output is the logits
     dropped = [lin["name"] for lin in anat.linear if lin.get("_verified") is False]
     anat.linear = [lin for lin in anat.linear if lin.get("_verified") is not False]
     for lin in anat.linear:

@@ -349,7 +349,7 @@ def _pre_route(view: ModelView, xs: torch.Tensor, layer: int) -> SubNetwork:
     if lin.get("output"):
         hooked = _hook_route(view, xs, lin["output"], "output", what)
         hooked.description += f"; z read at the output of {lin['output']!r}"
-    elif lin.get("module"):
+    elif lin.get("module") is not None:  # "" is the model itself
         hooked = _hook_route(view, xs, lin["module"], "input", what)
         hooked.description += (
             f"; segments interpolated at the input h of {lin['module']!r}, identical to "
