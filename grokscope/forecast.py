@@ -13,14 +13,14 @@ a few *signals* (all returned in the result's attrs) and turns them into
   memorisation plateau of a grokking run the test loss falls roughly exponentially in the
   step long before test accuracy moves): extrapolated linearly to a critical loss
   ``LOSS_CRIT * test_loss(step 0)`` it gives the remaining steps, scaled by ``LOSS_GAIN``.
-  Without a falling test loss (or without a test loss at all) the prediction is
-  ``FALLBACK_RATIO * upto``.
+  Without a clearly falling test loss (its log falling by less than ``TREND_MIN`` per
+  ``upto`` steps, or no test loss at all) the prediction is ``FALLBACK_RATIO * upto``.
 * ``t_test_low`` / ``t_test_high`` -- an 80% interval: ``t_test_pred`` times the 10% and 90%
   quantiles of ``true / predicted`` on the fit runs (a separate pair for the fallback branch).
 * ``p_grok`` -- the probability that test accuracy reaches the threshold by ``horizon``
   (default ``10 * upto``; stores do not record a step budget): a
-  logistic model of four signals (``log(t_test_pred / horizon)``, the test loss relative to
-  its peak, the relative test-loss trend, train accuracy).
+  logistic model of five signals (``log(t_test_pred / horizon)``, the test loss relative to
+  its peak, the relative test-loss trend, train accuracy, test accuracy).
 
 A run whose test accuracy has already reached the threshold at a step ``<= upto`` gets
 ``p_grok = 1`` and ``t_test_pred = t_test_low = t_test_high =`` that step.
@@ -53,13 +53,14 @@ class ForecastError(MeasureNotApplicable):
 #: fitted by analyses/08_forecast_eval.py --fit on the FIT runs of analyses/07_forecast_runs.py
 #: (never on the held-out runs); regenerate with that script after changing a signal
 CONSTANTS: dict[str, Any] = {
-    "LOSS_CRIT": 0.12,
-    "LOSS_GAIN": 1.0,
-    "FALLBACK_RATIO": 2.5,
-    "Q_TREND": (0.7, 1.4),
-    "Q_FALLBACK": (0.5, 4.0),
-    "LOGIT_COEF": (-2.0, -1.0, -5.0, 2.0),
-    "LOGIT_BIAS": 0.0,
+    "LOSS_CRIT": 0.1,
+    "LOSS_GAIN": 0.8,
+    "TREND_MIN": 0.7,
+    "FALLBACK_RATIO": 4.076923,
+    "Q_TREND": (0.706591, 1.519746),
+    "Q_FALLBACK": (0.490566, 1.188679),
+    "LOGIT_COEF": (-0.794822, 1.700413, -2.043157, 0.604015, 1.070443),
+    "LOGIT_BIAS": -1.93011,
 }
 
 #: fraction of the steps seen (the latest ones) over which trends are fitted
@@ -196,7 +197,7 @@ def forecast_signals(series: dict[str, Any], threshold: float = 0.9) -> dict[str
         s = _slope(x, logl[w])
         out["loss_trend"] = s * scale
         crit = math.log(CONSTANTS["LOSS_CRIT"]) + float(logl[np.isfinite(logl)][0])
-        if np.isfinite(s) and s < 0 and np.isfinite(logl[-1]):
+        if np.isfinite(s) and s * scale <= -CONSTANTS["TREND_MIN"] and np.isfinite(logl[-1]):
             out["t_loss_cross"] = u + max(0.0, (crit - logl[-1]) / s)
         else:
             out["t_loss_cross"] = math.nan
@@ -233,18 +234,19 @@ def predict_time(sig: dict[str, float]) -> tuple[float, str]:
 
 
 def logit_features(sig: dict[str, float], t_pred: float, horizon: float) -> np.ndarray:
-    """The logistic model's inputs, shape ``(4,)``; NaN signals enter as 0."""
+    """The logistic model's inputs, shape ``(5,)``; NaN signals enter as 0."""
     f = np.array([
         math.log(max(t_pred, 1.0) / max(horizon, 1.0)),
         sig["loss_rel_peak"],
         sig["loss_trend"],
         sig["train_acc"],
+        sig["test_acc"],
     ], dtype=np.float64)
     return np.nan_to_num(np.clip(f, -20, 20), nan=0.0)
 
 
 def p_grok_of(features: np.ndarray) -> float:
-    """The logistic model of :data:`CONSTANTS` at ``features`` ``(4,)``."""
+    """The logistic model of :data:`CONSTANTS` at ``features`` ``(5,)``."""
     z = float(np.dot(CONSTANTS["LOGIT_COEF"], features) + CONSTANTS["LOGIT_BIAS"])
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 

@@ -74,6 +74,7 @@ def designed(tmp_path_factory):
 def test_loss_trend_crossing_is_the_designed_step(designed, monkeypatch):
     # log test loss falls at RATE per step from log 2: it reaches LOSS_CRIT * 2 at
     # ln(1 / LOSS_CRIT) / RATE whatever step the forecast is made at
+    monkeypatch.setitem(fc.CONSTANTS, "TREND_MIN", 0.5)  # the trend is RATE * upto >= 0.6
     monkeypatch.setitem(fc.CONSTANTS, "LOSS_CRIT", math.exp(-2.0))  # crossing at step 1000
     monkeypatch.setitem(fc.CONSTANTS, "LOSS_GAIN", 1.0)
     for upto in (300, 500, 700):
@@ -90,11 +91,24 @@ def test_loss_trend_crossing_is_the_designed_step(designed, monkeypatch):
     assert float(gs.forecast(designed, upto=500).t_test_pred) == pytest.approx(750.0)
 
 
+def test_a_weak_trend_is_not_extrapolated(designed, monkeypatch):
+    # at upto=300 the log loss fell by RATE * 300 = 0.6 over the steps seen: a trend only when
+    # TREND_MIN allows it
+    monkeypatch.setitem(fc.CONSTANTS, "FALLBACK_RATIO", 2.0)
+    monkeypatch.setitem(fc.CONSTANTS, "TREND_MIN", 0.59)
+    assert gs.forecast(designed, upto=300).attrs["branch"] == "trend"
+    monkeypatch.setitem(fc.CONSTANTS, "TREND_MIN", 0.61)
+    ds = gs.forecast(designed, upto=300)
+    assert ds.attrs["branch"] == "fallback"
+    assert float(ds.t_test_pred) == 600.0
+
+
 def test_interval_and_probability_follow_the_constants(designed, monkeypatch):
+    monkeypatch.setitem(fc.CONSTANTS, "TREND_MIN", 0.5)
     monkeypatch.setitem(fc.CONSTANTS, "LOSS_CRIT", math.exp(-2.0))
     monkeypatch.setitem(fc.CONSTANTS, "LOSS_GAIN", 1.0)
     monkeypatch.setitem(fc.CONSTANTS, "Q_TREND", (0.8, 1.5))
-    monkeypatch.setitem(fc.CONSTANTS, "LOGIT_COEF", (-1.0, 0.0, 0.0, 0.0))
+    monkeypatch.setitem(fc.CONSTANTS, "LOGIT_COEF", (-1.0, 0.0, 0.0, 0.0, 0.0))
     monkeypatch.setitem(fc.CONSTANTS, "LOGIT_BIAS", 0.0)
     ds = gs.forecast(designed, upto=500, horizon=4000)
     assert float(ds.t_test_low) == pytest.approx(800.0)
@@ -129,7 +143,8 @@ def test_upto_ignores_every_later_step(tmp_path, designed):
     assert gs.forecast(misled).attrs["branch"] == "fallback"
 
 
-def test_raw_parameter_model_gives_the_same_forecast(tmp_path, designed):
+def test_raw_parameter_model_gives_the_same_forecast(tmp_path, designed, monkeypatch):
+    monkeypatch.setitem(fc.CONSTANTS, "TREND_MIN", 0.5)
     raw = record(tmp_path / "raw.zarr", RawEinsum(), STEPS)
     a, b = gs.forecast(designed, upto=600), gs.forecast(raw, upto=600)
     assert float(a.t_test_pred) == pytest.approx(float(b.t_test_pred))
@@ -176,7 +191,8 @@ def test_errors_say_what_to_do(tmp_path, designed):
         gs.forecast(designed, horizon=2.5)
 
 
-def test_cli_prints_json_and_names_the_flag(designed, capsys):
+def test_cli_prints_json_and_names_the_flag(designed, capsys, monkeypatch):
+    monkeypatch.setitem(fc.CONSTANTS, "TREND_MIN", 0.5)
     assert main(["forecast", str(designed.path), "--upto", "500", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     ds = gs.forecast(designed, upto=500)
@@ -195,4 +211,5 @@ def test_fitted_constants_are_sane():
     for lo, hi in (c["Q_TREND"], c["Q_FALLBACK"]):
         assert 0 < lo < 1 < hi
     assert len(c["LOGIT_COEF"]) == len(fc.logit_features(
-        dict.fromkeys(("loss_rel_peak", "loss_trend", "train_acc"), 0.0), 10.0, 100.0))
+        dict.fromkeys(("loss_rel_peak", "loss_trend", "train_acc", "test_acc"), 0.0), 10.0,
+        100.0))
