@@ -213,3 +213,28 @@ def test_fitted_constants_are_sane():
     assert len(c["LOGIT_COEF"]) == len(fc.logit_features(
         dict.fromkeys(("loss_rel_peak", "loss_trend", "train_acc", "test_acc"), 0.0), 10.0,
         100.0))
+
+
+@pytest.mark.slow  # the import traces the model with torch.export: ~20 s on a loaded 2-core box
+def test_imported_foreign_checkpoints_with_their_metric_names(tmp_path, monkeypatch):
+    # someone else's loop: one torch file per checkpoint, metrics named val_acc / val_loss
+    model = sequential()
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for t in STEPS:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(1 + t / 100)
+        m = designed_metrics(t)
+        torch.save({"step": t, "model": model.state_dict(), "val_acc": m["test_acc"],
+                    "train_acc": m["train_acc"], "val_loss": m["test_loss"],
+                    "train_loss": m["train_loss"]}, ck / f"ckpt_{t}.pt")
+    run = gs.import_checkpoints(ck, tmp_path / "imp.zarr", model=sequential(),
+                                data=tiny_data(), progress=False)
+    monkeypatch.setitem(fc.CONSTANTS, "LOSS_CRIT", math.exp(-2.0))
+    monkeypatch.setitem(fc.CONSTANTS, "LOSS_GAIN", 1.0)
+    monkeypatch.setitem(fc.CONSTANTS, "TREND_MIN", 0.5)
+    ds = gs.forecast(tmp_path / "imp.zarr", upto=500)
+    assert ds.attrs["test_metric"] == "val_acc"
+    assert float(ds.t_test_pred) == pytest.approx(1000.0, rel=1e-6)
+    assert float(gs.forecast(run).t_test_pred) == T_JUMP
