@@ -122,10 +122,12 @@ def acc_baseline(p: dict) -> dict:
     return {"p": score, "t": t if np.isfinite(t) else math.inf, "lo": math.nan, "hi": math.nan}
 
 
-def norm_baseline(p: dict, tau: float) -> dict:
-    """Weight-norm threshold: groks when the norm is below ``tau`` x its step-0 value."""
-    return {"p": -p["sig"]["norm_ratio"], "t": math.nan, "lo": math.nan, "hi": math.nan,
-            "call": p["sig"]["norm_ratio"] < tau}
+def norm_baseline(p: dict, tau: float, sign: float) -> dict:
+    """Weight-norm threshold: groks when ``sign * norm_ratio < sign * tau`` (the norm over its
+    step-0 value below / above a threshold; side and threshold fitted on the FIT points)."""
+    r = p["sig"]["norm_ratio"]
+    return {"p": -sign * r, "t": math.nan, "lo": math.nan, "hi": math.nan,
+            "call": sign * r < sign * tau}
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -144,8 +146,8 @@ def summarize(pts: list[dict], preds: list[dict]) -> dict:
     g = labels
     true = np.array([p["run"]["t_test"] for p in pts])[g]
     pred = np.array([q["t"] for q in preds], dtype=np.float64)[g]
-    rel = np.abs(pred - true) / true
-    rel = np.where(np.isfinite(rel), rel, math.inf)
+    rel = np.abs(pred - true) / true  # a method with no crossing predicted: inf (a miss)
+    rel = rel[~np.isnan(pred)]  # a method that predicts no time at all: n/a
     lo = np.array([q["lo"] for q in preds], dtype=np.float64)[g]
     hi = np.array([q["hi"] for q in preds], dtype=np.float64)[g]
     cover = (lo <= true) & (true <= hi)
@@ -216,13 +218,15 @@ def fit(pts: list[dict]) -> dict:
             "n_fit_runs": len({p["run"]["name"] for p in pts})}
 
 
-def fit_norm_tau(pts: list[dict]) -> float:
-    """The weight-norm baseline's threshold: the best accuracy on the FIT points."""
+def fit_norm_tau(pts: list[dict]) -> tuple[float, float]:
+    """The weight-norm baseline's ``(threshold, side)``: the best accuracy on the FIT points
+    (side +1: groks when the norm ratio is below the threshold, -1: above)."""
     r = np.array([p["sig"]["norm_ratio"] for p in pts])
     y = np.array([p["run"]["groks"] for p in pts])
     cands = np.unique(r[np.isfinite(r)])
-    accs = [((r < c) == y).mean() for c in cands]
-    return float(cands[int(np.argmax(accs))])
+    best = max(((((sign * r) < (sign * c)) == y).mean(), float(c), sign)
+               for c in cands for sign in (1.0, -1.0))
+    return best[1], best[2]
 
 
 def signal_aurocs(pts: list[dict]) -> dict[str, float]:
@@ -299,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     fit_pts = points(fit_runs)
     if args.fit:
         doc = fit(fit_pts)
-        doc["norm_tau"] = fit_norm_tau(fit_pts)
+        doc["norm_tau"], doc["norm_side"] = fit_norm_tau(fit_pts)
         doc["signal_auroc_fit"] = signal_aurocs(fit_pts)
         doc["fit_runs"] = [{"name": r["name"], "t_test": r["t_test"], "t_train": r["t_train"]}
                            for r in fit_runs]
@@ -319,9 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         ds = gs.forecast(p["run"]["path"], upto=p["upto"], horizon=RUNS.CAP)
         q = model_predict(p)
         assert abs(float(ds.p_grok) - q["p"]) < 1e-9 and float(ds.t_test_pred) == q["t"], p
-    tau = fitted["norm_tau"]
+    tau, side = fitted["norm_tau"], fitted["norm_side"]
     methods = {"gs.forecast": model_predict, "baseline: test-accuracy extrapolation":
-               acc_baseline, "baseline: weight-norm threshold": lambda p: norm_baseline(p, tau)}
+               acc_baseline, "baseline: weight-norm threshold": lambda p: norm_baseline(p, tau, side)}
     results: dict[str, dict] = {}
     all_preds: dict[str, list] = {}
     for name, fn in methods.items():
