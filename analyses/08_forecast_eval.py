@@ -164,6 +164,35 @@ def summarize(pts: list[dict], preds: list[dict]) -> dict:
     }
 
 
+def warning_leads(runs: list[dict]) -> dict:
+    """The earliest sustained warning of each grokking run: the first stored step from which
+    ``p_grok >= 0.5`` at every stored step until ``t_test``; lead = ``t_test`` minus it."""
+    leads, rel, never_alarm = [], [], []
+    for r in runs:
+        steps = r["series"]["steps"]
+        end = r["t_test"] if r["groks"] else r["last_step"] + 1
+        ps = []
+        for u in steps[(steps >= 1) & (steps < end)]:
+            sig = fc.forecast_signals(cut(r["series"], int(u)), THRESHOLD)
+            t, _ = fc.predict_time(sig)
+            ps.append((int(u), fc.p_grok_of(fc.logit_features(sig, t, RUNS.CAP))))
+        if not r["groks"]:
+            never_alarm.append(any(p >= 0.5 for _, p in ps))
+            continue
+        first = None
+        for u, p in reversed(ps):
+            if p < 0.5:
+                break
+            first = u
+        lead = r["t_test"] - first if first is not None else 0.0
+        leads.append(lead)
+        rel.append(lead / r["t_test"])
+    return {"median_lead_steps": float(np.median(leads)) if leads else math.nan,
+            "median_lead_fraction": float(np.median(rel)) if rel else math.nan,
+            "n_grok": len(leads), "never_runs_ever_alarmed": float(np.mean(never_alarm))
+            if never_alarm else math.nan}
+
+
 # ------------------------------------------------------------------ fit
 def fit(pts: list[dict]) -> dict:
     """The constants, from the FIT set's points only."""
@@ -356,6 +385,12 @@ threshold).
 
 {table(results)}
 
+Earliest sustained warning (the first stored step from which `p_grok >= 0.5` at every
+later stored step before `t_test`): median lead {doc["warning"]["median_lead_steps"]:.0f}
+steps, i.e. {100 * doc["warning"]["median_lead_fraction"]:.0f}% of `t_test` ahead
+({doc["warning"]["n_grok"]} grokking runs); {100 * doc["warning"]["never_runs_ever_alarmed"]:.0f}%
+of the never-generalising runs had `p_grok >= 0.5` at some stored step.
+
 Targets at 50% of `t_test` (issue 12):
 
 {targets_text(results["gs.forecast"]["50%"])}
@@ -446,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     figure(pts, all_preds["gs.forecast"], OUT / "pred_vs_true.png")
     doc = {
         "results": results,
+        "warning": warning_leads(held),
         "signal_auroc_heldout": signal_aurocs(pts),
         "heldout_runs": [{"name": r["name"], "t_test": r["t_test"], "t_train": r["t_train"],
                           "last_step": r["last_step"]} for r in held],
@@ -456,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     (OUT / "README.md").write_text(readme(results, doc, fitted, fit_runs, held))
     print(table(results))
     print("signal AUROC (held-out):", doc["signal_auroc_heldout"])
+    print("warning:", doc["warning"])
     return 0
 
 
