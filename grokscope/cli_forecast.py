@@ -44,7 +44,9 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         doc = {k: float(ds[k]) for k in ("p_grok", "t_test_pred", "t_test_low", "t_test_high",
                                          "upto", "t_test_observed")}
         doc.update({k: v for k, v in ds.attrs.items() if k != "constants"})
-        print(json.dumps(doc, default=str, allow_nan=True))
+        doc = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+               for k, v in doc.items()}  # NaN is not JSON: null
+        print(json.dumps(doc, default=str, allow_nan=False))
     else:
         print(format_forecast(ds))
     return 0

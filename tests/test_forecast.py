@@ -199,6 +199,7 @@ def test_cli_prints_json_and_names_the_flag(designed, capsys, monkeypatch):
     assert doc["t_test_pred"] == float(ds.t_test_pred)
     assert doc["p_grok"] == float(ds.p_grok)
     assert doc["branch"] == "trend"
+    assert doc["t_test_observed"] is None  # NaN is written as null (strict JSON)
     assert main(["forecast", str(designed.path)]) == 0
     assert "reached 0.9 at step 800" in capsys.readouterr().out
     assert main(["forecast", str(designed.path), "--upto", "-5"]) == 2
