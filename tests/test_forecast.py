@@ -239,3 +239,27 @@ def test_imported_foreign_checkpoints_with_their_metric_names(tmp_path, monkeypa
     assert ds.attrs["test_metric"] == "val_acc"
     assert float(ds.t_test_pred) == pytest.approx(1000.0, rel=1e-6)
     assert float(gs.forecast(run).t_test_pred) == T_JUMP
+
+
+def test_upto_before_the_first_stored_step_is_an_error(tmp_path):
+    run = record(tmp_path / "late.zarr", sequential(), [10, 20, 50])
+    with pytest.raises(ForecastError, match=r"steps <= upto=5 \(first stored step 10\).*--upto"):
+        gs.forecast(run, upto=5)
+    assert int(gs.forecast(run, upto=10).upto) == 10
+
+
+@pytest.mark.slow  # trains a run (~5 s idle, a minute on a loaded 2-core box)
+def test_trained_run_forecast_brackets_the_truth(tmp_path):
+    run = gs.train(
+        "parity", "mlp", tmp_path / "parity.zarr",
+        task_kwargs={"n_bits": 20, "k": 3, "n_train": 600, "n_test": 500},
+        model_kwargs={"width": 128}, lr=1e-2, weight_decay=1.0, steps=600,
+        schedule={"log_until": 100, "per_decade": 10, "every": 20},
+        stop_when={"test_acc": 0.9, "patience": 100}, progress=False, num_threads=1,
+    )
+    truth = float(gs.forecast(run).t_test_observed)
+    assert 100 < truth < 500
+    early = gs.forecast(run, upto=100, horizon=600)
+    assert early.attrs["branch"] == "trend"
+    assert float(early.p_grok) > 0.5
+    assert float(early.t_test_low) <= truth <= float(early.t_test_high)
