@@ -457,9 +457,14 @@ transfer across tasks and learning rates), the oscillation roughness of the trai
 (`train_loss_roughness`, Notsawo et al. 2023's signature: weak on the FIT points), the step
 itself (`upto`) and `t_train`. Not used by the model: the test-accuracy trend and crossing
 (`acc_trend`, `t_acc_cross`; evaluated as the baseline instead).
-Not evaluated (time): AGOP alignment, restricted/excluded Fourier losses, Jacobian/centroid
-alignment, class-separation ratios; each needs a model forward pass per checkpoint, which the
-forecast avoids (it reads metrics and norms only).
+Fourier signals (modular tasks only) were checked on the modular FIT runs after the model was
+fixed (`analyses/09_forecast_fourier.py`, [fourier_signals.md](fourier_signals.md)): the
+Fourier sparsity of the embedding (`gini_embed`, from the weights alone) separates grokking
+from never-generalising points better than any signal in the model on the same points; the
+restricted-loss trend is close behind; key-frequency stability is weak. They are not in the
+model yet (a follow-up: fit on FIT runs, validate on fresh held-out runs). Not evaluated
+(time): AGOP alignment, Jacobian/centroid alignment, class-separation ratios; each needs a
+forward pass per checkpoint, which the forecast avoids (it reads metrics and norms only).
 
 Fitted constants (`grokscope.forecast.CONSTANTS`, from `constants.json`):
 `{json.dumps(fitted["constants"])}`
