@@ -109,6 +109,11 @@ def _series(run: Any, upto: int | None) -> dict[str, Any]:
         return np.asarray(metrics[name].values, dtype=np.float64)[idx]
 
     te = read(te_name)
+    if not np.isfinite(te).any():
+        raise ForecastError(
+            f"forecast: the test accuracy metric {te_name!r} is NaN at every stored step <= "
+            f"upto={upto}; record it at the checkpoints (or pass a later upto, --upto STEP)."
+        )
     tr = read(_metric(metrics, TRAIN_ACC_NAMES))
     scale = 0.01 if np.nanmax(np.concatenate([te, tr if tr is not None else te])) > 1 + 1e-9 \
         else 1.0

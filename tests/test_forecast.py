@@ -183,6 +183,12 @@ def test_errors_say_what_to_do(tmp_path, designed):
     run = record(tmp_path / "noacc.zarr", sequential(), STEPS[:5], metrics=no_acc)
     with pytest.raises(ForecastError, match="test accuracy metric.*test_acc"):
         gs.forecast(run)
+    def nan_acc(t, misleading=False):
+        return {**designed_metrics(t), "test_acc": math.nan}
+
+    run = record(tmp_path / "nanacc.zarr", sequential(), STEPS[:5], metrics=nan_acc)
+    with pytest.raises(ForecastError, match="'test_acc' is NaN at every stored step"):
+        gs.forecast(run)
     with pytest.raises(ConfigError, match="upto"):
         gs.forecast(designed, upto=-1)
     with pytest.raises(ConfigError, match="threshold"):
