@@ -65,7 +65,7 @@ def load(root: Path, which: str) -> list[dict]:
         if not (path / "finished.json").exists():
             continue
         run = gs.open_run(path)
-        series = fc._series(run, None)
+        series = fc._series(run, None, all_norms=True)  # cut at every upto below
         t_test = fc._first_reach(series["steps"], series["test_acc"], THRESHOLD)
         t_train = fc._first_reach(series["steps"], series["train_acc"], THRESHOLD)
         out.append({"name": name, "path": str(path), "family": family(name), "seed": seed,
@@ -509,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         ds = gs.forecast(p["run"]["path"], upto=p["upto"], horizon=RUNS.CAP)
         q = model_predict(p)
         assert abs(float(ds.p_grok) - q["p"]) < 1e-9 and float(ds.t_test_pred) == q["t"], p
+        for k, v in p["sig"].items():
+            got = ds.attrs[f"signal_{k}"]
+            assert (math.isnan(v) and math.isnan(got)) or math.isclose(got, v, rel_tol=1e-9,
+                                                                      abs_tol=1e-12), (k, got, v)
     tau, side = fitted["norm_tau"], fitted["norm_side"]
     methods = {"gs.forecast": model_predict, "baseline: test-accuracy extrapolation":
                acc_baseline, "baseline: weight-norm threshold": lambda p: norm_baseline(p, tau, side)}

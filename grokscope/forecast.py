@@ -77,8 +77,9 @@ def _metric(metrics: xr.Dataset, names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _series(run: Any, upto: int | None) -> dict[str, Any]:
-    """The curves and parameter norms of ``run`` at stored steps ``<= upto``."""
+def _series(run: Any, upto: int | None, *, all_norms: bool = False) -> dict[str, Any]:
+    """The curves and parameter norms of ``run`` at stored steps ``<= upto`` (the norms at
+    the first step and the window only, NaN elsewhere, unless ``all_norms``)."""
     from .measures.phases import (
         TEST_ACC_NAMES,
         TEST_LOSS_NAMES,
@@ -117,13 +118,18 @@ def _series(run: Any, upto: int | None) -> dict[str, Any]:
     tr = read(_metric(metrics, TRAIN_ACC_NAMES))
     scale = 0.01 if np.nanmax(np.concatenate([te, tr if tr is not None else te])) > 1 + 1e-9 \
         else 1.0
-    sel_steps = [int(s) for s in steps[idx]]
-    sq = np.zeros(len(idx))
+    # the norm signals use only the first step and the window: read just those checkpoints
+    # (a forecast on a long run stays cheap, and a live follower can call it every step)
+    need = np.arange(len(idx)) if all_norms else np.union1d([0], _window(steps[idx]))
+    sel_steps = [int(s) for s in steps[idx][need]]
+    sq_need = np.zeros(len(need))
     for key in run.params.data_vars:
         a = run.trajectory(key, steps=sel_steps)
         if not np.issubdtype(a.dtype, np.floating):
             continue
-        sq += np.square(a.reshape(len(idx), -1).astype(np.float64)).sum(axis=1)
+        sq_need += np.square(a.reshape(len(need), -1).astype(np.float64)).sum(axis=1)
+    sq = np.full(len(idx), np.nan)
+    sq[need] = sq_need
     return {
         "steps": steps[idx],
         "test_acc": te * scale,
@@ -165,7 +171,8 @@ def forecast_signals(series: dict[str, Any], threshold: float = 0.9) -> dict[str
     ----------
     series : dict
         ``steps`` ``(n,)`` and ``test_acc``, ``train_acc``, ``test_loss``, ``train_loss``,
-        ``norm`` ``(n,)`` arrays (or None), as :func:`forecast` reads them from a store.
+        ``norm`` ``(n,)`` arrays (or None), as :func:`forecast` reads them from a store
+        (``norm`` is read at the first step and the window only, NaN elsewhere).
     threshold : float
         The accuracy threshold.
 
