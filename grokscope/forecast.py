@@ -51,7 +51,9 @@ class ForecastError(MeasureNotApplicable):
 
 
 #: fitted by analyses/08_forecast_eval.py --fit on the FIT runs of analyses/07_forecast_runs.py
-#: (never on the held-out runs); regenerate with that script after changing a signal
+#: (never on the held-out runs); regenerate with that script after changing a signal.
+#: FALLBACK_RATIO ~ 4 mirrors where the fit set's early forecasts were made (25% of t_test),
+#: not a property of training: see reports/forecast/README.md
 CONSTANTS: dict[str, Any] = {
     "LOSS_CRIT": 0.1,
     "LOSS_GAIN": 0.8,
@@ -278,7 +280,9 @@ def forecast(
     Parameters
     ----------
     run_or_path : Run, str or Path
-        A run (:func:`grokscope.open_run`) or its store; the store may be growing.
+        A run (:func:`grokscope.open_run`) or its store; the store may be growing (a path
+        reads what is committed now; a ``Run`` what it held when opened or last
+        ``refresh()``-ed).
     upto : int, optional
         Use only checkpoints and metrics at steps ``<= upto``; default all recorded so far.
     threshold : float
