@@ -6,6 +6,7 @@ import importlib
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -269,3 +270,39 @@ def test_trained_run_forecast_brackets_the_truth(tmp_path):
     assert early.attrs["branch"] == "trend"
     assert float(early.p_grok) > 0.5
     assert float(early.t_test_low) <= truth <= float(early.t_test_high)
+
+
+def _eval_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "analyses" / "08_forecast_eval.py"
+    spec = importlib.util.spec_from_file_location("forecast_eval", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_evaluation_scores_have_known_values():
+    ev = _eval_module()
+    y = np.array([True, True, False, False])
+    assert ev.auroc(y, np.array([0.9, 0.8, 0.1, 0.85])) == 0.75
+    assert ev.auroc(y, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    assert math.isnan(ev.auroc(np.array([True, True]), np.array([0.1, 0.2])))
+
+    def pt(groks, t_test, upto):
+        return {"run": {"groks": groks, "t_test": t_test if groks else math.nan},
+                "upto": upto}
+
+    pts = [pt(True, 100, 50), pt(True, 200, 100), pt(True, 400, 200), pt(False, 0, 100)]
+    preds = [{"p": 0.9, "t": 110, "lo": 90, "hi": 130, "branch": "trend"},
+             {"p": 0.8, "t": 300, "lo": 250, "hi": 350, "branch": "trend"},
+             {"p": 0.3, "t": 400, "lo": 300, "hi": 500, "branch": "fallback"},
+             {"p": 0.2, "t": 500, "lo": 400, "hi": 600, "branch": "fallback"}]
+    s = ev.summarize(pts, preds)
+    assert s["auroc"] == 1.0
+    assert s["median_rel_err"] == pytest.approx(0.1)  # errors 0.1, 0.5, 0.0
+    assert s["coverage80"] == pytest.approx(2 / 3)
+    assert s["frac_called"] == pytest.approx(2 / 3)
+    assert s["median_lead"] == 75.0  # leads 50 and 100 of the two flagged runs
+    assert s["by_branch"]["trend"]["n"] == 2 and s["by_branch"]["fallback"]["n"] == 1
