@@ -57,7 +57,9 @@ class _Hooks:
     auto_metrics : bool
         Map the standard logged names (``train_loss``, ``val_acc``, ``val/accuracy``, ...).
     live : LiveLog, optional
-        Send cheap measures and a curves figure to TensorBoard / W&B every K records.
+        Send cheap measures and a curves figure to TensorBoard / W&B every K records. A
+        ``LiveLog`` without sinks uses the Trainer's ``TensorBoardLogger`` /
+        ``WandbLogger``.
     recorder_kwargs : dict, optional
         Other :class:`~grokscope.store.recorder.Recorder` keywords (``overwrite``,
         ``compression``, ``model_kwargs`` ...).
@@ -116,10 +118,31 @@ class _Hooks:
     def _logged(trainer: Any) -> Mapping[str, Any]:
         return dict(trainer.callback_metrics)
 
+    def _sinks_from_loggers(self, trainer: Any) -> None:
+        """A LiveLog given without sinks logs where the Trainer's loggers do."""
+        live = self.session.live
+        if live is None or live.sinks:
+            return
+        from .live import TensorBoardSink, WandbSink
+
+        for logger in trainer.loggers:
+            kinds = {c.__name__ for c in type(logger).__mro__}
+            if "TensorBoardLogger" in kinds:
+                live.sinks.append(TensorBoardSink(writer=logger.experiment))
+            elif "WandbLogger" in kinds:
+                live.sinks.append(WandbSink(logger.experiment))
+        if not live.sinks:
+            raise ConfigError(
+                "GrokscopeCallback(live=LiveLog()) has no sinks and the Trainer has no "
+                "TensorBoardLogger or WandbLogger: pass LiveLog(TensorBoardSink(log_dir)) or "
+                "LiveLog(WandbSink()), or give the Trainer one of those loggers"
+            )
+
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.global_rank != 0:
             return
+        self._sinks_from_loggers(trainer)
         self._default_config(pl_module)
         model = self._model(pl_module)
         self.session.open(model, trainer.global_step)
