@@ -199,3 +199,36 @@ def test_resume_from_a_lightning_checkpoint_continues_the_store(tmp_path, data):
     run = gs.open_run(tmp_path / "r.zarr")
     np.testing.assert_array_equal(run.steps, gs.Schedule(**SCHEDULE).steps(20))
     _same_weights(run, cap, [15, 20])
+
+
+def test_live_log_goes_to_the_trainers_tensorboard_logger(tmp_path, data):
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from grokscope.integrations import LiveLog
+
+    torch.manual_seed(0)
+    logger = TensorBoardLogger(str(tmp_path / "tb"), name="", version="v0")
+    cb = GrokscopeCallback(tmp_path / "run.zarr", data, module="net",
+                           schedule=gs.Schedule(**SCHEDULE), live=LiveLog(every=4))
+    L.Trainer(max_steps=12, accelerator="cpu", logger=logger, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+              log_every_n_steps=1, callbacks=[cb]).fit(SeqLit(), _loaders(data)[0])
+    ea = EventAccumulator(str(tmp_path / "tb" / "v0"), size_guidance={"images": 0, "scalars": 0})
+    ea.Reload()
+    acc = ea.Scalars("grokscope/train_acc")
+    assert [e.step for e in acc] == [0, 6]  # the 1st and 5th of steps 0 1 2 3 6 10
+    res = gs.analyze(tmp_path / "run.zarr", ["curves"], steps=[0, 6], progress=False)
+    np.testing.assert_allclose([e.value for e in acc], res["curves"].train_acc.values, atol=1e-6)
+    assert [e.step for e in ea.Scalars("grokscope/metrics/train_loss")] == [0, 6][1:]
+    assert [im.step for im in ea.Images("grokscope/curves")] == [0, 6]
+    assert "train_loss" in ea.Tags()["scalars"]  # Lightning's own logging is untouched
+
+
+def test_live_log_without_a_sink_or_logger_says_what_to_pass(tmp_path, data):
+    from grokscope.integrations import LiveLog
+
+    cb = GrokscopeCallback(tmp_path / "run.zarr", data, module="net", live=LiveLog())
+    with pytest.raises(gs.GrokscopeError, match=r"LiveLog\(TensorBoardSink\(log_dir\)\)"):
+        _trainer([cb], max_steps=2).fit(SeqLit(), *_loaders(data))
