@@ -232,6 +232,8 @@ class LiveLog:
         """Measure ``model`` (the checkpoint at ``step``, used as it is) and send to the sinks."""
         from ..store.run import open_run
 
+        if self._cache.get("path") != str(rec.path):  # a LiveLog reused for another store
+            self._cache, self._history = {"path": str(rec.path)}, {}
         run = open_run(rec.path)
         values = self._measure(run, step, model)
         for k, v in (metrics or {}).items():
