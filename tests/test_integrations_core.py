@@ -46,6 +46,7 @@ def test_session_arguments_are_checked(tmp_path):
         RecordingSession(tmp_path / "r.zarr", None, schedule=10)
 
 
+@pytest.mark.slow  # ~2-6 s: the default suite keeps one loop per framework
 def test_importing_grokscope_needs_no_framework():
     code = ("import sys, grokscope, grokscope.integrations as gi\n"
             "assert gi.metric_name('val_acc') == 'test_acc'\n"

@@ -141,6 +141,7 @@ def test_records_the_schedule_with_weights_and_metrics(tmp_path, data):
     assert np.isfinite(res["nfa"].nfa_corr_sqrt.sel(layer="0").values).all()
 
 
+@pytest.mark.slow  # ~2-6 s: the default suite keeps one loop per framework
 def test_whole_module_with_raw_parameters(tmp_path, data):
     torch.manual_seed(0)
     cap = Capture()
