@@ -104,8 +104,8 @@ def _trainer(model, data, callbacks, tmp_path, max_steps=20, **kw):
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "hf"), max_steps=max_steps, per_device_train_batch_size=64,
         per_device_eval_batch_size=128, learning_rate=1e-2, weight_decay=1.0, logging_steps=1,
-        eval_strategy="steps", eval_steps=5, report_to=[], use_cpu=True, save_strategy="no",
-        disable_tqdm=True, seed=0, **kw)
+        eval_strategy="steps", eval_steps=5, report_to=[], use_cpu=True,
+        **{"save_strategy": "no", "disable_tqdm": True, "seed": 0, **kw})
     return transformers.Trainer(model=model, args=args, train_dataset=_rows(data, "train"),
                                 eval_dataset=_rows(data, "test"), compute_metrics=_accuracy,
                                 callbacks=callbacks)
@@ -178,3 +178,23 @@ def test_unknown_submodule_is_named(tmp_path, data):
     cb = GrokscopeTrainerCallback(tmp_path / "bad.zarr", data, module="encoder")
     with pytest.raises(gs.GrokscopeError, match=r"no such submodule.*\['fc1', 'out'\]"):
         _trainer(Tiny(), data, [cb], tmp_path, max_steps=2).train()
+
+
+@pytest.mark.slow  # ~3 s: two train() calls and a checkpoint on disk
+def test_resume_from_a_trainer_checkpoint_continues_the_store(tmp_path, data):
+    torch.manual_seed(0)
+    kw = dict(schedule=gs.Schedule(**SCHEDULE))
+    first = _trainer(Tiny(), data, [GrokscopeTrainerCallback(tmp_path / "r.zarr", data, **kw)],
+                     tmp_path, max_steps=20, save_strategy="steps", save_steps=10)
+    first.train()
+    ckpt = tmp_path / "hf" / "checkpoint-10"
+    assert ckpt.is_dir()
+    # the store holds steps up to 20, the checkpoint is at 10: kept, with a warning
+    cap = Capture()
+    again = _trainer(Tiny(), data, [GrokscopeTrainerCallback(tmp_path / "r.zarr", data, **kw), cap],
+                     tmp_path, max_steps=30)
+    with pytest.warns(UserWarning, match="already holds steps up to 20"):
+        again.train(resume_from_checkpoint=str(ckpt))
+    run = gs.open_run(tmp_path / "r.zarr")
+    np.testing.assert_array_equal(run.steps, gs.Schedule(**SCHEDULE).steps(30))
+    _same_weights(run, cap, [25, 30])

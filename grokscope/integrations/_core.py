@@ -161,6 +161,19 @@ def map_metrics(logged: Mapping[str, Any], mapping: Mapping[str, str] | None = N
 
 
 # --------------------------------------------------------------------------- the session
+def _has_steps(path: Any, storage_options: dict | None) -> bool:
+    """Whether ``path`` holds a grokscope store with committed steps."""
+    from ..store.run import open_run
+
+    local = isinstance(path, os.PathLike) or "://" not in str(path)
+    if local and not os.path.exists(path):
+        return False
+    try:
+        return len(open_run(path, storage_options=storage_options)) > 0
+    except GrokscopeError:
+        return False
+
+
 class _Weights(nn.Module):
     """A copy of a model's state dict, recordable like the model it was taken from."""
 
@@ -226,6 +239,9 @@ class RecordingSession:
         self.auto_metrics = bool(auto_metrics)
         self.live = live
         self.recorder_kwargs = dict(recorder_kwargs or {})
+        #: ``config`` was derived by the callback (hparams, TrainingArguments), not given: it
+        #: is stored with a new store, never checked against an existing one
+        self.config_is_default = False
         self.recorder: Any = None
         self._pending: tuple[int, nn.Module, nn.Module | None] | None = None
 
@@ -243,7 +259,11 @@ class RecordingSession:
             return
         if not isinstance(model, nn.Module):
             raise ConfigError(f"the model to record must be a torch nn.Module, got {type(model).__name__}")
-        self.recorder = Recorder(self.path, model, self.data, config=self.config,
+        config = self.config
+        if self.config_is_default and not self.recorder_kwargs.get("overwrite") and _has_steps(
+                self.path, self.recorder_kwargs.get("storage_options")):
+            config = None  # continuing a store: a derived config (hparams, args) may differ
+        self.recorder = Recorder(self.path, model, self.data, config=config,
                                  schedule=self.schedule, **self.recorder_kwargs)
         last = self.recorder.last_step
         if last is not None and last > step:

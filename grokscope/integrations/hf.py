@@ -97,7 +97,7 @@ class GrokscopeTrainerCallback(_transformers.TrainerCallback):
     def _args_config(args: Any) -> dict:
         keys = ("learning_rate", "weight_decay", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "warmup_steps", "lr_scheduler_type", "seed",
-                "max_steps", "adam_beta1", "adam_beta2", "optim")
+                "adam_beta1", "adam_beta2", "optim")
         out = {}
         for k in keys:
             v = getattr(args, k, None)
@@ -114,6 +114,7 @@ class GrokscopeTrainerCallback(_transformers.TrainerCallback):
         self._logged = {}
         if not self._config_given:
             self.session.config = self._args_config(args)
+            self.session.config_is_default = True
         model = self._model(kwargs)
         self.session.open(model, state.global_step)
         self.session.step_end(state.global_step, model)

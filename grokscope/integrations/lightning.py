@@ -111,6 +111,7 @@ class _Hooks:
 
             try:
                 self.session.config = {"hparams": _jsonable(dict(hparams), "hparams")}
+                self.session.config_is_default = True
             except ConfigError:
                 self.session.config = None  # not JSON-able: keep none rather than fail
 
