@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 import grokscope as gs  # noqa: E402
-from grokscope.integrations import GrokscopeTrainerCallback  # noqa: E402
+from grokscope.integrations import GrokscopeTrainerCallback, LiveLog  # noqa: E402
 
 SCHEDULE = dict(log_until=10, per_decade=4, every=5)  # steps 0 1 2 3 6 10 15 20
 
@@ -91,6 +91,17 @@ class Capture(transformers.TrainerCallback):
         self._grab(state, model)
 
 
+class ListSink:
+    def __init__(self):
+        self.logged = []
+
+    def log(self, step, scalars, images):
+        self.logged.append((step, scalars))
+
+    def close(self):
+        pass
+
+
 def _rows(data, split):
     x, y = data.split(split)
     return [{"x": a, "labels": b} for a, b in zip(x, y)]
@@ -122,7 +133,9 @@ def _same_weights(run, cap, steps):
 def test_records_the_schedule_with_weights_and_metrics(tmp_path, data):
     torch.manual_seed(0)
     cap = Capture()
-    cb = GrokscopeTrainerCallback(tmp_path / "run.zarr", data, schedule=gs.Schedule(**SCHEDULE))
+    sink = ListSink()
+    cb = GrokscopeTrainerCallback(tmp_path / "run.zarr", data, schedule=gs.Schedule(**SCHEDULE),
+                                  live=LiveLog(sink, every=3, figure=False))
     trainer = _trainer(Tiny(), data, [cb, cap], tmp_path)
     trainer.train()
     assert cb.recorder is None
@@ -143,6 +156,12 @@ def test_records_the_schedule_with_weights_and_metrics(tmp_path, data):
     assert res["curves"].test_loss.sel(step=20).item() == pytest.approx(
         evals[20]["eval_loss"], rel=1e-5)  # the recorded weights are the evaluated ones
     assert np.isfinite(res["nfa"].nfa_corr_sqrt.sel(layer="fc1").values).all()
+    # live logging through the callback: records 1, 4, 7 with the step's own metrics
+    assert [step for step, _ in sink.logged] == [0, 3, 15]
+    live = dict(sink.logged)
+    assert live[15]["grokscope/metrics/train_loss"] == pytest.approx(history[15]["loss"])
+    assert live[15]["grokscope/test_loss"] == pytest.approx(
+        res["curves"].test_loss.sel(step=15).item(), rel=1e-6)
 
 
 @pytest.mark.slow  # ~2-6 s: the default suite keeps one loop per framework
