@@ -233,3 +233,41 @@ def test_live_log_without_a_sink_or_logger_says_what_to_pass(tmp_path, data):
     cb = GrokscopeCallback(tmp_path / "run.zarr", data, module="net", live=LiveLog())
     with pytest.raises(gs.GrokscopeError, match=r"LiveLog\(TensorBoardSink\(log_dir\)\)"):
         _trainer([cb], max_steps=2).fit(SeqLit(), *_loaders(data))
+
+
+class Interrupted(SeqLit):
+    def training_step(self, batch, i):
+        if self.global_step == 4:
+            raise KeyboardInterrupt
+        return super().training_step(batch, i)
+
+
+def test_ctrl_c_closes_the_store(tmp_path, data):
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    cb = GrokscopeCallback(tmp_path / "int.zarr", data, module="net",
+                           schedule=gs.Schedule(**SCHEDULE))
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown ends with sys.exit(1)
+            _trainer([cb]).fit(Interrupted(), *_loaders(data))
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl+C
+    assert cb.recorder is None
+    assert list(gs.open_run(tmp_path / "int.zarr").steps) == [0, 1, 2, 3]
+    with gs.Recorder(tmp_path / "int.zarr", SeqLit().net, data) as rec:  # lock released
+        assert rec.last_step == 3
+
+
+@pytest.mark.slow  # ~2 s
+def test_gradient_accumulation_records_each_optimizer_step_once(tmp_path, data):
+    torch.manual_seed(0)
+    cap = Capture("net")
+    cb = GrokscopeCallback(tmp_path / "acc.zarr", data, module="net",
+                           schedule=gs.Schedule(**SCHEDULE))
+    ds = torch.utils.data.TensorDataset(data.x_train, data.y_train)
+    _trainer([cb, cap], max_steps=10, accumulate_grad_batches=3, limit_val_batches=0).fit(
+        SeqLit(), torch.utils.data.DataLoader(ds, batch_size=20))
+    run = gs.open_run(tmp_path / "acc.zarr")
+    assert list(run.steps) == [0, 1, 2, 3, 6, 10]
+    _same_weights(run, cap, run.steps)
