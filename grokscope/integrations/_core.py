@@ -297,8 +297,8 @@ class RecordingSession:
         self._pending = None
         metrics = map_metrics(logged, self.mapping, auto=self.auto_metrics)
         self.recorder.record(step, weights, metrics)
-        if self.live is not None and live_model is not None:
-            self.live.update(self.recorder, live_model, metrics)
+        if self.live is not None and live_model is not None:  # already a private copy
+            self.live.log(self.recorder, step, live_model, metrics)
 
     def close(self, logged: Mapping[str, Any] | None = None, *, failed: bool = False) -> None:
         """Flush the pending checkpoint and close the store (idempotent).
