@@ -271,3 +271,34 @@ def test_gradient_accumulation_records_each_optimizer_step_once(tmp_path, data):
     run = gs.open_run(tmp_path / "acc.zarr")
     assert list(run.steps) == [0, 1, 2, 3, 6, 10]
     _same_weights(run, cap, run.steps)
+
+
+@pytest.mark.slow  # ~2 s
+def test_the_older_pytorch_lightning_package(tmp_path, data):
+    pl = pytest.importorskip("pytorch_lightning")
+    from grokscope.integrations.lightning import callback_class
+
+    cls = callback_class("pytorch_lightning")
+    assert issubclass(cls, pl.Callback) and not issubclass(cls, L.Callback)
+
+    class Old(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(22, 16), nn.ReLU(), nn.Linear(16, 11))
+
+        def training_step(self, batch, i):
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.net(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    cb = cls(tmp_path / "old.zarr", data, module="net", schedule=gs.Schedule(**SCHEDULE))
+    pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[cb]).fit(Old(), _loaders(data)[0])
+    run = gs.open_run(tmp_path / "old.zarr")
+    assert list(run.steps) == [0, 1, 2, 3, 6]
+    assert np.isfinite(float(run.metrics.train_loss.sel(step=6)))
