@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,8 @@ def is_checksum_error(exc: BaseException) -> bool:
 
 
 def put_file(path: Path, data: Any) -> None:
-    """Write ``data`` (bytes-like, or a tuple/list of bytes-like parts written one after the
-    other) to ``path`` atomically: temporary file, then ``os.replace``.
+    """Write ``data`` (bytes-like, or a tuple/list/iterator of bytes-like parts written one
+    after the other) to ``path`` atomically: temporary file, then ``os.replace``.
 
     The temporary file lives in the same folder (same file system), is named
     ``.<name>.<random>.gstmp`` and is removed on failure; a killed process may leave one behind,
@@ -89,7 +90,7 @@ def put_file(path: Path, data: Any) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             f = open(tmp, "wb")  # noqa: SIM115
         with f:
-            for part in (data if isinstance(data, tuple | list) else (data,)):
+            for part in (data if isinstance(data, tuple | list | Iterator) else (data,)):
                 f.write(part)
         os.replace(tmp, path)
     except BaseException:
