@@ -411,9 +411,10 @@ def open_zarr_array(store: Store, path: str, *, what: str) -> zarr.Array:
     """Open the array at ``path`` read/write as the store allows, errors named."""
     try:
         arr = zarr.open_array(store=store, path=path, zarr_format=3, mode="r" if store.read_only else "r+")
-        chunks = tuple(int(c) for c in arr.chunks)
-        if len(chunks) != arr.ndim or any(c < 1 for c in chunks):
-            raise ValueError(f"chunk shape {chunks} of an array of shape {arr.shape}")
+        for chunks in (arr.chunks, arr.shards or arr.chunks):
+            chunks = tuple(int(c) for c in chunks)
+            if len(chunks) != arr.ndim or any(c < 1 for c in chunks):
+                raise ValueError(f"chunk shape {chunks} of an array of shape {arr.shape}")
         return arr
     except (FileNotFoundError, KeyError) as exc:
         raise CorruptStoreError(

@@ -132,10 +132,11 @@ class ShardedReader(_ArrayReader):
         except CorruptStoreError:
             # a writer may have compacted these rows (and deleted their chunks) since we read
             # the root: read them from their shards if it says so now
-            now = self._compacted_now() if self._compacted_now is not None else self.compacted
-            if now <= self.compacted or now < int(idx.max()) + 1:
+            # (dask reads blocks from several threads: each compares with its own rows)
+            now = self._compacted_now() if self._compacted_now is not None else 0
+            if now < int(idx.max()) + 1:
                 raise
-            self.compacted = now
+            self.compacted = max(self.compacted, now)
             return self.rows(idx)
 
     def _no_tail(self, idx: np.ndarray) -> np.ndarray:
