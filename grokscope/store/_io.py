@@ -351,6 +351,30 @@ def delete_entry(store: Store, name: str) -> None:
     sync(store.delete(name))
 
 
+def delete_keys(store: Store, prefix: str, names: list[str]) -> None:
+    """Delete the keys ``prefix/<name>`` (missing ones are fine). On local disk the folder
+    ``prefix`` is checked once to lie inside the store (never through a link), then each file
+    is unlinked directly (no per-file path resolution)."""
+    if not names:
+        return
+    if isinstance(store, LocalStore):
+        folder = store.root / prefix
+        root = Path(store.root).resolve()
+        if folder.is_symlink() or root not in folder.resolve().parents:
+            raise CorruptStoreError(
+                f"deleting in {prefix!r} of {store_label(store)} would delete outside the store "
+                "(a link in its path); grokscope never deletes through links"
+            )
+        for name in names:
+            try:
+                os.unlink(folder / name)
+            except FileNotFoundError:
+                pass
+        return
+    for name in names:
+        sync(store.delete(f"{prefix}/{name}"))
+
+
 def list_dir(store: Store, prefix: str) -> list[str]:
     async def _collect() -> list[str]:
         return [k async for k in store.list_dir(prefix)]

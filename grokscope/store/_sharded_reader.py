@@ -44,6 +44,7 @@ class ShardedReader(_ArrayReader):
         self.compacted = compacted
         self.tail = tail
         self._compacted_now = compacted_now
+        self._indexes: dict[int, np.ndarray] = {}  # checked shard indexes (local stores)
 
     # ------------------------------------------------------------------ messages
     def _row_text(self, row: int) -> str:
@@ -94,28 +95,43 @@ class ShardedReader(_ArrayReader):
                                            "changed after they were written)")
 
     def _read_shard(self, k: int, js: np.ndarray, flat: np.ndarray, pos: np.ndarray) -> None:
-        """Rows ``js`` of shard ``k`` into ``flat[pos]`` (uint8 views of the output rows)."""
+        """Rows ``js`` of shard ``k`` into ``flat[pos]`` (uint8 views of the output rows).
+
+        On local disk the shard is opened once and each row read straight into its output
+        row (its checksum after it); the shard's index is read once per reader (checked by its
+        CRC32C and cached: a grokscope writer never moves a compacted row, and every row's own
+        checksum is still checked on every read). Elsewhere the shard is fetched whole.
+        """
+        if not isinstance(self.store, _io.LocalStore):
+            self._read_shard_whole(k, js, flat, pos)
+            return
+        key = self._shard_key(k)
+        lo, n = k * self.layout.steps, self.layout.chunk_nbytes
+        crc = bytearray(self._crc)
+        try:
+            with open(self.store.root / key, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                index = self._indexes.get(k)
+                for j, p in zip(js, pos):
+                    j = int(j)
+                    if index is None or index[j, 1] == _shards.EMPTY:  # absent: not cached yet
+                        f.seek(max(0, size - self.layout.index_nbytes))
+                        index = self._index(k, f.read(self.layout.index_nbytes), size)
+                        self._indexes[k] = index
+                    f.seek(self._entry(k, index, j, size))
+                    out = memoryview(flat[p])
+                    got = f.readinto(out) + (f.readinto(crc) if self._crc else 0)
+                    if got != n + self._crc:
+                        raise self._row_damage(k, lo + j, "is truncated")
+                    self._check_row(k, lo + j, out, crc)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise self._shard_damage(k, "is missing") from None
+
+    def _read_shard_whole(self, k: int, js: np.ndarray, flat: np.ndarray,
+                          pos: np.ndarray) -> None:
         key = self._shard_key(k)
         n = self.layout.chunk_nbytes
         lo = k * self.layout.steps
-        if len(js) == 1 and isinstance(self.store, _io.LocalStore):
-            # one row: the index and the row's bytes through one open file, nothing else read
-            try:
-                with open(self.store.root / key, "rb", buffering=0) as f:
-                    size = os.fstat(f.fileno()).st_size
-                    f.seek(max(0, size - self.layout.index_nbytes))
-                    index = self._index(k, f.read(self.layout.index_nbytes), size)
-                    j = int(js[0])
-                    f.seek(self._entry(k, index, j, size))
-                    out = memoryview(flat[pos[0]])
-                    tail = bytearray(self._crc)
-                    got = f.readinto(out) + (f.readinto(tail) if self._crc else 0)
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                raise self._shard_damage(k, "is missing") from None
-            if got != n + self._crc:
-                raise self._row_damage(k, lo + j, "is truncated")
-            self._check_row(k, lo + j, out, tail)
-            return
         raw = _io.get_bytes(self.store, key)
         if raw is None:
             raise self._shard_damage(k, "is missing")

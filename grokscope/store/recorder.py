@@ -852,8 +852,11 @@ class Recorder:
                             and int(parts[1]) < upto:
                         _io.delete_entry(self._store, f"{prefix}/{name}")
                 continue
-            for row in range(start, upto):
-                _io.delete_entry(self._store, p.row_key(row))
+            keys = [p.row_key(row) for row in range(start, upto)]
+            prefix = p.tail.path
+            for lo in range(0, len(keys), 64):  # in batches, so kills land in between
+                _io.delete_keys(self._store, prefix,
+                                [k[len(prefix) + 1:] for k in keys[lo:lo + 64]])
                 _kill_point()
 
     def _check_orphan(self, name: str, row: int) -> None:
@@ -963,9 +966,10 @@ class Recorder:
         _io.write_json(self._store, "zarr.json", self._root_doc(meta, count))
 
     # ------------------------------------------------------------------ capacity
-    def _resize_all(self, capacity: int) -> None:
+    def _resize_all(self, capacity: int, *, tails: bool = True) -> None:
         for p in self._params.values():
-            p.rows_array.resize((capacity, *p.shape))
+            if tails or p.layout is None:
+                p.rows_array.resize((capacity, *p.shape))
         for sc in self._scalars.values():
             sc.array.resize((capacity,))
         self._capacity = capacity
@@ -1152,7 +1156,7 @@ class Recorder:
             full = self._count // settings["steps_per_shard"] * settings["steps_per_shard"]
             if full - self._compacted >= settings["compact_every"]:
                 try:
-                    self.compact(full)
+                    self._compact(full)
                 except OSError as exc:
                     raise StoreWriteError(
                         f"step {step} is committed to {self._where}, but moving committed steps "
@@ -1181,8 +1185,12 @@ class Recorder:
         by the next writer). Either way no committed step is lost.
         """
         self._check_open()
+        return self._compact(self._count if upto is None else int(upto))
+
+    def _compact(self, upto: int, *, drop_rows: bool = True) -> int:
+        """:meth:`compact`; ``drop_rows`` False leaves the compacted rows' per-step files (the
+        caller deletes the whole tail)."""
         settings = self._shard_settings
-        upto = self._count if upto is None else int(upto)
         if settings is None or upto <= self._compacted:
             return self._compacted
         if upto > self._count:
@@ -1203,7 +1211,8 @@ class Recorder:
         self._write_root(meta)
         self._meta, self._compacted = meta, upto
         _kill_point()
-        self._drop_compacted_tail_rows(upto, start=c0)
+        if drop_rows:
+            self._drop_compacted_tail_rows(upto, start=c0)
         return upto
 
     def _write_shard(self, p: _Param, k: int, c0: int, upto: int) -> None:
@@ -1276,10 +1285,11 @@ class Recorder:
         if self._closed:
             return
         try:
-            self._resize_all(self._count)
-            if self._shard_settings is not None:
-                self.compact(self._count)
-                _io.delete_entry(self._store, schema.TAIL_GROUP)  # empty: every row compacted
+            sharded = self._shard_settings is not None
+            self._resize_all(self._count, tails=not sharded)  # the tails go whole, below
+            if sharded:
+                self._compact(self._count, drop_rows=False)
+                _io.delete_entry(self._store, schema.TAIL_GROUP)  # every row is compacted
             self._closed = True
             if self.consolidate:
                 with warnings.catch_warnings():
