@@ -45,6 +45,7 @@ class ShardedReader(_ArrayReader):
         self.tail = tail
         self._compacted_now = compacted_now
         self._indexes: dict[int, np.ndarray] = {}  # checked shard indexes (local stores)
+        self._paths: dict[int, str] = {}
 
     # ------------------------------------------------------------------ messages
     def _row_text(self, row: int) -> str:
@@ -105,11 +106,16 @@ class ShardedReader(_ArrayReader):
         if not isinstance(self.store, _io.LocalStore):
             self._read_shard_whole(k, js, flat, pos)
             return
-        key = self._shard_key(k)
+        self._read_local(k, js, flat, pos)
+
+    def _read_local(self, k: int, js: Any, flat: np.ndarray, pos: Any) -> None:
+        path = self._paths.get(k)
+        if path is None:
+            path = self._paths[k] = os.path.join(self.store.root, self._shard_key(k))
         lo, n = k * self.layout.steps, self.layout.chunk_nbytes
         crc = bytearray(self._crc)
         try:
-            with open(self.store.root / key, "rb", buffering=0) as f:
+            with open(path, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
                 index = self._indexes.get(k)
                 for j, p in zip(js, pos):
@@ -167,6 +173,10 @@ class ShardedReader(_ArrayReader):
         if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
             raise IndexError(f"row out of range for {self.name!r} with {self.shape[0]} rows")
         out = np.empty((idx.size, *self.inner), dtype=self._le)
+        if idx.size == 1 and idx[0] < self.compacted and isinstance(self.store, _io.LocalStore):
+            k, j = divmod(int(idx[0]), self.layout.steps)  # one checkpoint: the short path
+            self._read_local(k, (j,), out.reshape(1, -1).view(np.uint8), (0,))
+            return out.astype(self.dtype, copy=False)
         in_tail = idx >= self.compacted
         if in_tail.any():
             out[in_tail] = self._tail_rows(idx[in_tail])
