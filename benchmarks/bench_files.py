@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._common import Row, median_time
+from ._common import Row
 
 
 def _small() -> nn.Module:
@@ -119,24 +119,35 @@ def _compare(tmp: Path, name: str, factory, d_in: int, n: int, key: str, *, file
     rows.append(Row(f"{label}: record, s/step incl. close", "per-step layout", t_step,
                     "torch.save file", t_save, "(reference)"))
     a, b = open_run(sharded), open_run(per_step)
-    rows.append(Row(f"{label}: read 1 tensor x all steps", "Run.trajectory, sharded",
-                    median_time(lambda: a.trajectory(key), repeat=rep),
-                    "Run.trajectory, per-step", median_time(lambda: b.trajectory(key), repeat=rep),
-                    ">= 1x (no slower)"))
+    ta, tb = _paired(lambda: a.trajectory(key), lambda: b.trajectory(key), rep)
+    rows.append(Row(f"{label}: read 1 tensor x all steps", "Run.trajectory, sharded", ta,
+                    "Run.trajectory, per-step", tb, ">= 1x (no slower)"))
     steps = [int(s) for s in a.steps[:: max(1, n // 15)]]
 
     def one(run):
         return lambda: [run.state_dict_at(s) for s in steps]
 
     k = len(steps)
+    ta, tb = _paired(one(a), one(b), 3 * rep)
     rows.append(Row(f"{label}: read 1 ckpt (mean of {k} steps)", "Run.state_dict_at, sharded",
-                    median_time(one(a), repeat=rep) / k, "Run.state_dict_at, per-step",
-                    median_time(one(b), repeat=rep) / k, ">= 1x (no slower)"))
-    rows.append(Row(f"{label}: read lazily, params[key].values", "dask view, sharded",
-                    median_time(lambda: a.params[key].values, repeat=rep),
-                    "dask view, per-step", median_time(lambda: b.params[key].values, repeat=rep),
-                    "(measured)"))
+                    ta / k, "Run.state_dict_at, per-step", tb / k, ">= 1x (no slower)"))
+    ta, tb = _paired(lambda: a.params[key].values, lambda: b.params[key].values, rep)
+    rows.append(Row(f"{label}: read lazily, params[key].values", "dask view, sharded", ta,
+                    "dask view, per-step", tb, "(measured)"))
     return rows
+
+
+def _paired(fa, fb, repeat: int) -> tuple[float, float]:
+    """Median seconds of ``fa()`` and ``fb()``, timed alternately (``repeat`` times each after
+    a warm-up), so a busy moment of a shared machine hits both alike."""
+    ta, tb = [], []
+    for i in range(repeat + 1):
+        for fn, out in ((fa, ta), (fb, tb)) if i % 2 else ((fb, tb), (fa, ta)):
+            t0 = time.perf_counter()
+            fn()
+            if i:
+                out.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def run(quick: bool = False) -> list[Row]:
