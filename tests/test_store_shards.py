@@ -450,3 +450,15 @@ def test_cli_verify_names_a_damaged_shard_row(sharded, capsys):
     text = "".join(capsys.readouterr())
     assert "fc2.weight" in text and "row 3 (step 3)" in text and "CRC32C" in text
     assert "Traceback" not in text
+
+
+def test_verify_rereads_an_index_a_reader_has_cached(sharded):
+    run = open_run(sharded)
+    run.state_dict_at(1)  # caches shard 0's index of every tensor
+    shard = sharded / "fc1.weight" / "c.0.0.0"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0x01  # inside the index: its checksum no longer matches
+    shard.write_bytes(bytes(raw))
+    run.state_dict_at(2)  # the cached index still points at intact, checksummed rows
+    with pytest.raises(CorruptStoreError, match=r"fc1\.weight.*shard 0.*index"):
+        run.verify()

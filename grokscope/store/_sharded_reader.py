@@ -168,7 +168,7 @@ class ShardedReader(_ArrayReader):
 
     def rows(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows ``idx`` (positions, not steps), shape ``(len(idx), *inner)``; each shard is
-        opened once (read whole when more than one of its rows is wanted)."""
+        opened once per call, every row's checksum checked."""
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
             raise IndexError(f"row out of range for {self.name!r} with {self.shape[0]} rows")
@@ -188,6 +188,10 @@ class ShardedReader(_ArrayReader):
                 sel = main[shard_of == k]
                 self._read_shard(int(k), idx[sel] - int(k) * self.layout.steps, flat, sel)
         return out.astype(self.dtype, copy=False)
+
+    def forget(self) -> None:
+        """Drop the cached shard indexes (the next read checks each index again)."""
+        self._indexes.clear()
 
     def element(self, idx: Sequence[int] | np.ndarray, index: tuple[int, ...]) -> np.ndarray:
         """One entry ``index`` of the tensor at rows ``idx`` (rows read and checked whole)."""

@@ -221,6 +221,9 @@ class _ArrayReader:
             raise ConfigError(f"index {index} does not address an entry of shape {self.inner}")
         return tuple(i % n for i, n in zip(index, self.inner))
 
+    def forget(self) -> None:
+        """Drop anything cached from the store (nothing here; shard readers cache indexes)."""
+
     def blocks(self) -> list[tuple[int, int]]:
         """Row ranges stored together (one per chunk), for reading everything once."""
         c = self.chunk_rows
@@ -860,6 +863,7 @@ class Run:
 
         for r in (*self._readers.values(), *self._scalar_readers.values()):
             n_arrays += 1
+            r.forget()  # re-read, never a cached index
             for lo, hi in r.blocks():
                 n_chunks += 1
                 check(lambda lo=lo, hi=hi, r=r: r.rows(np.arange(lo, hi)))
