@@ -462,3 +462,30 @@ def test_verify_rereads_an_index_a_reader_has_cached(sharded):
     run.state_dict_at(2)  # the cached index still points at intact, checksummed rows
     with pytest.raises(CorruptStoreError, match=r"fc1\.weight.*shard 0.*index"):
         run.verify()
+
+
+def test_a_reader_opening_after_the_tail_is_removed_reads_the_shards(tmp_path, monkeypatch):
+    """open_run read the root before a writer's close compacted every row and removed the
+    tail: the tail is not needed (the boundary is re-read), never reported as damage."""
+    from grokscope.store import _io
+
+    path = tmp_path / "run.zarr"
+    model = TinyNet()
+    rec = Recorder(path, model, tiny_data(), export_program=False, steps_per_shard=4)
+    for s in range(6):
+        fill_step(model, s)
+        rec.record(s, metrics={"train_loss": s * 0.5})
+    stale = json.loads((path / "zarr.json").read_text())  # compacted 4 of 6
+    rec.close()  # compacts all 6, removes _tail
+    real = _io.check_root
+    calls = []
+
+    def first_stale(store):
+        calls.append(1)
+        return stale if len(calls) == 1 else real(store)
+
+    monkeypatch.setattr(_io, "check_root", first_stale)
+    run = open_run(path)
+    assert stale["attributes"]["grokscope"]["commit"]["compacted"] == 4
+    check_run_exact(run, model)
+    run.verify()

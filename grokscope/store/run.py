@@ -467,8 +467,12 @@ class Run:
             raise _corrupt(self._where, key, f"its shards hold {arr.shape[0] if arr.ndim else 0} "
                                              f"rows but {compacted} are compacted")
         tail = None
+        path = f"{schema.TAIL_GROUP}/{key}"
+        if compacted < count and not _io.exists(self._store, f"{path}/zarr.json"):
+            # a writer may have compacted every row and removed the tail since we read the
+            # root (a clean close): then the shards hold them all
+            compacted = max(compacted, min(self._compacted_now(), count))
         if compacted < count:
-            path = f"{schema.TAIL_GROUP}/{key}"
             tarr = _io.open_zarr_array(self._store, path, what="parameter tail")
             self._check_rows(tarr, path, count)
             tail = _ArrayReader(self._store, self._where, key, tarr, count, source_dtype)
