@@ -468,12 +468,17 @@ class Run:
                                              f"rows but {compacted} are compacted")
         tail = None
         path = f"{schema.TAIL_GROUP}/{key}"
-        if compacted < count and not _io.exists(self._store, f"{path}/zarr.json"):
-            # a writer may have compacted every row and removed the tail since we read the
-            # root (a clean close): then the shards hold them all
-            compacted = max(compacted, min(self._compacted_now(), count))
+        tarr = None
         if compacted < count:
-            tarr = _io.open_zarr_array(self._store, path, what="parameter tail")
+            try:
+                tarr = _io.open_zarr_array(self._store, path, what="parameter tail")
+            except CorruptStoreError:
+                # a writer may have compacted every row and removed the tail since we read
+                # the root (a clean close): then the shards hold them all
+                if self._compacted_now() < count:
+                    raise
+                compacted = count
+        if tarr is not None:
             self._check_rows(tarr, path, count)
             tail = _ArrayReader(self._store, self._where, key, tarr, count, source_dtype)
             tail.path = path
