@@ -348,7 +348,7 @@ def test_schema_version_check(run_path):
 
 
 def test_corrupt_chunk_truncated(run_path):
-    record(run_path)
+    record(run_path, steps_per_shard=None)  # one file per step (shards: test_store_shards.py)
     chunk = run_path / "fc1.weight" / "c" / "3" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:10])
     run = open_run(run_path)

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,8 @@ def is_checksum_error(exc: BaseException) -> bool:
 
 
 def put_file(path: Path, data: Any) -> None:
-    """Write ``data`` (bytes-like, or a tuple/list of bytes-like parts written one after the
-    other) to ``path`` atomically: temporary file, then ``os.replace``.
+    """Write ``data`` (bytes-like, or a tuple/list/iterator of bytes-like parts written one
+    after the other) to ``path`` atomically: temporary file, then ``os.replace``.
 
     The temporary file lives in the same folder (same file system), is named
     ``.<name>.<random>.gstmp`` and is removed on failure; a killed process may leave one behind,
@@ -89,7 +90,7 @@ def put_file(path: Path, data: Any) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             f = open(tmp, "wb")  # noqa: SIM115
         with f:
-            for part in (data if isinstance(data, tuple | list) else (data,)):
+            for part in (data if isinstance(data, tuple | list | Iterator) else (data,)):
                 f.write(part)
         os.replace(tmp, path)
     except BaseException:
@@ -350,6 +351,30 @@ def delete_entry(store: Store, name: str) -> None:
     sync(store.delete(name))
 
 
+def delete_keys(store: Store, prefix: str, names: list[str]) -> None:
+    """Delete the keys ``prefix/<name>`` (missing ones are fine). On local disk the folder
+    ``prefix`` is checked once to lie inside the store (never through a link), then each file
+    is unlinked directly (no per-file path resolution)."""
+    if not names:
+        return
+    if isinstance(store, LocalStore):
+        folder = store.root / prefix
+        root = Path(store.root).resolve()
+        if folder.is_symlink() or root not in folder.resolve().parents:
+            raise CorruptStoreError(
+                f"deleting in {prefix!r} of {store_label(store)} would delete outside the store "
+                "(a link in its path); grokscope never deletes through links"
+            )
+        for name in names:
+            try:
+                os.unlink(folder / name)
+            except FileNotFoundError:
+                pass
+        return
+    for name in names:
+        sync(store.delete(f"{prefix}/{name}"))
+
+
 def list_dir(store: Store, prefix: str) -> list[str]:
     async def _collect() -> list[str]:
         return [k async for k in store.list_dir(prefix)]
@@ -410,9 +435,10 @@ def open_zarr_array(store: Store, path: str, *, what: str) -> zarr.Array:
     """Open the array at ``path`` read/write as the store allows, errors named."""
     try:
         arr = zarr.open_array(store=store, path=path, zarr_format=3, mode="r" if store.read_only else "r+")
-        chunks = tuple(int(c) for c in arr.chunks)
-        if len(chunks) != arr.ndim or any(c < 1 for c in chunks):
-            raise ValueError(f"chunk shape {chunks} of an array of shape {arr.shape}")
+        for chunks in (arr.chunks, arr.shards or arr.chunks):
+            chunks = tuple(int(c) for c in chunks)
+            if len(chunks) != arr.ndim or any(c < 1 for c in chunks):
+                raise ValueError(f"chunk shape {chunks} of an array of shape {arr.shape}")
         return arr
     except (FileNotFoundError, KeyError) as exc:
         raise CorruptStoreError(

@@ -37,10 +37,43 @@ from ..errors import (
     StoreError,
     StoreWriteError,
 )
-from . import _io, schema
+from . import _io, _shards, schema
 from .schedule import Schedule
 
 _COMMITS = ("count", "consolidated")
+
+#: rows per shard of a new store's tensors (see :class:`Recorder`, ``steps_per_shard``)
+DEFAULT_STEPS_PER_SHARD = 128
+#: environment variable naming the compaction kill point to stop at (tests only: the crash
+#: tests kill a writer at every numbered point inside a compaction)
+KILL_ENV = "GROKSCOPE_TEST_COMPACTION_KILL"
+_kill_hits = 0
+
+
+def _kill_point() -> None:
+    """Exit the process at once (``os._exit(77)``) when this is the ``$GROKSCOPE_TEST_COMPACTION_
+    KILL``-th kill point reached in it (tests only; nothing happens when the variable is unset)."""
+    global _kill_hits
+    want = os.environ.get(KILL_ENV)
+    if not want:
+        return
+    _kill_hits += 1
+    if _kill_hits == int(want):
+        os._exit(77)
+
+
+def _shard_settings(steps_per_shard: Any, compact_every: Any) -> dict | None:
+    """``{"steps_per_shard", "compact_every"}`` checked, or None (per-step layout)."""
+    limit = schema.MAX_STEPS_PER_SHARD
+    for name, v in (("steps_per_shard", steps_per_shard), ("compact_every", compact_every)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer)
+                              or not 1 <= v <= limit):
+            raise ConfigError(f"{name}={v!r}: use an integer from 1 to {limit} (or None)")
+    if steps_per_shard is None:
+        return None
+    n = int(steps_per_shard)
+    return {"steps_per_shard": n,
+            "compact_every": n if compact_every is None else int(compact_every)}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -135,6 +168,9 @@ def mismatch_message(
     return f"{what}: " + ", ".join(parts)
 
 
+_GROUP_DOC = {"zarr_format": 3, "node_type": "group", "attributes": {}}
+
+
 class _Scalar:
     """A root array of one value per row, written chunk by chunk from an in-memory buffer."""
 
@@ -210,20 +246,43 @@ class _Scalar:
 
 
 class _Param:
-    """A root array holding one tensor per row (one chunk per row)."""
+    """A root array holding one tensor per row.
 
-    def __init__(self, name: str, array: zarr.Array) -> None:
+    Per-step layout (``layout`` None): one chunk per row in the array itself. Sharded layout
+    (:mod:`grokscope.store._shards`): the array holds shards of ``layout.steps`` rows up to
+    the compacted boundary; each new row is first committed as one chunk of the per-step
+    ``tail`` array (``_tail/<name>``, same codecs, absolute row numbers).
+    """
+
+    def __init__(self, name: str, array: zarr.Array, tail: zarr.Array | None = None) -> None:
         self.name = name
         self.array = array
         self.shape = tuple(array.shape[1:])
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
-        self.raw, self.checksummed = _io.codec_layout(array)
+        self.layout = _shards.layout_of(array)
+        self.tail = tail
+        if self.layout is not None:
+            self.raw, self.checksummed = True, self.layout.checksummed
+        else:
+            self.raw, self.checksummed = _io.codec_layout(array)
         self._zeros = (0,) * len(self.shape)
+
+    @property
+    def rows_array(self) -> zarr.Array:
+        """The array each new row is written to (the tail when sharded)."""
+        return self.tail if self.layout is not None else self.array
+
+    def row_key(self, row: int) -> str:
+        """The key of row ``row``'s per-step chunk."""
+        arr = self.rows_array
+        return f"{arr.path}/{arr.metadata.encode_chunk_key((row, *self._zeros))}"
+
+    def shard_key(self, shard: int) -> str:
+        return f"{self.name}/{self.array.metadata.encode_chunk_key((shard, *self._zeros))}"
 
     def write(self, store: Any, row: int, a: np.ndarray) -> None:
         if self.raw:
-            key = f"{self.name}/{self.array.metadata.encode_chunk_key((row, *self._zeros))}"
-            _io.put_bytes(store, key, memoryview(a.reshape(-1)).cast("B"),
+            _io.put_bytes(store, self.row_key(row), memoryview(a.reshape(-1)).cast("B"),
                           checksum=self.checksummed)
         else:
             self.array[row] = a
@@ -329,6 +388,20 @@ class Recorder:
         (grokscope's and plain zarr's) detects changed, truncated or missing chunks. False
         writes stores as grokscope did before checksums (for benchmarks and compatibility
         tests). A re-opened store keeps the choice it was created with.
+    steps_per_shard : int or None
+        Compact committed steps into zarr v3 shards of this many steps per tensor (default
+        128; see docs/store.md, "Files per step"): each step is first committed as one file
+        per tensor, and every ``compact_every`` steps, and on :meth:`close`, the committed
+        steps move into one shard file per tensor (atomically: a kill at any moment loses no
+        committed step). A closed 1000-step run then holds 8 files per tensor instead of
+        1000. None: the per-step layout (one file per tensor per step, as stores written
+        before). Uncompressed stores with the ``"count"`` commit only: ``compression="lz4"``
+        and ``commit="consolidated"`` keep the per-step layout. A re-opened store keeps the
+        layout and settings it was created with (stored in its metadata).
+    compact_every : int or None
+        Compact whenever this many committed steps beyond the compacted ones fill whole
+        shards (default: ``steps_per_shard``, so every step is copied once and fewer than
+        ``2 * steps_per_shard`` steps per tensor are single files while recording).
     consolidate : bool
         Write zarr consolidated metadata into the root on :meth:`close` (after trimming).
         Default False: the root's consolidated metadata would go stale as soon as an analysis
@@ -382,6 +455,8 @@ class Recorder:
         model_kwargs: dict | None = None,
         export_program: bool | None = None,
         checksum: bool = True,
+        steps_per_shard: int | None = DEFAULT_STEPS_PER_SHARD,
+        compact_every: int | None = None,
     ) -> None:
         if compression not in (None, "lz4"):
             raise ConfigError(f"compression={compression!r}: use None or 'lz4'")
@@ -391,6 +466,10 @@ class Recorder:
             raise ConfigError(f"data must be a grokscope.Data or None, got {type(data).__name__}")
         if schedule is not None and not isinstance(schedule, Schedule):
             raise ConfigError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+        self._shard_settings = _shard_settings(steps_per_shard, compact_every)
+        if compression is not None or commit != "count":
+            self._shard_settings = None  # per-step layout (see the docstring)
+        self._compacted = 0
         self.path = path
         self.schedule = schedule or Schedule()
         self.compression = compression
@@ -470,10 +549,18 @@ class Recorder:
         return root
 
     def _new_array(self, name: str, shape: tuple, chunks: tuple, dtype: np.dtype, dims: tuple,
-                   *, compress: bool) -> zarr.Array:
+                   *, compress: bool, shards: tuple | None = None,
+                   one_file_per_chunk: bool = False) -> zarr.Array:
+        """A new array; ``shards`` (a shard shape) makes it sharded (grokscope.store._shards:
+        chunk keys ``c.<k>.0...``, one file per shard, index ``bytes -> crc32c`` at the end)."""
         compressors: list = []
         if compress:
             compressors.append(zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"))
+        extra: dict[str, Any] = {}
+        if shards is not None or one_file_per_chunk:
+            extra["chunk_key_encoding"] = _shards.KEY_ENCODING
+        if shards is not None:
+            extra["shards"] = shards
         return zarr.create_array(
             store=self._store,
             name=name,
@@ -487,7 +574,15 @@ class Recorder:
             zarr_format=3,
             overwrite=True,
             write_data=False,
+            **extra,
         )
+
+    def _new_tail(self, key: str, shape: tuple, dtype: np.dtype, dims: tuple | None,
+                  rows: int | None = None) -> zarr.Array:
+        """The per-step array ``_tail/<key>`` of a sharded tensor (rows not yet compacted)."""
+        rows = self._capacity if rows is None else rows
+        return self._new_array(f"{schema.TAIL_GROUP}/{key}", (rows, *shape),
+                               (1, *shape), dtype, dims, compress=False, one_file_per_chunk=True)
 
     def _codecs(self, *compressors: Any) -> tuple:
         """``compressors`` followed by the ``crc32c`` codec when checksums are on (bytes ->
@@ -523,6 +618,9 @@ class Recorder:
             "program": None,
             schema.DIMS_KEY: schema.DIMS_IDENTIFIER,
         }
+        if self._shard_settings is not None:
+            self._meta[schema.SHARDS_KEY] = dict(self._shard_settings)
+            self._meta["commit"]["compacted"] = 0
         if export_error is not None:
             self._meta["export_error"] = export_error
         # the root document first (count 0, no arrays yet), so a crash during set-up leaves a
@@ -533,10 +631,19 @@ class Recorder:
                 _io.delete_entry(self._store, name)
         self._capacity = schema.INITIAL_CAPACITY
         dims = schema.tensor_dims({k: len(info["shape"]) for k, info in params.items()})
+        if self._shard_settings is not None:
+            _io.write_json(self._store, f"{schema.TAIL_GROUP}/zarr.json", _GROUP_DOC)
         for key, info in params.items():
             shape = tuple(info["shape"])
+            dtype = np.dtype(info["dtype"])
+            if self._shard_settings is not None and all(n > 0 for n in shape):
+                arr = self._new_array(key, (0, *shape), (1, *shape), dtype, dims[key],
+                                      compress=False,
+                                      shards=(self._shard_settings["steps_per_shard"], *shape))
+                self._params[key] = _Param(key, arr, self._new_tail(key, shape, dtype, dims[key]))
+                continue
             arr = self._new_array(
-                key, (self._capacity, *shape), (1, *shape), np.dtype(info["dtype"]),
+                key, (self._capacity, *shape), (1, *shape), dtype,
                 dims[key], compress=self.compression is not None,
             )
             self._params[key] = _Param(key, arr)
@@ -659,6 +766,8 @@ class Recorder:
                 )
         self.compression = meta.get("compression")
         self._meta = meta
+        self._shard_settings = meta.get(schema.SHARDS_KEY)  # the store's layout wins
+        self._compacted = int(meta["commit"].get("compacted", 0))
         self._count = int(meta["commit"]["count"])
         self._last_step = meta["commit"]["last_step"]
         self._resume = meta["commit"].get("resume")  # checked by schema.check_meta
@@ -666,7 +775,7 @@ class Recorder:
         # invalidate consolidated metadata before anything changes
         self._write_root(meta)
         for key in meta["params"]:
-            self._params[key] = _Param(key, _io.open_zarr_array(store, key, what="parameter"))
+            self._params[key] = self._open_param(key)
         self._metric_names = list(meta["metrics"])
         for name in (schema.STEP, schema.NONFINITE, *self._metric_names):
             arr = _io.open_zarr_array(store, name, what="scalar array")
@@ -674,12 +783,14 @@ class Recorder:
         from .run import _corrupt
 
         for item in (*self._params.values(), *self._scalars.values()):
-            if item.array.ndim < 1 or item.array.shape[0] < self._count:  # never grow to a count
-                raise _corrupt(self._where, item.name, f"it has {item.array.shape[0] if item.array.ndim else 0} "
+            arr = item.rows_array if isinstance(item, _Param) else item.array
+            if arr.ndim < 1 or arr.shape[0] < self._count:  # never grow to a count
+                raise _corrupt(self._where, item.name, f"it has {arr.shape[0] if arr.ndim else 0} "
                                f"rows but {self._count} are committed")
         # keep the store's choice: new arrays (metrics, resume states) match its step array
         self.checksum = self._scalars[schema.STEP].checksummed
         self._drop_orphan_resume()
+        self._drop_compacted_tail_rows()
         # trim the uncommitted tail (deletes its chunks), then pre-allocate again
         self._capacity = self._count
         self._resize_all(self._count)
@@ -688,6 +799,65 @@ class Recorder:
             sc.load(store, self._count)
         self._check_last_step()
         self._collect_static_nodes()
+
+    def _open_param(self, key: str) -> _Param:
+        """A stored tensor's arrays: the array itself and, when sharded, its per-step tail
+        (opened when it holds committed rows; created afresh when it does not)."""
+        from .run import _corrupt
+
+        store = self._store
+        arr = _io.open_zarr_array(store, key, what="parameter")
+        layout = _shards.layout_of(arr)
+        if layout is None:
+            return _Param(key, arr)
+        settings = self._shard_settings
+        if settings is None or layout.steps != settings["steps_per_shard"]:
+            raise _corrupt(self._where, key, f"it is sharded by {layout.steps} steps but the "
+                                             f"root metadata says {settings!r}")
+        if arr.ndim < 1 or arr.shape[0] < self._compacted:
+            raise _corrupt(self._where, key, f"its shards hold {arr.shape[0] if arr.ndim else 0} "
+                                             f"rows but {self._compacted} are compacted")
+        if arr.shape[0] > self._compacted:  # a compaction killed before its commit
+            arr.resize((self._compacted, *arr.shape[1:]))
+        tail_path = f"{schema.TAIL_GROUP}/{key}"
+        if self._compacted < self._count:  # committed rows live there: never re-created
+            tail = _io.open_zarr_array(store, tail_path, what="parameter tail")
+            if (_io.codec_layout(tail) != (True, layout.checksummed)
+                    or tuple(tail.shape[1:]) != tuple(arr.shape[1:]) or tail.chunks[0] != 1
+                    or np.dtype(tail.dtype) != np.dtype(arr.dtype)):
+                raise _corrupt(self._where, tail_path, "its layout is not the per-step layout "
+                                                       f"of the sharded tensor {key!r}")
+        else:
+            if not _io.exists(store, f"{schema.TAIL_GROUP}/zarr.json"):
+                _io.write_json(store, f"{schema.TAIL_GROUP}/zarr.json", _GROUP_DOC)
+            tail = self._new_tail(key, tuple(arr.shape[1:]), np.dtype(arr.dtype),
+                                  tuple(arr.metadata.dimension_names or ()) or None,
+                                  rows=self._count)
+        return _Param(key, arr, tail)
+
+    def _drop_compacted_tail_rows(self, upto: int | None = None, start: int | None = None
+                                  ) -> None:
+        """Delete the tail chunks of rows ``start..upto-1``; without ``start``, every tail
+        chunk of a row before ``upto`` (default: the compacted boundary): what a writer killed
+        between a compaction's commit and its clean-up left."""
+        upto = self._compacted if upto is None else upto
+        for p in self._params.values():
+            if p.layout is None:
+                continue
+            if start is None:  # unknown which rows are left: look
+                prefix = p.tail.path
+                for name in _io.list_dir(self._store, prefix):
+                    parts = name.split(".")
+                    if len(parts) >= 2 and parts[0] == "c" and parts[1].isdigit() \
+                            and int(parts[1]) < upto:
+                        _io.delete_entry(self._store, f"{prefix}/{name}")
+                continue
+            keys = [p.row_key(row) for row in range(start, upto)]
+            prefix = p.tail.path
+            for lo in range(0, len(keys), 64):  # in batches, so kills land in between
+                _io.delete_keys(self._store, prefix,
+                                [k[len(prefix) + 1:] for k in keys[lo:lo + 64]])
+                _kill_point()
 
     def _check_orphan(self, name: str, row: int) -> None:
         """An array ``name`` the metadata does not list may be what a writer killed before it
@@ -796,9 +966,10 @@ class Recorder:
         _io.write_json(self._store, "zarr.json", self._root_doc(meta, count))
 
     # ------------------------------------------------------------------ capacity
-    def _resize_all(self, capacity: int) -> None:
+    def _resize_all(self, capacity: int, *, tails: bool = True) -> None:
         for p in self._params.values():
-            p.array.resize((capacity, *p.shape))
+            if tails or p.layout is None:
+                p.rows_array.resize((capacity, *p.shape))
         for sc in self._scalars.values():
             sc.array.resize((capacity,))
         self._capacity = capacity
@@ -956,6 +1127,8 @@ class Recorder:
             meta = dict(self._meta)
             meta["metrics"] = names
             meta["commit"] = {"count": row + 1, "last_step": step, "resume": resume}
+            if self._shard_settings is not None:
+                meta["commit"]["compacted"] = self._compacted
             self._write_root(
                 meta, count=row + 1 if self.commit_mode == "consolidated" else None
             )
@@ -978,6 +1151,103 @@ class Recorder:
                 _io.delete_entry(store, old["key"])
             except OSError:
                 pass  # an orphan the next writer deletes (_drop_orphan_resume)
+        if self._shard_settings is not None:
+            settings = self._shard_settings
+            full = self._count // settings["steps_per_shard"] * settings["steps_per_shard"]
+            if full - self._compacted >= settings["compact_every"]:
+                try:
+                    self._compact(full)
+                except OSError as exc:
+                    raise StoreWriteError(
+                        f"step {step} is committed to {self._where}, but moving committed steps "
+                        f"into shards failed ({exc}); the store is intact (every committed step "
+                        "stays where it is) and compaction is tried again later. Free disk "
+                        "space or fix permissions"
+                    ) from exc
+
+    # ------------------------------------------------------------------ compaction
+    @property
+    def compacted(self) -> int:
+        """Number of committed checkpoints already moved into shards (0 for the per-step
+        layout)."""
+        return self._compacted
+
+    def compact(self, upto: int | None = None) -> int:
+        """Move the committed rows before ``upto`` (default: all) into shards; the new
+        compacted count. Runs by itself every ``compact_every`` steps and on :meth:`close`.
+
+        Order (each write atomic): every shard touched is written whole beside the old one and
+        renamed into place (an earlier row keeps its bytes and its offset), the arrays'
+        metadata grows to ``upto`` rows, the root document publishes ``compacted = upto``
+        (the commit of the compaction), and only then are the per-step files of those rows
+        deleted. A kill before the root is written leaves the old boundary (the new shards'
+        extra rows are ignored and rewritten later); after it, leftover per-step files (removed
+        by the next writer). Either way no committed step is lost.
+        """
+        self._check_open()
+        return self._compact(self._count if upto is None else int(upto))
+
+    def _compact(self, upto: int, *, drop_rows: bool = True) -> int:
+        """:meth:`compact`; ``drop_rows`` False leaves the compacted rows' per-step files (the
+        caller deletes the whole tail)."""
+        settings = self._shard_settings
+        if settings is None or upto <= self._compacted:
+            return self._compacted
+        if upto > self._count:
+            raise ConfigError(f"cannot compact {upto} rows: only {self._count} are committed")
+        c0 = self._compacted
+        sharded = [p for p in self._params.values() if p.layout is not None]
+        _kill_point()
+        for p in sharded:
+            n = p.layout.steps
+            for k in range(c0 // n, -(-upto // n)):
+                self._write_shard(p, k, c0, upto)
+                _kill_point()
+            if p.array.shape[0] < upto:
+                p.array.resize((upto, *p.shape))
+                _kill_point()
+        meta = dict(self._meta)
+        meta["commit"] = {**meta["commit"], "compacted": upto}
+        self._write_root(meta)
+        self._meta, self._compacted = meta, upto
+        _kill_point()
+        if drop_rows:
+            self._drop_compacted_tail_rows(upto, start=c0)
+        return upto
+
+    def _write_shard(self, p: _Param, k: int, c0: int, upto: int) -> None:
+        """Write shard ``k`` of ``p`` holding its rows before ``upto``: rows before ``c0``
+        copied from the shard already there, the others from their per-step chunks (stored
+        bytes and checksums copied verbatim, so damage stays detectable)."""
+        from .run import _corrupt
+
+        layout, store = p.layout, self._store
+        lo = k * layout.steps
+        hi = min(lo + layout.steps, upto)
+        key = p.shard_key(k)
+        size = layout.stored_nbytes
+        if lo < c0:  # the rows already compacted must sit where this writer puts them
+            found = _shards.read_suffix(store, key, layout.index_nbytes)
+            index = None if found is None else _shards.parse_index(found[0], layout)
+            held = c0 - lo
+            if index is None or not (
+                    np.array_equal(index[:held, 0], np.arange(held, dtype=np.uint64) * size)
+                    and np.all(index[:held, 1] == size)):
+                raise _corrupt(self._where, p.name, f"shard {k} (rows {lo}..{c0 - 1}) is missing "
+                                                    "or its index is damaged")
+
+        def chunk(j: int) -> bytes:
+            row = lo + j
+            if row < c0:
+                raw = _io.get_bytes(store, key, (j * size, (j + 1) * size))
+            else:
+                raw = _io.get_bytes(store, p.row_key(row))
+            if raw is None or len(raw) != size:
+                raise _corrupt(self._where, p.name, f"the chunk of committed row {row} is "
+                               f"{'missing' if raw is None else f'{len(raw)} bytes, not {size}'}")
+            return raw
+
+        _shards.write_shard(store, key, layout, hi - lo, chunk)
 
     def _write_resume(self, step: int, raw: bytes) -> dict:
         store = self._store
@@ -1014,9 +1284,13 @@ class Recorder:
         """Trim arrays to the committed length and (optionally) consolidate metadata."""
         if self._closed:
             return
-        self._closed = True
         try:
-            self._resize_all(self._count)
+            sharded = self._shard_settings is not None
+            self._resize_all(self._count, tails=not sharded)  # the tails go whole, below
+            if sharded:
+                self._compact(self._count, drop_rows=False)
+                _io.delete_entry(self._store, schema.TAIL_GROUP)  # every row is compacted
+            self._closed = True
             if self.consolidate:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", category=UserWarning)
@@ -1038,6 +1312,7 @@ class Recorder:
                 "copy (or delete a damaged results/ group and analyse again)"
             ) from exc
         finally:
+            self._closed = True
             self._release_lock()
 
     def _check_open(self) -> None:

@@ -60,6 +60,8 @@ class _ArrayReader:
     def __init__(self, store: Any, where: str, name: str, array: zarr.Array, count: int,
                  source_dtype: str | None = None) -> None:
         self.store, self.where, self.name, self.array = store, where, name, array
+        #: where the array lives in the store (``name``, or ``_tail/<name>`` for a tail)
+        self.path = name
         self.inner = tuple(array.shape[1:])
         self.shape = (count, *self.inner)
         self.dtype = np.dtype(array.dtype)
@@ -82,7 +84,7 @@ class _ArrayReader:
 
     def _key(self, chunk: int) -> str:
         zeros = (0,) * len(self.inner)
-        return f"{self.name}/{self.array.metadata.encode_chunk_key((chunk, *zeros))}"
+        return f"{self.path}/{self.array.metadata.encode_chunk_key((chunk, *zeros))}"
 
     def _rows_text(self, chunk: int) -> str:
         """``"row 3 (step 5)"`` or ``"rows 0..99 (steps 0..4000)"`` for a chunk."""
@@ -200,12 +202,7 @@ class _ArrayReader:
         stores written before checksums are read at the entry's byte range.
         """
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-        index = tuple(int(i) for i in index)
-        if len(index) != len(self.inner) or any(
-            not -n <= i < n for i, n in zip(index, self.inner)
-        ):
-            raise ConfigError(f"index {index} does not address an entry of shape {self.inner}")
-        index = tuple(i % n for i, n in zip(index, self.inner))
+        index = self._entry_index(index)
         if self.raw and self._per_row:
             off = int(np.ravel_multi_index(index, self.inner)) * self.dtype.itemsize if index else 0
             br = (off, off + self.dtype.itemsize)
@@ -214,6 +211,23 @@ class _ArrayReader:
                 dtype=self.dtype,
             )
         return self.rows(idx)[(slice(None), *index)]
+
+    def _entry_index(self, index: tuple[int, ...]) -> tuple[int, ...]:
+        """``index`` as non-negative positions in a tensor row; ConfigError when out of range."""
+        index = tuple(int(i) for i in index)
+        if len(index) != len(self.inner) or any(
+            not -n <= i < n for i, n in zip(index, self.inner)
+        ):
+            raise ConfigError(f"index {index} does not address an entry of shape {self.inner}")
+        return tuple(i % n for i, n in zip(index, self.inner))
+
+    def forget(self) -> None:
+        """Drop anything cached from the store (nothing here; shard readers cache indexes)."""
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """Row ranges stored together (one per chunk), for reading everything once."""
+        c = self.chunk_rows
+        return [(lo, min(lo + c, self.shape[0])) for lo in range(0, self.shape[0], c)]
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if not isinstance(key, tuple):
@@ -410,8 +424,13 @@ class Run:
         self._meta = meta
         self._count = count
         self._readers: dict[str, _ArrayReader] = {}
+        compacted = meta["commit"].get("compacted", 0)  # checked by schema.check_meta
         for key, info in params.items():
             arr = _io.open_zarr_array(store, key, what="parameter")
+            sharded = self._sharded_reader(key, arr, count, compacted, info.get("source_dtype"))
+            if sharded is not None:
+                self._readers[key] = sharded
+                continue
             self._check_rows(arr, key, count)
             self._readers[key] = _ArrayReader(store, self._where, key, arr, count,
                                               info.get("source_dtype"))
@@ -433,6 +452,50 @@ class Run:
         self._metrics_ds: xr.Dataset | None = None
         self._data: Data | None = None
         return self
+
+    def _sharded_reader(self, key: str, arr: zarr.Array, count: int, compacted: int,
+                        source_dtype: str | None) -> _ArrayReader | None:
+        """The reader of a sharded tensor (rows before ``compacted`` in shards, the others in
+        ``_tail/<key>``), or None when ``arr`` is not sharded."""
+        from . import _shards
+        from ._sharded_reader import ShardedReader
+
+        layout = _shards.layout_of(arr)
+        if layout is None:
+            return None
+        if arr.ndim < 1 or arr.shape[0] < compacted:
+            raise _corrupt(self._where, key, f"its shards hold {arr.shape[0] if arr.ndim else 0} "
+                                             f"rows but {compacted} are compacted")
+        tail = None
+        path = f"{schema.TAIL_GROUP}/{key}"
+        tarr = None
+        if compacted < count:
+            try:
+                tarr = _io.open_zarr_array(self._store, path, what="parameter tail")
+            except CorruptStoreError:
+                # a writer may have compacted every row and removed the tail since we read
+                # the root (a clean close): then the shards hold them all
+                if self._compacted_now() < count:
+                    raise
+                compacted = count
+        if tarr is not None:
+            self._check_rows(tarr, path, count)
+            tail = _ArrayReader(self._store, self._where, key, tarr, count, source_dtype)
+            tail.path = path
+            if not (tail.raw and tail._per_row and tail.checksummed == layout.checksummed
+                    and tail.inner == tuple(arr.shape[1:]) and tail.dtype == np.dtype(arr.dtype)):
+                raise _corrupt(self._where, path, "its layout is not the per-step layout of "
+                                                  f"the sharded tensor {key!r}")
+        return ShardedReader(self._store, self._where, key, arr, count, source_dtype,
+                             layout=layout, compacted=compacted, tail=tail,
+                             compacted_now=self._compacted_now)
+
+    def _compacted_now(self) -> int:
+        """The compacted count the root document publishes now (a writer may have moved more
+        rows into shards since this Run read it)."""
+        doc = _io.check_root(self._store)
+        meta = schema.check_meta(doc.get("attributes", {}).get(schema.META_KEY), self._where)
+        return int(meta["commit"].get("compacted", 0))
 
     def _check_rows(self, arr: zarr.Array, name: str, count: int) -> None:
         if arr.ndim < 1 or arr.shape[0] < count:
@@ -809,11 +872,10 @@ class Run:
 
         for r in (*self._readers.values(), *self._scalar_readers.values()):
             n_arrays += 1
-            for c in range(-(-self._count // r.chunk_rows)):
+            r.forget()  # re-read, never a cached index
+            for lo, hi in r.blocks():
                 n_chunks += 1
-                lo = c * r.chunk_rows
-                check(lambda lo=lo, r=r: r.rows(np.arange(lo, min(lo + r.chunk_rows,
-                                                                  self._count))))
+                check(lambda lo=lo, hi=hi, r=r: r.rows(np.arange(lo, hi)))
         if _io.exists(self._store, f"{schema.DATA_GROUP}/zarr.json"):
             n_arrays += 1
             check(lambda: read_data(self._store))

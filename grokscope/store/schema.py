@@ -10,11 +10,18 @@ A run is one zarr v3 group::
                                   params           {key: {"shape", "dtype", "source_dtype"}}
                                   metrics          [name, ...]   (scalar float64 arrays)
                                   commit           {"count": n, "last_step": s,
-                                                    "resume": {"step", "key"} | None}
+                                                    "resume": {"step", "key"} | None,
+                                                    "compacted": c}   (sharded stores)
+                                  shards           {"steps_per_shard": S, "compact_every": N}
+                                                   or absent (per-step layout)
     step                      int64 (capacity,), chunks 1024, dims ("step",)
     nonfinite                 int64 (capacity,): non-finite parameter entries at that row
     <metric>                  float64 (capacity,), chunks 1024, NaN fill
-    <state-dict key>          (capacity, *shape), one chunk per step, NaN fill,
+    <state-dict key>          per-step layout: (capacity, *shape), one chunk per step;
+                              sharded layout (``shards`` set): (compacted, *shape), shards of
+                              (S, *shape) with one inner chunk per step (grokscope.store.
+                              _shards), chunk keys "c.<k>.0..."; rows from ``commit.compacted``
+                              on live in _tail/<key> (per-step, absolute rows). NaN fill,
                               dims ("step", "<key>_dim0", ...) with every character of the key
                               that is not [0-9A-Za-z_] as "_" (tensor_dims: unique, "layers.0.
                               weight" -> "layers_0_weight_dim0"); the root metadata says
@@ -27,6 +34,8 @@ A run is one zarr v3 group::
                               dict zeroed; zstd), when it could be exported; root metadata
                               "program": {"key", "nbytes", "sha256", "torch", "format"} or
                               None with "export_error" (see grokscope.store.portable)
+    _tail/<state-dict key>    sharded stores: the committed rows not yet compacted, one chunk
+                              per step, (capacity, *shape); removed on a clean close
     results/<measure>/        analysis outputs (written by the engine, read by Run.results)
 
 ``capacity`` grows geometrically; readers use only the first ``commit.count`` rows, which the
@@ -68,13 +77,18 @@ DATA_GROUP = "data"
 RESUME_GROUP = "_resume"
 RESULTS_GROUP = "results"
 MODEL_GROUP = "_model"
+TAIL_GROUP = "_tail"
+SHARDS_KEY = "shards"
+#: the largest ``steps_per_shard`` / ``compact_every`` a store may name
+MAX_STEPS_PER_SHARD = 1 << 16
 PROGRAM_KEY = f"{MODEL_GROUP}/program"
 EXTRA_PREFIX = "extra."
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
 SCALAR_CHUNK = 1024
 INITIAL_CAPACITY = 64
-RESERVED = frozenset({STEP, NONFINITE, DATA_GROUP, RESUME_GROUP, RESULTS_GROUP, MODEL_GROUP})
+RESERVED = frozenset({STEP, NONFINITE, DATA_GROUP, RESUME_GROUP, RESULTS_GROUP, MODEL_GROUP,
+                      TAIL_GROUP})
 
 #: the forms of the keys a store's metadata names (anything else is refused on read, so a
 #: crafted store cannot point a reader or a writer outside itself)
@@ -133,6 +147,22 @@ def check_meta(meta: Any, where: str) -> dict:
         raise _bad_meta(where, f"commit.last_step {last!r} is not an integer")
     if count and last is None:
         raise _bad_meta(where, f"{count} steps are committed but commit.last_step is null")
+    shards = meta.get(SHARDS_KEY)
+    if shards is not None:
+        if not isinstance(shards, dict):
+            raise _bad_meta(where, f"{SHARDS_KEY!r} is not an object")
+        for name in ("steps_per_shard", "compact_every"):
+            v = shards.get(name)
+            if not _is_int(v) or not 1 <= v <= MAX_STEPS_PER_SHARD:
+                raise _bad_meta(where, f"{SHARDS_KEY}.{name} {v!r} is not an integer from 1 to "
+                                       f"{MAX_STEPS_PER_SHARD}")
+    compacted = commit.get("compacted", 0)
+    if not _is_int(compacted) or not 0 <= compacted <= count:
+        raise _bad_meta(where, f"commit.compacted {compacted!r} is not an integer from 0 to the "
+                               f"committed count {count}")
+    if compacted and shards is None:
+        raise _bad_meta(where, f"commit.compacted is {compacted} but the store names no "
+                               f"{SHARDS_KEY!r} settings")
     resume = commit.get("resume")
     if resume is not None:
         if not isinstance(resume, dict) or not _is_int(resume.get("step")):
