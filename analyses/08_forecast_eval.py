@@ -414,7 +414,7 @@ lead time = true `t_test` minus the forecast step, for grokking runs flagged
 (`p_grok >= 0.5`; for the accuracy baseline: a finite crossing; for the norm baseline: its
 threshold).
 
-## Results (held-out)
+## v1 results on the first held-out set (HELDOUT, seeds 10-13)
 
 {table(results)}
 
@@ -546,7 +546,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     (OUT / "results.json").write_text(json.dumps(doc, indent=1, default=float))
     (OUT / "table.md").write_text(table(results) + "\n")
-    (OUT / "README.md").write_text(readme(results, doc, fitted, fit_runs, held))
+    text = readme(results, doc, fitted, fit_runs, held)
+    old = (OUT / "README.md").read_text() if (OUT / "README.md").exists() else ""
+    if "<!-- forecast-v2" in old:  # keep the v2 section (analyses/10_forecast_v2.py) on top
+        start = old.index("<!-- forecast-v2")
+        end = old.index("<!-- /forecast-v2 -->\n") + len("<!-- /forecast-v2 -->\n")
+        title, rest = text.split("\n", 1)
+        text = title + "\n\n" + old[start:end] + rest
+    (OUT / "README.md").write_text(text)
     print(table(results))
     print("signal AUROC (held-out):", doc["signal_auroc_heldout"])
     print("warning:", doc["warning"])
