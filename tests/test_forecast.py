@@ -312,10 +312,15 @@ def test_trained_run_forecast_brackets_the_truth(tmp_path):
     )
     truth = float(gs.forecast(run).t_test_observed)
     assert 100 < truth < 500
-    early = gs.forecast(run, upto=100, horizon=600)
+    # p_grok at the horizon the logistic model was fitted with (the FIT runs' 4000-step cap);
+    # the recorded budget (600) is the default and gives a lower p_grok (docs/forecast.md)
+    early = gs.forecast(run, upto=100, horizon=4000)
     assert early.attrs["branch"] == "trend"
     assert float(early.p_grok) > 0.5
     assert float(early.t_test_low) <= truth <= float(early.t_test_high)
+    budget = gs.forecast(run, upto=100)
+    assert budget.attrs["horizon"] == 600
+    assert float(budget.p_grok) < float(early.p_grok)
 
 
 def _eval_module():
