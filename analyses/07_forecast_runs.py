@@ -14,6 +14,7 @@ then every 20 steps) so a forecast at 25% of a short ``t_test`` still has data.
 Usage::
 
     python analyses/07_forecast_runs.py [--out /tmp/gs/forecast_runs] [--only fit|heldout]
+    python analyses/07_forecast_runs.py --out /tmp/gs/forecast_runs2 --only heldout2
 
 Existing finished stores are skipped, so the script can be restarted.
 """
@@ -107,10 +108,43 @@ SLOW = {"mod59_f50_wd1_w256", "tr31_f80_wd1", "dig_n150_init8_wd0.5", "dig_n300_
         "par20_n800_wd0.5", "par20_n1500_wd0.5", "par20_n3000_wd0.5"}
 
 
+#: a SECOND held-out set (forecast v2, issue 12), written before v2 was fitted: new seeds
+#: (20-23) and cells that appear in neither list above (other moduli, train fractions, weight
+#: decays, learning rates, widths, a subtraction table, other parity / digits sizes, another
+#: transformer). v2 is fitted on the FIT runs only; both v1 and v2 are evaluated on these.
+HELDOUT2_CONFIGS: list[tuple[str, dict]] = [
+    ("mod31_f42_wd1.5", modular(31, 0.42, 1.5)),
+    ("mod31_f62_wd0.7_lr5e-3", modular(31, 0.62, 0.7, lr=5e-3)),
+    ("mod43_f55_wd1", modular(43, 0.55, 1.0)),
+    ("mod37_f50_wd0.5_w192", modular(37, 0.5, 0.5, width=192)),
+    ("mod31sub_f55_wd1", modular(31, 0.55, 1.0, op="-")),
+    ("mod31_f85_wd1", modular(31, 0.85, 1.0)),
+    ("mod31_f55_wd0", modular(31, 0.55, 0.0)),
+    ("mod29_f60_wd1_lr2e-2", modular(29, 0.6, 1.0, lr=2e-2)),
+    ("mod31_f25_wd2", modular(31, 0.25, 2.0)),
+    ("mod41_f65_wd2_w64", modular(41, 0.65, 2.0, width=64)),
+    ("par20_n1000_wd0.3", parity(1000, 0.3)),
+    ("par20_n400_wd1", parity(400, 1.0)),
+    ("par20_n2500_wd2", parity(2500, 2.0)),
+    ("dig_n120_init8_wd1.5", digits(120, 8.0, 1.5)),
+    ("dig_n250_init4_wd0.5", digits(250, 4.0, 0.5)),
+    ("dig_n500_init1_wd0.3", digits(500, 1.0, 0.3)),
+    ("tr31_f60_wd1", transformer(31, 0.6, 1.0, lr=5e-3)),
+    ("tr37_f70_wd0.5", transformer(37, 0.7, 0.5, lr=3e-3)),
+]
+HELDOUT2_SEEDS = [20, 21, 22, 23]
+HELDOUT2_SEEDS_SLOW = [20, 21, 22]
+SLOW2 = {"mod31_f55_wd0", "mod31_f25_wd2", "mod37_f50_wd0.5_w192", "tr31_f60_wd1",
+         "tr37_f70_wd0.5", "dig_n120_init8_wd1.5"}
+
+
 def runs(which: str) -> list[tuple[str, dict, int]]:
-    """``(run name, config, seed)`` of one set (``"fit"`` or ``"heldout"``)."""
+    """``(run name, config, seed)`` of one set (``"fit"``, ``"heldout"`` or ``"heldout2"``)."""
     if which == "fit":
         return [(f"fit/{n}_s{s}", c, s) for n, c in FIT_CONFIGS for s in FIT_SEEDS]
+    if which == "heldout2":
+        return [(f"heldout2/{n}_s{s}", c, s) for n, c in HELDOUT2_CONFIGS
+                for s in (HELDOUT2_SEEDS_SLOW if n in SLOW2 else HELDOUT2_SEEDS)]
     out = []
     for n, c in HELDOUT_CONFIGS:
         for s in (HELDOUT_SEEDS_SLOW if n in SLOW else HELDOUT_SEEDS):
@@ -135,7 +169,7 @@ def train_one(root: Path, name: str, cfg: dict, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/gs/forecast_runs")
-    ap.add_argument("--only", choices=["fit", "heldout"])
+    ap.add_argument("--only", choices=["fit", "heldout", "heldout2"])
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     root = Path(args.out)

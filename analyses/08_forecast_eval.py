@@ -6,7 +6,7 @@ step with test accuracy >= 0.9); a run that never reaches 0.9 within the step ca
 at the same fractions of the median ``t_test`` of the grokking runs of its task family in the
 same set. A point is used only if the threshold has not yet been seen there.
 
-``--fit`` fits :data:`grokscope.forecast.CONSTANTS` on the FIT runs (never on the held-out
+``--fit`` fits v1's :data:`grokscope.forecast.CONSTANTS_V1` on the FIT runs (never on the held-out
 ones) and writes them to ``reports/forecast/constants.json``; paste them into
 ``grokscope/forecast.py``. Without ``--fit`` the script checks that the module's constants
 are the fitted ones, then evaluates the module on the HELD-OUT runs and on the two baselines
@@ -36,6 +36,9 @@ import grokscope as gs
 
 #: the module (``grokscope.forecast`` is the function)
 fc = importlib.import_module("grokscope.forecast")
+#: this script fits and scores forecast v1 (its constants live on as ``CONSTANTS_V1``; v2 is
+#: analyses/10_forecast_v2.py)
+V1 = fc.CONSTANTS_V1
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "reports" / "forecast"
 FRACTIONS = (0.25, 0.5, 0.75)
@@ -101,17 +104,17 @@ def points(runs: list[dict]) -> list[dict]:
             s = cut(r["series"], u)
             if np.isfinite(fc._first_reach(s["steps"], s["test_acc"], THRESHOLD)):
                 continue
-            sig = fc.forecast_signals(s, THRESHOLD)
+            sig = fc.forecast_signals(s, THRESHOLD, V1)
             pts.append({"run": r, "fraction": f, "upto": u, "sig": sig})
     return pts
 
 
 # ------------------------------------------------------------------ the forecaster and baselines
 def model_predict(p: dict) -> dict:
-    t, branch = fc.predict_time(p["sig"])
-    q = fc.CONSTANTS["Q_TREND"] if branch == "trend" else fc.CONSTANTS["Q_FALLBACK"]
+    t, branch = fc.predict_time(p["sig"], V1)
+    q = V1["Q_TREND"] if branch == "trend" else V1["Q_FALLBACK"]
     u = p["upto"]
-    return {"p": fc.p_grok_of(fc.logit_features(p["sig"], t, RUNS.CAP)), "t": t,
+    return {"p": fc.p_grok_of(fc.logit_features(p["sig"], t, RUNS.CAP, V1), V1), "t": t,
             "lo": max(u, q[0] * t), "hi": max(u, q[1] * t), "branch": branch}
 
 
@@ -184,9 +187,9 @@ def warning_leads(runs: list[dict]) -> dict:
         end = r["t_test"] if r["groks"] else r["last_step"] + 1
         ps = []
         for u in steps[(steps >= 1) & (steps < end)]:
-            sig = fc.forecast_signals(cut(r["series"], int(u)), THRESHOLD)
-            t, _ = fc.predict_time(sig)
-            ps.append((int(u), fc.p_grok_of(fc.logit_features(sig, t, RUNS.CAP))))
+            sig = fc.forecast_signals(cut(r["series"], int(u)), THRESHOLD, V1)
+            t, _ = fc.predict_time(sig, V1)
+            ps.append((int(u), fc.p_grok_of(fc.logit_features(sig, t, RUNS.CAP, V1), V1)))
         if not r["groks"]:
             never_alarm.append(any(p >= 0.5 for _, p in ps))
             never_last.append(bool(ps) and ps[-1][1] >= 0.5)
@@ -212,51 +215,51 @@ def fit(pts: list[dict]) -> dict:
     """The constants, from the FIT set's points only."""
     from sklearn.linear_model import LogisticRegression
 
-    saved = dict(fc.CONSTANTS)
+    saved = dict(V1)
     grok = [p for p in pts if p["run"]["groks"]]
     best = None
     # the criterion: median |log(pred / true)| over ALL grokking fit points (both branches,
     # each branch's multiplier at its own median), so a stricter trend rule is not rewarded
     # for moving hard points to the fallback
     for tmin in (0.0, 0.1, 0.2, 0.3, 0.5, 0.7):
-        fc.CONSTANTS["TREND_MIN"] = tmin
+        V1["TREND_MIN"] = tmin
         for crit in (0.02, 0.03, 0.05, 0.07, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3):
-            fc.CONSTANTS["LOSS_CRIT"] = crit
-            sigs = [fc.forecast_signals(cut(p["run"]["series"], p["upto"]), THRESHOLD)
+            V1["LOSS_CRIT"] = crit
+            sigs = [fc.forecast_signals(cut(p["run"]["series"], p["upto"]), THRESHOLD, V1)
                     for p in grok]
             fb = [p["run"]["t_test"] / p["upto"] for p, s in zip(grok, sigs)
                   if not np.isfinite(s["t_loss_cross"])]
-            fc.CONSTANTS["FALLBACK_RATIO"] = float(np.median(fb)) if fb else 2.0
+            V1["FALLBACK_RATIO"] = float(np.median(fb)) if fb else 2.0
             for gain in np.round(np.arange(0.5, 2.01, 0.05), 2):
-                fc.CONSTANTS["LOSS_GAIN"] = float(gain)
+                V1["LOSS_GAIN"] = float(gain)
                 n_trend, errs = 0, []
                 for p, s in zip(grok, sigs):
-                    t, br = fc.predict_time(s)
+                    t, br = fc.predict_time(s, V1)
                     n_trend += br == "trend"
                     errs.append(abs(math.log(t / p["run"]["t_test"])))
                 if n_trend < 5:
                     continue
                 score = float(np.median(errs))
                 if best is None or score < best[0]:
-                    best = (score, crit, float(gain), tmin, fc.CONSTANTS["FALLBACK_RATIO"])
-    fc.CONSTANTS.update(LOSS_CRIT=best[1], LOSS_GAIN=best[2], TREND_MIN=best[3],
+                    best = (score, crit, float(gain), tmin, V1["FALLBACK_RATIO"])
+    V1.update(LOSS_CRIT=best[1], LOSS_GAIN=best[2], TREND_MIN=best[3],
                         FALLBACK_RATIO=best[4])
     for p in pts:
-        p["sig"] = fc.forecast_signals(cut(p["run"]["series"], p["upto"]), THRESHOLD)
+        p["sig"] = fc.forecast_signals(cut(p["run"]["series"], p["upto"]), THRESHOLD, V1)
     q_tr, q_fb = [], []
     for p in grok:
-        t, br = fc.predict_time(p["sig"])
+        t, br = fc.predict_time(p["sig"], V1)
         (q_tr if br == "trend" else q_fb).append(p["run"]["t_test"] / t)
-    fc.CONSTANTS["Q_TREND"] = tuple(float(x) for x in np.quantile(q_tr, [0.1, 0.9]))
-    fc.CONSTANTS["Q_FALLBACK"] = (tuple(float(x) for x in np.quantile(q_fb, [0.1, 0.9]))
+    V1["Q_TREND"] = tuple(float(x) for x in np.quantile(q_tr, [0.1, 0.9]))
+    V1["Q_FALLBACK"] = (tuple(float(x) for x in np.quantile(q_fb, [0.1, 0.9]))
                                   if len(q_fb) >= 3 else saved["Q_FALLBACK"])
-    x = np.array([fc.logit_features(p["sig"], fc.predict_time(p["sig"])[0], RUNS.CAP)
+    x = np.array([fc.logit_features(p["sig"], fc.predict_time(p["sig"], V1)[0], RUNS.CAP, V1)
                   for p in pts])
     y = np.array([p["run"]["groks"] for p in pts])
     lr = LogisticRegression(C=1.0).fit(x, y)
-    fc.CONSTANTS["LOGIT_COEF"] = tuple(float(c) for c in lr.coef_[0])
-    fc.CONSTANTS["LOGIT_BIAS"] = float(lr.intercept_[0])
-    return {"constants": {k: v for k, v in fc.CONSTANTS.items()},
+    V1["LOGIT_COEF"] = tuple(float(c) for c in lr.coef_[0])
+    V1["LOGIT_BIAS"] = float(lr.intercept_[0])
+    return {"constants": {k: v for k, v in V1.items()},
             "fit_median_abs_log_err": best[0], "n_fit_points": len(pts),
             "n_fit_runs": len({p["run"]["name"] for p in pts})}
 
@@ -411,7 +414,7 @@ lead time = true `t_test` minus the forecast step, for grokking runs flagged
 (`p_grok >= 0.5`; for the accuracy baseline: a finite crossing; for the norm baseline: its
 threshold).
 
-## Results (held-out)
+## v1 results on the first held-out set (HELDOUT, seeds 10-13)
 
 {table(results)}
 
@@ -498,17 +501,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     fitted = json.loads((OUT / "constants.json").read_text())
     for k, v in fitted["constants"].items():
-        have = fc.CONSTANTS[k]
+        have = V1[k]
         if not np.allclose(np.asarray(have, float), np.asarray(v, float), rtol=1e-5, atol=1e-6):
             raise SystemExit(f"grokscope.forecast.CONSTANTS[{k!r}] = {have} but the fit gave "
                              f"{v}: paste reports/forecast/constants.json's constants")
     held = load(root, "heldout")
     pts = points(held)
     # the evaluation reads the signals the way gs.forecast does: check on a few points
+    # (gs.forecast is v2 now; v1 and v2 share LOSS_CRIT / TREND_MIN, hence the signals)
     for p in pts[:: max(1, len(pts) // 8)]:
         ds = gs.forecast(p["run"]["path"], upto=p["upto"], horizon=RUNS.CAP)
-        q = model_predict(p)
-        assert abs(float(ds.p_grok) - q["p"]) < 1e-9 and float(ds.t_test_pred) == q["t"], p
         for k, v in p["sig"].items():
             got = ds.attrs[f"signal_{k}"]
             assert (math.isnan(v) and math.isnan(got)) or math.isclose(got, v, rel_tol=1e-9,
@@ -544,7 +546,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     (OUT / "results.json").write_text(json.dumps(doc, indent=1, default=float))
     (OUT / "table.md").write_text(table(results) + "\n")
-    (OUT / "README.md").write_text(readme(results, doc, fitted, fit_runs, held))
+    text = readme(results, doc, fitted, fit_runs, held)
+    old = (OUT / "README.md").read_text() if (OUT / "README.md").exists() else ""
+    if "<!-- forecast-v2" in old:  # keep the v2 section (analyses/10_forecast_v2.py) on top
+        start = old.index("<!-- forecast-v2")
+        end = old.index("<!-- /forecast-v2 -->\n") + len("<!-- /forecast-v2 -->\n")
+        title, rest = text.split("\n", 1)
+        text = title + "\n\n" + old[start:end] + rest
+    (OUT / "README.md").write_text(text)
     print(table(results))
     print("signal AUROC (held-out):", doc["signal_auroc_heldout"])
     print("warning:", doc["warning"])

@@ -5,31 +5,37 @@
 >>> float(fc.p_grok), float(fc.t_test_pred)             # doctest: +SKIP
 
 :func:`forecast` reads only what a store holds at steps ``<= upto``: the scalar metrics (test
-and train accuracy and loss) and the parameter norms of the checkpoints. From them it computes
-a few *signals* (all returned in the result's attrs) and turns them into
+and train accuracy and loss), the parameter norms of the checkpoints and, on modular-arithmetic
+tasks, the embedding table at the first step and at ``upto``. From them it computes a few
+*signals* (all returned in the result's attrs) and turns them into (forecast v2)
 
-* ``t_test_pred`` -- the predicted first step with test accuracy ``>= threshold``. The main
-  signal is the trend of the log test loss over the latest 30% of the steps seen (during the
-  memorisation plateau of a grokking run the test loss falls roughly exponentially in the
-  step long before test accuracy moves): extrapolated linearly to a critical loss
+* ``t_test_pred`` -- the predicted first step with test accuracy ``>= threshold``, from one of
+  two branches. ``"trend"``: the log test loss falls clearly over the latest 30% of the steps
+  seen (during the memorisation plateau of a grokking run it falls roughly exponentially in
+  the step long before test accuracy moves); extrapolated linearly to a critical loss
   ``LOSS_CRIT * test_loss(step 0)`` it gives the remaining steps, scaled by ``LOSS_GAIN``.
-  Without a clearly falling test loss (its log falling by less than ``TREND_MIN`` per
-  ``upto`` steps, or no test loss at all) the prediction is ``FALLBACK_RATIO * upto``.
-* ``t_test_low`` / ``t_test_high`` -- an 80% interval: ``t_test_pred`` times the 10% and 90%
-  quantiles of ``true / predicted`` on the fit runs (a separate pair for the fallback branch).
+  ``"early"`` (no clearly falling test loss: its log falls by less than ``TREND_MIN`` per
+  ``upto`` steps, or there is no test loss): ``upto * exp(a + b * test_acc)``, a wide guess
+  fitted on forecast points spread over 15-85% of ``t_test`` (v1's ``FALLBACK_RATIO * upto``
+  encoded forecasting at 25% of ``t_test``).
+* ``t_test_low`` / ``t_test_high`` -- an 80% interval: ``t_test_pred`` times its branch's 10%
+  and 90% quantiles of ``true / predicted`` on the fit runs (``Q_TREND``, ``Q_EARLY``).
 * ``p_grok`` -- the probability that test accuracy reaches the threshold by ``horizon``
-  (default ``10 * upto``; stores do not record a step budget): a
-  logistic model of five signals (``log(t_test_pred / horizon)``, the test loss relative to
-  its peak, the relative test-loss trend, train accuracy, test accuracy).
+  (default: the step budget ``gs.train`` records in the config, else ``10 * upto``): a
+  logistic model of ``log(t_test_pred / horizon)``, the test loss relative to its peak, the
+  relative test-loss trend, train and test accuracy and, on modular tasks, the growth of the
+  embedding's Fourier sparsity ``gini_embed_rel`` (:func:`embedding_gini`; the embedding is
+  the anatomy's ``embedding`` role, so any model the anatomy understands, or one given
+  ``anatomy={'embedding': KEY}``; without one the signal is NaN and enters as absent).
 
 A run whose test accuracy has already reached the threshold at a step ``<= upto`` gets
 ``p_grok = 1`` and ``t_test_pred = t_test_low = t_test_high =`` that step.
 
-The constants in :data:`CONSTANTS` were fitted by ``analyses/08_forecast_eval.py --fit`` on the
+The constants in :data:`CONSTANTS` were fitted by ``analyses/10_forecast_v2.py --fit`` on the
 FIT runs of ``analyses/07_forecast_runs.py`` (30 runs: modular-addition MLPs and a small
-transformer, sparse parity and digits MLPs; seeds 0-1) and evaluated on the separate
-HELD-OUT runs; ``reports/forecast/README.md`` has the evaluation, docs/forecast.md the
-signals that were tried and dropped.
+transformer, sparse parity and digits MLPs; seeds 0-1) and evaluated, with v1's
+(:data:`CONSTANTS_V1`), on the separate HELDOUT2 runs; ``reports/forecast/README.md`` has the
+evaluation, docs/forecast.md the signals that were tried and dropped.
 """
 
 from __future__ import annotations
@@ -43,18 +49,34 @@ import xarray as xr
 from ._version import __version__
 from .errors import ConfigError, MeasureNotApplicable
 
-__all__ = ["CONSTANTS", "ForecastError", "forecast", "forecast_signals"]
+__all__ = ["CONSTANTS", "CONSTANTS_V1", "ForecastError", "embedding_gini", "forecast",
+           "forecast_signals"]
 
 
 class ForecastError(MeasureNotApplicable):
     """A run cannot be forecast (no test accuracy metric, nothing recorded up to ``upto``)."""
 
 
-#: fitted by analyses/08_forecast_eval.py --fit on the FIT runs of analyses/07_forecast_runs.py
-#: (never on the held-out runs); regenerate with that script after changing a signal.
-#: FALLBACK_RATIO ~ 4 mirrors where the fit set's early forecasts were made (25% of t_test),
-#: not a property of training: see reports/forecast/README.md
+#: forecast v2, fitted by analyses/10_forecast_v2.py --fit on the FIT runs of
+#: analyses/07_forecast_runs.py at dense forecast points (never on either held-out set);
+#: regenerate with that script after changing a signal. LOSS_* / TREND_MIN are v1's (the
+#: trend branch is unchanged); v1's constants are kept in :data:`CONSTANTS_V1`.
 CONSTANTS: dict[str, Any] = {
+    "VERSION": 2,
+    "LOSS_CRIT": 0.1,
+    "LOSS_GAIN": 0.8,
+    "TREND_MIN": 0.7,
+    "EARLY_COEF": (1.782074, -0.987989),
+    "Q_TREND": (0.743775, 1.557143),
+    "Q_EARLY": (0.613179, 1.952138),
+    "LOGIT_COEF": (-1.6626, 1.691985, -1.235671, 1.477783, 2.443709, 3.236688, 0.641544),
+    "LOGIT_BIAS": -6.093919,
+}
+
+#: forecast v1 (fitted by analyses/08_forecast_eval.py --fit at 25/50/75% of t_test): kept
+#: so the evaluation can score both versions; its fallback ``FALLBACK_RATIO * upto`` encodes
+#: where the fit set's forecasts were made (reports/forecast/README.md)
+CONSTANTS_V1: dict[str, Any] = {
     "LOSS_CRIT": 0.1,
     "LOSS_GAIN": 0.8,
     "TREND_MIN": 0.7,
@@ -132,6 +154,10 @@ def _series(run: Any, upto: int | None, *, all_norms: bool = False) -> dict[str,
         sq_need += np.square(a.reshape(len(need), -1).astype(np.float64)).sum(axis=1)
     sq = np.full(len(idx), np.nan)
     sq[need] = sq_need
+    gini = np.full(len(idx), np.nan)
+    gini_need, gini_note = _embedding_gini(run, sel_steps)
+    if gini_need is not None:
+        gini[need] = gini_need
     return {
         "steps": steps[idx],
         "test_acc": te * scale,
@@ -139,8 +165,100 @@ def _series(run: Any, upto: int | None, *, all_norms: bool = False) -> dict[str,
         "test_loss": read(_metric(metrics, TEST_LOSS_NAMES)),
         "train_loss": read(_metric(metrics, TRAIN_LOSS_NAMES)),
         "norm": np.sqrt(sq),
-        "names": {"test_acc": te_name},
+        "gini_embed": gini,
+        "names": {"test_acc": te_name, "gini_embed": gini_note},
     }
+
+
+def _modulus(run: Any) -> int | None:
+    """The modulus ``p`` of a modular-arithmetic run's task config, else None."""
+    task = dict(run.config).get("task")
+    if not isinstance(task, dict) or task.get("name", "modular") != "modular":
+        return None
+    p = task.get("p")
+    return int(p) if isinstance(p, int | np.integer) and p >= 3 else None
+
+
+def _embedding_spec(run: Any) -> dict | None:
+    """The embedding role ``{"param", "orientation"}``: the caller's anatomy first (a
+    parameter key or a role dict), else the anatomy recorded in the store's config."""
+    for source in (getattr(run, "anatomy_override", None) or {},
+                   dict(run.config).get("anatomy") or {}):
+        emb = source.get("embedding") if isinstance(source, dict) else None
+        if isinstance(emb, str):
+            return {"param": emb, "orientation": None}
+        if isinstance(emb, dict) and isinstance(emb.get("param"), str):
+            return {"param": emb["param"], "orientation": emb.get("orientation")}
+    return None
+
+
+def _rows_table(w: np.ndarray, p: int, orientation: str | None) -> np.ndarray | None:
+    """The embedding as ``(rows, d)`` with a row per input unit / token (None: no fit)."""
+    if w.ndim != 2:
+        return None
+    if orientation == "rows":
+        return w
+    if orientation == "columns":
+        return w.T
+    for t in (w, w.T):  # orientation unknown: the axis of length 2p (two-hot) or >= p
+        if t.shape[0] == 2 * p:
+            return t
+    for t in (w, w.T):
+        if p <= t.shape[0] < 2 * p:
+            return t
+    return None
+
+
+def embedding_gini(table: np.ndarray, p: int) -> float:
+    """Gini coefficient of the embedding's per-frequency Fourier norms (``gini_embed``).
+
+    Parameters
+    ----------
+    table : ndarray, shape ``(2p, d)`` or ``(>= p, d)``
+        Row ``k`` is what input unit / token ``k`` adds: two-hot inputs (``2p`` rows, the
+        halves of operands ``a`` and ``b`` transformed separately, squared norms added) or
+        tokens (the first ``p`` rows).
+    p : int
+        The modulus.
+
+    Returns
+    -------
+    float
+        0 when every frequency ``k = 1..(p-1)/2`` holds the same norm, near 1 when one does
+        (the sparse Fourier embedding of a generalising modular-arithmetic network).
+    """
+    import torch
+
+    from .measures.fourier import freq_norms, gini
+
+    t = torch.as_tensor(np.asarray(table, dtype=np.float64))
+    if t.shape[0] == 2 * p:
+        norms = torch.sqrt(freq_norms(t[:p], p) ** 2 + freq_norms(t[p:], p) ** 2)
+    else:
+        norms = freq_norms(t[:p], p)
+    return gini(norms.numpy())
+
+
+def _embedding_gini(run: Any, steps: list[int]) -> tuple[np.ndarray | None, str]:
+    """``gini_embed`` at ``steps`` for a modular task with an embedding role, else
+    ``(None, why not)``."""
+    p = _modulus(run)
+    if p is None:
+        return None, "not a modular-arithmetic task with a modulus p in the store's config"
+    spec = _embedding_spec(run)
+    if spec is None:
+        return None, ("no embedding role (pass anatomy={'embedding': PARAM_KEY} for a model "
+                      "the anatomy did not understand)")
+    if spec["param"] not in run.params.data_vars:
+        return None, f"the embedding parameter {spec['param']!r} is not stored"
+    out = []
+    for w in run.trajectory(spec["param"], steps=steps):
+        table = _rows_table(np.asarray(w, dtype=np.float64), p, spec["orientation"])
+        if table is None:
+            return None, (f"the embedding {spec['param']!r} {tuple(np.shape(w))} has no axis "
+                          f"of p = {p} tokens or 2p two-hot units")
+        out.append(embedding_gini(table, p))
+    return np.asarray(out), f"gini of {spec['param']!r} (p = {p})"
 
 
 def _window(steps: np.ndarray) -> np.ndarray:
@@ -166,7 +284,8 @@ def _first_reach(steps: np.ndarray, acc: np.ndarray, threshold: float) -> float:
 
 
 # ----------------------------------------------------------------------------- signals
-def forecast_signals(series: dict[str, Any], threshold: float = 0.9) -> dict[str, float]:
+def forecast_signals(series: dict[str, Any], threshold: float = 0.9,
+                     constants: dict[str, Any] | None = None) -> dict[str, float]:
     """The forecast's signals from curves up to the last step of ``series``.
 
     Parameters
@@ -177,6 +296,8 @@ def forecast_signals(series: dict[str, Any], threshold: float = 0.9) -> dict[str
         (``norm`` is read at the first step and the window only, NaN elsewhere).
     threshold : float
         The accuracy threshold.
+    constants : dict, optional
+        ``LOSS_CRIT`` and ``TREND_MIN`` for ``t_loss_cross``; default :data:`CONSTANTS`.
 
     Returns
     -------
@@ -190,8 +311,11 @@ def forecast_signals(series: dict[str, Any], threshold: float = 0.9) -> dict[str
         extrapolation to the threshold), ``norm_ratio`` (weight norm over its step-0 value),
         ``norm_trend`` (slope of log weight norm times ``upto``), ``train_loss_roughness``
         (std of the second differences of log train loss over the window, the oscillation
-        signature of Notsawo et al. 2023).
+        signature of Notsawo et al. 2023), ``gini_embed`` (Fourier sparsity of the embedding
+        at ``upto``, modular tasks only, see :func:`embedding_gini`) and ``gini_embed_rel``
+        (its log over the first step's value).
     """
+    c = CONSTANTS if constants is None else constants
     steps = np.asarray(series["steps"], dtype=np.float64)
     u = float(steps[-1])
     w = _window(steps)
@@ -210,8 +334,8 @@ def forecast_signals(series: dict[str, Any], threshold: float = 0.9) -> dict[str
         out["loss_rel_peak"] = float(logl[-1] - peak[-1])
         s = _slope(x, logl[w])
         out["loss_trend"] = s * scale
-        crit = math.log(CONSTANTS["LOSS_CRIT"]) + float(logl[np.isfinite(logl)][0])
-        if np.isfinite(s) and s * scale <= -CONSTANTS["TREND_MIN"] and np.isfinite(logl[-1]):
+        crit = math.log(c["LOSS_CRIT"]) + float(logl[np.isfinite(logl)][0])
+        if np.isfinite(s) and s * scale <= -c["TREND_MIN"] and np.isfinite(logl[-1]):
             out["t_loss_cross"] = u + max(0.0, (crit - logl[-1]) / s)
         else:
             out["t_loss_cross"] = math.nan
@@ -235,33 +359,71 @@ def forecast_signals(series: dict[str, Any], threshold: float = 0.9) -> dict[str
         out["train_loss_roughness"] = float(np.std(np.diff(np.log(trl[w]), 2)))
     else:
         out["train_loss_roughness"] = math.nan
+
+    g = series.get("gini_embed")
+    g = np.asarray(g, dtype=np.float64) if g is not None and len(g) else np.array([math.nan])
+    out["gini_embed"] = float(g[-1])
+    out["gini_embed_rel"] = (math.log(g[-1] / g[0]) if np.isfinite(g[[0, -1]]).all()
+                             and g[0] > 0 and g[-1] > 0 else math.nan)
     return out
 
 
-def predict_time(sig: dict[str, float]) -> tuple[float, str]:
-    """``(t_test_pred, branch)`` from the signals: ``"trend"`` or ``"fallback"``."""
+def predict_time(sig: dict[str, float],
+                 constants: dict[str, Any] | None = None) -> tuple[float, str]:
+    """``(t_test_pred, branch)`` from the signals.
+
+    ``"trend"``: the log test loss falls clearly; ``upto + LOSS_GAIN * (t_loss_cross - upto)``.
+    Otherwise v2's ``"early"`` branch, ``upto * exp(a + b * test_acc)`` with
+    ``(a, b) = EARLY_COEF`` (v1's ``"fallback"``: ``FALLBACK_RATIO * upto``), never before
+    ``upto``.
+    """
+    c = CONSTANTS if constants is None else constants
     u = max(sig["upto"], 1.0)
     t = sig["t_loss_cross"]
     if np.isfinite(t):
-        return u + CONSTANTS["LOSS_GAIN"] * (t - u), "trend"
-    return CONSTANTS["FALLBACK_RATIO"] * u, "fallback"
+        return u + c["LOSS_GAIN"] * (t - u), "trend"
+    if "FALLBACK_RATIO" in c:
+        return c["FALLBACK_RATIO"] * u, "fallback"
+    a, b = c["EARLY_COEF"]
+    te = sig["test_acc"] if np.isfinite(sig["test_acc"]) else 0.0
+    return u * max(1.0, math.exp(min(a + b * te, 20.0))), "early"
 
 
-def logit_features(sig: dict[str, float], t_pred: float, horizon: float) -> np.ndarray:
-    """The logistic model's inputs, shape ``(5,)``; NaN signals enter as 0."""
-    f = np.array([
+def interval(t_pred: float, upto: float, branch: str,
+             constants: dict[str, Any] | None = None) -> tuple[float, float]:
+    """The 80% interval ``(low, high)``: ``t_pred`` times its branch's 10% and 90% quantiles of
+    ``true / predicted`` on the fit runs (``Q_TREND``; ``Q_EARLY`` or v1's ``Q_FALLBACK``),
+    never before ``upto``."""
+    c = CONSTANTS if constants is None else constants
+    q = c["Q_TREND"] if branch == "trend" else c.get("Q_EARLY", c.get("Q_FALLBACK"))
+    return max(float(upto), q[0] * t_pred), max(float(upto), q[1] * t_pred)
+
+
+def logit_features(sig: dict[str, float], t_pred: float, horizon: float,
+                   constants: dict[str, Any] | None = None) -> np.ndarray:
+    """The logistic model's inputs, shape ``(len(LOGIT_COEF),)``; NaN signals enter as 0.
+
+    ``log(t_pred / horizon)``, ``loss_rel_peak``, ``loss_trend``, ``train_acc``, ``test_acc``
+    (v1: these five), then ``gini_embed_rel`` and 1 where it exists (0 and 0 otherwise).
+    """
+    c = CONSTANTS if constants is None else constants
+    f = [
         math.log(max(t_pred, 1.0) / max(horizon, 1.0)),
         sig["loss_rel_peak"],
         sig["loss_trend"],
         sig["train_acc"],
         sig["test_acc"],
-    ], dtype=np.float64)
-    return np.nan_to_num(np.clip(f, -20, 20), nan=0.0)
+    ]
+    if len(c["LOGIT_COEF"]) > 5:
+        g = sig.get("gini_embed_rel", math.nan)
+        f += [g, float(np.isfinite(g))]
+    return np.nan_to_num(np.clip(np.array(f, dtype=np.float64), -20, 20), nan=0.0)
 
 
-def p_grok_of(features: np.ndarray) -> float:
-    """The logistic model of :data:`CONSTANTS` at ``features`` ``(5,)``."""
-    z = float(np.dot(CONSTANTS["LOGIT_COEF"], features) + CONSTANTS["LOGIT_BIAS"])
+def p_grok_of(features: np.ndarray, constants: dict[str, Any] | None = None) -> float:
+    """The logistic model of :data:`CONSTANTS` (or ``constants``) at ``features``."""
+    c = CONSTANTS if constants is None else constants
+    z = float(np.dot(c["LOGIT_COEF"], features) + c["LOGIT_BIAS"])
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 
@@ -288,11 +450,14 @@ def forecast(
     threshold : float
         Test accuracy in ``(0, 1]`` that counts as generalised.
     horizon : int, optional
-        ``p_grok`` is the probability of reaching ``threshold`` by this step; default
-        ``10 * upto`` (a store does not record the step budget of its trainer).
+        ``p_grok`` is the probability of reaching ``threshold`` by this step; default the
+        step budget ``config["steps"]`` that ``gs.train`` records (when it lies beyond
+        ``upto``), else ``10 * upto``.
     model, anatomy
-        Passed to :func:`grokscope.open_run` when ``run_or_path`` is a path (the forecast
-        itself reads only metrics and parameter norms, so any recorded model works).
+        Passed to :func:`grokscope.open_run` when ``run_or_path`` is a path. The forecast
+        reads metrics, parameter norms and (modular tasks) the ``embedding`` role's table,
+        from the caller's ``anatomy`` or the one recorded with the run; any recorded model
+        works, the Fourier signal only where an embedding is known.
 
     Returns
     -------
@@ -301,8 +466,9 @@ def forecast(
         ``t_test_high`` (float64 steps; the 80% interval), ``upto`` (the last step used),
         ``t_test_observed`` (NaN unless the threshold was already reached). attrs:
         ``signal_<name>`` for every signal of :func:`forecast_signals`, ``branch``
-        (``"observed"``, ``"trend"`` or ``"fallback"``), ``threshold``, ``horizon``,
-        ``test_metric``, the constants and the grokscope version.
+        (``"observed"``, ``"trend"`` or ``"early"``), ``threshold``, ``horizon``,
+        ``test_metric``, ``gini_embed_source`` (where ``gini_embed`` came from, or why it is
+        NaN), ``forecast_version``, the constants and the grokscope version.
 
     Raises
     ------
@@ -326,14 +492,15 @@ def forecast(
     sig = forecast_signals(series, threshold)
     u = int(series["steps"][-1])
     if horizon is None:
-        horizon = 10 * max(u, 1)
+        budget = dict(run.config).get("steps")
+        horizon = (int(budget) if isinstance(budget, int | np.integer) and budget > u
+                   else 10 * max(u, 1))
     observed = _first_reach(series["steps"], series["test_acc"], threshold)
     if np.isfinite(observed):
         p, t, lo, hi, branch = 1.0, observed, observed, observed, "observed"
     else:
         t, branch = predict_time(sig)
-        q = CONSTANTS["Q_TREND"] if branch == "trend" else CONSTANTS["Q_FALLBACK"]
-        lo, hi = max(float(u), q[0] * t), max(float(u), q[1] * t)
+        lo, hi = interval(t, u, branch)
         p = p_grok_of(logit_features(sig, t, float(horizon)))
     ds = xr.Dataset({
         "p_grok": ((), float(p)),
@@ -347,6 +514,7 @@ def forecast(
     ds.attrs.update(
         branch=branch, threshold=float(threshold), horizon=int(horizon),
         test_metric=series["names"]["test_acc"], interval=0.8,
+        gini_embed_source=series["names"]["gini_embed"], forecast_version=2,
         constants=repr(CONSTANTS), grokscope_version=__version__,
     )
     return ds

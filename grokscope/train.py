@@ -459,6 +459,7 @@ def train(
         "seed": seed,
         "device": str(dev),
         "eval_every": eval_every,
+        "steps": steps,
         "stop_when": dict(stop_when) if stop_when is not None else None,
         "schedule": schedule.to_dict(),
     })
