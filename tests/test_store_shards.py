@@ -342,6 +342,16 @@ def test_a_store_sharded_otherwise_is_refused(sharded):
         open_run(sharded)
 
 
+def test_a_zero_inner_chunk_is_damage_not_a_crash(sharded):
+    """zarr's own validation divides by the inner chunk shape (fuzz case 10628 found a
+    ZeroDivisionError escaping open_run)."""
+    doc = json.loads((sharded / "fc1.bias" / "zarr.json").read_text())
+    doc["codecs"][0]["configuration"]["chunk_shape"] = [0, 8]
+    (sharded / "fc1.bias" / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(CorruptStoreError, match="'fc1.bias'.*unreadable"):
+        open_run(sharded)
+
+
 # ---------------------------------------------------------------------------- kills
 def _kill_child(path, kill_at: int) -> int:
     """Fork a writer that records steps 0..9 (shards of 4, compacting every 4), closes, then

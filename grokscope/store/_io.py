@@ -445,7 +445,7 @@ def open_zarr_array(store: Store, path: str, *, what: str) -> zarr.Array:
             f"{what} {path!r} is listed in the store's metadata but its array is missing from "
             f"{store_label(store)}; the store is damaged: restore it from a copy or re-record the run"
         ) from exc
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ArithmeticError) as exc:  # zarr divides by a crafted 0
         raise CorruptStoreError(
             f"the metadata of {what} {path!r} in {store_label(store)} is unreadable ({exc}); "
             "restore the store from a copy or re-record the run"
