@@ -1,4 +1,5 @@
-"""Many runs at once: one task per run, serially or on a dask.distributed cluster.
+"""Many runs at once: one task per run, serially or on a dask.distributed cluster (one long
+run, or fewer runs than workers: each run's steps split into tasks, :mod:`grokscope.chunked`).
 
 Training (:func:`grokscope.sweep`) and analysis (:func:`analyze_many`) both come down to
 "call one function per run store"; every task writes only into its own store, so tasks never

@@ -119,10 +119,11 @@ def test_chunked_equals_serial_bitwise_with_mixture_state_carried(store, serial,
 
 def test_chunked_extension_rewarms_like_the_serial_path(store, cluster):
     """Half the steps stored first, the rest in chunks: equal to the serial extension."""
-    a, b = _copy(store, "ext_serial.zarr"), _copy(store, "ext_chunked.zarr")
+    a = _copy(store, "ext_serial.zarr")
     m = {"mixture": MEASURES["mixture"]}
-    for p in (a, b):
-        gs.analyze(p, m, steps="0:6", device="cpu", progress=False, num_threads=1)
+    gs.analyze(a, m, steps="0:6", device="cpu", progress=False, num_threads=1)
+    b = store / "ext_chunked.zarr"
+    shutil.copytree(a, b)  # the same stored prefix
     ser = gs.analyze(a, m, device="cpu", progress=False, num_threads=1)["mixture"]
     chk = gs.analyze(b, m, device="cpu", progress=False, scheduler=cluster,
                      steps_per_task=2)["mixture"]
@@ -202,3 +203,23 @@ def test_local_cluster_processes_equal_serial(store, serial):
                      steps_per_task=2)
     for name in MEASURES:
         xr.testing.assert_identical(res[name], serial[name])
+
+
+@pytest.mark.slow
+def test_docs_example_runs_as_written(tmp_path):
+    """docs/distributed.md's ``doc-test-slow`` block (worker processes: too slow for the
+    default suite's tests/test_docs_examples.py)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "distributed.md").read_text()
+    blocks = re.findall(r"<!-- doc-test-slow: ([\w-]+) -->\n```python\n(.*?)```", page, re.S)
+    assert [name for name, _ in blocks] == ["chunked-equals-serial"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", blocks[0][1]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "identical: ['nfa', 'mixture'] 12 steps" in proc.stdout
