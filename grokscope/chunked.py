@@ -189,7 +189,11 @@ def compute_chunk(source: RunSource, jobs: list[JobPart], chunk: list[int], devi
     for step in chunk:
         if step not in wanted:
             continue
-        model = run.model_at(step, device=dev).eval()
+        try:
+            model = run.model_at(step, device=dev).eval()
+        except GrokscopeError as exc:
+            raise ChunkError(f"{_describe(source.path, chunk)}: could not load the checkpoint "
+                             f"at step {step}: {type(exc).__name__}: {exc}") from None
         finite = engine._finite(model)
         if not finite:
             out.nonfinite.append(step)
