@@ -206,10 +206,9 @@ def compute_chunk(source: RunSource, jobs: list[JobPart], chunk: list[int], devi
                     prev = engine.rewarm_step(part.done_steps, step)
                     if prev is not None:
                         engine.replay(run, job, prev, data, dev, refs, config, anatomy)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the parent warns once per step
-                    engine.compute_step(job, step, model, finite, data, dev, refs, config,
-                                        anatomy)
+                # no warnings.catch_warnings here: it swaps process-wide state, and the
+                # workers of an in-process cluster are threads of the caller's process
+                engine.compute_step(job, step, model, finite, data, dev, refs, config, anatomy)
             except GrokscopeError as exc:
                 raise ChunkError(
                     f"{_describe(source.path, chunk)}: measure {job.spec.result_name!r} failed "
