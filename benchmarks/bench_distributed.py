@@ -2,8 +2,8 @@
 
 Set-up (full size): a 1-hidden-layer MLP (width 256) on modular addition at ``p = 31``,
 recorded at 120 checkpoints (one AdamW step apart), analysed with the ``alignment`` measure
-on the whole table (``split="all"``: 961 points, the Jacobian extras on the first 256): a
-moderately expensive step measure. Rows: ``gs.analyze(run, scheduler=client)`` on a
+on the whole table with full Jacobians on every point (``split="all"``, 961 points,
+``jacobian_points=None``): a moderately expensive step measure. Rows: ``gs.analyze(run, scheduler=client)`` on a
 ``LocalCluster`` of 1, 2 and 4 single-threaded worker processes (steps split into chunks,
 default ``steps_per_task``) against the serial ``gs.analyze(run, num_threads=1)``. The
 cluster is started and warmed (each worker has run the measure once: imports, first-call
@@ -34,6 +34,8 @@ import xarray as xr
 from benchmarks._common import Row
 
 MEASURE = "alignment"
+#: every point of the table, full Jacobians on all of them: ~0.1 s a checkpoint here
+PARAMS = {"split": "all", "jacobian_points": None}
 
 
 def _record(path: Path, *, p: int, width: int, steps: int) -> None:
@@ -58,7 +60,7 @@ def _analyze(path: Path, **dask) -> tuple[float, xr.Dataset]:
     import grokscope as gs
 
     t0 = time.perf_counter()
-    res = gs.analyze(path, {MEASURE: {"split": "all"}}, device="cpu", progress=False,
+    res = gs.analyze(path, {MEASURE: PARAMS}, device="cpu", progress=False,
                      recompute=True, num_threads=None if dask else 1, **dask)
     return time.perf_counter() - t0, res[MEASURE]
 
