@@ -87,6 +87,7 @@ def run(quick: bool = False) -> list[Row]:
 
 
 def _run(quick: bool, tmp: Path) -> list[Row]:
+    import dask
     from distributed import Client, LocalCluster
 
     p, width, steps, counts, rounds = (
@@ -101,8 +102,10 @@ def _run(quick: bool, tmp: Path) -> list[Row]:
     clusters = {}
     try:
         for k in counts:
-            cluster = LocalCluster(n_workers=k, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+            with dask.config.set({"distributed.worker.profile.enabled": False}):  # as
+                # gs.analyze(workers=k) starts its cluster (see grokscope.distributed)
+                cluster = LocalCluster(n_workers=k, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
             client = Client(cluster)
             clusters[k] = (cluster, client)
             client.run(_warm_worker, str(path))  # every worker, before any timing
