@@ -16,6 +16,11 @@ on it; the benchmark prints both. The CPU rows add up the CPU seconds of the cal
 the serial analysis's: the work chunking adds (shipping tasks and parts, opening the run per
 task, merging), which other load on the machine does not change. Medians over interleaved
 rounds.
+
+Measured (full size, 2 shared cores, load average 6.3, 2026-12-01): serial 16.95 s wall /
+12.5 CPU s; 1, 2, 4 workers 21.4, 20.8, 21.6 s wall (0.8x) / 17.8, 19.7, 20.9 CPU s: no
+speed-up on a busy 2-core machine, and a worker process spends ~1.35x the CPU of a plain
+process per step (cause not found; see docs/distributed.md).
 """
 
 from __future__ import annotations
