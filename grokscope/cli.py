@@ -242,15 +242,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     model, anatomy = model_from_args(args)
     _one_run_for_results(args, "analyze")
-    if args.results and (args.workers or args.scheduler):
-        raise ConfigError("--results works without --workers/--scheduler (one run, one results store)")
+    dask: dict[str, Any] = {}
     if args.workers or args.scheduler:
+        dask = {"workers": args.workers, "scheduler": args.scheduler,
+                "steps_per_task": args.steps_per_task}
+    elif args.steps_per_task is not None:
+        raise ConfigError("--steps-per-task splits a run's steps into Dask tasks: pass "
+                          "--workers N or --scheduler ADDRESS too")
+    if dask and len(args.runs) > 1:
         from .distributed import analyze_many
 
         summary = analyze_many(
-            args.runs, measures, steps=args.steps, device=args.device, workers=args.workers,
-            scheduler=args.scheduler, progress=not args.quiet, recompute=args.recompute,
-            trust_code=args.trust_code, model=model, anatomy=anatomy,
+            args.runs, measures, steps=args.steps, device=args.device,
+            progress=not args.quiet, recompute=args.recompute,
+            trust_code=args.trust_code, model=model, anatomy=anatomy, **dask,
         )
         for path, info in summary.items():
             print(f"{path}: {', '.join(info['measures'])} in {info['seconds']:.1f} s; "
@@ -264,7 +269,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         res = analyze(run, measures, steps=args.steps, device=args.device,
                       progress=not args.quiet, recompute=args.recompute,
-                      num_threads=args.threads, results=args.results)
+                      num_threads=args.threads, results=args.results, **dask)
         print(f"{path}: {len(res)} measures in {time.perf_counter() - t0:.1f} s "
               f"({', '.join(res)}); skipped: {_skipped(res.skipped)}")
         print(milestone_table(run, res))
@@ -484,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .distributed import add_distributed_arguments
 
     add_distributed_arguments(a)
+    a.add_argument("--steps-per-task", type=int, metavar="N",
+                   help="with --workers/--scheduler: checkpoints per Dask task when a run's "
+                   "steps are split over the workers (default: about four tasks per worker; "
+                   "a single run, or fewer runs than workers, is split, more runs go one task "
+                   "per run)")
     a.set_defaults(func=cmd_analyze)
 
     from .cli_measures import add_measures_parser

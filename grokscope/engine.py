@@ -233,6 +233,9 @@ def analyze(
     flush_seconds: float = 30.0,
     num_threads: int | str | None = "auto",
     results: Any = None,
+    workers: int | None = None,
+    scheduler: Any = None,
+    steps_per_task: int | None = None,
 ) -> Results:
     """Compute measures over a stored run and persist them in its store (or in ``results``).
 
@@ -272,6 +275,16 @@ def analyze(
         A separate results store to write (and read) the results in instead of the run's own
         store, e.g. for a read-only run; created when absent, refused (StoreError) when it
         belongs to another run. It is attached to the run, so ``run.results`` reads it.
+    workers : int, optional
+        Spread the steps over a private ``LocalCluster`` of this many single-threaded worker
+        processes (see :mod:`grokscope.chunked` and ``docs/distributed.md``): chunks of
+        ``steps_per_task`` steps, one Dask task each, merged here and each result written
+        once. Results are identical to the serial path's.
+    scheduler : str or distributed.Client, optional
+        The same on an existing Dask cluster (``"tcp://host:8786"``); the run must be on
+        storage every worker reaches under the same path or URL.
+    steps_per_task : int, optional
+        Steps per Dask task; default about four tasks per worker (4 to 512 steps).
 
     On a local store, two analyses of the same measure never interleave: the second waits for
     the first, then computes only the steps still missing. A read-only store is detected
@@ -288,6 +301,21 @@ def analyze(
         its seconds is printed at the end.
     """
     num_threads = check_threads(num_threads, "analyze: num_threads")
+    if workers is not None or scheduler is not None:
+        from .chunked import check_steps_per_task, step_runner
+        from .distributed import dask_client
+
+        steps_per_task = check_steps_per_task(steps_per_task)
+        with dask_client(workers, scheduler) as client:
+            # this process waits, merges and writes: torch's threads are the workers' concern
+            return _analyze(run_or_path, measures, model=model, anatomy=anatomy, steps=steps,
+                            device=device, progress=progress, recompute=recompute,
+                            trust_code=trust_code, flush_seconds=flush_seconds,
+                            results=results, num_threads=None,
+                            step_runner=step_runner(client, steps_per_task))
+    if steps_per_task is not None:
+        raise ConfigError("steps_per_task applies to Dask analyses: pass workers=N or "
+                          "scheduler=ADDRESS too")
     return _analyze(run_or_path, measures, model=model, anatomy=anatomy, steps=steps,
                     device=device, progress=progress, recompute=recompute,
                     trust_code=trust_code, flush_seconds=flush_seconds, results=results,
@@ -308,6 +336,7 @@ def _analyze(
     flush_seconds: float,
     results: Any,
     num_threads: int | str | None = None,
+    step_runner: Callable[..., None] | None = None,
 ) -> Results:
     run = open_for_analysis(run_or_path, model=model, anatomy=anatomy, trust_code=trust_code,
                             results=results)
@@ -322,7 +351,8 @@ def _analyze(
             note=lambda msg: print(msg, file=sys.stderr, flush=True)):
         t0 = time.perf_counter()
         out = _analyze_locked(run, loc, plan, selected, dev, progress=progress,
-                              recompute=recompute, flush_seconds=flush_seconds)
+                              recompute=recompute, flush_seconds=flush_seconds,
+                              step_runner=step_runner)
     out.threads = threads
     if progress and out.timings:
         _print_timings(out.timings, time.perf_counter() - t0)
@@ -366,22 +396,21 @@ def _print_timings(timings: dict[str, float], total: float) -> None:
     sys.stderr.flush()
 
 
-def _analyze_locked(run: Any, loc: results_io.ResultsLocation, plan: list, selected: np.ndarray,
-                    dev: torch.device, *, progress: bool, recompute: bool,
-                    flush_seconds: float) -> Results:
-    data = run.data.to(dev)
-    refs = _References(run, dev)
+def plan_jobs(run: Any, plan: list, selected: np.ndarray, dev: torch.device, data: Any, *,
+              progress: bool, recompute: bool) -> tuple[list[_Job], list, dict[str, str], Anatomy]:
+    """What is left to compute on ``run``: one :class:`_Job` per step measure (its stored
+    result and missing steps), the trajectory measures, the skipped measures with their
+    reasons, and the run's anatomy (resolved on the first selected checkpoint)."""
     first_model = run.model_at(int(selected[0]), device=dev).eval()
     anat = run_anatomy(run, first_model, data)
     first_view = ModelView(first_model, anat)
-    out = Results()
-
+    skipped: dict[str, str] = {}
     step_jobs: list[_Job] = []
     traj: list[tuple[MeasureSpec, dict[str, Any]]] = []
     for spec, params in plan:
         reason = spec.applies(first_view, data)
         if reason:
-            out.skipped[spec.result_name] = reason
+            skipped[spec.result_name] = reason
             if progress:
                 print(f"skipped {spec.result_name}: {reason}")
             continue
@@ -400,12 +429,26 @@ def _analyze_locked(run: Any, loc: results_io.ResultsLocation, plan: list, selec
         done_steps = set() if stored is None else set(stored.step.values.tolist())
         todo = {int(s) for s in selected} - done_steps
         step_jobs.append(_Job(spec, params, key, stored, todo, context=context))
-    del first_model, first_view
+    return step_jobs, traj, skipped, anat
+
+
+def _analyze_locked(run: Any, loc: results_io.ResultsLocation, plan: list, selected: np.ndarray,
+                    dev: torch.device, *, progress: bool, recompute: bool,
+                    flush_seconds: float, step_runner: Callable[..., None] | None = None) -> Results:
+    """Compute and store ``plan`` on ``run``: step measures through ``step_runner`` (default
+    :func:`_run_step_jobs`, one checkpoint at a time here; :mod:`grokscope.chunked` passes one
+    that spreads the steps over Dask tasks), then the trajectory measures."""
+    data = run.data.to(dev)
+    refs = _References(run, dev)
+    step_jobs, traj, skipped, anat = plan_jobs(run, plan, selected, dev, data,
+                                               progress=progress, recompute=recompute)
+    out = Results()
+    out.skipped.update(skipped)
 
     for job in step_jobs:
         out.timings[job.spec.result_name] = 0.0
-    _run_step_jobs(run, loc, step_jobs, selected, data, dev, refs, progress, flush_seconds, anat,
-                   timings=out.timings)
+    (step_runner or _run_step_jobs)(run, loc, step_jobs, selected, data, dev, refs, progress,
+                                    flush_seconds, anat, timings=out.timings)
     for job in step_jobs:
         ds = _read(run, job.spec.result_name)
         if ds is not None:
@@ -493,14 +536,7 @@ def _run_step_jobs(
                 t0 = time.perf_counter()
                 if job.spec.stateful and not job.state and job.done is not None:
                     _rewarm(run, job, step, data, dev, refs, config, anat)
-                ckpt = Checkpoint(
-                    step=step, model=model, data=data, device=dev,
-                    references={w: refs.loader(w) for w in job.spec.references},
-                    state=job.state, config=config, anatomy=anat,
-                )
-                ds = _compute(job, ckpt, finite)
-                if ds is not None:
-                    job.new.append(ds.expand_dims(step=np.array([step], dtype=np.int64)))
+                compute_step(job, step, model, finite, data, dev, refs, config, anat)
                 timings[job.spec.result_name] = (timings.get(job.spec.result_name, 0.0)
                                           + time.perf_counter() - t0)
             if time.monotonic() - last_flush > flush_seconds:
@@ -521,18 +557,45 @@ def _run_step_jobs(
         flush(job)
 
 
+def compute_step(job: _Job, step: int, model: torch.nn.Module, finite: bool, data: Any,
+                 dev: torch.device, refs: _References, config: dict, anat: Anatomy) -> None:
+    """Compute ``job``'s measure on the checkpoint ``model`` at ``step`` and append the result
+    (with its ``step`` dim) to ``job.new``; ``job.state`` carries over to the next step."""
+    ckpt = Checkpoint(
+        step=step, model=model, data=data, device=dev,
+        references={w: refs.loader(w) for w in job.spec.references},
+        state=job.state, config=config, anatomy=anat,
+    )
+    ds = _compute(job, ckpt, finite)
+    if ds is not None:
+        job.new.append(ds.expand_dims(step=np.array([step], dtype=np.int64)))
+
+
+def rewarm_step(done_steps: np.ndarray | None, step: int) -> int | None:
+    """The stored step a stateful measure replays before computing ``step`` (the last of
+    ``done_steps`` before it), or None."""
+    if done_steps is None:
+        return None
+    steps = np.asarray(done_steps)
+    earlier = steps[steps < step]
+    return None if earlier.size == 0 else int(earlier.max())
+
+
 def _rewarm(run: Any, job: _Job, step: int, data: Any, dev: torch.device, refs: _References,
             config: dict, anat: Anatomy) -> None:
     """Replay the last stored step before ``step`` (output discarded) to restore a stateful
     measure's carried state, so an extended result continues instead of starting cold."""
-    done = job.done.step.values
-    earlier = done[done < step]
-    if earlier.size == 0:
-        return
-    prev = int(earlier.max())
-    model = run.model_at(prev, device=dev).eval()
+    prev = rewarm_step(None if job.done is None else job.done.step.values, step)
+    if prev is not None:
+        replay(run, job, prev, data, dev, refs, config, anat)
+
+
+def replay(run: Any, job: _Job, step: int, data: Any, dev: torch.device, refs: _References,
+           config: dict, anat: Anatomy) -> None:
+    """Run ``job``'s measure at ``step`` for its side effect on ``job.state`` only."""
+    model = run.model_at(step, device=dev).eval()
     job.spec.fn(
-        Checkpoint(step=prev, model=model, data=data, device=dev,
+        Checkpoint(step=step, model=model, data=data, device=dev,
                    references={w: refs.loader(w) for w in job.spec.references},
                    state=job.state, config=config, anatomy=anat),
         **job.params,
