@@ -19,18 +19,20 @@ def make_model(p: int = 11, width: int = 24) -> nn.Sequential:
 
 
 def write(path: str, *, steps: int = 40, every: int = 2, sleep: float = 0.05,
-          p: int = 11, kill_after: int | None = None, watch: object = None) -> None:
+          p: int = 11, kill_after: int | None = None, watch: object = None,
+          builtin: bool = False) -> None:
     """Train ``steps`` full-batch AdamW steps, recording every ``every``-th (and sleeping
     ``sleep`` seconds after each record, so a watcher sees the run grow). With
     ``kill_after`` the process SIGKILLs itself after that many records (a killed writer:
-    the store is never closed)."""
+    the store is never closed). ``builtin``: grokscope's registered MLP (rebuilt by name,
+    no exported program: the fast tests) instead of the nn.Sequential."""
     import grokscope as gs
     from grokscope.store import Recorder
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     data = gs.make_task("modular", p=p, train_frac=0.5)
-    model = make_model(p)
+    model = gs.models.model_for("mlp", data, width=24) if builtin else make_model(p)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1.0)
     n = 0
     with Recorder(path, model, data, config={"lr": 1e-2}, watch=watch) as rec:
@@ -40,7 +42,7 @@ def write(path: str, *, steps: int = 40, every: int = 2, sleep: float = 0.05,
             loss.backward()
             opt.step()
             if step % every == 0:
-                rec.record(step, metrics={"train_loss": float(loss)})
+                rec.record(step, metrics={"train_loss": loss.item()})
                 n += 1
                 if kill_after is not None and n >= kill_after:
                     sys.stdout.flush()
