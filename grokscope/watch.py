@@ -534,6 +534,7 @@ def watch(
     store = _io.open_store(path, read_only=True, storage_options=storage_options)
     where = _io.store_label(store)
     stop = stop if stop is not None else threading.Event()
+    w.say(f"following {where}; the live page will be {out_dir / 'index.html'}")
     last_change = next_pass = time.monotonic()
     seen: _Commit | None = None
     try:
@@ -618,14 +619,18 @@ class _ThreadWatcher:
         return self.result
 
 
+#: the ``grokscope`` command run with this interpreter (what the console script runs)
+CLI_COMMAND = (sys.executable, "-m", "grokscope.cli")
+
+
 class _ProcessWatcher:
-    """``python -m grokscope watch`` in a subprocess; :meth:`join` waits for it to see the
+    """``grokscope watch`` in a subprocess; :meth:`join` waits for it to see the
     closed marker and exit (it is stopped after ``grace`` seconds more)."""
 
     def __init__(self, path: Any, options: dict[str, Any]) -> None:
         import subprocess
 
-        cmd = [sys.executable, "-m", "grokscope", "watch", os.fspath(path), "--quiet"]
+        cmd = [*CLI_COMMAND, "watch", os.fspath(path), "--quiet"]
         flags = {"out": "--out", "interval": "--interval", "timeout": "--timeout",
                  "threshold": "--threshold", "threads": "--threads"}
         for key, value in options.items():

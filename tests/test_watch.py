@@ -235,6 +235,10 @@ def test_watch_a_child_process_writer_with_an_exported_model(tmp_path):
 def test_watch_a_killed_child_writer(tmp_path):
     path = tmp_path / "run.zarr"
     proc = _child(path, steps=40, every=2, sleep=0.05, kill_after=6)
+    for _ in range(1200):  # the child's start (imports, exporting the model) is not timed
+        if (path / "zarr.json").exists():
+            break
+        time.sleep(0.1)
     w = gs.watch(str(path), interval=0.1, timeout=5, progress=False)
     assert proc.wait(60) == -9
     assert w.reason == "timeout" and w.n_steps == 6 and "not closed" in w.message
