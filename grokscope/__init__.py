@@ -4,7 +4,7 @@ The public API (see DESIGN.md)::
 
     import grokscope as gs
     gs.Recorder, gs.open_run, gs.import_checkpoints, gs.train, gs.analyze, gs.report,
-    gs.watch, gs.Data, gs.GrokscopeError
+    gs.forecast, gs.watch, gs.Data, gs.GrokscopeError
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .errors import GrokscopeError
 # Functions that share their module's name (``grokscope.train`` the module vs ``gs.train`` the
 # function) are bound eagerly: a lazy binding would be shadowed by the submodule once anything
 # imports it.
+from .forecast import forecast  # noqa: E402
 from .plot import accessor as _accessor  # noqa: E402,F401  (registers ds.grok; no matplotlib)
 from .report import report  # noqa: E402
 from .sweep import phase_diagram, sweep  # noqa: E402
@@ -37,8 +38,8 @@ _LAZY = {
     "open_runs": "grokscope.many",
 }
 
-__all__ = ["Data", "GrokscopeError", "__version__", "phase_diagram", "report", "sweep", "train", "watch",
-           *_LAZY]
+__all__ = ["Data", "GrokscopeError", "__version__", "forecast", "phase_diagram", "report", "sweep",
+           "train", "watch", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

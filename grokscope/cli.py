@@ -502,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_watch_parser(sub)
 
+    from .cli_forecast import add_forecast_parser
+
+    add_forecast_parser(sub)
+
     d = sub.add_parser(
         "demo", help="train, analyse and report the built-in grokking run",
         description="Train the built-in demo run (modular addition, a one-hidden-layer MLP; "
