@@ -42,7 +42,11 @@ def write(path: str, *, steps: int = 40, every: int = 2, sleep: float = 0.05,
             loss.backward()
             opt.step()
             if step % every == 0:
-                rec.record(step, metrics={"train_loss": loss.item()})
+                with torch.no_grad():
+                    acc = {f"{split}_acc": (model(x).argmax(1) == y).float().mean().item()
+                           for split, x, y in (("train", data.x_train, data.y_train),
+                                               ("test", data.x_test, data.y_test))}
+                rec.record(step, metrics={"train_loss": loss.item(), **acc})
                 n += 1
                 if kill_after is not None and n >= kill_after:
                     sys.stdout.flush()

@@ -105,6 +105,11 @@ def test_watch_follows_a_writer_and_ends_equal_to_a_fresh_analysis(tmp_path):
     assert not [p for p in os.listdir(w.out) if p.endswith(".tmp")]  # written atomically
     rows = (w.out / "forecast.csv").read_text().splitlines()
     assert rows[0].startswith("step,n_steps,p_grok") and rows[-1].startswith("14,8,")
+    # the forecast of the run so far (grokscope.forecast), on the page and in the history
+    fc = gs.forecast(str(path))
+    assert w.forecast is not None and float(w.forecast.p_grok) == float(fc.p_grok)
+    assert rows[-1].split(",")[2] == repr(float(fc.p_grok))
+    assert f"P(test acc reaches 0.9)</th><td>{float(fc.p_grok):.2f}" in page
 
 
 def test_watch_waits_for_a_store_that_does_not_exist_yet(tmp_path):
