@@ -591,6 +591,26 @@ def watch(
 
 
 # ----------------------------------------------------------------------------- Recorder(watch=)
+#: ``duty`` of a watcher thread in the writer's process (it shares the GIL with the training
+#: loop; see docs/watch.md for the measured slowdown)
+THREAD_DUTY = 0.1
+
+
+def _preload() -> None:
+    """Import what a pass uses (the engine, every measure module, matplotlib, the report and
+    the forecast) in the caller's thread: a watcher thread importing them while the writer
+    trains was measured to hold the GIL for seconds."""
+    import matplotlib.figure  # noqa: F401
+
+    from . import engine, report  # noqa: F401
+    from .measures import registry
+    from .plot import curves, fourier  # noqa: F401
+
+    registry.names()
+    with contextlib.suppress(ImportError):
+        from . import forecast  # noqa: F401
+
+
 class _ThreadWatcher:
     """:func:`watch` in a daemon thread of the writer's process; :meth:`join` stops it after a
     final pass. A failure is kept and warned on join (never raised into the writer)."""
@@ -599,7 +619,9 @@ class _ThreadWatcher:
         self.stop = threading.Event()
         self.result: Watched | None = None
         self.error: BaseException | None = None
-        options = {"progress": False, "num_threads": None, **options, "stop": self.stop}
+        options = {"progress": False, "num_threads": None, "duty": THREAD_DUTY, **options,
+                   "stop": self.stop}
+        _preload()
 
         def target() -> None:
             try:
