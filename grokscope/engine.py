@@ -391,7 +391,7 @@ def _analyze_locked(run: Any, loc: results_io.ResultsLocation, plan: list, selec
         # values compared with the first/last checkpoint change when the run grows: the
         # reference steps are part of the key, so a stale part is recomputed, never mixed in
         context = {f"reference_{w}_step": int(run.steps[0] if w == "first" else run.steps[-1])
-                   for w in spec.references}
+                   for w in spec.references_for(params)}
         key = results_io.params_key(params, context)
         stored = None if recompute else _read(run, spec.result_name)
         if stored is not None and stored.attrs.get("params_key") != key:
@@ -495,7 +495,7 @@ def _run_step_jobs(
                     _rewarm(run, job, step, data, dev, refs, config, anat)
                 ckpt = Checkpoint(
                     step=step, model=model, data=data, device=dev,
-                    references={w: refs.loader(w) for w in job.spec.references},
+                    references={w: refs.loader(w) for w in job.spec.references_for(job.params)},
                     state=job.state, config=config, anatomy=anat,
                 )
                 ds = _compute(job, ckpt, finite)
@@ -533,7 +533,7 @@ def _rewarm(run: Any, job: _Job, step: int, data: Any, dev: torch.device, refs: 
     model = run.model_at(prev, device=dev).eval()
     job.spec.fn(
         Checkpoint(step=prev, model=model, data=data, device=dev,
-                   references={w: refs.loader(w) for w in job.spec.references},
+                   references={w: refs.loader(w) for w in job.spec.references_for(job.params)},
                    state=job.state, config=config, anatomy=anat),
         **job.params,
     )
