@@ -102,7 +102,7 @@ def _passes(out: Path) -> int:
 def run(quick: bool = False) -> list[Row]:
     from grokscope.tasks import make_task
 
-    p, width, steps, every, repeat = (23, 64, 300, 10, 2) if quick else (59, 256, 600, 10, 3)
+    p, width, steps, every, repeat = (23, 64, 1500, 10, 1) if quick else (59, 256, 1500, 10, 3)
     data = make_task("modular", p=p, train_frac=0.45)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

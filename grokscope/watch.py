@@ -493,7 +493,8 @@ def watch(
     duty : float
         At most this share of the wall time is spent analysing: after a pass of ``T``
         seconds the next starts ``T / duty`` seconds after it began at the earliest (the
-        final pass does not wait). It bounds what the watcher takes from the writer (CPU, and
+        final pass does not wait; the first, which also loads the measures and the model,
+        delays the second the most). It bounds what the watcher takes from the writer (CPU, and
         the GIL for a watcher thread); see docs/watch.md for the measured slowdown.
     stop : threading.Event, optional
         When set, watch makes a final pass over what is committed and returns.
@@ -564,8 +565,7 @@ def watch(
                     continue
                 t0 = time.monotonic()
                 done = w.analysis_pass(final=final)
-                if w.state.passes > 1:  # the first pass also loads the model: not counted
-                    next_pass = t0 + (time.monotonic() - t0) / duty
+                next_pass = t0 + (time.monotonic() - t0) / duty
                 if not done:  # another analysis holds a result: retry at the next poll
                     stop.wait(interval)
                 continue
