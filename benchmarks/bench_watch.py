@@ -44,9 +44,10 @@ def _train_step(model, opt, data) -> float:
 
 
 def _first_pass(out: Path, proc: subprocess.Popen | None = None) -> None:
-    """Wait until the watcher writing ``out`` finished its first pass (forecast.csv exists)."""
+    """Wait until the watcher writing ``out`` finished its first pass (its page exists)."""
     for _ in range(6000):
-        if (out / "forecast.csv").exists():
+        if (out / "index.html").exists():
+            time.sleep(1.0)  # the pass's last lines (the progress line, the lock release)
             return
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the watcher process exited with {proc.returncode}")

@@ -333,21 +333,19 @@ class _Watcher:
         self.analyzed = 0  # committed count the last pass covered
         self.state = Watched(path=str(path), out=out)
         self._figure: tuple[bytes | None, list[str]] | None = None
-        self.t_start = time.monotonic()
 
     def say(self, msg: str) -> None:
         if self.progress:
             print(f"watch: {msg}", file=sys.stderr, flush=True)
 
     def open(self) -> None:
-        from .engine import open_for_analysis, resolve_measures
+        from .engine import resolve_measures
         from .store.run import open_run
 
         if self.run is None:
             self.run = open_run(self.path, model=self.model, anatomy=self.anatomy,
                                 trust_code=self.trust_code,
                                 storage_options=self.storage_options)
-            open_for_analysis(self.run)
             self.names = [spec.result_name for spec, _ in resolve_measures(self.measures)]
         else:
             self.run.refresh()

@@ -257,3 +257,57 @@ def test_recorder_watch_process_mode(tmp_path):
     run = gs.open_run(str(path))
     assert list(run.results["curves"].step.values) == list(run.steps)
     assert "<td>14</td>" in (tmp_path / "live" / "index.html").read_text()
+
+
+# ------------------------------------------------------------------ growing runs are extended
+@pytest.mark.parametrize(("keys", "second_pass"), [("step", 2), ("final", 5)])
+def test_fourier_keys_step_extends_a_growing_run_instead_of_recomputing(tmp_path, monkeypatch,
+                                                                         keys, second_pass):
+    """keys="step" uses no "last" reference, so new checkpoints cost one step each; the
+    default keys="final" compares every step with the last one and recomputes them all."""
+    import dataclasses
+
+    from grokscope.measures import registry
+
+    spec = registry.get("fourier")
+    calls = []
+
+    def counting(ckpt, **params):
+        calls.append(ckpt.step)
+        return spec.fn(ckpt, **params)
+
+    monkeypatch.setitem(registry._REGISTRY, "fourier", dataclasses.replace(spec, fn=counting))
+    path = tmp_path / "run.zarr"
+    rec = _unclosed(path, steps=3)
+    gs.analyze(str(path), {"fourier": {"keys": keys}}, progress=False, num_threads=1)
+    assert calls == [0, 1, 2]
+    for step in (3, 4):
+        rec.record(step)
+    calls.clear()
+    res = gs.analyze(str(path), {"fourier": {"keys": keys}}, progress=False, num_threads=1)
+    assert len(calls) == second_pass and calls[-2:] == [3, 4]
+    assert list(res["fourier"].step.values) == [0, 1, 2, 3, 4]
+    rec.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_grokscope_watch_cleanly(tmp_path):
+    import signal
+
+    from grokscope.watch import CLI_COMMAND
+
+    path = tmp_path / "run.zarr"
+    rec = _unclosed(path)
+    proc = subprocess.Popen([*CLI_COMMAND, "watch", str(path), "-m", "curves", "--interval",
+                             "0.1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    for line in proc.stderr:  # wait for its first pass
+        if line.startswith("watch: step 2"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; results of the 3 checkpoints analysed are in the store" in out
+    assert "Traceback" not in err
+    rec.close()
+    assert list(gs.open_run(str(path)).results["curves"].step.values) == [0, 1, 2]
