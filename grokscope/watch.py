@@ -323,14 +323,18 @@ class _Watcher:
 
     def __init__(self, path: Any, out: Path, measures: Any, *, threshold: float, model: Any,
                  anatomy: dict | None, trust_code: bool, storage_options: dict | None,
-                 num_threads: int | str | None, progress: bool, dpi: int) -> None:
+                 num_threads: int | str | None, progress: bool, dpi: int,
+                 budget: float = 2.0) -> None:
         self.path, self.out, self.measures = path, out, measures
         self.threshold, self.model, self.anatomy = threshold, model, anatomy
         self.trust_code, self.storage_options = trust_code, storage_options
         self.num_threads, self.progress, self.dpi = num_threads, progress, dpi
         self.run: Any = None
         self.names: list[str] = []
-        self.analyzed = 0  # committed count the last pass covered
+        self.analyzed = 0  # checkpoints (a prefix of the committed ones) analysed so far
+        self.committed = 0  # checkpoints committed when the last pass started
+        self.cost: float | None = None  # seconds of analysis per checkpoint, last pass
+        self.budget = budget
         self.state = Watched(path=str(path), out=out)
         self._figure: tuple[bytes | None, list[str]] | None = None
 
@@ -366,12 +370,18 @@ class _Watcher:
                          "poll")
                 return False
         t0 = time.perf_counter()
-        res = analyze(run, self.measures, progress=False, num_threads=self.num_threads)
+        n = len(run.steps)
+        if not final and self.cost is not None:  # a pass of about ``budget`` seconds
+            n = min(n, self.analyzed + max(1, int(self.budget / self.cost)))
+        res = analyze(run, self.measures, steps=None if n == len(run.steps) else run.steps[:n],
+                      progress=False, num_threads=self.num_threads)
         st = self.state
         st.results, st.skipped = dict(res), dict(res.skipped)
-        st.n_steps, st.last_step = len(run.steps), int(run.steps[-1])
+        st.n_steps, st.last_step = n, int(run.steps[n - 1])
         st.passes += 1
-        self.analyzed = len(run.steps)
+        self.cost = (time.perf_counter() - t0) / max(1, n - self.analyzed)  # per checkpoint
+        self.analyzed = n
+        self.committed = len(run.steps)
         st.forecast, st.forecast_note = _forecast(run, threshold=self.threshold,
                                                   model=self.model, anatomy=self.anatomy)
         fc = _forecast_values(st.forecast)
@@ -387,8 +397,10 @@ class _Watcher:
 
     def live_status(self) -> str:
         st = self.state
-        return (f"Live: following the writer; last checkpoint step {st.last_step} "
-                f"({st.n_steps} checkpoints), updated {time.strftime('%H:%M:%S')}. "
+        behind = self.committed - self.analyzed
+        lag = (f" ({behind} more committed, being caught up)" if behind > 0 else "")
+        return (f"Live: following the writer; analysed up to step {st.last_step} "
+                f"({st.n_steps} checkpoints){lag}, updated {time.strftime('%H:%M:%S')}. "
                 f"This page reloads every {PAGE_REFRESH_S} s.")
 
     def write_forecast_row(self, fc: dict[str, float | None]) -> None:
@@ -455,6 +467,7 @@ def watch(
     num_threads: int | str | None = 1,
     dpi: int = 80,
     duty: float = 0.25,
+    budget: float = 2.0,
     stop: threading.Event | None = None,
 ) -> Watched:
     """Follow a store while another process records into it; analyse each new checkpoint.
@@ -494,6 +507,10 @@ def watch(
         final pass does not wait; the first, which also loads the measures and the model,
         delays the second the most). It bounds what the watcher takes from the writer (CPU, and
         the GIL for a watcher thread); see docs/watch.md for the measured slowdown.
+    budget : float
+        Seconds of analysis a pass aims at: it analyses the oldest new checkpoints that fit
+        (at the last pass's cost per checkpoint, at least one); when the writer commits faster
+        than that, the page lags and the final pass catches up (it takes them all).
     stop : threading.Event, optional
         When set, watch makes a final pass over what is committed and returns.
 
@@ -521,6 +538,8 @@ def watch(
     from .store import _io
 
     _check_args(interval, timeout, threshold)
+    if not (isinstance(budget, int | float) and budget > 0):
+        raise ConfigError(f"budget must be a positive number of seconds, got {budget!r}")
     if not (isinstance(duty, int | float) and 0 < duty <= 1):
         raise ConfigError(f"duty must be a share of the time in (0, 1], got {duty!r}")
     if measures is None:
@@ -529,7 +548,7 @@ def watch(
     out_dir.mkdir(parents=True, exist_ok=True)
     w = _Watcher(path, out_dir, measures, threshold=threshold, model=model, anatomy=anatomy,
                  trust_code=trust_code, storage_options=storage_options,
-                 num_threads=num_threads, progress=progress, dpi=dpi)
+                 num_threads=num_threads, progress=progress, dpi=dpi, budget=budget)
     store = _io.open_store(path, read_only=True, storage_options=storage_options)
     where = _io.store_label(store)
     stop = stop if stop is not None else threading.Event()

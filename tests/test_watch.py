@@ -311,3 +311,25 @@ def test_ctrl_c_stops_grokscope_watch_cleanly(tmp_path):
     assert "Traceback" not in err
     rec.close()
     assert list(gs.open_run(str(path)).results["curves"].step.values) == [0, 1, 2]
+
+
+def test_a_pass_takes_what_fits_in_its_budget_and_the_final_pass_catches_up(tmp_path):
+    from grokscope.watch import _Watcher
+
+    path = tmp_path / "run.zarr"
+    rec = _unclosed(path, steps=2)
+    (tmp_path / "live").mkdir()
+    w = _Watcher(str(path), tmp_path / "live", ["curves"], threshold=0.9, model=None,
+                 anatomy=None, trust_code=False, storage_options=None, num_threads=1,
+                 progress=False, dpi=40, budget=1.0)
+    assert w.analysis_pass(final=False) and w.analyzed == 2  # the first pass takes all
+    for step in (2, 3, 4):
+        rec.record(step)
+    w.cost = 0.6  # seconds per checkpoint: one fits in the budget
+    assert w.analysis_pass(final=False)
+    assert (w.analyzed, w.committed, w.state.last_step) == (3, 5, 2)
+    assert list(w.state.results["curves"].step.values) == [0, 1, 2]
+    assert "(2 more committed, being caught up)" in (tmp_path / "live" / "index.html").read_text()
+    assert w.analysis_pass(final=True)
+    assert list(w.state.results["curves"].step.values) == [0, 1, 2, 3, 4]
+    rec.close()
