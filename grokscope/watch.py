@@ -183,6 +183,11 @@ def _forecast(run: Any, *, threshold: float, model: Any, anatomy: dict | None
         ds = forecast(run, threshold=threshold, model=model, anatomy=anatomy)
     except GrokscopeError as exc:
         return None, f"no forecast yet: {exc}"
+    except (ValueError, RuntimeError, ArithmeticError, LookupError) as exc:
+        # a bug in the forecast must not stop the live analysis: said on the page and warned
+        msg = f"the forecast failed ({type(exc).__name__}: {exc}); please report it"
+        warnings.warn(f"watch: {msg}", RuntimeWarning, stacklevel=2)
+        return None, msg
     return ds, ""
 
 

@@ -333,3 +333,19 @@ def test_a_pass_takes_what_fits_in_its_budget_and_the_final_pass_catches_up(tmp_
     assert w.analysis_pass(final=True)
     assert list(w.state.results["curves"].step.values) == [0, 1, 2, 3, 4]
     rec.close()
+
+
+def test_a_failing_forecast_is_reported_and_the_watch_goes_on(tmp_path, monkeypatch):
+    import sys as _sys
+
+    def broken(*args, **kwargs):
+        raise ValueError("chunks do not add up")
+
+    monkeypatch.setattr(_sys.modules["grokscope.forecast"], "forecast", broken)
+    path = tmp_path / "run.zarr"
+    _unclosed(path, steps=2).close()
+    with pytest.warns(RuntimeWarning, match="the forecast failed"):
+        w = gs.watch(str(path), interval=0.05, progress=False, measures=["curves"])
+    assert w.reason == "closed" and w.forecast is None
+    assert "the forecast failed (ValueError: chunks do not add up)" in w.forecast_note
+    assert "the forecast failed" in (w.out / "index.html").read_text()
