@@ -4,7 +4,7 @@ The public API (see DESIGN.md)::
 
     import grokscope as gs
     gs.Recorder, gs.open_run, gs.import_checkpoints, gs.train, gs.analyze, gs.report,
-    gs.forecast, gs.Data, gs.GrokscopeError
+    gs.forecast, gs.watch, gs.Data, gs.GrokscopeError
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .plot import accessor as _accessor  # noqa: E402,F401  (registers ds.grok; 
 from .report import report  # noqa: E402
 from .sweep import phase_diagram, sweep  # noqa: E402
 from .train import train  # noqa: E402
+from .watch import watch  # noqa: E402
 
 _LAZY = {
     "Recorder": "grokscope.store.recorder",
@@ -37,7 +38,8 @@ _LAZY = {
     "open_runs": "grokscope.many",
 }
 
-__all__ = ["Data", "GrokscopeError", "__version__", "forecast", "phase_diagram", "report", "sweep", "train", *_LAZY]
+__all__ = ["Data", "GrokscopeError", "__version__", "forecast", "phase_diagram", "report", "sweep",
+           "train", "watch", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

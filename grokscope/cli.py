@@ -1,5 +1,5 @@
 """The ``grokscope`` command: train, import, info, verify, analyze, measures, sweep,
-phase-diagram, report, demo.
+phase-diagram, report, watch, demo.
 
 Errors that a user can cause are printed as one message (no traceback) with a non-zero exit;
 :func:`cli_message` rewrites the library's Python keywords (``overwrite=True``) into the
@@ -507,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_report import add_report_parser
 
     add_report_parser(sub)
+
+    from .cli_watch import add_watch_parser
+
+    add_watch_parser(sub)
 
     from .cli_forecast import add_forecast_parser
 

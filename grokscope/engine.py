@@ -420,7 +420,7 @@ def plan_jobs(run: Any, plan: list, selected: np.ndarray, dev: torch.device, dat
         # values compared with the first/last checkpoint change when the run grows: the
         # reference steps are part of the key, so a stale part is recomputed, never mixed in
         context = {f"reference_{w}_step": int(run.steps[0] if w == "first" else run.steps[-1])
-                   for w in spec.references}
+                   for w in spec.references_for(params)}
         key = results_io.params_key(params, context)
         stored = None if recompute else _read(run, spec.result_name)
         if stored is not None and stored.attrs.get("params_key") != key:
@@ -563,7 +563,7 @@ def compute_step(job: _Job, step: int, model: torch.nn.Module, finite: bool, dat
     (with its ``step`` dim) to ``job.new``; ``job.state`` carries over to the next step."""
     ckpt = Checkpoint(
         step=step, model=model, data=data, device=dev,
-        references={w: refs.loader(w) for w in job.spec.references},
+        references={w: refs.loader(w) for w in job.spec.references_for(job.params)},
         state=job.state, config=config, anatomy=anat,
     )
     ds = _compute(job, ckpt, finite)
@@ -596,7 +596,7 @@ def replay(run: Any, job: _Job, step: int, data: Any, dev: torch.device, refs: _
     model = run.model_at(step, device=dev).eval()
     job.spec.fn(
         Checkpoint(step=step, model=model, data=data, device=dev,
-                   references={w: refs.loader(w) for w in job.spec.references},
+                   references={w: refs.loader(w) for w in job.spec.references_for(job.params)},
                    state=job.state, config=config, anatomy=anat),
         **job.params,
     )

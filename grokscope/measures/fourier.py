@@ -534,7 +534,8 @@ def _final_keys(
     return key.copy(), finite
 
 
-@register("fourier", kind="step", applies=_applies, references=("last",))
+@register("fourier", kind="step", applies=_applies, references=("last",),
+          references_used=lambda params: ("last",) if params.get("keys") == "final" else ())
 def fourier(
     ckpt: Checkpoint,
     *,

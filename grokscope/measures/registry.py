@@ -109,10 +109,20 @@ class MeasureSpec:
     #: the name its result is stored under when not the measure's own (a named
     #: parameterisation, e.g. ``{"nfa_fc1": {"measure": "nfa", "layers": ["fc1"]}}``)
     result: str = ""
+    #: ``params -> the references used`` when a parameter decides it (a subset of
+    #: ``references``); None: all of them, whatever the parameters
+    references_used: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
 
     @property
     def result_name(self) -> str:
         return self.result or self.name
+
+    def references_for(self, params: dict[str, Any]) -> tuple[str, ...]:
+        """The references a step measure uses with ``params`` (the engine loads those, and a
+        stored result stays valid while their steps do not change)."""
+        if self.references_used is None:
+            return self.references
+        return tuple(r for r in self.references_used(params) if r in self.references)
 
     def resolve(self, params: dict[str, Any] | None) -> dict[str, Any]:
         """Defaults overridden by ``params``; unknown names are an error."""
@@ -141,6 +151,7 @@ def register(
     references: tuple[str, ...] = (),
     after: tuple[str, ...] = (),
     stateful: bool = False,
+    references_used: Callable[[dict[str, Any]], tuple[str, ...]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a measure function under ``name``.
 
@@ -158,6 +169,10 @@ def register(
         The measure carries ``ckpt.state`` from step to step (e.g. warm starts). When an
         analysis extends a stored result, the engine first replays the last stored step before
         the new ones (output discarded) so the state continues instead of starting cold.
+    references_used : callable, optional
+        ``references_used(params) -> tuple`` when a parameter decides which of
+        ``references`` are used (fourier's ``keys="step"`` needs no ``"last"``, so a growing
+        run is extended, not recomputed); default: all of them.
     """
     if kind not in ("step", "trajectory"):
         raise ConfigError(f"measure kind must be 'step' or 'trajectory', got {kind!r}")
@@ -174,7 +189,7 @@ def register(
         doc = (inspect.getdoc(fn) or "").split("\n\n")[0]
         _REGISTRY[name] = MeasureSpec(
             name, _with_variable_attrs(fn, name, defaults), kind, defaults, applies or _always,
-            tuple(references), tuple(after), doc, stateful,
+            tuple(references), tuple(after), doc, stateful, references_used=references_used,
         )
         fn.measure_name = name  # type: ignore[attr-defined]
         return fn

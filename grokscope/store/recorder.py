@@ -423,6 +423,11 @@ class Recorder:
         every model except grokscope's own registered ones, which are rebuilt by name. When
         the model cannot be exported (e.g. data-dependent control flow) one warning says why
         and the class spec is kept.
+    watch : bool or dict, optional
+        Follow the store with :func:`grokscope.watch` while recording: True (defaults), or a
+        dict of its options plus ``"mode"``: ``"thread"`` (default, a background thread of
+        this process) or ``"process"`` (a ``grokscope watch`` subprocess). It starts when
+        the Recorder opens and :meth:`close` waits for its final pass (see docs/watch.md).
 
     Notes
     -----
@@ -457,6 +462,7 @@ class Recorder:
         checksum: bool = True,
         steps_per_shard: int | None = DEFAULT_STEPS_PER_SHARD,
         compact_every: int | None = None,
+        watch: bool | dict | None = None,
     ) -> None:
         if compression not in (None, "lz4"):
             raise ConfigError(f"compression={compression!r}: use None or 'lz4'")
@@ -505,6 +511,11 @@ class Recorder:
                 f"could not set up the store at {self._where}: {exc}. Check free space and "
                 "permissions"
             ) from exc
+        self._watcher = None
+        if watch:  # a live analysis of this store (grokscope.watch), stopped by close()
+            from ..watch import start_watcher
+
+            self._watcher = start_watcher(path, watch, storage_options=storage_options)
 
     # ------------------------------------------------------------------ open / create
     def _existing_root(self, overwrite: bool) -> dict | None:
@@ -765,6 +776,7 @@ class Recorder:
                     "overwrite=True to start again"
                 )
         self.compression = meta.get("compression")
+        meta.pop(schema.CLOSED_KEY, None)  # open again: readers see it is being written
         self._meta = meta
         self._shard_settings = meta.get(schema.SHARDS_KEY)  # the store's layout wins
         self._compacted = int(meta["commit"].get("compacted", 0))
@@ -1290,15 +1302,14 @@ class Recorder:
             if sharded:
                 self._compact(self._count, drop_rows=False)
                 _io.delete_entry(self._store, schema.TAIL_GROUP)  # every row is compacted
+            # the closed marker: readers following the store (grokscope.watch) stop here
+            self._meta = {**self._meta, schema.CLOSED_KEY: True}
+            self._write_root(self._meta)
             self._closed = True
             if self.consolidate:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", category=UserWarning)
                     zarr.consolidate_metadata(self._store)
-            elif self.commit_mode == "consolidated":
-                # the commits' consolidated metadata would hide results/ written later: the
-                # arrays are trimmed now, so their own metadata is exact
-                self._write_root(self._meta)
         except OSError as exc:
             raise StoreWriteError(
                 f"closing {self._where} failed ({exc}); the {self._count} committed checkpoints "
@@ -1314,6 +1325,12 @@ class Recorder:
         finally:
             self._closed = True
             self._release_lock()
+            self._stop_watcher()
+
+    def _stop_watcher(self) -> None:
+        watcher, self._watcher = getattr(self, "_watcher", None), None
+        if watcher is not None:
+            watcher.join()  # its final pass; a failure is warned, never raised
 
     def _check_open(self) -> None:
         if self._closed:

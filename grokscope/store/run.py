@@ -510,6 +510,13 @@ class Run:
         return self._meta["config"]
 
     @property
+    def closed(self) -> bool:
+        """Whether the writer had closed the store when it was last read (:meth:`refresh`);
+        False while a Recorder appends, after a writer was killed, and for stores closed
+        before grokscope wrote the marker."""
+        return self._meta.get(schema.CLOSED_KEY) is True
+
+    @property
     def meta(self) -> dict:
         """The store's grokscope metadata (versions, created, params, metrics, commit)."""
         return self._meta

@@ -14,6 +14,9 @@ A run is one zarr v3 group::
                                                     "compacted": c}   (sharded stores)
                                   shards           {"steps_per_shard": S, "compact_every": N}
                                                    or absent (per-step layout)
+                                  closed           true once the writer closed the store
+                                                   (absent while one writes, or when it was
+                                                   killed; a re-opening writer drops it)
     step                      int64 (capacity,), chunks 1024, dims ("step",)
     nonfinite                 int64 (capacity,): non-finite parameter entries at that row
     <metric>                  float64 (capacity,), chunks 1024, NaN fill
@@ -85,6 +88,10 @@ PROGRAM_KEY = f"{MODEL_GROUP}/program"
 EXTRA_PREFIX = "extra."
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
+#: root-metadata key set to true by :meth:`Recorder.close` (readers following a growing store
+#: stop when they see it); dropped when a writer re-opens the store
+CLOSED_KEY = "closed"
+
 SCALAR_CHUNK = 1024
 INITIAL_CAPACITY = 64
 RESERVED = frozenset({STEP, NONFINITE, DATA_GROUP, RESUME_GROUP, RESULTS_GROUP, MODEL_GROUP,
@@ -133,7 +140,7 @@ def check_meta(meta: Any, where: str) -> dict:
     reader or a writer acts on: ``params`` names one-segment array names with non-negative
     integer shapes, ``metrics`` distinct one-segment names, ``commit.count`` a non-negative
     integer, ``commit.last_step`` an integer or None, ``commit.resume`` None or a record whose
-    key has the resume form. Anything else is CorruptStoreError: nothing a store's metadata
+    key has the resume form, ``closed`` (when present) a boolean. Anything else is CorruptStoreError: nothing a store's metadata
     names can point a reader or a writer outside the store."""
     if not isinstance(meta, dict):
         raise _bad_meta(where, f"the {META_KEY!r} attribute is not an object")
@@ -191,6 +198,8 @@ def check_meta(meta: Any, where: str) -> dict:
         raise _bad_meta(where, f"metric names repeat: {metrics}")
     if not isinstance(meta.get("config"), dict):
         raise _bad_meta(where, "'config' is missing or not an object")
+    if not isinstance(meta.get(CLOSED_KEY, False), bool):
+        raise _bad_meta(where, f"{CLOSED_KEY!r} is {meta.get(CLOSED_KEY)!r}, not true or false")
     if meta.get(DIMS_KEY, DIMS_IDENTIFIER) != DIMS_IDENTIFIER:
         raise _bad_meta(where, f"{DIMS_KEY!r} is {meta.get(DIMS_KEY)!r}, not {DIMS_IDENTIFIER!r}")
     return meta
