@@ -200,7 +200,8 @@ class ShardedReader(_ArrayReader):
 
     def blocks(self) -> list[tuple[int, int]]:
         """Row ranges read together: one per shard, then one per tail row."""
-        s, c = self.layout.steps, self.compacted
+        # a writer may have compacted rows beyond this reader's count since it opened
+        s, c = self.layout.steps, min(self.compacted, self.shape[0])
         out = [(lo, min(lo + s, c)) for lo in range(0, c, s)]
         return out + [(r, r + 1) for r in range(c, self.shape[0])]
 
