@@ -45,6 +45,17 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"grokscope {_version.__version__}"
 
 
+
+def test_python_dash_m_grokscope_is_the_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "grokscope", "--version"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"grokscope {_version.__version__}"
+
+
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_help_exits_0_and_documents_every_option(command, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -1,0 +1,5 @@
+"""``python -m grokscope ...``: the ``grokscope`` command (see :mod:`grokscope.cli`)."""
+
+from .cli import main
+
+raise SystemExit(main())
