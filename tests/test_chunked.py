@@ -223,3 +223,30 @@ def test_docs_example_runs_as_written(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "identical: ['nfa', 'mixture'] 12 steps" in proc.stdout
+
+
+OPENED: list[str] = []
+
+
+def test_each_worker_thread_opens_the_run_once_per_analysis(store, serial, cluster, monkeypatch):
+    """4 chunks on 2 single-threaded workers: the caller's opening plus at most one per worker
+    (3), not one per chunk (5); a second analysis opens afresh (it may see a grown store)."""
+    from grokscope.store import run as run_module
+
+    real = run_module.open_run
+
+    def counting(path, **kw):
+        OPENED.append(str(path))
+        return real(path, **kw)
+
+    monkeypatch.setattr(run_module, "open_run", counting)
+    path = _copy(store, "opened.zarr")
+    OPENED.clear()
+    res = gs.analyze(path, {"curves": {}}, device="cpu", progress=False, scheduler=cluster,
+                     steps_per_task=2, recompute=True)
+    xr.testing.assert_identical(res["curves"], serial["curves"])
+    assert 2 <= len([p for p in OPENED if p == str(path.resolve())]) <= 3, OPENED
+    OPENED.clear()
+    gs.analyze(path, {"curves": {}}, device="cpu", progress=False, scheduler=cluster,
+               steps_per_task=2, recompute=True)
+    assert 2 <= len([p for p in OPENED if p == str(path.resolve())]) <= 3, OPENED
