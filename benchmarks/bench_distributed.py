@@ -20,7 +20,9 @@ rounds.
 Measured (full size, 2 shared cores, load average 6.3, 2026-12-01): serial 16.95 s wall /
 12.5 CPU s; 1, 2, 4 workers 21.4, 20.8, 21.6 s wall (0.8x) / 17.8, 19.7, 20.9 CPU s: no
 speed-up on a busy 2-core machine, and a worker process spends ~1.35x the CPU of a plain
-process per step (cause not found; see docs/distributed.md).
+process per step (cause not found; see docs/distributed.md). Quiet machine (load ~1.2), after
+workers open the run once per analysis: serial 12.54 s; 1, 2, 4 workers 17.1, 10.2, 11.4 s
+(0.7x, 1.2x, 1.1x): the time falls with workers up to the 2 cores.
 """
 
 from __future__ import annotations
