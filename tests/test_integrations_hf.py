@@ -11,23 +11,10 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+from _integration_helpers import SCHEDULE, data_fixture, one_thread_fixture  # noqa: E402, F401
+
 import grokscope as gs  # noqa: E402
 from grokscope.integrations import GrokscopeTrainerCallback, LiveLog  # noqa: E402
-
-SCHEDULE = dict(log_until=10, per_decade=4, every=5)  # steps 0 1 2 3 6 10 15 20
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return gs.make_task("modular", p=11, train_frac=0.5, seed=0)
 
 
 class Tiny(nn.Module):
