@@ -75,6 +75,20 @@ _SPLIT_RANK = {"test": 0, "val": 1, "valid": 2, "validation": 3, "eval": 4,
 _SUFFIX_RANK = {"": 0, "step": 1, "epoch": 2}
 
 
+def submodule(model: nn.Module, module: str | None, who: str) -> nn.Module:
+    """``model`` itself, or its submodule at dotted path ``module`` (ConfigError naming ``who``,
+    e.g. ``"GrokscopeCallback(module='net')"``, and the model's children when it has none)."""
+    if module is None:
+        return model
+    try:
+        return model.get_submodule(module)
+    except AttributeError as exc:
+        names = [n for n, _ in model.named_children()]
+        raise ConfigError(
+            f"{who}: the model has no such submodule ({exc}); its children are {names}"
+        ) from None
+
+
 def _parse(key: str) -> tuple[str, tuple[int, int]] | None:
     words = [w for w in re.split(r"[/_\-.\s]+", key.strip().lower()) if w]
     suffix = ""

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..data import Data
 from ..errors import ConfigError
-from ._core import RecordingSession, require
+from ._core import RecordingSession, require, submodule
 
 __all__ = ["GrokscopeTrainerCallback"]
 
@@ -82,16 +82,7 @@ class GrokscopeTrainerCallback(_transformers.TrainerCallback):
         model = kwargs.get("model")
         if model is None:
             raise ConfigError("the Trainer passed no model to GrokscopeTrainerCallback")
-        if self.module is None:
-            return model
-        try:
-            return model.get_submodule(self.module)
-        except AttributeError as exc:
-            names = [n for n, _ in model.named_children()]
-            raise ConfigError(
-                f"GrokscopeTrainerCallback(module={self.module!r}): the model has no such "
-                f"submodule ({exc}); its children are {names}"
-            ) from None
+        return submodule(model, self.module, f"GrokscopeTrainerCallback(module={self.module!r})")
 
     @staticmethod
     def _args_config(args: Any) -> dict:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data import Data
 from ..errors import ConfigError
-from ._core import RecordingSession, require
+from ._core import RecordingSession, require, submodule
 
 __all__ = ["GrokscopeCallback", "callback_class"]  # noqa: F822 (built by __getattr__)
 
@@ -91,16 +91,7 @@ class _Hooks:
         return self.session.recorder
 
     def _model(self, pl_module: nn.Module) -> nn.Module:
-        if self.module is None:
-            return pl_module
-        try:
-            return pl_module.get_submodule(self.module)
-        except AttributeError as exc:
-            names = [n for n, _ in pl_module.named_children()]
-            raise ConfigError(
-                f"GrokscopeCallback(module={self.module!r}): the LightningModule has no such "
-                f"submodule ({exc}); its children are {names}"
-            ) from None
+        return submodule(pl_module, self.module, f"GrokscopeCallback(module={self.module!r})")
 
     def _default_config(self, pl_module: Any) -> None:
         if self._config_given or self.session.config is not None:
