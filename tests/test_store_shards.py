@@ -474,10 +474,25 @@ def test_verify_rereads_an_index_a_reader_has_cached(sharded):
         run.verify()
 
 
+def _open_with_stale_root(path, stale: dict, monkeypatch):
+    """open_run that reads ``stale`` as the root document (what it held when a reader opened
+    before a writer went on), then the real one."""
+    from grokscope.store import _io
+
+    real = _io.check_root
+    calls = []
+
+    def first_stale(store):
+        calls.append(1)
+        return stale if len(calls) == 1 else real(store)
+
+    monkeypatch.setattr(_io, "check_root", first_stale)
+    return open_run(path)
+
+
 def test_a_reader_opening_after_the_tail_is_removed_reads_the_shards(tmp_path, monkeypatch):
     """open_run read the root before a writer's close compacted every row and removed the
     tail: the tail is not needed (the boundary is re-read), never reported as damage."""
-    from grokscope.store import _io
 
     path = tmp_path / "run.zarr"
     model = TinyNet()
@@ -487,15 +502,7 @@ def test_a_reader_opening_after_the_tail_is_removed_reads_the_shards(tmp_path, m
         rec.record(s, metrics={"train_loss": s * 0.5})
     stale = json.loads((path / "zarr.json").read_text())  # compacted 4 of 6
     rec.close()  # compacts all 6, removes _tail
-    real = _io.check_root
-    calls = []
-
-    def first_stale(store):
-        calls.append(1)
-        return stale if len(calls) == 1 else real(store)
-
-    monkeypatch.setattr(_io, "check_root", first_stale)
-    run = open_run(path)
+    run = _open_with_stale_root(path, stale, monkeypatch)
     assert stale["attributes"]["grokscope"]["commit"]["compacted"] == 4
     check_run_exact(run, model)
     run.verify()
@@ -506,7 +513,6 @@ def test_a_reader_whose_rows_were_compacted_past_its_count_builds_its_dask_view(
     """A reader that opened at 1 committed row learns, reading it, that a writer has since
     compacted 8: its lazy (dask) view still has its own 1 row (the watch race: 'Chunks do not
     add up to shape')."""
-    from grokscope.store import _io
 
     path = tmp_path / "run.zarr"
     model = TinyNet()
@@ -518,15 +524,7 @@ def test_a_reader_whose_rows_were_compacted_past_its_count_builds_its_dask_view(
         for s in range(1, 9):
             fill_step(model, s)
             rec.record(s, metrics={"train_loss": s * 0.5})
-        real = _io.check_root
-        calls = []
-
-        def first_stale(store):
-            calls.append(1)
-            return stale if len(calls) == 1 else real(store)
-
-        monkeypatch.setattr(_io, "check_root", first_stale)
-        run = open_run(path)
+        run = _open_with_stale_root(path, stale, monkeypatch)
         assert stale["attributes"]["grokscope"]["commit"]["compacted"] == 0
         got = run.state_dict_at(0)  # row 0's tail chunk is gone: read from its shard
         for k, v in first.items():
