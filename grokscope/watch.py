@@ -54,10 +54,12 @@ __all__ = ["DEFAULT_MEASURES", "Watched", "WatchTimeoutError", "start_watcher", 
 #: what :func:`watch` computes by default: accuracy/loss curves and parameter norms (``curves``),
 #: the Fourier measures on modular-arithmetic tasks (skipped elsewhere; ``keys="step"``: each
 #: step's own key frequencies, so a new checkpoint costs one step, where ``keys="final"``
-#: would recompute every step whenever the last one changes) and the phase label (``phases``)
+#: would recompute every step whenever the last one changes; stored as ``fourier_steps``, so a
+#: ``fourier`` result the user computed with the default keys is never replaced) and the phase
+#: label (``phases``)
 DEFAULT_MEASURES: dict[str, dict[str, Any]] = {
     "curves": {},
-    "fourier": {"keys": "step"},
+    "fourier_steps": {"measure": "fourier", "keys": "step"},
     "phases": {},
 }
 
@@ -234,8 +236,9 @@ def _panels(run: Any, results: Mapping[str, xr.Dataset], threshold: float
         panels.append(("accuracy", lambda ax: gp.plot_curves(cds, ax, threshold=threshold)))
     if "curves" in results:
         panels.append(("norms", lambda ax: gp.plot_norms(results["curves"], ax)))
-    if "fourier" in results:
-        panels.append(("fourier", lambda ax: gp.plot_fourier_losses(results["fourier"], ax)))
+    fourier = next((results[k] for k in ("fourier_steps", "fourier") if k in results), None)
+    if fourier is not None:
+        panels.append(("fourier", lambda ax: gp.plot_fourier_losses(fourier, ax)))
     return panels
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,21 @@ def test_a_failing_forecast_is_reported_and_the_watch_goes_on(tmp_path, monkeypa
     assert w.reason == "closed" and w.forecast is None
     assert "the forecast failed (ValueError: chunks do not add up)" in w.forecast_note
     assert "the forecast failed" in (w.out / "index.html").read_text()
+
+
+def test_watching_an_analysed_run_leaves_its_fourier_result_alone(tmp_path):
+    """The watcher's Fourier (keys='step') is stored as fourier_steps: a fourier result the
+    user computed with the default keys is neither replaced nor warned about."""
+    path = tmp_path / "run.zarr"
+    write(str(path), steps=10, every=2, sleep=0.0, builtin=True)
+    mine = gs.analyze(str(path), ["fourier"], progress=False, num_threads=1)["fourier"]
+    assert mine.attrs["keys"] == "final"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "replacing results/..." would raise
+        w = gs.watch(str(path), interval=0.05, timeout=30, progress=False)
+    assert w.reason == "closed"
+    run = gs.open_run(str(path))
+    assert {"fourier", "fourier_steps"} <= set(run.results)
+    xr.testing.assert_identical(run.results["fourier"].load(), mine)
+    assert run.results["fourier_steps"].attrs["keys"] == "step"
+    assert list(run.results["fourier_steps"].step.values) == [0, 2, 4, 6, 8]
