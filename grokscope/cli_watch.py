@@ -55,7 +55,8 @@ def add_watch_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "RUN-watch next to the store")
     w.add_argument("-m", "--measures", action="append", metavar="NAMES",
                    help="measure names, comma-separated, repeatable (default: curves, "
-                   "fourier with keys=step, phases; see grokscope measures)")
+                   "fourier with keys=step stored as fourier_steps, phases; see grokscope "
+                   "measures)")
     w.add_argument("--params", metavar="JSON",
                    help='measure parameters as a JSON object {measure: {param: value}}; '
                    "without --measures, the measures named here")
