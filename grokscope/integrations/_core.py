@@ -89,6 +89,17 @@ def submodule(model: nn.Module, module: str | None, who: str) -> nn.Module:
         ) from None
 
 
+def attach_session(owner: Any, path: Any, data: Data | None, *, module: str | None,
+                   config: dict | None, **session_kwargs: Any) -> None:
+    """Give a callback ``owner`` its ``module`` (checked), ``_config_given`` and the
+    :class:`RecordingSession` that records for it (both framework callbacks start so)."""
+    if module is not None and not isinstance(module, str):
+        raise ConfigError(f"module must be a submodule path (str) or None, got {module!r}")
+    owner.module = module
+    owner._config_given = config is not None
+    owner.session = RecordingSession(path, data, config=config, **session_kwargs)
+
+
 def _parse(key: str) -> tuple[str, tuple[int, int]] | None:
     words = [w for w in re.split(r"[/_\-.\s]+", key.strip().lower()) if w]
     suffix = ""

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..data import Data
 from ..errors import ConfigError
-from ._core import RecordingSession, require, submodule
+from ._core import attach_session, require, submodule
 
 __all__ = ["GrokscopeTrainerCallback"]
 
@@ -64,13 +64,9 @@ class GrokscopeTrainerCallback(_transformers.TrainerCallback):
                  schedule: Any = None, config: dict | None = None,
                  metrics: Mapping[str, str] | None = None, auto_metrics: bool = True,
                  live: Any = None, recorder_kwargs: Mapping[str, Any] | None = None) -> None:
-        if module is not None and not isinstance(module, str):
-            raise ConfigError(f"module must be a submodule path (str) or None, got {module!r}")
-        self.module = module
-        self._config_given = config is not None
-        self.session = RecordingSession(path, data, schedule=schedule, config=config,
-                                        metrics=metrics, auto_metrics=auto_metrics, live=live,
-                                        recorder_kwargs=recorder_kwargs)
+        attach_session(self, path, data, module=module, schedule=schedule, config=config,
+                       metrics=metrics, auto_metrics=auto_metrics, live=live,
+                       recorder_kwargs=recorder_kwargs)
         self._logged: dict[str, Any] = {}
 
     @property

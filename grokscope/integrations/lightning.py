@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data import Data
 from ..errors import ConfigError
-from ._core import RecordingSession, require, submodule
+from ._core import attach_session, require, submodule
 
 __all__ = ["GrokscopeCallback", "callback_class"]  # noqa: F822 (built by __getattr__)
 
@@ -77,13 +77,9 @@ class _Hooks:
                  metrics: Mapping[str, str] | None = None, auto_metrics: bool = True,
                  live: Any = None, recorder_kwargs: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        if module is not None and not isinstance(module, str):
-            raise ConfigError(f"module must be a submodule path (str) or None, got {module!r}")
-        self.module = module
-        self._config_given = config is not None
-        self.session = RecordingSession(path, data, schedule=schedule, config=config,
-                                        metrics=metrics, auto_metrics=auto_metrics, live=live,
-                                        recorder_kwargs=recorder_kwargs)
+        attach_session(self, path, data, module=module, schedule=schedule, config=config,
+                       metrics=metrics, auto_metrics=auto_metrics, live=live,
+                       recorder_kwargs=recorder_kwargs)
 
     @property
     def recorder(self) -> Any:
