@@ -15,6 +15,7 @@ Usage::
 
     python analyses/07_forecast_runs.py [--out /tmp/gs/forecast_runs] [--only fit|heldout]
     python analyses/07_forecast_runs.py --out /tmp/gs/forecast_runs2 --only heldout2
+    python analyses/07_forecast_runs.py --out /tmp/gs/forecast_runs3 --only heldout3
 
 Existing finished stores are skipped, so the script can be restarted.
 """
@@ -138,8 +139,43 @@ SLOW2 = {"mod31_f55_wd0", "mod31_f25_wd2", "mod37_f50_wd0.5_w192", "tr31_f60_wd1
          "tr37_f70_wd0.5", "dig_n120_init8_wd1.5"}
 
 
+#: a THIRD held-out set (forecast v3, issue 12), written on 2026-12-01 before v3 was designed or
+#: fitted: seeds 30-33 and cells in none of the lists above (other moduli, train fractions,
+#: weight decays, learning rates, widths, a multiplication table, other parity / digits sizes,
+#: other transformers). v3 is fitted on FIT + HELDOUT + HELDOUT2 (all seen by then) and judged,
+#: with v1 and v2, on these runs only.
+HELDOUT3_CONFIGS: list[tuple[str, dict]] = [
+    ("mod31_f48_wd0.8", modular(31, 0.48, 0.8)),
+    ("mod31_f68_wd1.2_lr7e-3", modular(31, 0.68, 1.2, lr=7e-3)),
+    ("mod47_f50_wd1", modular(47, 0.5, 1.0)),
+    ("mod37_f45_wd2", modular(37, 0.45, 2.0)),
+    ("mod31sub_f65_wd0.5", modular(31, 0.65, 0.5, op="-")),
+    ("mod31mul_f60_wd1", modular(31, 0.6, 1.0, op="*")),
+    ("mod31_f90_wd0.5", modular(31, 0.9, 0.5)),
+    ("mod31_f60_wd0.05", modular(31, 0.6, 0.05)),
+    ("mod31_f20_wd1", modular(31, 0.2, 1.0)),
+    ("mod41_f50_wd0", modular(41, 0.5, 0.0)),
+    ("mod31_f52_wd1_w96", modular(31, 0.52, 1.0, width=96)),
+    ("par20_n700_wd0.7", parity(700, 0.7)),
+    ("par20_n1800_wd0.2", parity(1800, 0.2)),
+    ("par20_n300_wd2", parity(300, 2.0)),
+    ("dig_n180_init7_wd0.8", digits(180, 7.0, 0.8)),
+    ("dig_n400_init2_wd0.2", digits(400, 2.0, 0.2)),
+    ("tr31_f65_wd0.7", transformer(31, 0.65, 0.7, lr=5e-3)),
+    ("tr29_f75_wd1", transformer(29, 0.75, 1.0, lr=4e-3)),
+]
+HELDOUT3_SEEDS = [30, 31, 32, 33]
+HELDOUT3_SEEDS_SLOW = [30, 31, 32]
+SLOW3 = {"mod41_f50_wd0", "mod31_f60_wd0.05", "mod31_f20_wd1", "tr31_f65_wd0.7",
+         "tr29_f75_wd1", "dig_n180_init7_wd0.8"}
+
+
 def runs(which: str) -> list[tuple[str, dict, int]]:
-    """``(run name, config, seed)`` of one set (``"fit"``, ``"heldout"`` or ``"heldout2"``)."""
+    """``(run name, config, seed)`` of one set (``"fit"``, ``"heldout"``, ``"heldout2"`` or
+    ``"heldout3"``)."""
+    if which == "heldout3":
+        return [(f"heldout3/{n}_s{s}", c, s) for n, c in HELDOUT3_CONFIGS
+                for s in (HELDOUT3_SEEDS_SLOW if n in SLOW3 else HELDOUT3_SEEDS)]
     if which == "fit":
         return [(f"fit/{n}_s{s}", c, s) for n, c in FIT_CONFIGS for s in FIT_SEEDS]
     if which == "heldout2":
@@ -169,7 +205,7 @@ def train_one(root: Path, name: str, cfg: dict, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/gs/forecast_runs")
-    ap.add_argument("--only", choices=["fit", "heldout", "heldout2"])
+    ap.add_argument("--only", choices=["fit", "heldout", "heldout2", "heldout3"])
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     root = Path(args.out)
