@@ -99,3 +99,15 @@ def test_nfa_circulant_helpers():
         assert mod.circulant_score(noise + noise.T, op, p) < 0.5
     assert mod.primitive_root(11) == 2
     assert mod.primitive_root(61) == 2
+
+
+@pytest.mark.slow
+def test_nfa_exact_milestones_are_per_run(tmp_path):
+    """Each operation's every-step rerun keeps its own op and data (the report's identical
+    t_train / t_test are first *recorded* steps, not one run read twice)."""
+    mod = _load("06_nfa")
+    got = {op: mod.exact_milestones(op, 12, tmp_path, quick=True) for op in ("+", "/")}
+    assert [got[op]["op"] for op in ("+", "/")] == ["+", "/"]
+    assert all(g["labels_match_op"] for g in got.values())
+    # p = 23, 50% train: addition draws from all 23^2 pairs, division leaves out b = 0
+    assert (got["+"]["n_train"], got["/"]["n_train"]) == (264, 253)
