@@ -46,8 +46,8 @@ def milestones(run: Any, results: Mapping[str, xr.Dataset] | None = None, thresh
     return {"t_train": first_crossing(steps, tr, threshold), "t_test": first_crossing(steps, te, threshold)}
 
 
-def _scalar_series(ds: xr.Dataset) -> dict[str, xr.DataArray]:
-    """Scalar curves of a result (per layer for layered ones), constants left out."""
+def _all_scalar_series(ds: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Scalar curves of a result (per layer for layered ones)."""
     out = {}
     for name, var in ds.data_vars.items():
         if var.dims == ("step",) and var.dtype.kind in "fiu" and name != "nonfinite_weights":
@@ -55,7 +55,12 @@ def _scalar_series(ds: xr.Dataset) -> dict[str, xr.DataArray]:
         elif set(var.dims) == {"step", "layer"} and var.dtype.kind == "f":
             for layer in var["layer"].values:
                 out[f"{name}[{layer}]"] = var.sel(layer=layer)
-    return {k: v for k, v in out.items() if not _constant(v)}
+    return out
+
+
+def _scalar_series(ds: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Scalar curves of a result (per layer for layered ones), constants left out."""
+    return {k: v for k, v in _all_scalar_series(ds).items() if not _constant(v)}
 
 
 def _constant(var: xr.DataArray) -> bool:
@@ -90,7 +95,9 @@ def milestone_columns(run: Any, results: Mapping[str, xr.Dataset],
 def milestone_table(run: Any, results: Mapping[str, xr.Dataset], threshold: float = 0.9) -> str:
     """A text table: each scalar measure at the first stored step, when train accuracy first
     reaches ``threshold`` (memorised), when test accuracy does (generalised) and at the last
-    step; milestones the run never reached are said so and get no column."""
+    step; milestones the run never reached are said so and get no column. Series that keep one
+    value over the whole run get no row but are listed after the table with that value (a
+    measure that is 0 throughout is a result, never silently left out)."""
     ms = milestones(run, results, threshold)
     cols = milestone_columns(run, results, threshold)
 
@@ -104,11 +111,18 @@ def milestone_table(run: Any, results: Mapping[str, xr.Dataset], threshold: floa
         f"{'measure':<44} " + " ".join(f"{label:>12}" for label, _ in cols),
         f"{'':<44} " + " ".join(f"{'(' + str(step) + ')':>12}" for _, step in cols),
     ]
+    constant = []
     for mname in results:
         ds = results[mname]
         if "step" not in ds.dims:
             continue
-        for vname, var in _scalar_series(ds).items():
+        for vname, var in _all_scalar_series(ds).items():
+            if _constant(var):
+                constant.append(f"{mname}.{vname} = {float(var.values[0]):.4g}")
+                continue
             label = f"{mname}.{vname}"[:44]
             lines.append(f"{label:<44} " + " ".join(f"{_at(var, step):>12.4g}" for _, step in cols))
+    if constant:
+        lines += ["", "constant at every analysed step (no row above):"]
+        lines += [f"  {c}" for c in constant]
     return "\n".join(lines)

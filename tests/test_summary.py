@@ -40,3 +40,19 @@ def test_a_run_that_never_generalised_has_no_grokking_column():
     table = milestone_table(run, _result(run.steps))
     assert "generalisation (test acc >= 0.9): never (up to step 30)" in table
     assert "generalised" not in table.splitlines()[3] and "after grok" not in table
+
+
+def test_a_measure_constant_over_the_run_is_listed_not_dropped():
+    """A result that is 0 at every step (the demo's modular RQI) used to vanish from the table."""
+    run = _run([0.1, 0.95, 1.0, 1.0], [0.0, 0.0, 0.5, 0.95])
+    steps = run.steps
+    results = {**_result(steps),
+               "rqi": xr.Dataset({"rqi": ("step", np.zeros(len(steps))),
+                                  "n_quadruples": ("step", np.full(len(steps), 23954))},
+                                 coords={"step": steps})}
+    lines = milestone_table(run, results).splitlines()
+    assert not any(line.startswith("rqi.") for line in lines)  # no row of identical values
+    tail = lines[lines.index("constant at every analysed step (no row above):") + 1:]
+    assert tail == ["  rqi.rqi = 0", "  rqi.n_quadruples = 2.395e+04"]
+    # a table with no constant series has no such section
+    assert "constant at every" not in milestone_table(run, _result(steps))
