@@ -6,7 +6,8 @@ has data with the :mod:`grokscope.plot` functions, and writes::
 
     OUT/figures/<name>.png, OUT/figures/<name>.pdf
     OUT/summary.json     key numbers: t_train, t_test, gap, label, final accuracies, and per
-                         measure its scalar values at the first, memorisation and last step
+                         measure its scalar values at the first, memorisation, generalisation
+                         and last step
     OUT/index.html       self-contained (figures inlined as base64 PNG): opens with no server
 
 A run without stored results still gets its accuracy curves (from the recorded metrics), and
@@ -179,8 +180,9 @@ def report_summary(
     dict
         ``run`` (path, task, model, steps), ``milestones`` (``t_train``, ``t_test``, ``gap``,
         ``label``, ``threshold``, ``source``), ``final`` (last finite accuracies and losses),
-        ``measures`` (``{measure: {variable: {"first", "memorisation", "last"}}}``; the value at
-        the stored step nearest the first step, ``t_train`` and the last step), and
+        ``measures`` (``{measure: {variable: {"first", "memorisation", "generalisation",
+        "last"}}}``; the value at the stored step nearest the first step, ``t_train``,
+        ``t_test`` (None where the run never reached it) and the last step), and
         ``measure_steps`` (those steps per measure). NaN is written as null.
     """
     from .measures import registry
@@ -188,7 +190,7 @@ def report_summary(
     steps = np.asarray(run.steps)
     config = run.config or {}
     ms = _milestones(run, results, threshold)
-    t_train = ms["t_train"]
+    t_train, t_test = ms["t_train"], ms["t_test"]
     measures: dict[str, Any] = {}
     measure_steps: dict[str, Any] = {}
     for name, ds in results.items():
@@ -199,10 +201,12 @@ def report_summary(
             continue
         first, last = int(rs[0]), int(rs[-1])
         mem = None if t_train is None else int(rs[int(np.argmin(np.abs(rs - t_train)))])
-        measure_steps[name] = {"first": first, "memorisation": mem, "last": last}
+        gen = None if t_test is None else int(rs[int(np.argmin(np.abs(rs - t_test)))])
+        measure_steps[name] = {"first": first, "memorisation": mem, "generalisation": gen,
+                               "last": last}
         measures[name] = {
             var: {"first": _value_at(da, first), "memorisation": _value_at(da, mem),
-                  "last": _value_at(da, last)}
+                  "generalisation": _value_at(da, gen), "last": _value_at(da, last)}
             for var, da in _scalar_series(ds).items()
         }
     missing = [n for n in registry.names() if n not in results]
@@ -444,7 +448,8 @@ def _html(summary: dict[str, Any], figures: list[_Figure], skipped: dict[str, st
     if measures:
         parts += ["<h2>Measures at the milestones</h2>",
                   "<p class=\"muted\">Value at the stored step nearest the first step, "
-                  "t_train (memorisation) and the last step of each result.</p>"]
+                  "t_train (memorisation), t_test (generalisation; — if never reached) and "
+                  "the last step of each result.</p>"]
         for mname, table in measures.items():
             st = summary["measure_steps"][mname]
             parts += [
@@ -452,13 +457,14 @@ def _html(summary: dict[str, Any], figures: list[_Figure], skipped: dict[str, st
                 "<tr><th scope=\"col\">variable</th>"
                 f"<th scope=\"col\">first (step {e(_fmt(st['first']))})</th>"
                 f"<th scope=\"col\">memorisation (step {e(_fmt(st['memorisation']))})</th>"
+                f"<th scope=\"col\">generalisation (step {e(_fmt(st['generalisation']))})</th>"
                 f"<th scope=\"col\">last (step {e(_fmt(st['last']))})</th></tr>",
             ]
             for var, v in table.items():
                 parts.append(
                     f"<tr><td>{e(var)}</td>"
                     + "".join(f'<td class="num">{e(_fmt(v[c]))}</td>'
-                              for c in ("first", "memorisation", "last"))
+                              for c in ("first", "memorisation", "generalisation", "last"))
                     + "</tr>"
                 )
             parts.append("</table>")

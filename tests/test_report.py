@@ -7,6 +7,7 @@ import json
 from html.parser import HTMLParser
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 import grokscope as gs
@@ -101,7 +102,18 @@ def test_report_on_analysed_run(analysed_run, tmp_path, no_analyze):
     assert summary["final"]["train_acc"] == pytest.approx(want, abs=1e-12)
     nfa = summary["measures"]["nfa"]
     key = next(k for k in nfa if k.startswith("nfa_corr_sqrt["))
-    assert set(nfa[key]) == {"first", "memorisation", "last"}
+    assert set(nfa[key]) == {"first", "memorisation", "generalisation", "last"}
+    # the generalisation column is the value at the stored step nearest t_test (the grokking
+    # milestone; the report used to show only first, memorisation and last)
+    gen_step = summary["measure_steps"]["nfa"]["generalisation"]
+    if ms["t_test"] is None:
+        assert gen_step is None and nfa[key]["generalisation"] is None
+    else:
+        rs = analysed_run.results["nfa"].step.values
+        assert gen_step == int(rs[np.argmin(np.abs(rs - ms["t_test"]))])
+        layer = key[len("nfa_corr_sqrt["):-1]
+        want = analysed_run.results["nfa"]["nfa_corr_sqrt"].sel(step=gen_step, layer=layer)
+        assert nfa[key]["generalisation"] == pytest.approx(float(want), abs=1e-12)
     assert isinstance(nfa[key]["first"], float)
     assert "mixture" in summary["measures_missing"]
     # a two-hot MLP's first layer is its token embedding, so every measure applies
@@ -177,3 +189,32 @@ def test_report_analyze_all_measures(tmp_path):
             "fourier_losses", "kernel", "changepoints"} <= set(summary["figures"])
     assert summary["figures_skipped"] == {}
     _check_html(out / "index.html")
+
+
+def test_summary_has_the_generalisation_milestone():
+    """Measures are read at t_test too (the grokking milestone), nearest stored step."""
+    from types import SimpleNamespace
+
+    import xarray as xr
+
+    from grokscope.report import report_summary
+
+    steps = np.array([0, 10, 20, 30, 40, 50])
+    metrics = xr.Dataset({"train_acc": ("step", [0.1, 0.95, 1.0, 1.0, 1.0, 1.0]),
+                          "test_acc": ("step", [0.0, 0.0, 0.1, 0.5, 0.93, 1.0])},
+                         coords={"step": steps})
+    run = SimpleNamespace(path="fake", steps=steps, metrics=metrics, config={}, results={})
+    # the result is stored at fewer steps: t_test = 40 is read at its nearest stored step, 35
+    rsteps = np.array([0, 15, 35, 50])
+    res = {"m": xr.Dataset({"v": ("step", [1.0, 2.0, 3.0, 4.0])}, coords={"step": rsteps})}
+    s = report_summary(run, res)
+    assert (s["milestones"]["t_train"], s["milestones"]["t_test"]) == (10, 40)
+    assert s["measure_steps"]["m"] == {"first": 0, "memorisation": 15, "generalisation": 35,
+                                       "last": 50}
+    assert s["measures"]["m"]["v"] == {"first": 1.0, "memorisation": 2.0, "generalisation": 3.0,
+                                       "last": 4.0}
+    # a run that never generalised: no generalisation step, no value (never a wrong step)
+    never = metrics.assign(test_acc=("step", np.zeros(steps.size)))
+    s = report_summary(SimpleNamespace(**{**vars(run), "metrics": never}), res)
+    assert s["measure_steps"]["m"]["generalisation"] is None
+    assert s["measures"]["m"]["v"]["generalisation"] is None
