@@ -295,3 +295,53 @@ def test_plot_names_the_variant():
     ds = get("rqi").fn(Checkpoint(step=0, model=model.eval(), data=_data(p))).expand_dims(step=[0])
     ax = plot_rqi(ds)
     assert "(modular)" in ax.get_title() and "parallel-chord" in ax.get_ylabel()
+
+
+def _ideal_fourier_mlp_first_layer(p: int, width: int, freqs: list[int], seed: int) -> np.ndarray:
+    """``(p, width)``: operand-a weights of a perfectly grokked two-hot MLP, each neuron a pure
+    cosine over tokens at one frequency (cycled through ``freqs``) with its own phase and
+    amplitude (Nanda et al.; He et al.'s single-frequency neurons)."""
+    rng = np.random.default_rng(seed)
+    a = np.arange(p)[:, None]
+    f = np.array([freqs[h % len(freqs)] for h in range(width)])
+    phase = rng.uniform(0, 2 * np.pi, width)
+    amp = rng.uniform(0.5, 1.5, width)
+    return amp * np.cos(2 * np.pi * f * a / p + phase)
+
+
+def test_an_ideal_grokked_mlp_embedding_spread_over_frequencies_scores_zero():
+    """Why the demo's RQI is 0 (docs/measures.md, rqi): the first layer of a grokked two-hot MLP
+    is a sum of circles at many frequencies, and its chords are not parallel, even with no noise
+    at all; the neurons of any one frequency alone form one (elliptic) circle and score 1."""
+    p, width = 23, 44
+    E = _ideal_fourier_mlp_first_layer(p, width, list(range(1, 12)), seed=0)  # all 11 freqs
+    total = n_modular_quadruples(p)
+    assert rqi_modular(E, 0.01 * width) == (0.0, 0, total)
+    # every neuron is a pure single frequency: the structure RQI cannot see is perfect
+    power = np.abs(np.fft.rfft(E - E.mean(0), axis=0)[1:]) ** 2
+    assert np.allclose(power.max(0) / power.sum(0), 1.0)
+    # one frequency's neurons (4 of them, 4 phases): a linear image of one circle
+    one = E[:, ::11]
+    assert rqi_modular(one, 0.01 * one.shape[1]) == (1.0, total, total)
+    # two frequencies already fall to a minority of the quadruples (cf. the torus knot above)
+    two = E[:, [h for h in range(width) if h % 11 in (0, 1)]]
+    assert rqi_modular(two, 0.01 * two.shape[1]) == (80 / 1265, 80, 1265)
+
+
+def test_independent_check_tool_agrees_with_the_measure():
+    """tools/rqi_embedding_check.py (numpy only, used for the numbers in docs/measures.md)
+    counts the same quadruples as rqi_modular on a noisy circle."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "rqi_embedding_check.py"
+    spec = importlib.util.spec_from_file_location("rqi_embedding_check", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    p, dim = 17, 3
+    rng = np.random.default_rng(1)
+    E = _circle(p, 3).numpy() @ rng.normal(size=(2, dim)) + 0.03 * rng.normal(size=(p, dim))
+    quads = tool.modular_quadruples(p)
+    assert len(quads) == n_modular_quadruples(p)
+    frac, _ = tool.chord_stats(E / E.std(0), quads, 0.01 * dim)
+    value, count, total = rqi_modular(E, 0.01 * dim)
+    assert 0 < count < total and frac == pytest.approx(value, abs=1e-12)
