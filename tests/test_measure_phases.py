@@ -266,3 +266,19 @@ def test_phases_applies_to_classification_only():
     assert "regression task" in _applies(None, SimpleNamespace(is_classification=False))
     assert _applies(None, SimpleNamespace(is_classification=True)) is None
     assert _applies(None, None) is None  # no split stored: the labels come from the metrics
+
+
+def test_change_points_leave_out_identifiers():
+    """The mixture's null_component is a slot number (0, then -1 once no component is null):
+    its jump is a renaming, and it used to be the biggest dot of the demo's change-point
+    figure. Counts such as k stay curves."""
+    from grokscope.measures.phases import collect_curves
+
+    steps = np.array([0, 10, 100, 1000, 2000])
+    mixture = xr.Dataset({"null_component": ("step", np.array([0, 0, 0, -1, -1])),
+                          "k": ("step", np.array([1, 1, 2, 3, 3])),
+                          "droplet_fraction": ("step", [0.0, 0.0, 0.3, 1.0, 1.0])},
+                         coords={"step": steps})
+    other = xr.Dataset({"null_component": ("step", np.arange(5.0))}, coords={"step": steps})
+    found = collect_curves({"mixture": mixture, "mine": other})
+    assert sorted(found) == ["mine/null_component", "mixture/droplet_fraction", "mixture/k"]

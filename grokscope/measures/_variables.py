@@ -47,13 +47,16 @@ Units = str | Callable[[xr.Dataset, Mapping[str, Any]], str]
 @dataclass(frozen=True)
 class Variable:
     """One output variable: ``long_name``, ``units`` (a string, or a function of the result
-    and its parameters returning one), a one-line ``description``, and ``doc_units`` (the
-    units as the documentation states them, for units that are functions)."""
+    and its parameters returning one), a one-line ``description``, ``doc_units`` (the
+    units as the documentation states them, for units that are functions), and ``curve``:
+    False for an identifier (a slot index) whose per-step values are names, not amounts, so
+    that their change over steps is no rate (the ``phases`` change points leave it out)."""
 
     long_name: str
     units: Units
     description: str
     doc_units: str = ""
+    curve: bool = True
 
     def units_for(self, ds: xr.Dataset | None = None, params: Mapping[str, Any] | None = None) -> str:
         """The units string (for a function: evaluated on ``ds`` and ``params``)."""
@@ -166,7 +169,8 @@ VARIABLES: dict[str, dict[str, Variable]] = {
                                   "share of neurons whose own phi is more than null_sds null "
                                   "standard deviations from the null mean (no fit involved)"),
         "null_component": V("null component slot", "1",
-                            "slot of the null component (-1: none is within null_sds)"),
+                            "slot of the null component (-1: none is within null_sds)",
+                            curve=False),
         "null_mean": V("null mean", "1",
                        "mean of the order parameter at random initialisation"),
         "null_std": V("null standard deviation", "1",

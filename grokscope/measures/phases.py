@@ -49,7 +49,9 @@ of the interval with the largest rate, and ``changepoint_rate`` that rate. A fla
 range below ``min_range`` times ``max(1, max |v|)``, 5% by default: a test accuracy that
 wobbles between 0.000 and 0.003 has no change point, however its noise normalises) or one with
 fewer than 3 finite points has change point NaN and rate 0. The log scale keeps the
-densely sampled early steps (log-spaced schedule) from dominating.
+densely sampled early steps (log-spaced schedule) from dominating. Identifiers (variables
+documented with ``curve=False``, e.g. the mixture's ``null_component`` slot) are not curves
+and get no change point.
 """
 
 from __future__ import annotations
@@ -230,13 +232,17 @@ def changepoint(steps: Any, values: Any, *, scale: str = "log",
 def collect_curves(
     results: Mapping[str, xr.Dataset], metrics: xr.Dataset | None = None, *, skip: tuple = ()
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every scalar-per-step numeric variable of the stored results (and run metrics).
+    """Every scalar-per-step numeric variable of the stored results (and run metrics),
+    identifiers left out (a variable documented with ``curve=False``, e.g. the mixture's
+    ``null_component`` slot: its jump from slot 0 to -1 is a renaming, not a change of rate).
 
     Returns
     -------
     dict
         ``"measure/variable"`` (``"metrics/variable"`` for run metrics) to ``(steps, values)``.
     """
+    from ._variables import VARIABLES
+
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     sources = [(name, ds) for name, ds in results.items() if name not in skip]
     if metrics is not None:
@@ -246,6 +252,9 @@ def collect_curves(
             continue
         for var, da in ds.data_vars.items():
             if da.dims != ("step",) or da.dtype.kind not in "iuf":
+                continue
+            documented = VARIABLES.get(name, {}).get(str(var))
+            if documented is not None and not documented.curve:
                 continue
             found[f"{name}/{var}"] = (np.asarray(ds["step"].values), np.asarray(da.values))
     return found
