@@ -282,7 +282,10 @@ def _figure_plan(run: Any, results: Mapping[str, xr.Dataset], threshold: float
         "plot_fourier_losses": "Restricted and excluded loss (Nanda et al.) with the full loss.",
         "plot_kernel": "Scale-free distance of the empirical NTK from the first checkpoint, "
         "1 − cos(Θ_t, Θ_0), with the relative change (dominated by weight growth) dashed.",
-        "plot_rqi": "Representation quality index of the token embedding.",
+        "plot_rqi": "Representation quality index of the token embedding (modular tasks: "
+        "the share of parallel-chord quadruples; only one circle scores high, so an embedding "
+        "spread over many frequencies, as a two-hot MLP's first layer, scores ~0 even when "
+        "grokked: see docs/measures.md, rqi).",
         "plot_changepoints": "Step at which each stored curve changes fastest (dot size ~ rate).",
     }
     test_loss = None
