@@ -434,7 +434,10 @@ What the numbers say:
   different runs (their own `op` in the task spec, 1860 vs 1830 training pairs, every label
   decodes to its operation); recorded at every step to step 400 (`python analyses/06_nfa.py
   --exact-milestones`) they cross at train 65 / test 214 (addition) and 67 / 212 (division):
-  different steps inside the same record intervals (63, 79] and (200, 251].
+  different steps inside the same record intervals (63, 79] and (200, 251]. With a gap of
+  ~150 steps both runs are labelled **comprehension**, not grokking, by docs/methods.md
+  section 1 (`label` in `summary.json`): at this learning rate the test accuracy follows the
+  training accuracy closely.
 
 ## Figures
 
