@@ -436,8 +436,8 @@ What the numbers say:
   --exact-milestones`) they cross at train 65 / test 214 (addition) and 67 / 212 (division):
   different steps inside the same record intervals (63, 79] and (200, 251]. With a gap of
   ~150 steps both runs are labelled **comprehension**, not grokking, by docs/methods.md
-  section 1 (`label` in `summary.json`): at this learning rate the test accuracy follows the
-  training accuracy closely.
+  section 1 (`label` in `summary.json`): test accuracy reaches 0.9 about 150 steps after
+  train accuracy does.
 
 ## Figures
 
