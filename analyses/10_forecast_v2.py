@@ -22,7 +22,7 @@ configuration held out together); the numbers are written with the constants to
 ``reports/forecast/constants_v2.json``; paste the constants into ``grokscope/forecast.py``.
 
 Without ``--fit``: checks the module's constants are the fitted ones, then evaluates v2
-(``gs.forecast``), v1 (:data:`grokscope.forecast.CONSTANTS_V1`) and the two baselines on the
+(:data:`grokscope.forecast.CONSTANTS_V2`), v1 (:data:`grokscope.forecast.CONSTANTS_V1`) and the two baselines on the
 HELDOUT2 runs with the protocol of ``analyses/08_forecast_eval.py`` (25/50/75% of ``t_test``)
 and writes ``reports/forecast/table_v2.md``, ``results_v2.json``, ``pred_vs_true_v2.png`` and
 the v2 block of ``reports/forecast/README.md``.
@@ -51,8 +51,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-import grokscope as gs
 
 HERE = Path(__file__).resolve().parent
 DECISION = ("v2 stays the default if, on HELDOUT2 at 50% of t_test, it meets at least as many of "
@@ -102,7 +100,7 @@ def predict(p: dict, constants: dict, horizon: float = RUNS.CAP) -> dict:
     sig = signals(p, constants)
     t, branch = fc.predict_time(sig, constants)
     lo, hi = fc.interval(t, p["upto"], branch, constants)
-    return {"p": fc.p_grok_of(fc.logit_features(sig, t, horizon, constants), constants),
+    return {"p": fc.p_grok(sig, t, branch, horizon, constants)[0],
             "t": t, "lo": lo, "hi": hi, "branch": branch}
 
 
@@ -248,11 +246,12 @@ def warning(runs: list[dict], c: dict) -> dict:
             "never_runs_alarmed_at_last_step": float(np.mean(last)) if last else math.nan}
 
 
-def figure(pts: list[dict], preds: dict[str, list[dict]], path: Path) -> None:
+def figure(pts: list[dict], preds: dict[str, list[dict]], path: Path,
+           set_name: str = "HELDOUT2") -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4.8))
-    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    fig = Figure(figsize=(5 * len(preds), 4.8))
+    axes = fig.subplots(1, len(preds), sharex=True, sharey=True)
     colors = {0.25: "tab:blue", 0.5: "tab:orange", 0.75: "tab:green"}
     for ax, (name, qs) in zip(axes, preds.items()):
         lo_all, hi_all = math.inf, 0.0
@@ -273,7 +272,7 @@ def figure(pts: list[dict], preds: dict[str, list[dict]], path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("true t_test (steps)")
         ax.set_ylabel("predicted t_test (steps, 80% interval)")
-        ax.set_title(f"{name} on HELDOUT2")
+        ax.set_title(f"{name} on {set_name}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -368,25 +367,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     fitted = json.loads((OUT / "constants_v2.json").read_text())
     for k, v in fitted["constants"].items():
-        have = fc.CONSTANTS[k]
+        have = fc.CONSTANTS_V2[k]
         if not np.allclose(np.asarray(have, float), np.asarray(v, float), rtol=1e-5, atol=1e-6):
-            raise SystemExit(f"grokscope.forecast.CONSTANTS[{k!r}] = {have} but the fit gave {v}: "
-                             "paste reports/forecast/constants_v2.json's constants")
+            raise SystemExit(f"grokscope.forecast.CONSTANTS_V2[{k!r}] = {have} but the fit gave "
+                             f"{v}: paste reports/forecast/constants_v2.json's constants")
     held = EV.load(Path(args.runs2), "heldout2")
     if len(held) < len(RUNS.runs("heldout2")):
         raise SystemExit(f"only {len(held)} of {len(RUNS.runs('heldout2'))} HELDOUT2 runs are "
                          "finished: train them first (analyses/07_forecast_runs.py)")
     pts = EV.points(held)
-    for p in pts[:: max(1, len(pts) // 8)]:  # the evaluation reads what gs.forecast reads
-        ds = gs.forecast(p["run"]["path"], upto=p["upto"], horizon=RUNS.CAP)
-        q = predict(p, fc.CONSTANTS)
-        assert abs(float(ds.p_grok) - q["p"]) < 1e-9 and float(ds.t_test_pred) == q["t"], p
     v1_fit = json.loads((OUT / "constants.json").read_text())
     tau, side = v1_fit["norm_tau"], v1_fit["norm_side"]
     for p in pts:
         p["sig"] = signals(p, fc.CONSTANTS_V1)  # the baselines read v1's signals
     methods = {
-        "gs.forecast v2": lambda p: predict(p, fc.CONSTANTS),
+        "gs.forecast v2": lambda p: predict(p, fc.CONSTANTS_V2),
         "gs.forecast v1": lambda p: predict(p, fc.CONSTANTS_V1),
         "baseline: test-accuracy extrapolation": EV.acc_baseline,
         "baseline: weight-norm threshold": lambda p: EV.norm_baseline(p, tau, side),
@@ -414,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "decision": DECISION, "targets_met_50": {"v2": n2, "v1": n1},
         "default": "v2" if n2 >= n1 else "v1",
         "results": results,
-        "warning": {"v2": warning(held, fc.CONSTANTS), "v1": warning(held, fc.CONSTANTS_V1)},
+        "warning": {"v2": warning(held, fc.CONSTANTS_V2), "v1": warning(held, fc.CONSTANTS_V1)},
         "n_heldout2_runs": len(held), "n_heldout2_grok": sum(r["groks"] for r in held),
         "heldout2_runs": [{"name": r["name"], "t_test": r["t_test"], "t_train": r["t_train"],
                            "last_step": r["last_step"]} for r in held],

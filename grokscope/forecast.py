@@ -49,19 +49,36 @@ import xarray as xr
 from ._version import __version__
 from .errors import ConfigError, MeasureNotApplicable
 
-__all__ = ["CONSTANTS", "CONSTANTS_V1", "ForecastError", "embedding_gini", "forecast",
-           "forecast_signals"]
+__all__ = ["CONSTANTS", "CONSTANTS_V1", "CONSTANTS_V2", "ForecastError", "embedding_gini",
+           "forecast", "forecast_signals", "p_grok"]
 
 
 class ForecastError(MeasureNotApplicable):
     """A run cannot be forecast (no test accuracy metric, nothing recorded up to ``upto``)."""
 
 
-#: forecast v2, fitted by analyses/10_forecast_v2.py --fit on the FIT runs of
-#: analyses/07_forecast_runs.py at dense forecast points (never on either held-out set);
-#: regenerate with that script after changing a signal. LOSS_* / TREND_MIN are v1's (the
-#: trend branch is unchanged); v1's constants are kept in :data:`CONSTANTS_V1`.
+#: forecast v3, fitted by analyses/12_forecast_v3.py --fit on the FIT, HELDOUT and HELDOUT2 runs
+#: of analyses/07_forecast_runs.py at dense forecast points (never on HELDOUT3, the set it was
+#: judged on); regenerate with that script after changing a signal. The time branches are v2's
+#: form (LOSS_* / TREND_MIN are v1's); ``p_grok`` is ``P(generalises) * P(t_test <= horizon)``:
+#: a logistic model of the four curve signals ``PG_INPUTS`` times the log-normal chance, from
+#: the branch's interval, that the crossing falls before ``horizon``.
 CONSTANTS: dict[str, Any] = {
+    "VERSION": 3,
+    "LOSS_CRIT": 0.1,
+    "LOSS_GAIN": 0.8,
+    "TREND_MIN": 0.7,
+    "EARLY_COEF": (1.780107, -1.072284),
+    "Q_TREND": (0.763563, 1.340778),
+    "Q_EARLY": (0.597601, 1.94745),
+    "PG_INPUTS": ("test_acc", "acc_trend", "loss_rel_peak", "loss_trend"),
+    "PG_COEF": (6.746338, -4.189098, 1.733873, -4.299433),
+    "PG_BIAS": -1.244978,
+}
+
+#: forecast v2 (fitted by analyses/10_forecast_v2.py --fit on the FIT runs; judged on
+#: HELDOUT2): kept so the evaluations can score every version
+CONSTANTS_V2: dict[str, Any] = {
     "VERSION": 2,
     "LOSS_CRIT": 0.1,
     "LOSS_GAIN": 0.8,
@@ -91,6 +108,8 @@ CONSTANTS_V1: dict[str, Any] = {
 WINDOW = 0.3
 #: fewest points a trend is fitted on
 MIN_POINTS = 3
+#: the standard normal's 90% quantile (an 80% interval spans +-_Z90 sigma)
+_Z90 = 1.2815515655446004
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -427,6 +446,44 @@ def p_grok_of(features: np.ndarray, constants: dict[str, Any] | None = None) -> 
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 
+def p_by_horizon(t_pred: float, branch: str, horizon: float,
+                 constants: dict[str, Any] | None = None) -> float:
+    """``P(t_test <= horizon)`` for a run that generalises: ``log(true / t_pred)`` is taken as
+    normal with the 10% and 90% quantiles of the branch's interval (``Q_TREND`` /
+    ``Q_EARLY``), so ``horizon`` at ``t_test_high`` gives 0.9 and at ``t_test_low`` 0.1."""
+    c = CONSTANTS if constants is None else constants
+    q = c["Q_TREND"] if branch == "trend" else c.get("Q_EARLY", c.get("Q_FALLBACK"))
+    lo, hi = math.log(q[0]), math.log(q[1])
+    mu, sigma = 0.5 * (lo + hi), max((hi - lo) / (2 * _Z90), 1e-6)
+    z = (math.log(max(horizon, 1.0) / max(t_pred, 1.0)) - mu) / sigma
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+def p_generalises(sig: dict[str, float], constants: dict[str, Any] | None = None) -> float:
+    """v3's logistic model of whether the run generalises at all, from the signals named in
+    ``PG_INPUTS`` (a NaN signal enters as 0: no trend, no accuracy)."""
+    c = CONSTANTS if constants is None else constants
+    x = np.nan_to_num(np.clip([sig.get(k, math.nan) for k in c["PG_INPUTS"]], -20, 20), nan=0.0)
+    z = float(np.dot(c["PG_COEF"], x) + c["PG_BIAS"])
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
+def p_grok(sig: dict[str, float], t_pred: float, branch: str, horizon: float,
+           constants: dict[str, Any] | None = None) -> tuple[float, float, float]:
+    """``(p_grok, p_generalises, p_by_horizon)`` of one forecast.
+
+    v3 (``PG_COEF`` in the constants): ``p_grok = p_generalises * p_by_horizon``, so a short
+    ``horizon`` lowers it by exactly the chance that the predicted crossing comes later.
+    v1 / v2 (``LOGIT_COEF``): their one logistic model with ``log(t_pred / horizon)`` among the
+    inputs (fitted at one horizon); the two parts are NaN.
+    """
+    c = CONSTANTS if constants is None else constants
+    if "PG_COEF" in c:
+        g, h = p_generalises(sig, c), p_by_horizon(t_pred, branch, horizon, c)
+        return g * h, g, h
+    return p_grok_of(logit_features(sig, t_pred, horizon, c), c), math.nan, math.nan
+
+
 # ----------------------------------------------------------------------------- public
 def forecast(
     run_or_path: Any,
@@ -498,12 +555,15 @@ def forecast(
     observed = _first_reach(series["steps"], series["test_acc"], threshold)
     if np.isfinite(observed):
         p, t, lo, hi, branch = 1.0, observed, observed, observed, "observed"
+        p_gen = p_h = 1.0
     else:
         t, branch = predict_time(sig)
         lo, hi = interval(t, u, branch)
-        p = p_grok_of(logit_features(sig, t, float(horizon)))
+        p, p_gen, p_h = p_grok(sig, t, branch, float(horizon))
     ds = xr.Dataset({
         "p_grok": ((), float(p)),
+        "p_generalises": ((), float(p_gen)),
+        "p_by_horizon": ((), float(p_h)),
         "t_test_pred": ((), float(t)),
         "t_test_low": ((), float(lo)),
         "t_test_high": ((), float(hi)),
@@ -514,7 +574,8 @@ def forecast(
     ds.attrs.update(
         branch=branch, threshold=float(threshold), horizon=int(horizon),
         test_metric=series["names"]["test_acc"], interval=0.8,
-        gini_embed_source=series["names"]["gini_embed"], forecast_version=2,
+        gini_embed_source=series["names"]["gini_embed"],
+        forecast_version=int(CONSTANTS["VERSION"]),
         constants=repr(CONSTANTS), grokscope_version=__version__,
     )
     return ds

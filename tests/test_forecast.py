@@ -109,16 +109,39 @@ def test_interval_and_probability_follow_the_constants(designed, monkeypatch):
     monkeypatch.setitem(fc.CONSTANTS, "LOSS_CRIT", math.exp(-2.0))
     monkeypatch.setitem(fc.CONSTANTS, "LOSS_GAIN", 1.0)
     monkeypatch.setitem(fc.CONSTANTS, "Q_TREND", (0.8, 1.5))
-    monkeypatch.setitem(fc.CONSTANTS, "LOGIT_COEF", (-1.0, 0.0, 0.0, 0.0, 0.0))
-    monkeypatch.setitem(fc.CONSTANTS, "LOGIT_BIAS", 0.0)
-    ds = gs.forecast(designed, upto=500, horizon=4000)
+    # P(generalises) = sigmoid(log 3) = 3/4 whatever the signals
+    monkeypatch.setitem(fc.CONSTANTS, "PG_INPUTS", ("test_acc",))
+    monkeypatch.setitem(fc.CONSTANTS, "PG_COEF", (0.0,))
+    monkeypatch.setitem(fc.CONSTANTS, "PG_BIAS", math.log(3.0))
+    ds = gs.forecast(designed, upto=500, horizon=1500)
+    assert float(ds.t_test_pred) == pytest.approx(1000.0)
     assert float(ds.t_test_low) == pytest.approx(800.0)
     assert float(ds.t_test_high) == pytest.approx(1500.0)
-    # z = -log(1000 / 4000) = log 4: p = 4 / 5
-    assert float(ds.p_grok) == pytest.approx(0.8)
-    assert ds.attrs["horizon"] == 4000
-    # a shorter horizon than the predicted step makes grokking by then unlikely
-    assert float(gs.forecast(designed, upto=500, horizon=250).p_grok) == pytest.approx(0.2)
+    assert float(ds.p_generalises) == pytest.approx(0.75)
+    # the horizon at the interval's top: 90% of the crossings come before it
+    assert float(ds.p_by_horizon) == pytest.approx(0.9)
+    assert float(ds.p_grok) == pytest.approx(0.75 * 0.9)
+    assert ds.attrs["horizon"] == 1500
+    # at its bottom: 10%; at the geometric middle of the interval: one half
+    assert float(gs.forecast(designed, upto=500, horizon=800).p_by_horizon) == pytest.approx(0.1)
+    mid = gs.forecast(designed, upto=500, horizon=round(1000 * math.sqrt(0.8 * 1.5)))
+    assert float(mid.p_by_horizon) == pytest.approx(0.5, abs=1e-3)
+    # the signals enter through PG_COEF: test accuracy 0.05 at step 500
+    monkeypatch.setitem(fc.CONSTANTS, "PG_COEF", (20.0,))
+    monkeypatch.setitem(fc.CONSTANTS, "PG_BIAS", 0.0)
+    assert float(gs.forecast(designed, upto=500).p_generalises) == pytest.approx(
+        1 / (1 + math.exp(-1.0)))
+
+
+def test_v1_and_v2_probabilities_keep_their_one_logistic():
+    sig = dict.fromkeys(("loss_rel_peak", "loss_trend", "train_acc", "test_acc"), 0.0)
+    c = {**fc.CONSTANTS_V1, "LOGIT_COEF": (-1.0, 0.0, 0.0, 0.0, 0.0), "LOGIT_BIAS": 0.0}
+    # z = -log(1000 / 4000) = log 4: p = 4 / 5, and the two v3 parts do not exist
+    p, g, h = fc.p_grok(sig, 1000.0, "trend", 4000.0, c)
+    assert p == pytest.approx(0.8) and math.isnan(g) and math.isnan(h)
+    assert fc.p_grok(sig, 1000.0, "trend", 250.0, c)[0] == pytest.approx(0.2)
+    v2 = fc.p_grok({**sig, "gini_embed_rel": math.nan}, 1000.0, "early", 4000.0, fc.CONSTANTS_V2)
+    assert 0 < v2[0] < 1 and math.isnan(v2[1])
 
 
 def test_already_generalised_returns_the_observed_step(designed):
@@ -247,29 +270,38 @@ def test_cli_prints_json_and_names_the_flag(designed, capsys, monkeypatch):
 
 
 def test_fitted_constants_are_sane_and_are_the_fit():
-    c = fc.CONSTANTS
-    assert c["VERSION"] == 2
-    assert 0 < c["LOSS_CRIT"] < 1 and c["LOSS_GAIN"] > 0
-    assert c["EARLY_COEF"][1] < 0  # higher test accuracy: sooner
-    for lo, hi in (c["Q_TREND"], c["Q_EARLY"]):
-        assert 0 < lo < 1 < hi
-    assert fc.CONSTANTS_V1["FALLBACK_RATIO"] > 1
-    sig = dict.fromkeys(("loss_rel_peak", "loss_trend", "train_acc", "test_acc",
-                         "gini_embed_rel"), 0.0)
-    assert len(c["LOGIT_COEF"]) == len(fc.logit_features(sig, 10.0, 100.0)) == 7
-    assert len(fc.CONSTANTS_V1["LOGIT_COEF"]) == len(
-        fc.logit_features(sig, 10.0, 100.0, fc.CONSTANTS_V1)) == 5
     from pathlib import Path
 
-    fitted = json.loads((Path(__file__).resolve().parents[1] / "reports" / "forecast"
-                         / "constants_v2.json").read_text())["constants"]
-    assert set(fitted) == set(c)
-    for k, v in fitted.items():
-        np.testing.assert_allclose(np.asarray(c[k], float), np.asarray(v, float), rtol=1e-5,
-                                   atol=1e-6, err_msg=k)
+    c = fc.CONSTANTS
+    assert c["VERSION"] == 3 and fc.CONSTANTS_V2["VERSION"] == 2
+    for k in (c, fc.CONSTANTS_V2):
+        assert 0 < k["LOSS_CRIT"] < 1 and k["LOSS_GAIN"] > 0
+        assert k["EARLY_COEF"][1] < 0  # higher test accuracy: sooner
+        for lo, hi in (k["Q_TREND"], k["Q_EARLY"]):
+            assert 0 < lo < 1 < hi
+    assert fc.CONSTANTS_V1["FALLBACK_RATIO"] > 1
+    # P(generalises) rises with test accuracy and with a falling test loss
+    coef = dict(zip(c["PG_INPUTS"], c["PG_COEF"]))
+    assert set(coef) == {"test_acc", "acc_trend", "loss_rel_peak", "loss_trend"}
+    assert coef["test_acc"] > 0 and coef["loss_trend"] < 0
+    sig = dict.fromkeys(("loss_rel_peak", "loss_trend", "train_acc", "test_acc",
+                         "gini_embed_rel"), 0.0)
+    assert len(fc.CONSTANTS_V2["LOGIT_COEF"]) == len(
+        fc.logit_features(sig, 10.0, 100.0, fc.CONSTANTS_V2)) == 7
+    assert len(fc.CONSTANTS_V1["LOGIT_COEF"]) == len(
+        fc.logit_features(sig, 10.0, 100.0, fc.CONSTANTS_V1)) == 5
+    reports = Path(__file__).resolve().parents[1] / "reports" / "forecast"
+    for name, have in (("constants_v3.json", c), ("constants_v2.json", fc.CONSTANTS_V2)):
+        fitted = json.loads((reports / name).read_text())["constants"]
+        assert set(fitted) == set(have), name
+        for k, v in fitted.items():
+            if k == "PG_INPUTS":
+                assert tuple(have[k]) == tuple(v)
+                continue
+            np.testing.assert_allclose(np.asarray(have[k], float), np.asarray(v, float),
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{name}: {k}")
 
 
-@pytest.mark.slow  # the import traces the model with torch.export: ~20 s on a loaded 2-core box
 def test_imported_foreign_checkpoints_with_their_metric_names(tmp_path, monkeypatch):
     # someone else's loop: one torch file per checkpoint, metrics named val_acc / val_loss
     model = sequential()
@@ -418,9 +450,11 @@ def test_gini_embed_is_the_designed_sparsity(modular_seq):
     assert "'0.weight' (p = 7)" in late.attrs["gini_embed_source"]
 
 
-def test_gini_embed_enters_p_grok(modular_seq, designed, monkeypatch):
-    monkeypatch.setitem(fc.CONSTANTS, "LOGIT_COEF", (0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.5))
-    monkeypatch.setitem(fc.CONSTANTS, "LOGIT_BIAS", 0.0)
+def test_gini_embed_enters_v2s_p_grok(modular_seq, designed, monkeypatch):
+    # v3's P(generalises) does not read it (it lowered the cross-validated AUROC); v2's did
+    assert "gini_embed_rel" not in fc.CONSTANTS["PG_INPUTS"]
+    monkeypatch.setattr(fc, "CONSTANTS", {**fc.CONSTANTS_V2, "LOGIT_BIAS": 0.0,
+                                          "LOGIT_COEF": (0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.5)})
     # z = log 2 + 0.5 (the signal exists): p = 1 / (1 + exp(-z))
     z = math.log(2) + 0.5
     assert float(gs.forecast(modular_seq, upto=300).p_grok) == pytest.approx(
