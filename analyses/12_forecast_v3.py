@@ -291,6 +291,9 @@ def write_readme_block(block: str) -> None:
     if start in text:
         i, j = text.index(start), text.index(end) + len(end)
         text = text[:i] + block.rstrip("\n") + text[j:]
+    elif "<!-- forecast-v2:" in text:  # the newest version first
+        i = text.index("<!-- forecast-v2:")
+        text = text[:i] + block + "\n" + text[i:]
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.write_text(text)

@@ -22,7 +22,10 @@ def format_forecast(ds: Any) -> str:
                 f"(seen by step {upto}): p_grok = 1")
     lines = [
         f"from steps <= {upto}: p_grok = {p:.2f} (test accuracy >= {thr:g} by step "
-        f"{ds.attrs['horizon']})",
+        f"{ds.attrs['horizon']})" + (
+            f" = P(generalises) {float(ds.p_generalises):.2f} x P(by then) "
+            f"{float(ds.p_by_horizon):.2f}"
+            if "p_generalises" in ds and math.isfinite(float(ds.p_generalises)) else ""),
         f"predicted t_test = {float(ds.t_test_pred):.0f} (80% interval "
         f"{float(ds.t_test_low):.0f}-{float(ds.t_test_high):.0f}; {ds.attrs['branch']})",
         "signals: " + ", ".join(
@@ -41,8 +44,9 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     ds = forecast(args.run, upto=args.upto, threshold=args.threshold, horizon=args.horizon,
                   model=model, anatomy=anatomy)
     if args.json:
-        doc = {k: float(ds[k]) for k in ("p_grok", "t_test_pred", "t_test_low", "t_test_high",
-                                         "upto", "t_test_observed")}
+        doc = {k: float(ds[k]) for k in ("p_grok", "p_generalises", "p_by_horizon",
+                                         "t_test_pred", "t_test_low", "t_test_high", "upto",
+                                         "t_test_observed") if k in ds}
         doc.update({k: v for k, v in ds.attrs.items() if k != "constants"})
         doc = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                for k, v in doc.items()}  # NaN is not JSON: null

@@ -7,7 +7,7 @@
 :func:`forecast` reads only what a store holds at steps ``<= upto``: the scalar metrics (test
 and train accuracy and loss), the parameter norms of the checkpoints and, on modular-arithmetic
 tasks, the embedding table at the first step and at ``upto``. From them it computes a few
-*signals* (all returned in the result's attrs) and turns them into (forecast v2)
+*signals* (all returned in the result's attrs) and turns them into (forecast v3)
 
 * ``t_test_pred`` -- the predicted first step with test accuracy ``>= threshold``, from one of
   two branches. ``"trend"``: the log test loss falls clearly over the latest 30% of the steps
@@ -20,21 +20,23 @@ tasks, the embedding table at the first step and at ``upto``. From them it compu
   encoded forecasting at 25% of ``t_test``).
 * ``t_test_low`` / ``t_test_high`` -- an 80% interval: ``t_test_pred`` times its branch's 10%
   and 90% quantiles of ``true / predicted`` on the fit runs (``Q_TREND``, ``Q_EARLY``).
-* ``p_grok`` -- the probability that test accuracy reaches the threshold by ``horizon``
-  (default: the step budget ``gs.train`` records in the config, else ``10 * upto``): a
-  logistic model of ``log(t_test_pred / horizon)``, the test loss relative to its peak, the
-  relative test-loss trend, train and test accuracy and, on modular tasks, the growth of the
-  embedding's Fourier sparsity ``gini_embed_rel`` (:func:`embedding_gini`; the embedding is
-  the anatomy's ``embedding`` role, so any model the anatomy understands, or one given
-  ``anatomy={'embedding': KEY}``; without one the signal is NaN and enters as absent).
+* ``p_grok = p_generalises * p_by_horizon`` -- the probability that test accuracy reaches the
+  threshold by ``horizon`` (default: the step budget ``gs.train`` records in the config, else
+  ``10 * upto``). ``p_generalises`` is a logistic model of ``test_acc``, ``acc_trend``,
+  ``loss_rel_peak`` and ``loss_trend`` (``PG_*``); ``p_by_horizon`` the log-normal chance, from
+  the branch's interval, that ``t_test <= horizon`` (:func:`p_by_horizon`). Signals that do
+  not enter the model (the weight norm, the loss roughness and, on modular tasks, the growth
+  of the embedding's Fourier sparsity ``gini_embed_rel``, :func:`embedding_gini`) are still
+  computed and returned in attrs.
 
 A run whose test accuracy has already reached the threshold at a step ``<= upto`` gets
 ``p_grok = 1`` and ``t_test_pred = t_test_low = t_test_high =`` that step.
 
-The constants in :data:`CONSTANTS` were fitted by ``analyses/10_forecast_v2.py --fit`` on the
-FIT runs of ``analyses/07_forecast_runs.py`` (30 runs: modular-addition MLPs and a small
-transformer, sparse parity and digits MLPs; seeds 0-1) and evaluated, with v1's
-(:data:`CONSTANTS_V1`), on the separate HELDOUT2 runs; ``reports/forecast/README.md`` has the
+The constants in :data:`CONSTANTS` (forecast v3) were fitted by
+``analyses/12_forecast_v3.py --fit`` on the FIT, HELDOUT and HELDOUT2 runs of
+``analyses/07_forecast_runs.py`` (157 runs: modular-arithmetic MLPs and small transformers,
+sparse parity and digits MLPs) and judged, with v2's (:data:`CONSTANTS_V2`) and v1's
+(:data:`CONSTANTS_V1`), on the separate HELDOUT3 runs; ``reports/forecast/README.md`` has the
 evaluation, docs/forecast.md the signals that were tried and dropped.
 """
 
@@ -519,7 +521,8 @@ def forecast(
     Returns
     -------
     xr.Dataset
-        No dims. ``p_grok`` (probability in [0, 1]), ``t_test_pred``, ``t_test_low``,
+        No dims. ``p_grok`` (probability in [0, 1]) and its two factors ``p_generalises``
+        and ``p_by_horizon`` (NaN under v1 / v2 constants), ``t_test_pred``, ``t_test_low``,
         ``t_test_high`` (float64 steps; the 80% interval), ``upto`` (the last step used),
         ``t_test_observed`` (NaN unless the threshold was already reached). attrs:
         ``signal_<name>`` for every signal of :func:`forecast_signals`, ``branch``

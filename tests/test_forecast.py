@@ -261,8 +261,14 @@ def test_cli_prints_json_and_names_the_flag(designed, capsys, monkeypatch):
     ds = gs.forecast(designed, upto=500)
     assert doc["t_test_pred"] == float(ds.t_test_pred)
     assert doc["p_grok"] == float(ds.p_grok)
+    assert doc["p_grok"] == pytest.approx(doc["p_generalises"] * doc["p_by_horizon"])
     assert doc["branch"] == "trend"
     assert doc["t_test_observed"] is None  # NaN is written as null (strict JSON)
+    assert main(["forecast", str(designed.path), "--upto", "500"]) == 0
+    text = capsys.readouterr().out
+    assert (f"p_grok = {float(ds.p_grok):.2f}" in text
+            and f"= P(generalises) {float(ds.p_generalises):.2f} x P(by then) "
+                f"{float(ds.p_by_horizon):.2f}" in text)
     assert main(["forecast", str(designed.path)]) == 0
     assert "reached 0.9 at step 800" in capsys.readouterr().out
     assert main(["forecast", str(designed.path), "--upto", "-5"]) == 2
