@@ -178,18 +178,19 @@ def summarize(pts: list[dict], preds: list[dict]) -> dict:
     }
 
 
-def warning_leads(runs: list[dict]) -> dict:
+def warning_leads(runs: list[dict], p_at: Any = None) -> dict:
     """The earliest sustained warning of each grokking run: the first stored step from which
-    ``p_grok >= 0.5`` at every stored step until ``t_test``; lead = ``t_test`` minus it."""
+    ``p_grok >= 0.5`` at every stored step until ``t_test``; lead = ``t_test`` minus it.
+    ``p_at(run, upto) -> p_grok`` (default: v1's forecast)."""
+    if p_at is None:
+        def p_at(r: dict, u: int) -> float:
+            sig = fc.forecast_signals(cut(r["series"], u), THRESHOLD, V1)
+            return model_predict({"run": r, "upto": u, "sig": sig})["p"]
     leads, rel, never_alarm, never_last = [], [], [], []
     for r in runs:
         steps = r["series"]["steps"]
         end = r["t_test"] if r["groks"] else r["last_step"] + 1
-        ps = []
-        for u in steps[(steps >= 1) & (steps < end)]:
-            sig = fc.forecast_signals(cut(r["series"], int(u)), THRESHOLD, V1)
-            t, _ = fc.predict_time(sig, V1)
-            ps.append((int(u), fc.p_grok_of(fc.logit_features(sig, t, RUNS.CAP, V1), V1)))
+        ps = [(int(u), p_at(r, int(u))) for u in steps[(steps >= 1) & (steps < end)]]
         if not r["groks"]:
             never_alarm.append(any(p >= 0.5 for _, p in ps))
             never_last.append(bool(ps) and ps[-1][1] >= 0.5)

@@ -220,30 +220,9 @@ def meets(s: dict) -> int:
 
 
 def warning(runs: list[dict], c: dict) -> dict:
-    """Earliest sustained warning (p_grok >= 0.5 at every stored step until t_test) and the
-    never-generalising runs ever / finally alarmed (as analyses/08_forecast_eval.py)."""
-    leads, rel, ever, last = [], [], [], []
-    for r in runs:
-        steps = r["series"]["steps"]
-        end = r["t_test"] if r["groks"] else r["last_step"] + 1
-        ps = [(int(u), predict({"run": r, "upto": int(u)}, c)["p"])
-              for u in steps[(steps >= 1) & (steps < end)]]
-        if not r["groks"]:
-            ever.append(any(p >= 0.5 for _, p in ps))
-            last.append(bool(ps) and ps[-1][1] >= 0.5)
-            continue
-        first = None
-        for u, p in reversed(ps):
-            if p < 0.5:
-                break
-            first = u
-        lead = r["t_test"] - first if first is not None else 0.0
-        leads.append(lead)
-        rel.append(lead / r["t_test"])
-    return {"median_lead_steps": float(np.median(leads)) if leads else math.nan,
-            "median_lead_fraction": float(np.median(rel)) if rel else math.nan,
-            "never_runs_ever_alarmed": float(np.mean(ever)) if ever else math.nan,
-            "never_runs_alarmed_at_last_step": float(np.mean(last)) if last else math.nan}
+    """Earliest sustained warning and false alarms (:func:`EV.warning_leads`) of the forecast
+    with constants ``c``."""
+    return EV.warning_leads(runs, lambda r, u: predict({"run": r, "upto": u}, c)["p"])
 
 
 def figure(pts: list[dict], preds: dict[str, list[dict]], path: Path,
