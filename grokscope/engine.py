@@ -23,6 +23,7 @@ import torch
 import xarray as xr
 
 from . import results_io
+from ._device import pick_device
 from ._threads import auto_threads, check_threads, torch_threads
 from .anatomy import Anatomy, ModelView, resolve
 from .errors import ConfigError, GrokscopeError, StoreWriteError
@@ -45,21 +46,6 @@ class Results(dict):
         self.skipped: dict[str, str] = {}
         self.timings: dict[str, float] = {}
         self.threads: int | None = None
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` means CUDA when available, else CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:N]'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available: use 'auto'")
-    return dev
 
 
 def resolve_measures(selection: MeasureSelection) -> list[tuple[MeasureSpec, dict[str, Any]]]:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._device import pick_device
 from ._threads import auto_threads, available_cpus, check_threads, torch_threads
 from .data import Data
 from .errors import ConfigError, GrokscopeError, NotAStoreError, StoreError
@@ -68,18 +69,6 @@ def _check_float(name: str, value: Any, minimum: float, *, strict: bool = False)
         op = ">" if strict else ">="
         raise ConfigError(f"train: {name} must be {op} {minimum}, got {value!r}")
     return float(value)
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"train: unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train: device='cuda' but CUDA is not available; use device='auto'")
-    return dev
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> tuple[str, torch.dtype]:
@@ -411,7 +400,7 @@ def train(
     if norm_project is not None:
         norm_project = _check_float("norm_project", norm_project, 0.0, strict=True)
     dtype_name, torch_dtype = _resolve_dtype(dtype)
-    dev = _resolve_device(device)
+    dev = pick_device(device, who="train")
     if schedule is None:
         schedule = Schedule()
     elif isinstance(schedule, Mapping):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 import grokscope as gs
@@ -103,9 +104,21 @@ def test_resolve_measures_orders_dependencies_and_checks_params():
 
 def test_pick_device():
     assert pick_device("cpu").type == "cpu"
-    assert pick_device("auto").type in ("cpu", "cuda")
-    with pytest.raises(ConfigError):
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="unknown device 'warp-drive'.*'auto', 'cpu'"):
         pick_device("warp-drive")
+    with pytest.raises(ConfigError, match="^train: unknown device 3"):
+        pick_device(3, who="train")  # not a device string at all
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_says_use_auto(tmp_path):
+    with pytest.raises(ConfigError, match="^device 'cuda' was asked for but no CUDA GPU.*'auto'"):
+        pick_device("cuda")
+    with pytest.raises(ConfigError, match="^train: device 'cuda:1' was asked for"):
+        gs.train("modular", "mlp", tmp_path / "r.zarr", steps=2, device="cuda:1",
+                 progress=False)
 
 
 def test_reference_steps_are_part_of_the_skip_key(tmp_path):
