@@ -76,6 +76,10 @@ CACHE = Path("/tmp/gs/signals")
 N_AGOP, N_CENTROID, N_JACOBIAN, N_SEP = 256, 256, 64, 512
 #: checkpoints sampled in a point's trend window (its first and last included)
 N_WINDOW = 4
+#: configuration-bootstrap resamples for the CV gain's interval
+N_BOOT = 300
+#: a signal is worth adding when it raises the cross-validated AUROC by at least this much
+GAIN_MIN = 0.03
 #: the sets evaluated (HELDOUT3 is never read here)
 SETS = (("fit", "/tmp/gs/forecast_runs"), ("heldout", "/tmp/gs/forecast_runs"),
         ("heldout2", "/tmp/gs/forecast_runs2"))
@@ -332,11 +336,31 @@ def timing(pts: list[dict], k: str) -> float:
     return spearman(values(g, k), y)
 
 
+def residual_timing(pts: list[dict], k: str) -> float:
+    """Spearman of the signal with v2's log error ``log(t_test / t_test_pred)`` (grokking
+    points): could the signal correct v2's time prediction?"""
+    g = [p for p in pts if p["run"]["groks"]]
+    y = np.log(np.array([p["run"]["t_test"] / fc.predict_time(p["sig"], fc.CONSTANTS)[0]
+                         for p in g]))
+    return spearman(values(g, k), y)
+
+
 def v2_timing(pts: list[dict]) -> float:
     g = [p for p in pts if p["run"]["groks"]]
     y = np.log(np.array([p["run"]["t_test"] / p["upto"] for p in g]))
     t = np.log(np.array([fc.predict_time(p["sig"], fc.CONSTANTS)[0] / p["upto"] for p in g]))
     return spearman(t, y)
+
+
+def _auroc_fast(y: np.ndarray, s: np.ndarray) -> float:
+    """AUROC by ranks (ties count one half), as :func:`EV.auroc`."""
+    from scipy.stats import rankdata
+
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if not n1 or not n0:
+        return math.nan
+    r = rankdata(s)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def cross_validate(pts: list[dict], extras: list[tuple[str, ...]]) -> dict[str, dict]:
@@ -363,9 +387,17 @@ def cross_validate(pts: list[dict], extras: list[tuple[str, ...]]) -> dict[str, 
     finally:
         V2.signals = saved
     frac = np.array([p["fraction"] for p in pts])
+    gid = np.array([groups.index(V2.group_of(p)) for p in pts])
+    rng = np.random.default_rng(0)
+    boots = [rng.integers(0, len(groups), len(groups)) for _ in range(N_BOOT)]
+    idx = [np.concatenate([np.flatnonzero(gid == g) for g in b]) for b in boots]
+    base_boot = np.array([_auroc_fast(y[i], scores[()][i]) for i in idx])
     out = {}
     for ks, s in scores.items():
         row = {"all": EV.auroc(y, s)}
+        if ks:
+            d = np.array([_auroc_fast(y[i], s[i]) for i in idx]) - base_boot
+            row["gain_ci90"] = [float(np.quantile(d, 0.05)), float(np.quantile(d, 0.95))]
         for f in (0.25, 0.45, 0.55, 0.75):
             m = np.isclose(frac, f)
             row[f"{int(round(f * 100))}%"] = EV.auroc(y[m], s[m])
@@ -451,6 +483,7 @@ def report(runs: list[dict], dense: list[dict], ev: list[dict], cache: dict) -> 
             row[fam] = auroc_of([p for p in at50 if task_family(p["run"]["name"]) == fam], k)[0]
         row["spearman_timing"] = timing(dense, k)
         row["spearman_timing_50"] = timing([p for p in ev if p["fraction"] == 0.5], k)
+        row["spearman_v2_residual"] = residual_timing(dense, k)
         uni[k] = row
     extras = [(k,) for k in names]
     cv = cross_validate(dense, extras)
@@ -487,28 +520,46 @@ def report(runs: list[dict], dense: list[dict], ev: list[dict], cache: dict) -> 
     return doc
 
 
+def gain(row: dict, base: dict) -> str:
+    lo, hi = row["gain_ci90"]
+    return f"{row['all'] - base['all']:+.3f} ({lo:+.3f}, {hi:+.3f})"
+
+
+def verdict(doc: dict) -> str:
+    """The signals whose CV gain reaches :data:`GAIN_MIN` (the bar issue 12's brief set)."""
+    base = doc["cv"]["v2 inputs"]["all"]
+    gains = {k: v["all"] - base for k, v in doc["cv"].items() if k != "v2 inputs"}
+    kept = [k for k, g in gains.items() if g >= GAIN_MIN]
+    best = max(gains, key=gains.get)
+    if kept:
+        return (f"Signals whose cross-validated AUROC gain reaches {GAIN_MIN}: "
+                + ", ".join(f"`{k}` ({gains[k]:+.3f})" for k in kept) + ".")
+    return (f"No candidate reaches a cross-validated AUROC gain of {GAIN_MIN} over v2's inputs "
+            f"(best: `{best}`, {gains[best]:+.3f}).")
+
+
 def markdown(doc: dict, fams: tuple[str, ...]) -> str:
     cov = ", ".join(f"{w}: {a} of {b}" for w, (a, b) in doc["by_set"].items())
     base = doc["cv"]["v2 inputs"]
     rows = ["| signal | AUROC 25% | 50% | 75% | " + " | ".join(f"50% {f}" for f in fams)
-            + " | CV AUROC (v2 inputs + signal) | gain | gain, CV on FIT only "
-            "| Spearman with log(t_test/upto) |",
-            "|---|---|---|---|" + "---|" * len(fams) + "---|---|---|---|"]
+            + " | CV AUROC (v2 inputs + signal) | gain (90% CI) | gain, CV on FIT only "
+            "| Spearman with log(t_test/upto) | with v2's log(t_test/t_pred) |",
+            "|---|---|---|---|" + "---|" * len(fams) + "---|---|---|---|---|"]
     base_fit = doc["cv_fit_only"]["v2 inputs"]["all"]
     for k, u in doc["univariate"].items():
         c = doc["cv"][k]["all"]
         ref = " (already in gs.forecast's signals)" if k in REFERENCE else ""
         rows.append(f"| `{k}`{ref} | {fmt(u['25%'])} | {fmt(u['50%'])} | {fmt(u['75%'])} | "
                     + " | ".join(fmt(u[f]) for f in fams)
-                    + f" | {fmt(c)} | {c - base['all']:+.3f} | "
+                    + f" | {fmt(c)} | {gain(doc['cv'][k], base)} | "
                     f"{doc['cv_fit_only'][k]['all'] - base_fit:+.3f} | "
-                    f"{fmt(u['spearman_timing'])} |")
+                    f"{fmt(u['spearman_timing'])} | {fmt(u['spearman_v2_residual'])} |")
     for name, ks in doc["groups"].items():
         key = "+".join(ks)
         c = doc["cv"][key]["all"]
         rows.append(f"| group `{name}`: {', '.join(ks)} | | | | " + " | " * len(fams)
-                    + f"{fmt(c)} | {c - base['all']:+.3f} | "
-                    f"{doc['cv_fit_only'][key]['all'] - base_fit:+.3f} | |")
+                    + f"{fmt(c)} | {gain(doc['cv'][key], base)} | "
+                    f"{doc['cv_fit_only'][key]['all'] - base_fit:+.3f} | | |")
     held = doc["fit_then_heldout"]
     cols = list(held["v2 inputs"])
     hrows = ["| model (fitted on FIT dense points) | " + " | ".join(cols) + " |",
@@ -546,6 +597,11 @@ refitted per fold, scored on the held-out configuration's dense points, pooled. 
 seven inputs): **{base['all']:.3f}**. **Spearman**: with `log(t_test / upto)` over the grokking
 dense points (v2's own `log(t_test_pred / upto)`: {doc['v2_timing_spearman']:.2f}; at 50%:
 {doc['v2_timing_spearman_50']:.2f}).
+
+{verdict(doc)} The interval is a bootstrap over configurations (both seeds together,
+{N_BOOT} resamples) of the paired difference of pooled CV AUROCs. "with v2's
+log(t_test/t_pred)": Spearman with v2's time error over the grokking dense points (a signal
+that could correct the time prediction would show here).
 
 {chr(10).join(rows)}
 
