@@ -411,6 +411,33 @@ def _base(pts: list[dict], c: dict) -> np.ndarray:
                      for p in pts])
 
 
+def time_correction_cv(pts: list[dict], names: list[str]) -> dict[str, dict]:
+    """Could a signal correct v2's time prediction? Leave one configuration out over the
+    grokking dense points: ``log(t_test / t_pred) = a + b z`` (``z`` the signal standardised
+    on the training configurations, NaN -> 0) fitted per fold by least squares, applied to
+    the held-out configuration; median ``|pred - true| / true`` against v2 uncorrected and
+    against the intercept alone (a recalibration that uses no signal)."""
+    g = [p for p in pts if p["run"]["groks"]]
+    t_pred = np.array([fc.predict_time(p["sig"], fc.CONSTANTS)[0] for p in g])
+    true = np.array([p["run"]["t_test"] for p in g], dtype=np.float64)
+    r = np.log(true / t_pred)
+    gid = np.array([V2.group_of(p) for p in g])
+    out = {"v2 uncorrected": float(np.median(np.abs(t_pred - true) / true))}
+    for k in ["intercept only", *names]:
+        v = np.zeros(len(g)) if k == "intercept only" else values(g, k)
+        pred = np.empty(len(g))
+        for grp in np.unique(gid):
+            te = gid == grp
+            fin = np.isfinite(v) & ~te
+            mu, sd = (float(v[fin].mean()), float(v[fin].std())) if fin.any() else (0.0, 1.0)
+            z = np.where(np.isfinite(v), (v - mu) / (sd if sd > 0 else 1.0), 0.0)
+            x = np.column_stack([np.ones(len(g)), z])
+            coef, *_ = np.linalg.lstsq(x[~te], r[~te], rcond=None)
+            pred[te] = t_pred[te] * np.exp(x[te] @ coef)
+        out[k] = float(np.median(np.abs(pred - true) / true))
+    return out
+
+
 def _design(pts: list[dict], base: np.ndarray, ks: tuple[str, ...],
             ref: list[dict]) -> np.ndarray:
     """``base`` (v2's inputs at ``pts``) plus the signals ``ks`` standardised on ``ref``."""
@@ -496,6 +523,7 @@ def report(runs: list[dict], dense: list[dict], ev: list[dict], cache: dict) -> 
     fit_dense = [p for p in dense if p["run"]["set"] == "fit"]
     cv_fit = cross_validate(fit_dense, extras + list(groups.values()))
     held = fit_then_test(dense, ev, extras + list(groups.values()))
+    timecv = time_correction_cv(dense, names)
     fam_counts = {}
     for fam in fams:
         sel = [p for p in ev if p["fraction"] == 0.5 and task_family(p["run"]["name"]) == fam]
@@ -503,7 +531,7 @@ def report(runs: list[dict], dense: list[dict], ev: list[dict], cache: dict) -> 
                            sum(not p["run"]["groks"] for p in sel))
     doc = {
         "covered": sorted(covered), "by_set": by_set, "univariate": uni, "cv": cv,
-        "cv_fit_only": cv_fit, "fit_then_heldout": held,
+        "cv_fit_only": cv_fit, "fit_then_heldout": held, "time_correction_cv": timecv,
         "groups": {k: list(v) for k, v in groups.items()},
         "n_dense": len(dense), "n_eval": len(ev), "family_counts_50": fam_counts,
         "v2_timing_spearman": v2_timing(dense),
@@ -543,8 +571,10 @@ def markdown(doc: dict, fams: tuple[str, ...]) -> str:
     base = doc["cv"]["v2 inputs"]
     rows = ["| signal | AUROC 25% | 50% | 75% | " + " | ".join(f"50% {f}" for f in fams)
             + " | CV AUROC (v2 inputs + signal) | gain (90% CI) | gain, CV on FIT only "
-            "| Spearman with log(t_test/upto) | with v2's log(t_test/t_pred) |",
-            "|---|---|---|---|" + "---|" * len(fams) + "---|---|---|---|---|"]
+            "| Spearman with log(t_test/upto) | with v2's log(t_test/t_pred) "
+            "| CV median rel. err, v2 time corrected by it |",
+            "|---|---|---|---|" + "---|" * len(fams) + "---|---|---|---|---|---|"]
+    tc = doc["time_correction_cv"]
     base_fit = doc["cv_fit_only"]["v2 inputs"]["all"]
     for k, u in doc["univariate"].items():
         c = doc["cv"][k]["all"]
@@ -553,13 +583,14 @@ def markdown(doc: dict, fams: tuple[str, ...]) -> str:
                     + " | ".join(fmt(u[f]) for f in fams)
                     + f" | {fmt(c)} | {gain(doc['cv'][k], base)} | "
                     f"{doc['cv_fit_only'][k]['all'] - base_fit:+.3f} | "
-                    f"{fmt(u['spearman_timing'])} | {fmt(u['spearman_v2_residual'])} |")
+                    f"{fmt(u['spearman_timing'])} | {fmt(u['spearman_v2_residual'])} | "
+                    f"{100 * tc[k]:.1f}% |")
     for name, ks in doc["groups"].items():
         key = "+".join(ks)
         c = doc["cv"][key]["all"]
         rows.append(f"| group `{name}`: {', '.join(ks)} | | | | " + " | " * len(fams)
                     + f"{fmt(c)} | {gain(doc['cv'][key], base)} | "
-                    f"{doc['cv_fit_only'][key]['all'] - base_fit:+.3f} | | |")
+                    f"{doc['cv_fit_only'][key]['all'] - base_fit:+.3f} | | | |")
     held = doc["fit_then_heldout"]
     cols = list(held["v2 inputs"])
     hrows = ["| model (fitted on FIT dense points) | " + " | ".join(cols) + " |",
@@ -601,7 +632,11 @@ dense points (v2's own `log(t_test_pred / upto)`: {doc['v2_timing_spearman']:.2f
 {verdict(doc)} The interval is a bootstrap over configurations (both seeds together,
 {N_BOOT} resamples) of the paired difference of pooled CV AUROCs. "with v2's
 log(t_test/t_pred)": Spearman with v2's time error over the grokking dense points (a signal
-that could correct the time prediction would show here).
+that could correct the time prediction would show here). "CV median rel. err": v2's
+`t_test_pred` times `exp(a + b z)`, `z` the standardised signal, `a, b` fitted by least
+squares on the other configurations' grokking dense points (leave one configuration out);
+v2 uncorrected: {100 * doc['time_correction_cv']['v2 uncorrected']:.1f}%, intercept only
+(no signal): {100 * doc['time_correction_cv']['intercept only']:.1f}%.
 
 {chr(10).join(rows)}
 
