@@ -518,6 +518,9 @@ def report(runs: list[dict], dense: list[dict], ev: list[dict], cache: dict) -> 
         "agop": ("nfa", "nfa_trend", "agop_stability"),
         "alignment": ("centroid_align", "jac_norm_rel", "jac_norm_trend"),
         "separation": ("sep_test", "sep_gap", "sep_test_trend"),
+        # v3 candidates: the test-accuracy trend (no forward pass) with the best new ones
+        "acc_trend + best new": ("acc_trend", "agop_stability", "sep_gap"),
+        "acc_trend + sep_train_trend": ("acc_trend", "sep_train_trend"),
     }
     cv.update(cross_validate(dense, list(groups.values())))
     fit_dense = [p for p in dense if p["run"]["set"] == "fit"]
