@@ -466,9 +466,11 @@ fixed (`analyses/09_forecast_fourier.py`, [fourier_signals.md](fourier_signals.m
 Fourier sparsity of the embedding (`gini_embed`, from the weights alone) separates grokking
 from never-generalising points better than any signal in the model on the same points; the
 restricted-loss trend is close behind; key-frequency stability is weak. They are not in the
-model yet (a follow-up: fit on FIT runs, validate on fresh held-out runs). Not evaluated
-(time): AGOP alignment, Jacobian/centroid alignment, class-separation ratios; each needs a
-forward pass per checkpoint, which the forecast avoids (it reads metrics and norms only).
+model yet (a follow-up: fit on FIT runs, validate on fresh held-out runs). AGOP / NFA,
+Jacobian / centroid alignment and class-separation signals (each needs a forward pass per
+checkpoint, which the forecast avoids) were evaluated later on FIT + HELDOUT + HELDOUT2 by
+`analyses/11_forecast_signals.py` ([extra_signals.md](extra_signals.md)): none adds to the
+model's inputs.
 
 Fitted constants (`grokscope.forecast.CONSTANTS`, from `constants.json`):
 `{json.dumps(fitted["constants"])}`
