@@ -10,7 +10,8 @@ share a file and need no locking. Three ways to run them:
 ``workers=N``
     a private ``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)``, started for
     the call and shut down afterwards (one process per worker: torch and Python's GIL never
-    contend; Dask sets ``OMP_NUM_THREADS=1`` in each worker);
+    contend; Dask sets ``OMP_NUM_THREADS=1`` in each worker, and each task first sets the
+    worker process's malloc thresholds: :mod:`grokscope.worker_setup`);
 ``scheduler="tcp://host:8786"`` (or a ``distributed.Client``)
     an existing cluster (``dask scheduler`` / ``dask worker``, see ``docs/distributed.md``).
     The stores must then live on storage every worker can reach (a shared filesystem or an
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, GrokscopeError
+from .worker_setup import WorkerSetup, prepare_process
 
 __all__ = [
     "DistributedError",
@@ -192,9 +194,12 @@ def map_runs(
                 from distributed import as_completed
 
                 futures = {}
+                # malloc thresholds only: each task (training, analysis) sets its threads
+                setup = WorkerSetup(threads=None)
                 for key, kwargs in tasks.items():
-                    fut = client.submit(fn, pure=False, key=f"grokscope-{_slug(key)}-"
-                                        f"{time.monotonic_ns()}", **kwargs)
+                    fut = client.submit(_prepared_call, fn, setup, pure=False,
+                                        key=f"grokscope-{_slug(key)}-{time.monotonic_ns()}",
+                                        **kwargs)
                     futures[fut] = key
                 try:
                     for fut in as_completed(list(futures)):
@@ -223,6 +228,13 @@ def map_runs(
             "stored):\n" + "\n".join(lines) + more, failures, ordered
         ) from first
     return ordered
+
+
+def _prepared_call(fn: Callable[..., Any], setup: WorkerSetup, **kwargs: Any) -> Any:
+    """``fn(**kwargs)`` in a worker process prepared by
+    :func:`grokscope.worker_setup.prepare_process` (the task :func:`map_runs` submits)."""
+    prepare_process(setup)
+    return fn(**kwargs)
 
 
 def _slug(key: str) -> str:
