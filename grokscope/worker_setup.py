@@ -39,8 +39,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import torch
-
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "WorkerSetup", "prepare_process", "tune_malloc"]
 
 #: glibc's ``mallopt`` parameter numbers (malloc.h)
@@ -120,6 +118,8 @@ def prepare_process(setup: WorkerSetup | None) -> bool:
     """
     if setup is None or os.getpid() == setup.caller_pid:
         return False
+    import torch  # here: the malloc part works (and is tested) without torch
+
     tune_malloc()
     if setup.threads is not None and torch.get_num_threads() != setup.threads:
         torch.set_num_threads(setup.threads)
