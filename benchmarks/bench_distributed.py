@@ -68,7 +68,7 @@ def _analyze(path: Path, **dask) -> tuple[float, xr.Dataset]:
 
     t0 = time.perf_counter()
     res = gs.analyze(path, {MEASURE: PARAMS}, device="cpu", progress=False,
-                     recompute=True, num_threads=None if dask else 1, **dask)
+                     recompute=True, num_threads=1, **dask)
     return time.perf_counter() - t0, res[MEASURE]
 
 
@@ -82,6 +82,13 @@ def _warm_worker(path: str) -> None:
     alignment(Checkpoint(0, run.model_at(int(run.steps[0])).eval(), run.data), split="all")
 
 
+def _faults() -> int:
+    """Minor page faults of this process so far (a worker's, through ``client.run``)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def run(quick: bool = False) -> list[Row]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -93,9 +100,15 @@ def run(quick: bool = False) -> list[Row]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _label(k: int) -> str:
+    return f"{k} worker{'s' if k > 1 else ''}"
+
+
 def _run(quick: bool, tmp: Path) -> list[Row]:
     import dask
     from distributed import Client, LocalCluster
+
+    from grokscope.worker_setup import KEEP_ENV
 
     p, width, steps, counts, rounds = (
         (17, 64, 24, (1, 2), 1) if quick else (31, 256, 120, (1, 2, 4), 3)
@@ -104,54 +117,75 @@ def _run(quick: bool, tmp: Path) -> list[Row]:
     _record(path, p=p, width=width, steps=steps)
 
     reference = _analyze(path)[1]  # also warms this process
-    times: dict[str, list[float]] = {"serial": []}
-    cpu: dict[str, list[float]] = {"serial": []}  # CPU seconds: this process (+ the workers)
+    # configurations: (workers, keep Dask's malloc setting); the latter is the cost before
+    # grokscope.worker_setup (a step in a worker cost ~1.4x the CPU of a plain step)
+    configs = [(k, False) for k in counts] + [(k, True) for k in counts[:2]]
+    times: dict = {"serial": []}
+    cpu: dict = {"serial": []}  # CPU seconds: this process (+ the workers)
+    faults: dict = {}  # minor page faults in the workers
     clusters = {}
     try:
-        for k in counts:
+        for k, keep in configs:
             with dask.config.set({"distributed.worker.profile.enabled": False}):  # as
                 # gs.analyze(workers=k) starts its cluster (see grokscope.distributed)
                 cluster = LocalCluster(n_workers=k, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=None,
+                                       env={KEEP_ENV: "dask"} if keep else None)
             client = Client(cluster)
-            clusters[k] = (cluster, client)
+            clusters[k, keep] = (cluster, client)
             client.run(_warm_worker, str(path))  # every worker, before any timing
-            times[f"dask{k}"], cpu[f"dask{k}"] = [], []
+            times[k, keep], cpu[k, keep], faults[k, keep] = [], [], []
         for _ in range(rounds):
             c0 = time.process_time()
             times["serial"].append(_analyze(path)[0])
             cpu["serial"].append(time.process_time() - c0)
-            for k, (_, client) in clusters.items():
+            for key, (_, client) in clusters.items():
                 before, c0 = client.run(time.process_time), time.process_time()
+                f0 = client.run(_faults)
                 t, ds = _analyze(path, scheduler=client)
-                after = client.run(time.process_time)
-                cpu[f"dask{k}"].append(time.process_time() - c0
-                                       + sum(after[w] - before[w] for w in after))
+                after, f1 = client.run(time.process_time), client.run(_faults)
+                cpu[key].append(time.process_time() - c0
+                                + sum(after[w] - before[w] for w in after))
+                faults[key].append(sum(f1[w] - f0[w] for w in f1))
                 xr.testing.assert_identical(ds, reference)
-                times[f"dask{k}"].append(t)
+                times[key].append(t)
     finally:
         for cluster, client in clusters.values():
             client.close()
             cluster.close()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    med = statistics.median
     print(f"# bench_distributed: {steps} checkpoints, {os.cpu_count()} cores, load average "
           f"{load:.1f}; results identical to the serial path; seconds per round: "
-          + ", ".join(f"{k} {[round(t, 1) for t in v]}" for k, v in times.items()),
+          + ", ".join(f"{k} {[round(t, 1) for t in v]}" for k, v in times.items())
+          + "; CPU s: " + ", ".join(f"{k} {[round(t, 1) for t in v]}" for k, v in cpu.items())
+          + "; worker page faults (median): "
+          + ", ".join(f"{k} {med(v):.0f}" for k, v in faults.items()),
           file=sys.stderr)
-    t_serial = statistics.median(times["serial"])
-    c_serial = statistics.median(cpu["serial"])
+    t_serial, c_serial = med(times["serial"]), med(cpu["serial"])
     name = f"{MEASURE} over a {steps}-checkpoint run ({os.cpu_count()} cores)"
     rows = [
-        Row(name, f"LocalCluster, {k} worker{'s' if k > 1 else ''}: wall",
-            statistics.median(times[f"dask{k}"]), "serial analyze (1 thread): wall", t_serial,
+        Row(name, f"LocalCluster, {_label(k)}: wall", med(times[k, False]),
+            "serial analyze (1 thread): wall", t_serial,
             "grows with workers, up to the free cores")
         for k in counts
     ]
     rows += [
-        Row(name, f"LocalCluster, {k} worker{'s' if k > 1 else ''}: CPU s, workers + caller",
-            statistics.median(cpu[f"dask{k}"]), "serial analyze: CPU s", c_serial,
-            "~1x (the work chunking adds)")
+        Row(name, f"LocalCluster, {_label(k)}: wall", med(times[k, False]),
+            f"{_label(k)} with Dask's malloc setting: wall", med(times[k, True]),
+            "> 1x (worker_setup.tune_malloc)")
+        for k in counts[:2]
+    ]
+    rows += [
+        Row(name, f"LocalCluster, {_label(k)}: CPU s, workers + caller", med(cpu[k, False]),
+            "serial analyze: CPU s", c_serial, "~1x (the work chunking adds)")
         for k in counts
+    ]
+    rows += [
+        Row(name, f"LocalCluster, {_label(k)}: CPU s", med(cpu[k, False]),
+            f"{_label(k)} with Dask's malloc setting: CPU s", med(cpu[k, True]),
+            "~1.4x (the cost tune_malloc removes)")
+        for k in counts[:2]
     ]
     return rows
 

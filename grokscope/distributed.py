@@ -123,7 +123,8 @@ def dask_client(workers: int | None = None, scheduler: Any = None) -> Iterator[A
 
     # Dask's statistical profiler samples every worker thread's stack every 10 ms: measured
     # here to cost ~1.4x CPU on torch-heavy steps (alignment with full Jacobians: 3.2-3.6 CPU
-    # s in a worker with it, 2.5-2.6 s without, 1.9 s in a plain process)
+    # s in a worker with it, 2.5-2.6 s without, 1.9 s in a plain process; the rest of that
+    # gap was glibc's fixed mmap threshold, which grokscope.worker_setup now removes)
     with dask.config.set({"distributed.worker.profile.enabled": False}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None)
