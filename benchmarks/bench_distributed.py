@@ -17,12 +17,22 @@ the serial analysis's: the work chunking adds (shipping tasks and parts, opening
 task, merging), which other load on the machine does not change. Medians over interleaved
 rounds.
 
-Measured (full size, 2 shared cores, load average 6.3, 2026-12-01): serial 16.95 s wall /
-12.5 CPU s; 1, 2, 4 workers 21.4, 20.8, 21.6 s wall (0.8x) / 17.8, 19.7, 20.9 CPU s: no
-speed-up on a busy 2-core machine, and a worker process spends ~1.35x the CPU of a plain
-process per step (cause not found; see docs/distributed.md). Quiet machine (load ~1.2), after
-workers open the run once per analysis: serial 12.54 s; 1, 2, 4 workers 17.1, 10.2, 11.4 s
-(0.7x, 1.2x, 1.1x): the time falls with workers up to the 2 cores.
+Two more rows per count time clusters whose workers keep Dask's malloc setting
+(``GROKSCOPE_WORKER_MALLOC=dask``): the cost before :mod:`grokscope.worker_setup`, and the
+workers' minor page faults are printed for every configuration.
+
+Why a worker step cost ~1.4x (found): Dask's nanny starts workers with
+``MALLOC_TRIM_THRESHOLD_=65536``; any glibc malloc tunable fixes the mmap threshold at 128 KiB,
+so every tensor above it is a fresh mmap, zero-filled page by page (12 alignment steps: 355,000
+minor faults and 1.71 CPU s in a worker, 38,000-111,000 and 1.05-1.34 s in a plain process).
+``worker_setup.tune_malloc`` sets the thresholds glibc's dynamic rule settles at (mmap 32 MiB,
+trim 64 MiB) in each worker process.
+
+Measured after the fix (full size, 2 cores shared with other benchmarks, load average 10-16,
+2026-12-01; wall times say little at that load): CPU s serial 13.96; 1, 2, 4 workers 14.17,
+15.31, 16.80 (1.02x, 1.10x, 1.20x of serial: ~0.7 s per extra worker, opening the run there);
+with Dask's malloc setting 1 and 2 workers 22.90 and 24.76 CPU s (1.6x more than with the
+fix), 3.59 million worker page faults against 5,900-8,300.
 """
 
 from __future__ import annotations
