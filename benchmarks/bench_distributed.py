@@ -30,7 +30,9 @@ trim 64 MiB) in each worker process.
 
 Measured after the fix (full size, 2 cores shared with other benchmarks, load average 10-16,
 2026-12-01; wall times say little at that load): CPU s serial 13.96; 1, 2, 4 workers 14.17,
-15.31, 16.80 (1.02x, 1.10x, 1.20x of serial: ~0.7 s per extra worker, opening the run there);
+15.31, 16.80 (1.02x, 1.10x, 1.20x of serial: Dask's own loops, ~0.02 CPU s per worker and
+0.03-0.07 s in the caller per second of wall time, the caller's merge and write ~0.4 s, and 4
+processes switching on 2 cores);
 with Dask's malloc setting 1 and 2 workers 22.90 and 24.76 CPU s (1.6x more than with the
 fix), 3.59 million worker page faults against 5,900-8,300.
 """
