@@ -14,9 +14,9 @@ environment variable on a plain process gives the same cost (1.53-1.75 CPU s, 35
 faults); so does ``MALLOC_MMAP_THRESHOLD_=131072`` alone, and so does a *large*
 ``MALLOC_TRIM_THRESHOLD_`` (1 GiB): the fixed mmap threshold is the cause, not trimming.
 
-**The fix**: :func:`tune_malloc` sets, through ``mallopt``, the values glibc's dynamic rule
-settles at for such a program: mmap threshold 32 MiB (its ceiling on 64-bit) and trim
-threshold twice that. In a worker the 12 steps then cost 1.05-1.07 CPU s and 2,000-39,000
+**The fix**: :func:`tune_malloc` sets, through ``mallopt``, fixed values in the spirit of
+glibc's dynamic rule: the mmap threshold at the rule's ceiling (32 MiB on 64-bit) and the trim
+threshold at twice that, as the rule sets it. In a worker the 12 steps then cost 1.05-1.07 CPU s and 2,000-39,000
 faults, as in a plain process. It runs once per worker process, from the first grokscope
 task (so it also holds on clusters started by others). The memory a worker keeps after a task
 is then at most ~64 MiB more than Dask's setting would keep. ``GROKSCOPE_WORKER_MALLOC=dask``
@@ -28,7 +28,9 @@ task slot by default), rather than whatever the process started with: Dask's nan
 in-house launcher) would run torch with every core in every worker process.
 
 Workers that are threads of the calling process (``LocalCluster(processes=False)``) are left
-alone: both settings are process-wide and belong to the caller there.
+alone: the malloc thresholds are process-wide, torch's threads partly so (MKL's count), and
+both belong to the caller there. torch's count through OpenMP is per thread: it is set in the
+task's thread (the worker's executor thread), where the task's torch work runs.
 """
 
 from __future__ import annotations
