@@ -125,17 +125,46 @@ def dask_client(workers: int | None = None, scheduler: Any = None) -> Iterator[A
     # here to cost ~1.4x CPU on torch-heavy steps (alignment with full Jacobians: 3.2-3.6 CPU
     # s in a worker with it, 2.5-2.6 s without, 1.9 s in a plain process; the rest of that
     # gap was glibc's fixed mmap threshold, which grokscope.worker_setup now removes)
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-    try:
-        client = Client(cluster)
+    with nanny_environ_undone():
+        with dask.config.set({"distributed.worker.profile.enabled": False}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
         try:
-            yield client
+            client = Client(cluster)
+            try:
+                yield client
+            finally:
+                client.close()
         finally:
-            client.close()
+            cluster.close()
+
+
+@contextmanager
+def nanny_environ_undone() -> Iterator[None]:
+    """This process's environment as it was before, for the variables Dask's nanny sets.
+
+    A nanny writes its ``distributed.nanny.pre-spawn-environ`` variables
+    (``MALLOC_TRIM_THRESHOLD_=65536``, ``OMP_NUM_THREADS=1`` ...) into the *caller's*
+    ``os.environ`` before it starts a worker, and leaves them there: every process the caller
+    starts afterwards (a training script, a notebook's ``!python ...``) would inherit one
+    OpenMP thread and glibc's fixed 128 KiB mmap threshold (each step ~1.4x the CPU, see
+    :mod:`grokscope.worker_setup`). On exit those variables get back their earlier values
+    (or are removed).
+    """
+    import dask
+    import distributed  # noqa: F401  (registers the nanny's defaults in dask.config)
+
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    keys |= {"PYTHONHASHSEED"}  # the nanny adds it too
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
     finally:
-        cluster.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def map_runs(

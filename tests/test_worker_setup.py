@@ -165,3 +165,32 @@ def test_worker_processes_are_prepared_and_results_equal_serial(tmp_path):
     assert after["threads"] == 2
     assert after["tuned"] is GLIBC
     xr.testing.assert_allclose(res["nfa"], serial["nfa"])
+
+
+def test_the_nannys_variables_leave_the_callers_environment(monkeypatch):
+    """What a nanny writes into the caller's os.environ is undone on exit: later child
+    processes would otherwise inherit Dask's malloc setting and one OpenMP thread."""
+    from grokscope.distributed import nanny_environ_undone
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.setenv("SOMETHING_ELSE", "a")
+    with nanny_environ_undone():
+        os.environ.update({"MALLOC_TRIM_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"})
+        os.environ["SOMETHING_ELSE"] = "b"  # not the nanny's: left as the caller set it
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+    assert os.environ["SOMETHING_ELSE"] == "b"
+
+
+@pytest.mark.slow
+def test_a_private_cluster_leaves_the_callers_environment_as_it_was(monkeypatch):
+    from grokscope.distributed import dask_client
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with dask_client(workers=1) as client:
+        seen = list(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values())
+    assert seen == ["65536"]  # the worker got Dask's setting (worker_setup tunes it there)
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    assert "OMP_NUM_THREADS" not in os.environ
