@@ -17,12 +17,29 @@ the serial analysis's: the work chunking adds (shipping tasks and parts, opening
 task, merging), which other load on the machine does not change. Medians over interleaved
 rounds.
 
-Measured (full size, 2 shared cores, load average 6.3, 2026-12-01): serial 16.95 s wall /
-12.5 CPU s; 1, 2, 4 workers 21.4, 20.8, 21.6 s wall (0.8x) / 17.8, 19.7, 20.9 CPU s: no
-speed-up on a busy 2-core machine, and a worker process spends ~1.35x the CPU of a plain
-process per step (cause not found; see docs/distributed.md). Quiet machine (load ~1.2), after
-workers open the run once per analysis: serial 12.54 s; 1, 2, 4 workers 17.1, 10.2, 11.4 s
-(0.7x, 1.2x, 1.1x): the time falls with workers up to the 2 cores.
+Two more rows per count time clusters whose workers keep Dask's malloc setting
+(``GROKSCOPE_WORKER_MALLOC=dask``): the cost before :mod:`grokscope.worker_setup`, and the
+workers' minor page faults are printed for every configuration.
+
+Why a worker step cost ~1.4x (found): Dask's nanny starts workers with
+``MALLOC_TRIM_THRESHOLD_=65536``; any glibc malloc tunable fixes the mmap threshold at 128 KiB,
+so every tensor above it is a fresh mmap, zero-filled page by page (12 alignment steps: 355,000
+minor faults and 1.71 CPU s in a worker, 38,000-111,000 and 1.05-1.34 s in a plain process).
+``worker_setup.tune_malloc`` sets the thresholds glibc's dynamic rule settles at (mmap 32 MiB,
+trim 64 MiB) in each worker process.
+
+Measured after the fix (full size, 2 cores shared with other benchmarks, load average 10-16,
+2026-12-01; wall times say little at that load): CPU s serial 13.96; 1, 2, 4 workers 14.17,
+15.31, 16.80 (1.02x, 1.10x, 1.20x of serial: Dask's own loops, ~0.02 CPU s per worker and
+0.03-0.07 s in the caller per second of wall time, the caller's merge and write ~0.4 s, and 4
+processes switching on 2 cores);
+with Dask's malloc setting 1 and 2 workers 22.90 and 24.76 CPU s (1.6x more than with the
+fix), 3.59 million worker page faults against 5,900-8,300. A second run (load ~9): CPU s serial
+16.29; 1, 2, 4 workers 17.90, 18.63, 19.53; Dask's malloc 25.50, 26.04; wall 23.2 s serial,
+20.7, 19.7, 18.4 s with 1, 2, 4 workers (the other jobs held the cores in both runs: a speed-up
+that grows with workers needs free cores). A third (load ~6.4): CPU s serial 14.44; 1, 2, 4
+workers 13.60, 13.16, 14.26 (0.91-0.99x of serial); Dask's malloc 21.61, 23.43; wall 18.2 s
+serial, 15.9, 16.2, 15.1 s; worker page faults 4,400-19,000 against 3.59 million.
 """
 
 from __future__ import annotations
@@ -68,7 +85,7 @@ def _analyze(path: Path, **dask) -> tuple[float, xr.Dataset]:
 
     t0 = time.perf_counter()
     res = gs.analyze(path, {MEASURE: PARAMS}, device="cpu", progress=False,
-                     recompute=True, num_threads=None if dask else 1, **dask)
+                     recompute=True, num_threads=1, **dask)
     return time.perf_counter() - t0, res[MEASURE]
 
 
@@ -82,6 +99,13 @@ def _warm_worker(path: str) -> None:
     alignment(Checkpoint(0, run.model_at(int(run.steps[0])).eval(), run.data), split="all")
 
 
+def _faults() -> int:
+    """Minor page faults of this process so far (a worker's, through ``client.run``)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def run(quick: bool = False) -> list[Row]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -93,9 +117,15 @@ def run(quick: bool = False) -> list[Row]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _label(k: int) -> str:
+    return f"{k} worker{'s' if k > 1 else ''}"
+
+
 def _run(quick: bool, tmp: Path) -> list[Row]:
     import dask
     from distributed import Client, LocalCluster
+
+    from grokscope.worker_setup import KEEP_ENV
 
     p, width, steps, counts, rounds = (
         (17, 64, 24, (1, 2), 1) if quick else (31, 256, 120, (1, 2, 4), 3)
@@ -104,54 +134,75 @@ def _run(quick: bool, tmp: Path) -> list[Row]:
     _record(path, p=p, width=width, steps=steps)
 
     reference = _analyze(path)[1]  # also warms this process
-    times: dict[str, list[float]] = {"serial": []}
-    cpu: dict[str, list[float]] = {"serial": []}  # CPU seconds: this process (+ the workers)
+    # configurations: (workers, keep Dask's malloc setting); the latter is the cost before
+    # grokscope.worker_setup (a step in a worker cost ~1.4x the CPU of a plain step)
+    configs = [(k, False) for k in counts] + [(k, True) for k in counts[:2]]
+    times: dict = {"serial": []}
+    cpu: dict = {"serial": []}  # CPU seconds: this process (+ the workers)
+    faults: dict = {}  # minor page faults in the workers
     clusters = {}
     try:
-        for k in counts:
+        for k, keep in configs:
             with dask.config.set({"distributed.worker.profile.enabled": False}):  # as
                 # gs.analyze(workers=k) starts its cluster (see grokscope.distributed)
                 cluster = LocalCluster(n_workers=k, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=None,
+                                       env={KEEP_ENV: "dask"} if keep else None)
             client = Client(cluster)
-            clusters[k] = (cluster, client)
+            clusters[k, keep] = (cluster, client)
             client.run(_warm_worker, str(path))  # every worker, before any timing
-            times[f"dask{k}"], cpu[f"dask{k}"] = [], []
+            times[k, keep], cpu[k, keep], faults[k, keep] = [], [], []
         for _ in range(rounds):
             c0 = time.process_time()
             times["serial"].append(_analyze(path)[0])
             cpu["serial"].append(time.process_time() - c0)
-            for k, (_, client) in clusters.items():
+            for key, (_, client) in clusters.items():
                 before, c0 = client.run(time.process_time), time.process_time()
+                f0 = client.run(_faults)
                 t, ds = _analyze(path, scheduler=client)
-                after = client.run(time.process_time)
-                cpu[f"dask{k}"].append(time.process_time() - c0
-                                       + sum(after[w] - before[w] for w in after))
+                after, f1 = client.run(time.process_time), client.run(_faults)
+                cpu[key].append(time.process_time() - c0
+                                + sum(after[w] - before[w] for w in after))
+                faults[key].append(sum(f1[w] - f0[w] for w in f1))
                 xr.testing.assert_identical(ds, reference)
-                times[f"dask{k}"].append(t)
+                times[key].append(t)
     finally:
         for cluster, client in clusters.values():
             client.close()
             cluster.close()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    med = statistics.median
     print(f"# bench_distributed: {steps} checkpoints, {os.cpu_count()} cores, load average "
           f"{load:.1f}; results identical to the serial path; seconds per round: "
-          + ", ".join(f"{k} {[round(t, 1) for t in v]}" for k, v in times.items()),
+          + ", ".join(f"{k} {[round(t, 1) for t in v]}" for k, v in times.items())
+          + "; CPU s: " + ", ".join(f"{k} {[round(t, 1) for t in v]}" for k, v in cpu.items())
+          + "; worker page faults (median): "
+          + ", ".join(f"{k} {med(v):.0f}" for k, v in faults.items()),
           file=sys.stderr)
-    t_serial = statistics.median(times["serial"])
-    c_serial = statistics.median(cpu["serial"])
+    t_serial, c_serial = med(times["serial"]), med(cpu["serial"])
     name = f"{MEASURE} over a {steps}-checkpoint run ({os.cpu_count()} cores)"
     rows = [
-        Row(name, f"LocalCluster, {k} worker{'s' if k > 1 else ''}: wall",
-            statistics.median(times[f"dask{k}"]), "serial analyze (1 thread): wall", t_serial,
+        Row(name, f"LocalCluster, {_label(k)}: wall", med(times[k, False]),
+            "serial analyze (1 thread): wall", t_serial,
             "grows with workers, up to the free cores")
         for k in counts
     ]
     rows += [
-        Row(name, f"LocalCluster, {k} worker{'s' if k > 1 else ''}: CPU s, workers + caller",
-            statistics.median(cpu[f"dask{k}"]), "serial analyze: CPU s", c_serial,
-            "~1x (the work chunking adds)")
+        Row(name, f"LocalCluster, {_label(k)}: wall", med(times[k, False]),
+            f"{_label(k)} with Dask's malloc setting: wall", med(times[k, True]),
+            "> 1x (worker_setup.tune_malloc)")
+        for k in counts[:2]
+    ]
+    rows += [
+        Row(name, f"LocalCluster, {_label(k)}: CPU s, workers + caller", med(cpu[k, False]),
+            "serial analyze: CPU s", c_serial, "~1x (the work chunking adds)")
         for k in counts
+    ]
+    rows += [
+        Row(name, f"LocalCluster, {_label(k)}: CPU s", med(cpu[k, False]),
+            f"{_label(k)} with Dask's malloc setting: CPU s", med(cpu[k, True]),
+            "~1.4x (the cost tune_malloc removes)")
+        for k in counts[:2]
     ]
     return rows
 

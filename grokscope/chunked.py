@@ -40,6 +40,7 @@ import xarray as xr
 
 from . import engine
 from .errors import ConfigError, GrokscopeError
+from .worker_setup import WorkerSetup, prepare_process
 
 __all__ = ["ChunkError", "auto_steps_per_task", "compute_chunk", "split_steps"]
 
@@ -160,7 +161,8 @@ def _describe(path: str, chunk: Sequence[int]) -> str:
 
 
 def compute_chunk(source: RunSource, jobs: list[JobPart], chunk: list[int], device: str,
-                  anatomy: Any, previous: ChunkResult | None = None) -> ChunkResult:
+                  anatomy: Any, previous: ChunkResult | None = None, *,
+                  setup: WorkerSetup | None = None) -> ChunkResult:
     """Compute ``jobs`` on the steps of ``chunk`` (the Dask task; also callable directly).
 
     Parameters
@@ -175,6 +177,9 @@ def compute_chunk(source: RunSource, jobs: list[JobPart], chunk: list[int], devi
         The roles resolved by the parent (the same for every chunk).
     previous : ChunkResult, optional
         The previous chunk of a stateful chain: its ``states`` continue here.
+    setup : WorkerSetup, optional
+        Applied to this worker process first (malloc thresholds, torch threads: see
+        :mod:`grokscope.worker_setup`); None changes nothing.
 
     Returns
     -------
@@ -186,6 +191,7 @@ def compute_chunk(source: RunSource, jobs: list[JobPart], chunk: list[int], devi
         A measure raised a GrokscopeError: the message names the run, the chunk's steps, the
         measure and the step.
     """
+    prepare_process(setup)
     try:
         run = source.open()
     except GrokscopeError as exc:
@@ -262,9 +268,12 @@ def _merge(job: engine._Job, parts: list[xr.Dataset]) -> list[xr.Dataset]:
     return merged
 
 
-def step_runner(client: Any, steps_per_task: int | None, *, describe_progress: str = "analyze"):
+def step_runner(client: Any, steps_per_task: int | None, *, describe_progress: str = "analyze",
+                setup: WorkerSetup | None = None):
     """A ``step_runner`` for :func:`grokscope.engine._analyze_locked` that computes the jobs'
-    missing steps as chunk tasks on ``client`` and writes each result once."""
+    missing steps as chunk tasks on ``client`` and writes each result once; ``setup`` is
+    applied in each worker process (default: one torch thread per task slot)."""
+    setup = WorkerSetup() if setup is None else setup
 
     def run_jobs(run: Any, loc: Any, jobs: list, selected: np.ndarray, data: Any,
                  dev: torch.device, refs: Any, progress: bool, flush_seconds: float,
@@ -277,7 +286,7 @@ def step_runner(client: Any, steps_per_task: int | None, *, describe_progress: s
         size = steps_per_task or auto_steps_per_task(len(visit), slots(client))
         chunks = split_steps(visit, size)
         source = RunSource.of(run)
-        futures = _submit(client, source, jobs, chunks, str(dev), anat)
+        futures = _submit(client, source, jobs, chunks, str(dev), anat, setup)
         results = _gather(client, futures, source.path, progress, describe_progress)
         t0 = time.perf_counter()
         nonfinite = sorted({s for r in results.values() for s in r.nonfinite})
@@ -305,7 +314,7 @@ def step_runner(client: Any, steps_per_task: int | None, *, describe_progress: s
 
 
 def _submit(client: Any, source: RunSource, jobs: list, chunks: list[list[int]], device: str,
-            anat: Any) -> dict[Any, tuple[int, list[int]]]:
+            anat: Any, setup: WorkerSetup) -> dict[Any, tuple[int, list[int]]]:
     """Submit one stateless task per chunk and one chain of stateful tasks; returns
     ``{future: (index, chunk)}``."""
     futures: dict[Any, tuple[int, list[int]]] = {}
@@ -329,7 +338,7 @@ def _submit(client: Any, source: RunSource, jobs: list, chunks: list[list[int]],
         parts = parts_for(stateless, chunk)
         if parts:
             fut = client.submit(compute_chunk, source, parts, chunk, device, anat, None,
-                                pure=False, key=f"grokscope-chunk-{stamp}-{index}")
+                                setup=setup, pure=False, key=f"grokscope-chunk-{stamp}-{index}")
             futures[fut] = (index, chunk)
             index += 1
     previous = None
@@ -337,7 +346,8 @@ def _submit(client: Any, source: RunSource, jobs: list, chunks: list[list[int]],
         parts = parts_for(stateful, chunk)
         if parts:
             previous = client.submit(compute_chunk, source, parts, chunk, device, anat, previous,
-                                     pure=False, key=f"grokscope-chain-{stamp}-{index}")
+                                     setup=setup, pure=False,
+                                     key=f"grokscope-chain-{stamp}-{index}")
             futures[previous] = (index, chunk)
             index += 1
     return futures

@@ -481,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute steps that already have a stored result")
     a.add_argument("--threads", type=cli_threads, default="auto", metavar="N|auto",
                    help="torch (and BLAS) CPU threads: a count, or auto (default: time a few "
-                   "passes of the model at 1, 2, 4, ... threads and keep the fastest)")
+                   "passes of the model at 1, 2, 4, ... threads and keep the fastest; with "
+                   "--workers/--scheduler, each worker's torch threads per task slot, auto: 1)")
     add_trust_code_argument(a)
     add_model_arguments(a)
     add_results_argument(a, writes=True)

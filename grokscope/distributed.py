@@ -10,7 +10,8 @@ share a file and need no locking. Three ways to run them:
 ``workers=N``
     a private ``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)``, started for
     the call and shut down afterwards (one process per worker: torch and Python's GIL never
-    contend; Dask sets ``OMP_NUM_THREADS=1`` in each worker);
+    contend; Dask sets ``OMP_NUM_THREADS=1`` in each worker, and each task first sets the
+    worker process's malloc thresholds: :mod:`grokscope.worker_setup`);
 ``scheduler="tcp://host:8786"`` (or a ``distributed.Client``)
     an existing cluster (``dask scheduler`` / ``dask worker``, see ``docs/distributed.md``).
     The stores must then live on storage every worker can reach (a shared filesystem or an
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, GrokscopeError
+from .worker_setup import WorkerSetup, prepare_process
 
 __all__ = [
     "DistributedError",
@@ -121,18 +123,48 @@ def dask_client(workers: int | None = None, scheduler: Any = None) -> Iterator[A
 
     # Dask's statistical profiler samples every worker thread's stack every 10 ms: measured
     # here to cost ~1.4x CPU on torch-heavy steps (alignment with full Jacobians: 3.2-3.6 CPU
-    # s in a worker with it, 2.5-2.6 s without, 1.9 s in a plain process)
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-    try:
-        client = Client(cluster)
+    # s in a worker with it, 2.5-2.6 s without, 1.9 s in a plain process; the rest of that
+    # gap was glibc's fixed mmap threshold, which grokscope.worker_setup now removes)
+    with nanny_environ_undone():
+        with dask.config.set({"distributed.worker.profile.enabled": False}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
         try:
-            yield client
+            client = Client(cluster)
+            try:
+                yield client
+            finally:
+                client.close()
         finally:
-            client.close()
+            cluster.close()
+
+
+@contextmanager
+def nanny_environ_undone() -> Iterator[None]:
+    """This process's environment as it was before, for the variables Dask's nanny sets.
+
+    A nanny writes its ``distributed.nanny.pre-spawn-environ`` variables
+    (``MALLOC_TRIM_THRESHOLD_=65536``, ``OMP_NUM_THREADS=1`` ...) into the *caller's*
+    ``os.environ`` before it starts a worker, and leaves them there: every process the caller
+    starts afterwards (a training script, a notebook's ``!python ...``) would inherit one
+    OpenMP thread and glibc's fixed 128 KiB mmap threshold (each step ~1.4x the CPU, see
+    :mod:`grokscope.worker_setup`). On exit those variables get back their earlier values
+    (or are removed).
+    """
+    import dask
+    import distributed  # noqa: F401  (registers the nanny's defaults in dask.config)
+
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    keys |= {"PYTHONHASHSEED"}  # the nanny adds it too
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
     finally:
-        cluster.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def map_runs(
@@ -192,9 +224,12 @@ def map_runs(
                 from distributed import as_completed
 
                 futures = {}
+                # malloc thresholds only: each task (training, analysis) sets its threads
+                setup = WorkerSetup(threads=None)
                 for key, kwargs in tasks.items():
-                    fut = client.submit(fn, pure=False, key=f"grokscope-{_slug(key)}-"
-                                        f"{time.monotonic_ns()}", **kwargs)
+                    fut = client.submit(_prepared_call, fn, setup, pure=False,
+                                        key=f"grokscope-{_slug(key)}-{time.monotonic_ns()}",
+                                        **kwargs)
                     futures[fut] = key
                 try:
                     for fut in as_completed(list(futures)):
@@ -223,6 +258,13 @@ def map_runs(
             "stored):\n" + "\n".join(lines) + more, failures, ordered
         ) from first
     return ordered
+
+
+def _prepared_call(fn: Callable[..., Any], setup: WorkerSetup, **kwargs: Any) -> Any:
+    """``fn(**kwargs)`` in a worker process prepared by
+    :func:`grokscope.worker_setup.prepare_process` (the task :func:`map_runs` submits)."""
+    prepare_process(setup)
+    return fn(**kwargs)
 
 
 def _slug(key: str) -> str:

@@ -256,7 +256,11 @@ def analyze(
         training inputs at 1, 2, 4, ... threads and keeps the fastest (see
         :mod:`grokscope._threads`; on a GPU torch's setting is left alone); an int sets the
         count; None leaves the settings alone. Default threads were measured 3.3x slower than
-        one on a busy 2-core machine.
+        one on a busy 2-core machine. With ``workers``/``scheduler`` it is the torch thread
+        count of each worker process (per task slot; see :mod:`grokscope.worker_setup`):
+        ``"auto"`` one (two threads made an alignment step 3-5x slower on a busy 2-core
+        machine, and one thread gives a serial ``num_threads=1`` analysis's bits), an int
+        that many, None the worker's own setting.
     results : str or PathLike, optional
         A separate results store to write (and read) the results in instead of the run's own
         store, e.g. for a read-only run; created when absent, refused (StoreError) when it
@@ -290,15 +294,17 @@ def analyze(
     if workers is not None or scheduler is not None:
         from .chunked import check_steps_per_task, step_runner
         from .distributed import dask_client
+        from .worker_setup import WorkerSetup
 
         steps_per_task = check_steps_per_task(steps_per_task)
+        # this process waits, merges and writes; each worker process sets its own threads
+        setup = WorkerSetup(threads=1 if num_threads == "auto" else num_threads)
         with dask_client(workers, scheduler) as client:
-            # this process waits, merges and writes: torch's threads are the workers' concern
             return _analyze(run_or_path, measures, model=model, anatomy=anatomy, steps=steps,
                             device=device, progress=progress, recompute=recompute,
                             trust_code=trust_code, flush_seconds=flush_seconds,
                             results=results, num_threads=None,
-                            step_runner=step_runner(client, steps_per_task))
+                            step_runner=step_runner(client, steps_per_task, setup=setup))
     if steps_per_task is not None:
         raise ConfigError("steps_per_task applies to Dask analyses: pass workers=N or "
                           "scheduler=ADDRESS too")
