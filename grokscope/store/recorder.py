@@ -37,7 +37,7 @@ from ..errors import (
     StoreError,
     StoreWriteError,
 )
-from . import _io, _shards, schema
+from . import _io, _scalar_tail, _shards, schema
 from .schedule import Schedule
 
 _COMMITS = ("count", "consolidated")
@@ -243,6 +243,26 @@ class _Scalar:
     def reset(self, row: int) -> None:
         if row // schema.SCALAR_CHUNK == self.chunk:
             self.buf[row - self.chunk * schema.SCALAR_CHUNK] = self.fill
+
+    def flush(self, store: Any, start: int, values: np.ndarray) -> None:
+        """Write ``values`` (rows ``start..start+len-1``, the scalar tail being moved into the
+        array: :mod:`grokscope.store._scalar_tail`) into their chunks, each touched chunk once
+        (atomically, earlier rows kept); the buffer then holds the chunk of the row after them."""
+        size = schema.SCALAR_CHUNK
+        row, i, n = start, 0, len(values)
+        while i < n:
+            chunk = row // size
+            if chunk != self.chunk:
+                self.load(store, row)  # the chunk's earlier rows (none at a chunk boundary)
+            lo = chunk * size
+            k = min(n - i, lo + size - row)
+            self.buf[row - lo:row - lo + k] = values[i:i + k]
+            _io.put_bytes(store, self.key(chunk), memoryview(self.buf).cast("B"),
+                          checksum=self.checksummed)
+            row, i = row + k, i + k
+        if row // size != self.chunk:
+            self.buf = np.full(size, self.fill, dtype=self.dtype)
+            self.chunk = row // size
 
 
 class _Param:
@@ -476,6 +496,10 @@ class Recorder:
         if compression is not None or commit != "count":
             self._shard_settings = None  # per-step layout (see the docstring)
         self._compacted = 0
+        #: sharded stores: the step/nonfinite/metric values of rows ``_tail_start..count-1``,
+        #: committed in the root document (grokscope.store._scalar_tail); None: per-step layout
+        self._tail: dict[str, np.ndarray] | None = None
+        self._tail_start = 0
         self.path = path
         self.schedule = schedule or Schedule()
         self.compression = compression
@@ -658,8 +682,12 @@ class Recorder:
                 dims[key], compress=self.compression is not None,
             )
             self._params[key] = _Param(key, arr)
+        if self._shard_settings is not None:
+            self._tail = {}
         for name, dtype in ((schema.STEP, "int64"), (schema.NONFINITE, "int64")):
             self._add_scalar(name, np.dtype(dtype))
+        if self._tail is not None:
+            self._tail = {n: np.empty(0, dtype=sc.dtype) for n, sc in self._scalars.items()}
         if data is not None:
             self._write_data(data)
         if program is not None:
@@ -715,7 +743,14 @@ class Recorder:
         arr = self._new_array(name, (self._capacity,), (schema.SCALAR_CHUNK,), dtype,
                               (schema.STEP,), compress=False)
         sc = _Scalar(name, arr)
-        sc.start_empty(self._store, row)
+        if self._tail is None:
+            sc.start_empty(self._store, row)
+        else:  # rows from the tail's start on are committed in the root document
+            start = self._tail_start
+            sc.start_empty(self._store, start)
+            if start % schema.SCALAR_CHUNK:  # committed rows before it share this chunk
+                _io.put_bytes(self._store, sc.key(sc.chunk), memoryview(sc.buf).cast("B"),
+                              checksum=sc.checksummed)
         self._scalars[name] = sc
         return sc
 
@@ -801,6 +836,11 @@ class Recorder:
                                f"rows but {self._count} are committed")
         # keep the store's choice: new arrays (metrics, resume states) match its step array
         self.checksum = self._scalars[schema.STEP].checksummed
+        start = self._count
+        if self._shard_settings is not None:  # the scalar tail (none in stores written before)
+            start, self._tail = _scalar_tail.read(
+                meta["commit"], {n: sc.dtype for n, sc in self._scalars.items()}, self._where)
+            self._tail_start = start
         self._drop_orphan_resume()
         self._drop_compacted_tail_rows()
         # trim the uncommitted tail (deletes its chunks), then pre-allocate again
@@ -808,7 +848,7 @@ class Recorder:
         self._resize_all(self._count)
         self._resize_all(max(schema.INITIAL_CAPACITY, 1 << math.ceil(math.log2(self._count + 1))))
         for sc in self._scalars.values():
-            sc.load(store, self._count)
+            sc.load(store, start)
         self._check_last_step()
         self._collect_static_nodes()
 
@@ -900,9 +940,12 @@ class Recorder:
             return
         from .run import _ArrayReader
 
-        arr = self._scalars[schema.STEP].array
-        stored = int(_ArrayReader(self._store, self._where, schema.STEP, arr, self._count)
-                     [self._count - 1])
+        if self._tail is not None and self._tail_start < self._count:
+            stored = int(self._tail[schema.STEP][-1])
+        else:
+            arr = self._scalars[schema.STEP].array
+            stored = int(_ArrayReader(self._store, self._where, schema.STEP, arr, self._count)
+                         [self._count - 1])
         if stored != self._last_step:
             raise CorruptStoreError(
                 f"the root metadata of {self._where} says the last committed step is "
@@ -1130,10 +1173,20 @@ class Recorder:
             for key, a in arrays.items():
                 self._params[key].write(store, row, a)
             names = self._metric_names + pending + new_metrics
-            for name in names:
-                self._scalars[name].set(store, row, values.get(name, np.nan))
-            self._scalars[schema.NONFINITE].set(store, row, nonfinite)
-            self._scalars[schema.STEP].set(store, row, step)
+            row_values = {**{n: values.get(n, np.nan) for n in names},
+                          schema.NONFINITE: nonfinite, schema.STEP: step}
+            tail_start, tail = self._tail_start, None
+            if self._tail is None:
+                for name in names:
+                    self._scalars[name].set(store, row, row_values[name])
+                self._scalars[schema.NONFINITE].set(store, row, nonfinite)
+                self._scalars[schema.STEP].set(store, row, step)
+            else:  # committed with the root document below, not by rewriting their chunks
+                tail = self._tail_with(row, row_values)
+                if row + 1 - tail_start > _scalar_tail.MAX_ROWS:  # move it into the arrays
+                    for name, sc in self._scalars.items():
+                        sc.flush(store, tail_start, tail[name])
+                    tail_start, tail = row + 1, {n: c[:0] for n, c in tail.items()}
             if resume_bytes is not None:
                 resume = self._write_resume(step, resume_bytes)
             meta = dict(self._meta)
@@ -1141,6 +1194,8 @@ class Recorder:
             meta["commit"] = {"count": row + 1, "last_step": step, "resume": resume}
             if self._shard_settings is not None:
                 meta["commit"]["compacted"] = self._compacted
+            if tail is not None:
+                self._put_tail(meta["commit"], tail_start, tail, names)
             self._write_root(
                 meta, count=row + 1 if self.commit_mode == "consolidated" else None
             )
@@ -1155,6 +1210,8 @@ class Recorder:
         old = self._resume
         self._meta = meta
         self._metric_names = meta["metrics"]
+        if tail is not None:
+            self._tail, self._tail_start = tail, tail_start
         self._count = row + 1
         self._last_step = step
         self._resume = resume
@@ -1176,6 +1233,45 @@ class Recorder:
                         "stays where it is) and compaction is tried again later. Free disk "
                         "space or fix permissions"
                     ) from exc
+
+    # ------------------------------------------------------------------ scalar tail
+    def _tail_with(self, row: int, row_values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The scalar tail with row ``row`` appended (a new dict; every scalar array, the ones
+        first logged now with the fill value before ``row``)."""
+        n = row - self._tail_start
+        out = {}
+        for name, sc in self._scalars.items():
+            old = self._tail.get(name)
+            if old is None or len(old) != n:
+                old = np.full(n, sc.fill, dtype=sc.dtype)
+            out[name] = np.append(old, np.asarray(row_values.get(name, sc.fill), dtype=sc.dtype))
+        return out
+
+    def _put_tail(self, commit: dict, start: int, tail: Mapping[str, np.ndarray],
+                  metrics: list[str]) -> None:
+        """Set ``commit["tail"]`` to the tail of the committed scalar arrays (step, nonfinite,
+        ``metrics``), or drop it when the tail holds no rows."""
+        names = (schema.STEP, schema.NONFINITE, *metrics)
+        entry = _scalar_tail.entry(start, {n: tail[n] for n in names})
+        commit.pop(_scalar_tail.TAIL_KEY, None)
+        if entry is not None:
+            commit[_scalar_tail.TAIL_KEY] = entry
+
+    def _flush_tail(self, upto: int, commit: dict) -> tuple[int, dict[str, np.ndarray]]:
+        """Write the scalar tail's rows before ``upto`` into the arrays' chunks (every scalar
+        array, one not yet in the metadata too) and set ``commit``'s tail to the rest; the new
+        ``(start, tail)``, which the caller keeps once it has written the root document."""
+        start = self._tail_start
+        k = upto - start
+        rest = {}
+        for name, sc in self._scalars.items():
+            col = self._tail.get(name)
+            if col is None or len(col) != self._count - start:
+                col = np.full(self._count - start, sc.fill, dtype=sc.dtype)
+            sc.flush(self._store, start, col[:k])
+            rest[name] = col[k:]
+        self._put_tail(commit, upto, rest, self._metric_names)
+        return upto, rest
 
     # ------------------------------------------------------------------ compaction
     @property
@@ -1220,8 +1316,14 @@ class Recorder:
                 _kill_point()
         meta = dict(self._meta)
         meta["commit"] = {**meta["commit"], "compacted": upto}
+        flushed = None
+        if self._tail is not None and upto > self._tail_start:
+            flushed = self._flush_tail(upto, meta["commit"])  # the scalars, with the shards
+            _kill_point()
         self._write_root(meta)
         self._meta, self._compacted = meta, upto
+        if flushed is not None:
+            self._tail_start, self._tail = flushed
         _kill_point()
         if drop_rows:
             self._drop_compacted_tail_rows(upto, start=c0)
@@ -1301,6 +1403,12 @@ class Recorder:
             self._resize_all(self._count, tails=not sharded)  # the tails go whole, below
             if sharded:
                 self._compact(self._count, drop_rows=False)
+                if self._tail is not None and self._tail_start < self._count:
+                    meta = {**self._meta, "commit": dict(self._meta["commit"])}
+                    flushed = self._flush_tail(self._count, meta["commit"])
+                    self._write_root(meta)
+                    self._meta = meta
+                    self._tail_start, self._tail = flushed
                 _io.delete_entry(self._store, schema.TAIL_GROUP)  # every row is compacted
             # the closed marker: readers following the store (grokscope.watch) stop here
             self._meta = {**self._meta, schema.CLOSED_KEY: True}

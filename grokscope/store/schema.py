@@ -11,7 +11,11 @@ A run is one zarr v3 group::
                                   metrics          [name, ...]   (scalar float64 arrays)
                                   commit           {"count": n, "last_step": s,
                                                     "resume": {"step", "key"} | None,
-                                                    "compacted": c}   (sharded stores)
+                                                    "compacted": c,   (sharded stores)
+                                                    "tail": {"start": s, "columns": {...}}}
+                                                   (sharded stores while recording: the
+                                                   step/nonfinite/metric values of rows
+                                                   s..n-1, see grokscope.store._scalar_tail)
                                   shards           {"steps_per_shard": S, "compact_every": N}
                                                    or absent (per-step layout)
                                   closed           true once the writer closed the store
@@ -20,6 +24,8 @@ A run is one zarr v3 group::
     step                      int64 (capacity,), chunks 1024, dims ("step",)
     nonfinite                 int64 (capacity,): non-finite parameter entries at that row
     <metric>                  float64 (capacity,), chunks 1024, NaN fill
+                              (step, nonfinite, metrics: rows from commit.tail.start on are
+                              held in the root's commit.tail while a sharded store records)
     <state-dict key>          per-step layout: (capacity, *shape), one chunk per step;
                               sharded layout (``shards`` set): (compacted, *shape), shards of
                               (S, *shape) with one inner chunk per step (grokscope.store.
@@ -196,6 +202,9 @@ def check_meta(meta: Any, where: str) -> dict:
             raise _bad_meta(where, f"metric name {name!r} is not a one-segment array name")
     if len(set(metrics)) != len(metrics):
         raise _bad_meta(where, f"metric names repeat: {metrics}")
+    from . import _scalar_tail
+
+    _scalar_tail.check(commit, [STEP, NONFINITE, *metrics], lambda what: _bad_meta(where, what))
     if not isinstance(meta.get("config"), dict):
         raise _bad_meta(where, "'config' is missing or not an object")
     if not isinstance(meta.get(CLOSED_KEY, False), bool):
