@@ -295,6 +295,14 @@ def put_bytes(store: Store, key: str, data: Any, *, checksum: bool = False) -> N
     sync(store.set(key, buf))
 
 
+def put_parts(store: Store, key: str, parts: list) -> None:
+    """Write the buffers ``parts`` one after the other as the value of ``key`` (atomic)."""
+    if isinstance(store, AtomicLocalStore):
+        put_file(store.root / key, parts)
+        return
+    sync(store.set(key, cpu_buffer.Buffer.from_bytes(b"".join(bytes(p) for p in parts))))
+
+
 def get_bytes(store: Store, key: str, byte_range: tuple[int, int] | None = None) -> bytes | None:
     """Raw bytes of ``key`` (``None`` when missing); ``byte_range`` is ``(start, end)``."""
     if isinstance(store, LocalStore):

@@ -265,6 +265,23 @@ class _Scalar:
             self.chunk = row // size
 
 
+class _RowTail:
+    """The row files of a sharded store (root metadata ``shards.tail == "rows"``): each
+    uncompacted row's sharded tensors in one file, ``_tail/rows/c.<row>.0`` (a chunk of the
+    uint8 array ``_tail/rows``, ``(rows, n)``), each tensor's stored chunk (raw bytes and their
+    CRC32C) at its ``entries[key] = (offset, nbytes)``, one after the other in the params'
+    order. One file per committed step instead of one per tensor."""
+
+    def __init__(self, array: zarr.Array, entries: dict[str, tuple[int, int]]) -> None:
+        self.array = array
+        self.entries = dict(sorted(entries.items(), key=lambda kv: kv[1][0]))
+        self.path = array.path
+        self.nbytes = int(array.shape[1])
+
+    def key(self, row: int) -> str:
+        return f"{self.path}/{self.array.metadata.encode_chunk_key((row, 0))}"
+
+
 class _Param:
     """A root array holding one tensor per row.
 
@@ -281,6 +298,8 @@ class _Param:
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.layout = _shards.layout_of(array)
         self.tail = tail
+        #: the row files holding this sharded tensor's uncompacted rows (instead of ``tail``)
+        self.row_tail: _RowTail | None = None
         if self.layout is not None:
             self.raw, self.checksummed = True, self.layout.checksummed
         else:
@@ -290,10 +309,14 @@ class _Param:
     @property
     def rows_array(self) -> zarr.Array:
         """The array each new row is written to (the tail when sharded)."""
+        if self.row_tail is not None:
+            return self.row_tail.array
         return self.tail if self.layout is not None else self.array
 
     def row_key(self, row: int) -> str:
-        """The key of row ``row``'s per-step chunk."""
+        """The key of row ``row``'s per-step chunk (its row file's, see :class:`_RowTail`)."""
+        if self.row_tail is not None:
+            return self.row_tail.key(row)
         arr = self.rows_array
         return f"{arr.path}/{arr.metadata.encode_chunk_key((row, *self._zeros))}"
 
@@ -500,6 +523,7 @@ class Recorder:
         #: committed in the root document (grokscope.store._scalar_tail); None: per-step layout
         self._tail: dict[str, np.ndarray] | None = None
         self._tail_start = 0
+        self._row_tail: _RowTail | None = None
         self.path = path
         self.schedule = schedule or Schedule()
         self.compression = compression
@@ -619,6 +643,25 @@ class Recorder:
         return self._new_array(f"{schema.TAIL_GROUP}/{key}", (rows, *shape),
                                (1, *shape), dtype, dims, compress=False, one_file_per_chunk=True)
 
+    def _new_row_tail(self, layouts: dict[str, _shards.ShardLayout], rows: int) -> _RowTail:
+        """A new, empty row-file array ``_tail/rows`` for the sharded tensors ``layouts``."""
+        entries = _shards.row_entries(layouts)
+        nbytes = sum(n for _, n in entries.values())
+        arr = zarr.create_array(
+            store=self._store, name=f"{schema.TAIL_GROUP}/{_shards.ROWS_NAME}",
+            shape=(rows, nbytes), chunks=(1, nbytes), dtype="uint8", fill_value=0,
+            dimension_names=(schema.STEP, "byte"), compressors=(), filters=None,
+            zarr_format=3, overwrite=True, write_data=False,
+            chunk_key_encoding=_shards.KEY_ENCODING,
+            attributes={_shards.ROWS_ATTR: [[k, off, n] for k, (off, n) in entries.items()]},
+        )
+        return _RowTail(arr, entries)
+
+    def _attach_row_tail(self, row_tail: _RowTail) -> None:
+        self._row_tail = row_tail
+        for key in row_tail.entries:
+            self._params[key].row_tail = row_tail
+
     def _codecs(self, *compressors: Any) -> tuple:
         """``compressors`` followed by the ``crc32c`` codec when checksums are on (bytes ->
         [blosc ->] crc32c: the checksum covers the stored, possibly compressed, bytes)."""
@@ -675,7 +718,7 @@ class Recorder:
                 arr = self._new_array(key, (0, *shape), (1, *shape), dtype, dims[key],
                                       compress=False,
                                       shards=(self._shard_settings["steps_per_shard"], *shape))
-                self._params[key] = _Param(key, arr, self._new_tail(key, shape, dtype, dims[key]))
+                self._params[key] = _Param(key, arr)  # its rows go to the row files
                 continue
             arr = self._new_array(
                 key, (self._capacity, *shape), (1, *shape), dtype,
@@ -684,6 +727,11 @@ class Recorder:
             self._params[key] = _Param(key, arr)
         if self._shard_settings is not None:
             self._tail = {}
+        layouts = {k: p.layout for k, p in self._params.items() if p.layout is not None}
+        if layouts:  # one row file per step for every sharded tensor
+            self._shard_settings = {**self._shard_settings, "tail": _shards.TAIL_ROWS}
+            self._meta[schema.SHARDS_KEY] = dict(self._shard_settings)
+            self._attach_row_tail(self._new_row_tail(layouts, self._capacity))
         for name, dtype in ((schema.STEP, "int64"), (schema.NONFINITE, "int64")):
             self._add_scalar(name, np.dtype(dtype))
         if self._tail is not None:
@@ -823,6 +871,9 @@ class Recorder:
         self._write_root(meta)
         for key in meta["params"]:
             self._params[key] = self._open_param(key)
+        layouts = {k: p.layout for k, p in self._params.items() if p.layout is not None}
+        if self._row_files() and layouts:
+            self._attach_row_tail(self._open_row_tail(layouts))
         self._metric_names = list(meta["metrics"])
         for name in (schema.STEP, schema.NONFINITE, *self._metric_names):
             arr = _io.open_zarr_array(store, name, what="scalar array")
@@ -871,6 +922,8 @@ class Recorder:
                                              f"rows but {self._compacted} are compacted")
         if arr.shape[0] > self._compacted:  # a compaction killed before its commit
             arr.resize((self._compacted, *arr.shape[1:]))
+        if self._row_files():
+            return _Param(key, arr)  # its rows are in the row files (_open_row_tail)
         tail_path = f"{schema.TAIL_GROUP}/{key}"
         if self._compacted < self._count:  # committed rows live there: never re-created
             tail = _io.open_zarr_array(store, tail_path, what="parameter tail")
@@ -887,25 +940,45 @@ class Recorder:
                                   rows=self._count)
         return _Param(key, arr, tail)
 
+    def _row_files(self) -> bool:
+        """Whether the store keeps uncompacted rows in row files (:class:`_RowTail`; stores
+        written before keep one per-step array per tensor, ``_tail/<key>``)."""
+        return (self._shard_settings or {}).get("tail") == _shards.TAIL_ROWS
+
+    def _open_row_tail(self, layouts: dict[str, _shards.ShardLayout]) -> _RowTail:
+        """The row files of a re-opened store: opened and checked when they hold committed
+        rows, else created afresh."""
+        store = self._store
+        path = f"{schema.TAIL_GROUP}/{_shards.ROWS_NAME}"
+        if self._compacted < self._count:  # committed rows live there: never re-created
+            arr = _io.open_zarr_array(store, path, what="per-step tail")
+            return _RowTail(arr, _shards.check_rows_array(arr, layouts, self._where))
+        if not _io.exists(store, f"{schema.TAIL_GROUP}/zarr.json"):
+            _io.write_json(store, f"{schema.TAIL_GROUP}/zarr.json", _GROUP_DOC)
+        return self._new_row_tail(layouts, self._count)
+
     def _drop_compacted_tail_rows(self, upto: int | None = None, start: int | None = None
                                   ) -> None:
         """Delete the tail chunks of rows ``start..upto-1``; without ``start``, every tail
         chunk of a row before ``upto`` (default: the compacted boundary): what a writer killed
         between a compaction's commit and its clean-up left."""
         upto = self._compacted if upto is None else upto
-        for p in self._params.values():
-            if p.layout is None:
-                continue
+        tails = [p.tail for p in self._params.values() if p.layout is not None and p.tail]
+        if self._row_tail is not None:
+            tails.append(self._row_tail)
+        for p in tails:
             if start is None:  # unknown which rows are left: look
-                prefix = p.tail.path
+                prefix = p.path
                 for name in _io.list_dir(self._store, prefix):
                     parts = name.split(".")
                     if len(parts) >= 2 and parts[0] == "c" and parts[1].isdigit() \
                             and int(parts[1]) < upto:
                         _io.delete_entry(self._store, f"{prefix}/{name}")
                 continue
-            keys = [p.row_key(row) for row in range(start, upto)]
-            prefix = p.tail.path
+            keys = [(p.key(row) if isinstance(p, _RowTail) else
+                     f"{p.path}/{p.metadata.encode_chunk_key((row, *(0,) * (p.ndim - 1)))}")
+                    for row in range(start, upto)]
+            prefix = p.path
             for lo in range(0, len(keys), 64):  # in batches, so kills land in between
                 _io.delete_keys(self._store, prefix,
                                 [k[len(prefix) + 1:] for k in keys[lo:lo + 64]])
@@ -1023,8 +1096,10 @@ class Recorder:
     # ------------------------------------------------------------------ capacity
     def _resize_all(self, capacity: int, *, tails: bool = True) -> None:
         for p in self._params.values():
-            if tails or p.layout is None:
+            if p.row_tail is None and (tails or p.layout is None):
                 p.rows_array.resize((capacity, *p.shape))
+        if self._row_tail is not None and tails:
+            self._row_tail.array.resize((capacity, self._row_tail.nbytes))
         for sc in self._scalars.values():
             sc.array.resize((capacity,))
         self._capacity = capacity
@@ -1170,8 +1245,17 @@ class Recorder:
                 self._resize_all(max(schema.INITIAL_CAPACITY, 2 * self._capacity))
             for name in new_metrics:
                 self._add_scalar(name, np.dtype("float64"), row)
+            if self._row_tail is not None:  # one file for every sharded tensor
+                parts = []
+                for key in self._row_tail.entries:
+                    raw = memoryview(arrays[key].reshape(-1)).cast("B")
+                    parts.append(raw)
+                    if self._params[key].checksummed:
+                        parts.append(_io.crc32c(raw))
+                _io.put_parts(store, self._row_tail.key(row), parts)
             for key, a in arrays.items():
-                self._params[key].write(store, row, a)
+                if self._params[key].row_tail is None:
+                    self._params[key].write(store, row, a)
             names = self._metric_names + pending + new_metrics
             row_values = {**{n: values.get(n, np.nan) for n in names},
                           schema.NONFINITE: nonfinite, schema.STEP: step}
@@ -1354,6 +1438,9 @@ class Recorder:
             row = lo + j
             if row < c0:
                 raw = _io.get_bytes(store, key, (j * size, (j + 1) * size))
+            elif p.row_tail is not None:
+                off, nbytes = p.row_tail.entries[p.name]
+                raw = _io.get_bytes(store, p.row_key(row), (off, off + nbytes))
             else:
                 raw = _io.get_bytes(store, p.row_key(row))
             if raw is None or len(raw) != size:

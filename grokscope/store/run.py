@@ -449,8 +449,10 @@ class Run:
         self._count = count
         self._readers: dict[str, _ArrayReader] = {}
         compacted = meta["commit"].get("compacted", 0)  # checked by schema.check_meta
+        arrays = {key: _io.open_zarr_array(store, key, what="parameter") for key in params}
+        self._rows = self._row_files(arrays, count, compacted)
         for key, info in params.items():
-            arr = _io.open_zarr_array(store, key, what="parameter")
+            arr = arrays[key]
             sharded = self._sharded_reader(key, arr, count, compacted, info.get("source_dtype"))
             if sharded is not None:
                 self._readers[key] = sharded
@@ -484,6 +486,34 @@ class Run:
         self._data: Data | None = None
         return self
 
+    def _row_files(self, arrays: dict[str, zarr.Array], count: int, compacted: int) -> Any:
+        """The row files of a store that keeps its uncompacted rows in them (root metadata
+        ``shards.tail == "rows"``) and has some: ``(array, {key: (offset, nbytes)})``;
+        ``"gone"`` when a writer compacted every row and removed them since the root was read;
+        None otherwise (no uncompacted row, or per-tensor tails: stores written before)."""
+        from . import _shards
+
+        if (self._meta.get(schema.SHARDS_KEY) or {}).get("tail") != _shards.TAIL_ROWS:
+            return None
+        if compacted >= count:
+            return None
+        layouts = {}
+        for key, arr in arrays.items():
+            layout = _shards.layout_of(arr)
+            if layout is not None:
+                layouts[key] = layout
+        if not layouts:
+            return None
+        path = f"{schema.TAIL_GROUP}/{_shards.ROWS_NAME}"
+        try:
+            rows = _io.open_zarr_array(self._store, path, what="per-step tail")
+        except CorruptStoreError:
+            if self._compacted_now() < count:  # not a clean close since we read the root
+                raise
+            return "gone"
+        self._check_rows(rows, path, count)
+        return rows, _shards.check_rows_array(rows, layouts, self._where)
+
     def _sharded_reader(self, key: str, arr: zarr.Array, count: int, compacted: int,
                         source_dtype: str | None) -> _ArrayReader | None:
         """The reader of a sharded tensor (rows before ``compacted`` in shards, the others in
@@ -500,7 +530,15 @@ class Run:
         tail = None
         path = f"{schema.TAIL_GROUP}/{key}"
         tarr = None
-        if compacted < count:
+        if self._rows == "gone":
+            compacted = count
+        elif self._rows is not None:
+            from ._sharded_reader import RowTailReader
+
+            rows, entries = self._rows
+            tail = RowTailReader(self._store, self._where, key, rows, entries[key][0], layout,
+                                 tuple(arr.shape[1:]), np.dtype(arr.dtype))
+        elif compacted < count:
             try:
                 tarr = _io.open_zarr_array(self._store, path, what="parameter tail")
             except CorruptStoreError:
