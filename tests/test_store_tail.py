@@ -137,7 +137,14 @@ def test_a_record_writes_one_row_file_and_the_root(tmp_path, monkeypatch):
             fill_step(model, s)
             rec.record(s, metrics={"train_loss": s * 0.5, "test_acc": 0.5})
         monkeypatch.setattr(_io, "put_file", put)
+        fill_step(model, 6)
+        rec.record(6, metrics={"train_loss": 3.0, "late": float("nan")})
+        # the root is serialised in parts (the unchanging ones once): the same document
+        assert _root(tmp_path / "run.zarr") == rec._root_doc(rec._meta)
+        assert _root(tmp_path / "run.zarr")["attributes"]["grokscope"]["metrics"] == [
+            "train_loss", "test_acc", "late"]
     assert written == [p for s in range(1, 6) for p in (f"_tail/rows/c.{s}.0", "zarr.json")]
+    assert _root(tmp_path / "run.zarr") == rec._root_doc(rec._meta)
 
 
 # ---------------------------------------------------------------------------- kills

@@ -303,6 +303,22 @@ def put_parts(store: Store, key: str, parts: list) -> None:
     sync(store.set(key, cpu_buffer.Buffer.from_bytes(b"".join(bytes(p) for p in parts))))
 
 
+def grow_array(store: Store, array: zarr.Array, shape: tuple[int, ...]) -> None:
+    """``array.resize(shape)``; when it grows an array of a local store, without zarr's
+    event-loop round trip (measured several ms per call on a loaded machine): the new metadata
+    document written as zarr writes it (atomically), the array's metadata updated in place, as
+    zarr's own resize does when nothing is deleted."""
+    shape = tuple(int(n) for n in shape)
+    if not isinstance(store, AtomicLocalStore) or len(shape) != array.ndim or any(
+            new < old for new, old in zip(shape, array.shape)):
+        array.resize(shape)
+        return
+    meta = array.metadata.update_shape(shape)
+    for key, buf in meta.to_buffer_dict(default_buffer_prototype()).items():
+        put_file(store.root / array.path / key, buf.as_buffer_like())
+    object.__setattr__(array.async_array, "metadata", meta)
+
+
 def get_bytes(store: Store, key: str, byte_range: tuple[int, int] | None = None) -> bytes | None:
     """Raw bytes of ``key`` (``None`` when missing); ``byte_range`` is ``(start, end)``."""
     if isinstance(store, LocalStore):

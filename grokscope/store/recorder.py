@@ -13,6 +13,7 @@ only the first ``count`` rows.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import time
@@ -524,6 +525,9 @@ class Recorder:
         self._tail: dict[str, np.ndarray] | None = None
         self._tail_start = 0
         self._row_tail: _RowTail | None = None
+        #: the row files this writer committed and has not compacted yet, as written (when
+        #: they fit ROW_CACHE_NBYTES), so a compaction does not read them back
+        self._row_cache: dict[int, bytes] = {}
         self.path = path
         self.schedule = schedule or Schedule()
         self.compression = compression
@@ -1091,17 +1095,39 @@ class Recorder:
         return doc
 
     def _write_root(self, meta: dict, *, count: int | None = None) -> None:
-        _io.write_json(self._store, "zarr.json", self._root_doc(meta, count))
+        if count is not None:  # consolidated metadata: the whole document
+            _io.write_json(self._store, "zarr.json", self._root_doc(meta, count))
+            return
+        _io.put_bytes(self._store, "zarr.json", self._root_json(meta))
+
+    def _root_json(self, meta: dict) -> bytes:
+        """:meth:`_root_doc` as JSON bytes. Only ``commit`` and ``metrics`` change from one
+        record to the next; the rest (config, anatomy, params, versions ...) is serialised
+        again only when one of its values is another object (the writer replaces a value,
+        never changes one in place)."""
+        static = {k: v for k, v in meta.items() if k not in ("commit", "metrics")}
+        key = tuple((k, id(v)) for k, v in static.items())
+        cached = getattr(self, "_static_json", None)
+        if cached is None or cached[0] != key:
+            body = json.dumps(static, allow_nan=True, separators=(",", ":"))
+            cached = self._static_json = (key, body, tuple(static.values()))  # ids stay valid
+        dyn = json.dumps({"metrics": meta["metrics"], "commit": meta["commit"]},
+                         allow_nan=True, separators=(",", ":"))
+        body = cached[1]
+        meta_json = body[:-1] + ("," if len(body) > 2 else "") + dyn[1:]
+        return (f'{{"zarr_format":3,"node_type":"group","attributes":{{"{schema.SCHEMA_KEY}":'
+                f'{schema.SCHEMA_VERSION},"{schema.META_KEY}":{meta_json}}}}}').encode()
 
     # ------------------------------------------------------------------ capacity
     def _resize_all(self, capacity: int, *, tails: bool = True) -> None:
+        store = self._store
         for p in self._params.values():
             if p.row_tail is None and (tails or p.layout is None):
-                p.rows_array.resize((capacity, *p.shape))
+                _io.grow_array(store, p.rows_array, (capacity, *p.shape))
         if self._row_tail is not None and tails:
-            self._row_tail.array.resize((capacity, self._row_tail.nbytes))
+            _io.grow_array(store, self._row_tail.array, (capacity, self._row_tail.nbytes))
         for sc in self._scalars.values():
-            sc.array.resize((capacity,))
+            _io.grow_array(store, sc.array, (capacity,))
         self._capacity = capacity
 
     # ------------------------------------------------------------------ public API
@@ -1245,6 +1271,7 @@ class Recorder:
                 self._resize_all(max(schema.INITIAL_CAPACITY, 2 * self._capacity))
             for name in new_metrics:
                 self._add_scalar(name, np.dtype("float64"), row)
+            row_file = None
             if self._row_tail is not None:  # one file for every sharded tensor
                 parts = []
                 for key in self._row_tail.entries:
@@ -1252,7 +1279,8 @@ class Recorder:
                     parts.append(raw)
                     if self._params[key].checksummed:
                         parts.append(_io.crc32c(raw))
-                _io.put_parts(store, self._row_tail.key(row), parts)
+                row_file = b"".join(parts)
+                _io.put_parts(store, self._row_tail.key(row), [row_file])
             for key, a in arrays.items():
                 if self._params[key].row_tail is None:
                     self._params[key].write(store, row, a)
@@ -1296,6 +1324,8 @@ class Recorder:
         self._metric_names = meta["metrics"]
         if tail is not None:
             self._tail, self._tail_start = tail, tail_start
+        if row_file is not None and self._caches_rows():
+            self._row_cache[row] = row_file
         self._count = row + 1
         self._last_step = step
         self._resume = resume
@@ -1390,13 +1420,15 @@ class Recorder:
         c0 = self._compacted
         sharded = [p for p in self._params.values() if p.layout is not None]
         _kill_point()
-        for p in sharded:
-            n = p.layout.steps
-            for k in range(c0 // n, -(-upto // n)):
-                self._write_shard(p, k, c0, upto)
+        n = sharded[0].layout.steps if sharded else 1  # the same for every tensor
+        for k in range(c0 // n, -(-upto // n)):
+            rows = self._read_row_files(k * n, min(k * n + n, upto), c0)
+            for p in sharded:
+                self._write_shard(p, k, c0, upto, rows)
                 _kill_point()
+        for p in sharded:
             if p.array.shape[0] < upto:
-                p.array.resize((upto, *p.shape))
+                _io.grow_array(self._store, p.array, (upto, *p.shape))
                 _kill_point()
         meta = dict(self._meta)
         meta["commit"] = {**meta["commit"], "compacted": upto}
@@ -1406,6 +1438,8 @@ class Recorder:
             _kill_point()
         self._write_root(meta)
         self._meta, self._compacted = meta, upto
+        for row in [r for r in self._row_cache if r < upto]:
+            del self._row_cache[row]
         if flushed is not None:
             self._tail_start, self._tail = flushed
         _kill_point()
@@ -1413,10 +1447,35 @@ class Recorder:
             self._drop_compacted_tail_rows(upto, start=c0)
         return upto
 
-    def _write_shard(self, p: _Param, k: int, c0: int, upto: int) -> None:
+    #: the most bytes of row files a compaction holds in memory at once (one shard's rows),
+    #: so that each row file is read once for every tensor; beyond it each tensor's bytes are
+    #: read from the row file on their own
+    ROW_CACHE_NBYTES = 64 << 20
+
+    def _caches_rows(self) -> bool:
+        """Whether the row files of every uncompacted row fit :attr:`ROW_CACHE_NBYTES`."""
+        settings = self._shard_settings or {}
+        most = settings.get("steps_per_shard", 0) + settings.get("compact_every", 0)
+        return self._row_tail is not None and most * self._row_tail.nbytes <= self.ROW_CACHE_NBYTES
+
+    def _read_row_files(self, lo: int, hi: int, c0: int) -> dict[int, bytes | None] | None:
+        """The whole row files of rows ``max(lo, c0)..hi-1`` (None for a missing one; the ones
+        this writer committed from memory), when the store has row files and they fit
+        :attr:`ROW_CACHE_NBYTES`; else None."""
+        tail = self._row_tail
+        lo = max(lo, c0)
+        if tail is None or hi <= lo or (hi - lo) * tail.nbytes > self.ROW_CACHE_NBYTES:
+            return None
+        cache = self._row_cache
+        return {row: cache[row] if row in cache else _io.get_bytes(self._store, tail.key(row))
+                for row in range(lo, hi)}
+
+    def _write_shard(self, p: _Param, k: int, c0: int, upto: int,
+                     rows: dict[int, bytes | None] | None = None) -> None:
         """Write shard ``k`` of ``p`` holding its rows before ``upto``: rows before ``c0``
-        copied from the shard already there, the others from their per-step chunks (stored
-        bytes and checksums copied verbatim, so damage stays detectable)."""
+        copied from the shard already there, the others from their per-step chunks (``rows``:
+        the row files already read, :meth:`_read_row_files`; stored bytes and checksums
+        copied verbatim, so damage stays detectable)."""
         from .run import _corrupt
 
         layout, store = p.layout, self._store
@@ -1440,7 +1499,11 @@ class Recorder:
                 raw = _io.get_bytes(store, key, (j * size, (j + 1) * size))
             elif p.row_tail is not None:
                 off, nbytes = p.row_tail.entries[p.name]
-                raw = _io.get_bytes(store, p.row_key(row), (off, off + nbytes))
+                if rows is not None:
+                    whole = rows[row]
+                    raw = None if whole is None else memoryview(whole)[off:off + nbytes]
+                else:
+                    raw = _io.get_bytes(store, p.row_key(row), (off, off + nbytes))
             else:
                 raw = _io.get_bytes(store, p.row_key(row))
             if raw is None or len(raw) != size:
