@@ -1,5 +1,6 @@
 """Reading a sharded tensor (see :mod:`grokscope.store._shards`): rows before the compacted
-boundary from their shard, the others from the per-step tail ``_tail/<key>``."""
+boundary from their shard, the others from the row files ``_tail/rows`` (stores written before:
+the per-tensor tail ``_tail/<key>``)."""
 
 from __future__ import annotations
 

@@ -1279,8 +1279,10 @@ class Recorder:
                     parts.append(raw)
                     if self._params[key].checksummed:
                         parts.append(_io.crc32c(raw))
-                row_file = b"".join(parts)
-                _io.put_parts(store, self._row_tail.key(row), [row_file])
+                if self._caches_rows():  # kept for the compaction (one copy, small rows)
+                    row_file = b"".join(parts)
+                    parts = [row_file]
+                _io.put_parts(store, self._row_tail.key(row), parts)
             for key, a in arrays.items():
                 if self._params[key].row_tail is None:
                     self._params[key].write(store, row, a)
@@ -1324,7 +1326,7 @@ class Recorder:
         self._metric_names = meta["metrics"]
         if tail is not None:
             self._tail, self._tail_start = tail, tail_start
-        if row_file is not None and self._caches_rows():
+        if row_file is not None:
             self._row_cache[row] = row_file
         self._count = row + 1
         self._last_step = step
