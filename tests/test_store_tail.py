@@ -148,6 +148,18 @@ def test_a_record_writes_one_row_file_and_the_root(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- kills
+def _kill_metrics(s: int) -> dict[str, float]:
+    """``train_loss`` (checked by check_run_exact) and a metric first logged at step 2."""
+    return {"train_loss": s * 0.5, **({"test_acc": s / 100} if s >= 2 else {})}
+
+
+def _check_kill_metrics(run) -> None:
+    steps = run.steps.tolist()
+    if "test_acc" in run.metrics:
+        np.testing.assert_array_equal(run.metrics["test_acc"].values,
+                                      [s / 100 if s >= 2 else np.nan for s in steps])
+
+
 def _kill_child(path: Path, n: int, where: str) -> int:
     """Fork a writer that records steps 0..n-1 (shards of 4, compacting every 8, a scalar tail
     of at most 3 rows), then dies (exit 77) inside the record of step n: ``"commit"`` when it
@@ -162,7 +174,7 @@ def _kill_child(path: Path, n: int, where: str) -> int:
                            compact_every=8)
             for s in range(n):
                 fill_step(model, s)
-                rec.record(s, metrics={"train_loss": s * 0.5})
+                rec.record(s, metrics=_kill_metrics(s))
             if where == "commit":
                 recorder_mod.Recorder._write_root = lambda *a, **k: os._exit(77)
             else:
@@ -174,7 +186,7 @@ def _kill_child(path: Path, n: int, where: str) -> int:
 
                 recorder_mod._Scalar.flush = flush_then_die
             fill_step(model, n)
-            rec.record(n, metrics={"train_loss": n * 0.5})
+            rec.record(n, metrics=_kill_metrics(n))
         except BaseException:  # noqa: BLE001 (reported through the exit code)
             import traceback
 
@@ -199,16 +211,20 @@ def test_a_kill_between_the_tail_write_and_the_commit_loses_nothing(tmp_path, n,
     run = open_run(path)
     assert run.steps.tolist() == list(range(n))
     check_run_exact(run, model)
+    _check_kill_metrics(run)
     run.verify()
     with Recorder(path, model, tiny_data()) as rec:
         assert rec.count == n
         for s in range(n, n + 6):
             fill_step(model, s)
-            rec.record(s, metrics={"train_loss": s * 0.5})
+            rec.record(s, metrics=_kill_metrics(s))
             check_run_exact(open_run(path), model)
+            _check_kill_metrics(open_run(path))
     run = open_run(path)
     assert run.steps.tolist() == list(range(n + 6))
     check_run_exact(run, model)
+    _check_kill_metrics(run)
+    assert "test_acc" in run.metrics
     run.verify()
     assert not (path / "_tail").exists()
 
