@@ -377,3 +377,38 @@ def test_put_file_over_an_existing_file_swaps_it_in_whole(tmp_path):
     with pytest.raises(IsADirectoryError):
         _io.put_file(tmp_path / "folder", b"x")
     assert sorted(os.listdir(tmp_path)) == ["doc.json", "folder", "link", "outside"]
+
+
+# ---------------------------------------------------------------------------- fuzz
+@pytest.fixture(scope="module")
+def recording_pristine(tmp_path_factory):
+    """A store abandoned while recording: 6 steps committed, 4 in shards, 2 in row files, the
+    scalars of the last 2 in the root's commit.tail, a resume state; and what it holds."""
+    from tests.test_store_fuzz import _snapshot_data
+
+    path = tmp_path_factory.mktemp("tail-fuzz-pristine") / "store"
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rec = Recorder(path, model, tiny_data(), config={"seed": 0}, steps_per_shard=4)
+    for step in range(0, 60, 10):
+        fill_step(model, step)
+        model.fc1.weight.grad = torch.ones_like(model.fc1.weight)
+        opt.step()
+        fill_step(model, step)
+        rec.record(step, metrics={"train_loss": step * 0.5, "test_acc": step / 100},
+                   optimizer=opt)
+    _abandon(rec)
+    commit = _root(path)["attributes"]["grokscope"]["commit"]
+    assert commit["compacted"] == 4 and commit["tail"]["start"] == 4
+    return path, _snapshot_data(path)
+
+
+@pytest.mark.slow
+def test_fuzz_damage_to_a_store_being_recorded(recording_pristine, tmp_path, capsys):
+    """tests/test_store_fuzz.py's damage (metadata, chunks, keys, shapes, links) on a store
+    whose newest steps are in the tail: every outcome is the exact data or a GrokscopeError,
+    nothing outside the store changes, the CLI prints no traceback."""
+    from tests.test_store_fuzz import _fuzz
+
+    _fuzz(300, 20_000, recording_pristine, tmp_path, capsys)

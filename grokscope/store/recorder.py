@@ -1517,9 +1517,18 @@ class Recorder:
 
     def _write_resume(self, step: int, raw: bytes) -> dict:
         store = self._store
-        if not _io.exists(store, f"{schema.RESUME_GROUP}/zarr.json"):
-            _io.write_json(store, f"{schema.RESUME_GROUP}/zarr.json",
-                           {"zarr_format": 3, "node_type": "group", "attributes": {}})
+        group = f"{schema.RESUME_GROUP}/zarr.json"
+        doc = _io.read_json(store, group, what="the resume group's metadata")
+        if doc is None:
+            _io.write_json(store, group, {"zarr_format": 3, "node_type": "group",
+                                          "attributes": {}})
+        elif doc.get("node_type") != "group" or doc.get("zarr_format") != 3:
+            # zarr would raise its own error creating an array below it
+            raise CorruptStoreError(
+                f"the resume group's metadata ({group!r} in {self._where}) is not a zarr v3 "
+                "group document: the store is damaged. Restore it from a copy, or re-record "
+                "the run"
+            )
         key = f"{schema.RESUME_GROUP}/s{step}"
         arr = zarr.create_array(
             store=store, name=key, shape=(len(raw),), chunks=(max(len(raw), 1),), dtype="uint8",
