@@ -405,7 +405,9 @@ def test_disk_full_mid_record_keeps_last_commit(run_path, monkeypatch):
     fill_step(model, step)
     rec.record(step, metrics={"train_loss": 0.0}, optimizer=opt)
     n_writes = counter.n
-    assert n_writes >= 8
+    # the row file, the new metric's metadata, the resume state's group, metadata and bytes,
+    # the root document (a sharded store commits scalars in the root: docs/store.md)
+    assert n_writes >= 6
     for k in range(1, n_writes + 2):
         step += 1
         fill_step(model, step)

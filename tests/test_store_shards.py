@@ -92,7 +92,7 @@ def test_sharded_array_metadata_is_plain_zarr_sharding(tmp_path):
     assert [c["name"] for c in conf["index_codecs"]] == ["bytes", "crc32c"]
     assert doc["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "."}}
     meta = json.loads((path / "zarr.json").read_text())["attributes"]["grokscope"]
-    assert meta["shards"] == {"steps_per_shard": 4, "compact_every": 4}
+    assert meta["shards"] == {"steps_per_shard": 4, "compact_every": 4, "tail": "rows"}
     assert meta["commit"]["compacted"] == meta["commit"]["count"] == 5
     # plain zarr and xarray read every row, checking each step's checksum
     arr = zarr.open_array(path, path="fc1.weight", mode="r")
@@ -118,8 +118,9 @@ def test_periodic_compaction_while_recording(tmp_path):
             run = open_run(path)  # a reader mid-recording sees every committed row exactly
             check_run_exact(run, model)
         assert seen == [0] * 7 + [8] * 8 + [16] * 4
-        tail = sorted(os.listdir(path / "_tail" / "fc1.weight"))
-        assert tail == ["c.16.0.0", "c.17.0.0", "c.18.0.0", "zarr.json"]
+        tail = sorted(os.listdir(path / "_tail" / "rows"))  # one file per step, every tensor
+        assert tail == ["c.16.0", "c.17.0", "c.18.0", "zarr.json"]
+        assert sorted(os.listdir(path / "_tail")) == ["rows", "zarr.json"]
     assert not (path / "_tail").exists()
 
 
@@ -441,7 +442,8 @@ def test_a_reader_opened_before_a_compaction_still_reads_every_row(tmp_path):
             rec.record(s, metrics={"train_loss": s * 0.5})
         early = open_run(path)
         lazy = early.params["fc1.bias"]  # built before the compaction: 7 one-row blocks
-        assert rec.compact() == 7 and not list((path / "_tail" / "fc1.bias").glob("c.*"))
+        assert list((path / "_tail" / "rows").glob("c.*"))
+        assert rec.compact() == 7 and not list((path / "_tail" / "rows").glob("c.*"))
         check_run_exact(early, model)
         np.testing.assert_array_equal(lazy.values[:, 0],
                                       np.arange(7, dtype=np.float32) + np.float32(0.001))

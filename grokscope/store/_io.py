@@ -3,8 +3,9 @@
 Every byte the store writes goes through :func:`put_file` (local disk) or the fsspec store's
 ``set``; both are wrapped here so that
 
-* a local write is atomic (a temporary file in the same folder, then ``os.replace``): a
-  ``SIGKILL`` can never leave a torn chunk or a torn ``zarr.json``;
+* a local write is atomic (a temporary file in the same folder, then renamed into place; over
+  an existing file by an atomic exchange, see :func:`put_file`): a ``SIGKILL`` can never leave
+  a torn chunk or a torn ``zarr.json``;
 * an ``OSError`` (disk full, permissions) surfaces as one exception type the recorder turns
   into :class:`~grokscope.errors.StoreWriteError`.
 
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,11 +78,21 @@ def is_checksum_error(exc: BaseException) -> bool:
 
 def put_file(path: Path, data: Any) -> None:
     """Write ``data`` (bytes-like, or a tuple/list/iterator of bytes-like parts written one
-    after the other) to ``path`` atomically: temporary file, then ``os.replace``.
+    after the other) to ``path`` atomically: temporary file, then renamed into place.
 
     The temporary file lives in the same folder (same file system), is named
     ``.<name>.<random>.gstmp`` and is removed on failure; a killed process may leave one behind,
     which :func:`remove_stale_tmp` deletes when a writer next opens the store.
+
+    Over an existing regular file (the root ``zarr.json`` at every commit, a rewritten shard)
+    the new file is swapped in by one ``renameat2(RENAME_EXCHANGE)`` (Linux) and the old one
+    deleted, instead of ``os.replace``: as atomic for every reader and against a kill, but
+    ext4 (``auto_da_alloc``) makes a rename *over* an existing file write the new file's data
+    to disk first, measured at ~2-3 ms per commit on a loaded machine against ~0.1 ms for the
+    exchange. The price: after a power cut or a kernel crash (not a killed process) within
+    the file system's commit interval, a file swapped in this way may be empty, as any new
+    file written without ``fsync`` may (see docs/store.md, "Commit protocol"). Elsewhere, or
+    where the exchange is refused, ``os.replace``.
     """
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
     try:
@@ -92,6 +104,12 @@ def put_file(path: Path, data: Any) -> None:
         with f:
             for part in (data if isinstance(data, tuple | list | Iterator) else (data,)):
                 f.write(part)
+        if _swap(tmp, path):
+            try:
+                os.unlink(tmp)  # now the old content
+            except OSError:
+                pass  # a leftover temporary file: remove_stale_tmp deletes it
+            return
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -99,6 +117,38 @@ def put_file(path: Path, data: Any) -> None:
         except OSError:
             pass
         raise
+
+
+_RENAME_EXCHANGE = 2
+_renameat2: Any = None
+
+
+def _swap(tmp: Path, path: Path) -> bool:
+    """Exchange ``tmp`` and ``path`` atomically when ``path`` is a regular file (Linux
+    ``renameat2(RENAME_EXCHANGE)``); False (nothing changed) when it is not, or the call is
+    unsupported or refused (the caller then renames)."""
+    global _renameat2
+    if _renameat2 is False:
+        return False
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint]
+            _renameat2 = fn
+        except (OSError, AttributeError):
+            _renameat2 = False
+            return False
+    at_fdcwd = -100
+    return _renameat2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(path),
+                      _RENAME_EXCHANGE) == 0
 
 
 class AtomicLocalStore(LocalStore):
@@ -243,6 +293,30 @@ def put_bytes(store: Store, key: str, data: Any, *, checksum: bool = False) -> N
         return
     buf = cpu_buffer.Buffer.from_bytes(b"".join(bytes(p) for p in parts))
     sync(store.set(key, buf))
+
+
+def put_parts(store: Store, key: str, parts: list) -> None:
+    """Write the buffers ``parts`` one after the other as the value of ``key`` (atomic)."""
+    if isinstance(store, AtomicLocalStore):
+        put_file(store.root / key, parts)
+        return
+    sync(store.set(key, cpu_buffer.Buffer.from_bytes(b"".join(bytes(p) for p in parts))))
+
+
+def grow_array(store: Store, array: zarr.Array, shape: tuple[int, ...]) -> None:
+    """``array.resize(shape)``; when it grows an array of a local store, without zarr's
+    event-loop round trip (measured several ms per call on a loaded machine): the new metadata
+    document written as zarr writes it (atomically), the array's metadata updated in place, as
+    zarr's own resize does when nothing is deleted."""
+    shape = tuple(int(n) for n in shape)
+    if not isinstance(store, AtomicLocalStore) or len(shape) != array.ndim or any(
+            new < old for new, old in zip(shape, array.shape)):
+        array.resize(shape)
+        return
+    meta = array.metadata.update_shape(shape)
+    for key, buf in meta.to_buffer_dict(default_buffer_prototype()).items():
+        put_file(store.root / array.path / key, buf.as_buffer_like())
+    object.__setattr__(array.async_array, "metadata", meta)
 
 
 def get_bytes(store: Store, key: str, byte_range: tuple[int, int] | None = None) -> bytes | None:

@@ -1,5 +1,6 @@
 """Reading a sharded tensor (see :mod:`grokscope.store._shards`): rows before the compacted
-boundary from their shard, the others from the per-step tail ``_tail/<key>``."""
+boundary from their shard, the others from the row files ``_tail/rows`` (stores written before:
+the per-tensor tail ``_tail/<key>``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,44 @@ from . import _io, _shards
 from .run import _ArrayReader, _corrupt
 
 
+class RowTailReader:
+    """One sharded tensor's uncompacted rows inside the row files ``_tail/rows`` (one file per
+    row holding every sharded tensor's stored chunk; see ``grokscope.store.recorder._RowTail``):
+    each row read at its byte range, length- and CRC32C-checked."""
+
+    def __init__(self, store: Any, where: str, name: str, rows: zarr.Array, offset: int,
+                 layout: _shards.ShardLayout, inner: tuple[int, ...], dtype: np.dtype) -> None:
+        self.store, self.where, self.name, self.rows_array = store, where, name, rows
+        self.offset, self.layout, self.inner = offset, layout, inner
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+
+    def _key(self, row: int) -> str:
+        return f"{self.rows_array.path}/{self.rows_array.metadata.encode_chunk_key((row, 0))}"
+
+    def rows(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        out = np.empty((idx.size, *self.inner), dtype=self.dtype)
+        flat = out.reshape(idx.size, -1).view(np.uint8)
+        n, size = self.layout.chunk_nbytes, self.layout.stored_nbytes
+        for j, row in enumerate(idx):
+            raw = _io.get_bytes(self.store, self._key(int(row)),
+                                (self.offset, self.offset + size))
+            what = None
+            if raw is None:
+                what = "is missing"
+            elif len(raw) != size:
+                what = f"holds {len(raw)} bytes, expected {size} (truncated)"
+            elif self.layout.checksummed and not _io.check_crc(raw[:n], raw[n:]):
+                what = ("does not match its CRC32C checksum (its bytes changed after they were "
+                        "written)")
+            if what is not None:
+                raise _corrupt(self.where, self.name,
+                               f"the chunk of row {int(row)} in the per-step tail "
+                               f"({self._key(int(row))!r}) {what}")
+            flat[j] = np.frombuffer(raw, dtype=np.uint8, count=n)
+        return out
+
+
 class ShardedReader(_ArrayReader):
     """Read access to the first ``count`` rows of a sharded tensor, every row checked.
 
@@ -25,7 +64,7 @@ class ShardedReader(_ArrayReader):
         The array's layout (:func:`grokscope.store._shards.layout_of`).
     compacted : int
         Rows ``0..compacted-1`` are read from shards, the others from ``tail``.
-    tail : _ArrayReader or None
+    tail : _ArrayReader, RowTailReader or None
         The per-step tail (None when every committed row is compacted).
     compacted_now : callable, optional
         The compacted count a writer has published since (re-read from the root document):
@@ -34,7 +73,7 @@ class ShardedReader(_ArrayReader):
 
     def __init__(self, store: Any, where: str, name: str, array: zarr.Array, count: int,
                  source_dtype: str | None, *, layout: _shards.ShardLayout, compacted: int,
-                 tail: _ArrayReader | None,
+                 tail: _ArrayReader | RowTailReader | None,
                  compacted_now: Callable[[], int] | None = None) -> None:
         super().__init__(store, where, name, array, count, source_dtype)
         self.raw, self.checksummed = True, layout.checksummed

@@ -146,6 +146,65 @@ def write_shard(store: Any, key: str, layout: ShardLayout, rows: int,
         _io.put_bytes(store, key, b"".join(parts()))
 
 
+# ---------------------------------------------------------------------------- the row tail
+#: ``shards.tail`` in the root metadata of a store whose uncompacted rows are row files
+TAIL_ROWS = "rows"
+#: the array of the row files, inside the tail group (``_tail/rows``)
+ROWS_NAME = "rows"
+#: its attribute: ``[[key, offset, nbytes], ...]``, where each tensor's chunk lies in a row
+ROWS_ATTR = "grokscope_rows"
+
+
+def row_entries(params: dict[str, ShardLayout]) -> dict[str, tuple[int, int]]:
+    """``{key: (offset, nbytes)}`` of each sharded tensor's stored chunk (raw bytes and their
+    CRC32C, :attr:`ShardLayout.stored_nbytes`) inside a row file, in ``params`` order."""
+    out, off = {}, 0
+    for key, layout in params.items():
+        out[key] = (off, layout.stored_nbytes)
+        off += layout.stored_nbytes
+    return out
+
+
+def check_rows_array(array: zarr.Array, layouts: dict[str, ShardLayout], where: str
+                     ) -> dict[str, tuple[int, int]]:
+    """The entries of the row-file array ``_tail/rows`` (see :mod:`grokscope.store.recorder`:
+    one file per uncompacted row, holding every sharded tensor's stored chunk one after the
+    other), checked against the tensors' ``layouts``: uint8 ``(rows, n)`` in chunks of
+    ``(1, n)``, plain ``bytes`` codec (each chunk inside carries its own CRC32C), one entry per
+    sharded tensor of the right size, one after the other filling the row. Else
+    CorruptStoreError."""
+    raw, checksummed = _io.codec_layout(array)
+    entries = array.attrs.get(ROWS_ATTR)
+    n = int(array.shape[1]) if array.ndim == 2 else -1
+
+    def bad(what: str) -> CorruptStoreError:
+        return CorruptStoreError(
+            f"the per-step tail {array.path!r} of {where} is damaged or crafted ({what}); "
+            "restore the store from a copy or re-record the run"
+        )
+
+    if (np.dtype(array.dtype) != np.uint8 or array.ndim != 2 or not raw or checksummed
+            or tuple(array.chunks) != (1, n)):
+        raise bad(f"dtype {array.dtype}, shape {array.shape}, chunks {array.chunks}, codecs "
+                  f"{[type(c).__name__ for c in array.metadata.codecs]}")
+    if not isinstance(entries, list):
+        raise bad(f"its {ROWS_ATTR!r} attribute is not a list")
+    out: dict[str, tuple[int, int]] = {}
+    for e in entries:
+        if (not isinstance(e, list) or len(e) != 3 or not isinstance(e[0], str)
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in e[1:])):
+            raise bad(f"entry {e!r} is not [key, offset, nbytes]")
+        out[e[0]] = (e[1], e[2])
+    spans = sorted(out.values())
+    if (len(out) != len(entries) or set(out) != set(layouts)
+            or any(out[k][1] != lay.stored_nbytes for k, lay in layouts.items())
+            or not spans or spans[0][0] != 0 or spans[-1][0] + spans[-1][1] != n
+            or any(a[0] + a[1] != b[0] for a, b in zip(spans, spans[1:]))):
+        raise bad(f"its entries {entries!r} do not lay out the sharded tensors "
+                  f"{sorted(layouts)} inside rows of {n} bytes")
+    return out
+
+
 def parse_index(raw: bytes, layout: ShardLayout) -> np.ndarray | None:
     """The ``(S, 2)`` uint64 index from the last :attr:`ShardLayout.index_nbytes` bytes of a
     shard, or None when its length or its CRC32C is wrong."""

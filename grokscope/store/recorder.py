@@ -13,6 +13,7 @@ only the first ``count`` rows.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import time
@@ -37,7 +38,7 @@ from ..errors import (
     StoreError,
     StoreWriteError,
 )
-from . import _io, _shards, schema
+from . import _io, _scalar_tail, _shards, schema
 from .schedule import Schedule
 
 _COMMITS = ("count", "consolidated")
@@ -244,6 +245,43 @@ class _Scalar:
         if row // schema.SCALAR_CHUNK == self.chunk:
             self.buf[row - self.chunk * schema.SCALAR_CHUNK] = self.fill
 
+    def flush(self, store: Any, start: int, values: np.ndarray) -> None:
+        """Write ``values`` (rows ``start..start+len-1``, the scalar tail being moved into the
+        array: :mod:`grokscope.store._scalar_tail`) into their chunks, each touched chunk once
+        (atomically, earlier rows kept); the buffer then holds the chunk of the row after them."""
+        size = schema.SCALAR_CHUNK
+        row, i, n = start, 0, len(values)
+        while i < n:
+            chunk = row // size
+            if chunk != self.chunk:
+                self.load(store, row)  # the chunk's earlier rows (none at a chunk boundary)
+            lo = chunk * size
+            k = min(n - i, lo + size - row)
+            self.buf[row - lo:row - lo + k] = values[i:i + k]
+            _io.put_bytes(store, self.key(chunk), memoryview(self.buf).cast("B"),
+                          checksum=self.checksummed)
+            row, i = row + k, i + k
+        if row // size != self.chunk:
+            self.buf = np.full(size, self.fill, dtype=self.dtype)
+            self.chunk = row // size
+
+
+class _RowTail:
+    """The row files of a sharded store (root metadata ``shards.tail == "rows"``): each
+    uncompacted row's sharded tensors in one file, ``_tail/rows/c.<row>.0`` (a chunk of the
+    uint8 array ``_tail/rows``, ``(rows, n)``), each tensor's stored chunk (raw bytes and their
+    CRC32C) at its ``entries[key] = (offset, nbytes)``, one after the other in the params'
+    order. One file per committed step instead of one per tensor."""
+
+    def __init__(self, array: zarr.Array, entries: dict[str, tuple[int, int]]) -> None:
+        self.array = array
+        self.entries = dict(sorted(entries.items(), key=lambda kv: kv[1][0]))
+        self.path = array.path
+        self.nbytes = int(array.shape[1])
+
+    def key(self, row: int) -> str:
+        return f"{self.path}/{self.array.metadata.encode_chunk_key((row, 0))}"
+
 
 class _Param:
     """A root array holding one tensor per row.
@@ -261,6 +299,8 @@ class _Param:
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.layout = _shards.layout_of(array)
         self.tail = tail
+        #: the row files holding this sharded tensor's uncompacted rows (instead of ``tail``)
+        self.row_tail: _RowTail | None = None
         if self.layout is not None:
             self.raw, self.checksummed = True, self.layout.checksummed
         else:
@@ -270,10 +310,14 @@ class _Param:
     @property
     def rows_array(self) -> zarr.Array:
         """The array each new row is written to (the tail when sharded)."""
+        if self.row_tail is not None:
+            return self.row_tail.array
         return self.tail if self.layout is not None else self.array
 
     def row_key(self, row: int) -> str:
-        """The key of row ``row``'s per-step chunk."""
+        """The key of row ``row``'s per-step chunk (its row file's, see :class:`_RowTail`)."""
+        if self.row_tail is not None:
+            return self.row_tail.key(row)
         arr = self.rows_array
         return f"{arr.path}/{arr.metadata.encode_chunk_key((row, *self._zeros))}"
 
@@ -476,6 +520,14 @@ class Recorder:
         if compression is not None or commit != "count":
             self._shard_settings = None  # per-step layout (see the docstring)
         self._compacted = 0
+        #: sharded stores: the step/nonfinite/metric values of rows ``_tail_start..count-1``,
+        #: committed in the root document (grokscope.store._scalar_tail); None: per-step layout
+        self._tail: dict[str, np.ndarray] | None = None
+        self._tail_start = 0
+        self._row_tail: _RowTail | None = None
+        #: the row files this writer committed and has not compacted yet, as written (when
+        #: they fit ROW_CACHE_NBYTES), so a compaction does not read them back
+        self._row_cache: dict[int, bytes] = {}
         self.path = path
         self.schedule = schedule or Schedule()
         self.compression = compression
@@ -595,6 +647,25 @@ class Recorder:
         return self._new_array(f"{schema.TAIL_GROUP}/{key}", (rows, *shape),
                                (1, *shape), dtype, dims, compress=False, one_file_per_chunk=True)
 
+    def _new_row_tail(self, layouts: dict[str, _shards.ShardLayout], rows: int) -> _RowTail:
+        """A new, empty row-file array ``_tail/rows`` for the sharded tensors ``layouts``."""
+        entries = _shards.row_entries(layouts)
+        nbytes = sum(n for _, n in entries.values())
+        arr = zarr.create_array(
+            store=self._store, name=f"{schema.TAIL_GROUP}/{_shards.ROWS_NAME}",
+            shape=(rows, nbytes), chunks=(1, nbytes), dtype="uint8", fill_value=0,
+            dimension_names=(schema.STEP, "byte"), compressors=(), filters=None,
+            zarr_format=3, overwrite=True, write_data=False,
+            chunk_key_encoding=_shards.KEY_ENCODING,
+            attributes={_shards.ROWS_ATTR: [[k, off, n] for k, (off, n) in entries.items()]},
+        )
+        return _RowTail(arr, entries)
+
+    def _attach_row_tail(self, row_tail: _RowTail) -> None:
+        self._row_tail = row_tail
+        for key in row_tail.entries:
+            self._params[key].row_tail = row_tail
+
     def _codecs(self, *compressors: Any) -> tuple:
         """``compressors`` followed by the ``crc32c`` codec when checksums are on (bytes ->
         [blosc ->] crc32c: the checksum covers the stored, possibly compressed, bytes)."""
@@ -651,15 +722,24 @@ class Recorder:
                 arr = self._new_array(key, (0, *shape), (1, *shape), dtype, dims[key],
                                       compress=False,
                                       shards=(self._shard_settings["steps_per_shard"], *shape))
-                self._params[key] = _Param(key, arr, self._new_tail(key, shape, dtype, dims[key]))
+                self._params[key] = _Param(key, arr)  # its rows go to the row files
                 continue
             arr = self._new_array(
                 key, (self._capacity, *shape), (1, *shape), dtype,
                 dims[key], compress=self.compression is not None,
             )
             self._params[key] = _Param(key, arr)
+        if self._shard_settings is not None:
+            self._tail = {}
+        layouts = {k: p.layout for k, p in self._params.items() if p.layout is not None}
+        if layouts:  # one row file per step for every sharded tensor
+            self._shard_settings = {**self._shard_settings, "tail": _shards.TAIL_ROWS}
+            self._meta[schema.SHARDS_KEY] = dict(self._shard_settings)
+            self._attach_row_tail(self._new_row_tail(layouts, self._capacity))
         for name, dtype in ((schema.STEP, "int64"), (schema.NONFINITE, "int64")):
             self._add_scalar(name, np.dtype(dtype))
+        if self._tail is not None:
+            self._tail = {n: np.empty(0, dtype=sc.dtype) for n, sc in self._scalars.items()}
         if data is not None:
             self._write_data(data)
         if program is not None:
@@ -715,7 +795,14 @@ class Recorder:
         arr = self._new_array(name, (self._capacity,), (schema.SCALAR_CHUNK,), dtype,
                               (schema.STEP,), compress=False)
         sc = _Scalar(name, arr)
-        sc.start_empty(self._store, row)
+        if self._tail is None:
+            sc.start_empty(self._store, row)
+        else:  # rows from the tail's start on are committed in the root document
+            start = self._tail_start
+            sc.start_empty(self._store, start)
+            if start % schema.SCALAR_CHUNK:  # committed rows before it share this chunk
+                _io.put_bytes(self._store, sc.key(sc.chunk), memoryview(sc.buf).cast("B"),
+                              checksum=sc.checksummed)
         self._scalars[name] = sc
         return sc
 
@@ -788,6 +875,9 @@ class Recorder:
         self._write_root(meta)
         for key in meta["params"]:
             self._params[key] = self._open_param(key)
+        layouts = {k: p.layout for k, p in self._params.items() if p.layout is not None}
+        if self._row_files() and layouts:
+            self._attach_row_tail(self._open_row_tail(layouts))
         self._metric_names = list(meta["metrics"])
         for name in (schema.STEP, schema.NONFINITE, *self._metric_names):
             arr = _io.open_zarr_array(store, name, what="scalar array")
@@ -801,6 +891,11 @@ class Recorder:
                                f"rows but {self._count} are committed")
         # keep the store's choice: new arrays (metrics, resume states) match its step array
         self.checksum = self._scalars[schema.STEP].checksummed
+        start = self._count
+        if self._shard_settings is not None:  # the scalar tail (none in stores written before)
+            start, self._tail = _scalar_tail.read(
+                meta["commit"], {n: sc.dtype for n, sc in self._scalars.items()}, self._where)
+            self._tail_start = start
         self._drop_orphan_resume()
         self._drop_compacted_tail_rows()
         # trim the uncommitted tail (deletes its chunks), then pre-allocate again
@@ -808,7 +903,7 @@ class Recorder:
         self._resize_all(self._count)
         self._resize_all(max(schema.INITIAL_CAPACITY, 1 << math.ceil(math.log2(self._count + 1))))
         for sc in self._scalars.values():
-            sc.load(store, self._count)
+            sc.load(store, start)
         self._check_last_step()
         self._collect_static_nodes()
 
@@ -831,6 +926,8 @@ class Recorder:
                                              f"rows but {self._compacted} are compacted")
         if arr.shape[0] > self._compacted:  # a compaction killed before its commit
             arr.resize((self._compacted, *arr.shape[1:]))
+        if self._row_files():
+            return _Param(key, arr)  # its rows are in the row files (_open_row_tail)
         tail_path = f"{schema.TAIL_GROUP}/{key}"
         if self._compacted < self._count:  # committed rows live there: never re-created
             tail = _io.open_zarr_array(store, tail_path, what="parameter tail")
@@ -847,25 +944,45 @@ class Recorder:
                                   rows=self._count)
         return _Param(key, arr, tail)
 
+    def _row_files(self) -> bool:
+        """Whether the store keeps uncompacted rows in row files (:class:`_RowTail`; stores
+        written before keep one per-step array per tensor, ``_tail/<key>``)."""
+        return (self._shard_settings or {}).get("tail") == _shards.TAIL_ROWS
+
+    def _open_row_tail(self, layouts: dict[str, _shards.ShardLayout]) -> _RowTail:
+        """The row files of a re-opened store: opened and checked when they hold committed
+        rows, else created afresh."""
+        store = self._store
+        path = f"{schema.TAIL_GROUP}/{_shards.ROWS_NAME}"
+        if self._compacted < self._count:  # committed rows live there: never re-created
+            arr = _io.open_zarr_array(store, path, what="per-step tail")
+            return _RowTail(arr, _shards.check_rows_array(arr, layouts, self._where))
+        if not _io.exists(store, f"{schema.TAIL_GROUP}/zarr.json"):
+            _io.write_json(store, f"{schema.TAIL_GROUP}/zarr.json", _GROUP_DOC)
+        return self._new_row_tail(layouts, self._count)
+
     def _drop_compacted_tail_rows(self, upto: int | None = None, start: int | None = None
                                   ) -> None:
         """Delete the tail chunks of rows ``start..upto-1``; without ``start``, every tail
         chunk of a row before ``upto`` (default: the compacted boundary): what a writer killed
         between a compaction's commit and its clean-up left."""
         upto = self._compacted if upto is None else upto
-        for p in self._params.values():
-            if p.layout is None:
-                continue
+        tails = [p.tail for p in self._params.values() if p.layout is not None and p.tail]
+        if self._row_tail is not None:
+            tails.append(self._row_tail)
+        for p in tails:
             if start is None:  # unknown which rows are left: look
-                prefix = p.tail.path
+                prefix = p.path
                 for name in _io.list_dir(self._store, prefix):
                     parts = name.split(".")
                     if len(parts) >= 2 and parts[0] == "c" and parts[1].isdigit() \
                             and int(parts[1]) < upto:
                         _io.delete_entry(self._store, f"{prefix}/{name}")
                 continue
-            keys = [p.row_key(row) for row in range(start, upto)]
-            prefix = p.tail.path
+            keys = [(p.key(row) if isinstance(p, _RowTail) else
+                     f"{p.path}/{p.metadata.encode_chunk_key((row, *(0,) * (p.ndim - 1)))}")
+                    for row in range(start, upto)]
+            prefix = p.path
             for lo in range(0, len(keys), 64):  # in batches, so kills land in between
                 _io.delete_keys(self._store, prefix,
                                 [k[len(prefix) + 1:] for k in keys[lo:lo + 64]])
@@ -900,9 +1017,12 @@ class Recorder:
             return
         from .run import _ArrayReader
 
-        arr = self._scalars[schema.STEP].array
-        stored = int(_ArrayReader(self._store, self._where, schema.STEP, arr, self._count)
-                     [self._count - 1])
+        if self._tail is not None and self._tail_start < self._count:
+            stored = int(self._tail[schema.STEP][-1])
+        else:
+            arr = self._scalars[schema.STEP].array
+            stored = int(_ArrayReader(self._store, self._where, schema.STEP, arr, self._count)
+                         [self._count - 1])
         if stored != self._last_step:
             raise CorruptStoreError(
                 f"the root metadata of {self._where} says the last committed step is "
@@ -975,15 +1095,39 @@ class Recorder:
         return doc
 
     def _write_root(self, meta: dict, *, count: int | None = None) -> None:
-        _io.write_json(self._store, "zarr.json", self._root_doc(meta, count))
+        if count is not None:  # consolidated metadata: the whole document
+            _io.write_json(self._store, "zarr.json", self._root_doc(meta, count))
+            return
+        _io.put_bytes(self._store, "zarr.json", self._root_json(meta))
+
+    def _root_json(self, meta: dict) -> bytes:
+        """:meth:`_root_doc` as JSON bytes. Only ``commit`` and ``metrics`` change from one
+        record to the next; the rest (config, anatomy, params, versions ...) is serialised
+        again only when one of its values is another object (the writer replaces a value,
+        never changes one in place)."""
+        static = {k: v for k, v in meta.items() if k not in ("commit", "metrics")}
+        key = tuple((k, id(v)) for k, v in static.items())
+        cached = getattr(self, "_static_json", None)
+        if cached is None or cached[0] != key:
+            body = json.dumps(static, allow_nan=True, separators=(",", ":"))
+            cached = self._static_json = (key, body, tuple(static.values()))  # ids stay valid
+        dyn = json.dumps({"metrics": meta["metrics"], "commit": meta["commit"]},
+                         allow_nan=True, separators=(",", ":"))
+        body = cached[1]
+        meta_json = body[:-1] + ("," if len(body) > 2 else "") + dyn[1:]
+        return (f'{{"zarr_format":3,"node_type":"group","attributes":{{"{schema.SCHEMA_KEY}":'
+                f'{schema.SCHEMA_VERSION},"{schema.META_KEY}":{meta_json}}}}}').encode()
 
     # ------------------------------------------------------------------ capacity
     def _resize_all(self, capacity: int, *, tails: bool = True) -> None:
+        store = self._store
         for p in self._params.values():
-            if tails or p.layout is None:
-                p.rows_array.resize((capacity, *p.shape))
+            if p.row_tail is None and (tails or p.layout is None):
+                _io.grow_array(store, p.rows_array, (capacity, *p.shape))
+        if self._row_tail is not None and tails:
+            _io.grow_array(store, self._row_tail.array, (capacity, self._row_tail.nbytes))
         for sc in self._scalars.values():
-            sc.array.resize((capacity,))
+            _io.grow_array(store, sc.array, (capacity,))
         self._capacity = capacity
 
     # ------------------------------------------------------------------ public API
@@ -1127,13 +1271,36 @@ class Recorder:
                 self._resize_all(max(schema.INITIAL_CAPACITY, 2 * self._capacity))
             for name in new_metrics:
                 self._add_scalar(name, np.dtype("float64"), row)
+            row_file = None
+            if self._row_tail is not None:  # one file for every sharded tensor
+                parts = []
+                for key in self._row_tail.entries:
+                    raw = memoryview(arrays[key].reshape(-1)).cast("B")
+                    parts.append(raw)
+                    if self._params[key].checksummed:
+                        parts.append(_io.crc32c(raw))
+                if self._caches_rows():  # kept for the compaction (one copy, small rows)
+                    row_file = b"".join(parts)
+                    parts = [row_file]
+                _io.put_parts(store, self._row_tail.key(row), parts)
             for key, a in arrays.items():
-                self._params[key].write(store, row, a)
+                if self._params[key].row_tail is None:
+                    self._params[key].write(store, row, a)
             names = self._metric_names + pending + new_metrics
-            for name in names:
-                self._scalars[name].set(store, row, values.get(name, np.nan))
-            self._scalars[schema.NONFINITE].set(store, row, nonfinite)
-            self._scalars[schema.STEP].set(store, row, step)
+            row_values = {**{n: values.get(n, np.nan) for n in names},
+                          schema.NONFINITE: nonfinite, schema.STEP: step}
+            tail_start, tail = self._tail_start, None
+            if self._tail is None:
+                for name in names:
+                    self._scalars[name].set(store, row, row_values[name])
+                self._scalars[schema.NONFINITE].set(store, row, nonfinite)
+                self._scalars[schema.STEP].set(store, row, step)
+            else:  # committed with the root document below, not by rewriting their chunks
+                tail = self._tail_with(row, row_values)
+                if row + 1 - tail_start > _scalar_tail.MAX_ROWS:  # move it into the arrays
+                    for name, sc in self._scalars.items():
+                        sc.flush(store, tail_start, tail[name])
+                    tail_start, tail = row + 1, {n: c[:0] for n, c in tail.items()}
             if resume_bytes is not None:
                 resume = self._write_resume(step, resume_bytes)
             meta = dict(self._meta)
@@ -1141,6 +1308,8 @@ class Recorder:
             meta["commit"] = {"count": row + 1, "last_step": step, "resume": resume}
             if self._shard_settings is not None:
                 meta["commit"]["compacted"] = self._compacted
+            if tail is not None:
+                self._put_tail(meta["commit"], tail_start, tail, names)
             self._write_root(
                 meta, count=row + 1 if self.commit_mode == "consolidated" else None
             )
@@ -1155,6 +1324,10 @@ class Recorder:
         old = self._resume
         self._meta = meta
         self._metric_names = meta["metrics"]
+        if tail is not None:
+            self._tail, self._tail_start = tail, tail_start
+        if row_file is not None:
+            self._row_cache[row] = row_file
         self._count = row + 1
         self._last_step = step
         self._resume = resume
@@ -1176,6 +1349,45 @@ class Recorder:
                         "stays where it is) and compaction is tried again later. Free disk "
                         "space or fix permissions"
                     ) from exc
+
+    # ------------------------------------------------------------------ scalar tail
+    def _tail_with(self, row: int, row_values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The scalar tail with row ``row`` appended (a new dict; every scalar array, the ones
+        first logged now with the fill value before ``row``)."""
+        n = row - self._tail_start
+        out = {}
+        for name, sc in self._scalars.items():
+            old = self._tail.get(name)
+            if old is None or len(old) != n:
+                old = np.full(n, sc.fill, dtype=sc.dtype)
+            out[name] = np.append(old, np.asarray(row_values.get(name, sc.fill), dtype=sc.dtype))
+        return out
+
+    def _put_tail(self, commit: dict, start: int, tail: Mapping[str, np.ndarray],
+                  metrics: list[str]) -> None:
+        """Set ``commit["tail"]`` to the tail of the committed scalar arrays (step, nonfinite,
+        ``metrics``), or drop it when the tail holds no rows."""
+        names = (schema.STEP, schema.NONFINITE, *metrics)
+        entry = _scalar_tail.entry(start, {n: tail[n] for n in names})
+        commit.pop(_scalar_tail.TAIL_KEY, None)
+        if entry is not None:
+            commit[_scalar_tail.TAIL_KEY] = entry
+
+    def _flush_tail(self, upto: int, commit: dict) -> tuple[int, dict[str, np.ndarray]]:
+        """Write the scalar tail's rows before ``upto`` into the arrays' chunks (every scalar
+        array, one not yet in the metadata too) and set ``commit``'s tail to the rest; the new
+        ``(start, tail)``, which the caller keeps once it has written the root document."""
+        start = self._tail_start
+        k = upto - start
+        rest = {}
+        for name, sc in self._scalars.items():
+            col = self._tail.get(name)
+            if col is None or len(col) != self._count - start:
+                col = np.full(self._count - start, sc.fill, dtype=sc.dtype)
+            sc.flush(self._store, start, col[:k])
+            rest[name] = col[k:]
+        self._put_tail(commit, upto, rest, self._metric_names)
+        return upto, rest
 
     # ------------------------------------------------------------------ compaction
     @property
@@ -1210,27 +1422,62 @@ class Recorder:
         c0 = self._compacted
         sharded = [p for p in self._params.values() if p.layout is not None]
         _kill_point()
-        for p in sharded:
-            n = p.layout.steps
-            for k in range(c0 // n, -(-upto // n)):
-                self._write_shard(p, k, c0, upto)
+        n = sharded[0].layout.steps if sharded else 1  # the same for every tensor
+        for k in range(c0 // n, -(-upto // n)):
+            rows = self._read_row_files(k * n, min(k * n + n, upto), c0)
+            for p in sharded:
+                self._write_shard(p, k, c0, upto, rows)
                 _kill_point()
+        for p in sharded:
             if p.array.shape[0] < upto:
-                p.array.resize((upto, *p.shape))
+                _io.grow_array(self._store, p.array, (upto, *p.shape))
                 _kill_point()
         meta = dict(self._meta)
         meta["commit"] = {**meta["commit"], "compacted": upto}
+        flushed = None
+        if self._tail is not None and upto > self._tail_start:
+            flushed = self._flush_tail(upto, meta["commit"])  # the scalars, with the shards
+            _kill_point()
         self._write_root(meta)
         self._meta, self._compacted = meta, upto
+        for row in [r for r in self._row_cache if r < upto]:
+            del self._row_cache[row]
+        if flushed is not None:
+            self._tail_start, self._tail = flushed
         _kill_point()
         if drop_rows:
             self._drop_compacted_tail_rows(upto, start=c0)
         return upto
 
-    def _write_shard(self, p: _Param, k: int, c0: int, upto: int) -> None:
+    #: the most bytes of row files a compaction holds in memory at once (one shard's rows),
+    #: so that each row file is read once for every tensor; beyond it each tensor's bytes are
+    #: read from the row file on their own
+    ROW_CACHE_NBYTES = 64 << 20
+
+    def _caches_rows(self) -> bool:
+        """Whether the row files of every uncompacted row fit :attr:`ROW_CACHE_NBYTES`."""
+        settings = self._shard_settings or {}
+        most = settings.get("steps_per_shard", 0) + settings.get("compact_every", 0)
+        return self._row_tail is not None and most * self._row_tail.nbytes <= self.ROW_CACHE_NBYTES
+
+    def _read_row_files(self, lo: int, hi: int, c0: int) -> dict[int, bytes | None] | None:
+        """The whole row files of rows ``max(lo, c0)..hi-1`` (None for a missing one; the ones
+        this writer committed from memory), when the store has row files and they fit
+        :attr:`ROW_CACHE_NBYTES`; else None."""
+        tail = self._row_tail
+        lo = max(lo, c0)
+        if tail is None or hi <= lo or (hi - lo) * tail.nbytes > self.ROW_CACHE_NBYTES:
+            return None
+        cache = self._row_cache
+        return {row: cache[row] if row in cache else _io.get_bytes(self._store, tail.key(row))
+                for row in range(lo, hi)}
+
+    def _write_shard(self, p: _Param, k: int, c0: int, upto: int,
+                     rows: dict[int, bytes | None] | None = None) -> None:
         """Write shard ``k`` of ``p`` holding its rows before ``upto``: rows before ``c0``
-        copied from the shard already there, the others from their per-step chunks (stored
-        bytes and checksums copied verbatim, so damage stays detectable)."""
+        copied from the shard already there, the others from their per-step chunks (``rows``:
+        the row files already read, :meth:`_read_row_files`; stored bytes and checksums
+        copied verbatim, so damage stays detectable)."""
         from .run import _corrupt
 
         layout, store = p.layout, self._store
@@ -1252,6 +1499,13 @@ class Recorder:
             row = lo + j
             if row < c0:
                 raw = _io.get_bytes(store, key, (j * size, (j + 1) * size))
+            elif p.row_tail is not None:
+                off, nbytes = p.row_tail.entries[p.name]
+                if rows is not None:
+                    whole = rows[row]
+                    raw = None if whole is None else memoryview(whole)[off:off + nbytes]
+                else:
+                    raw = _io.get_bytes(store, p.row_key(row), (off, off + nbytes))
             else:
                 raw = _io.get_bytes(store, p.row_key(row))
             if raw is None or len(raw) != size:
@@ -1263,9 +1517,18 @@ class Recorder:
 
     def _write_resume(self, step: int, raw: bytes) -> dict:
         store = self._store
-        if not _io.exists(store, f"{schema.RESUME_GROUP}/zarr.json"):
-            _io.write_json(store, f"{schema.RESUME_GROUP}/zarr.json",
-                           {"zarr_format": 3, "node_type": "group", "attributes": {}})
+        group = f"{schema.RESUME_GROUP}/zarr.json"
+        doc = _io.read_json(store, group, what="the resume group's metadata")
+        if doc is None:
+            _io.write_json(store, group, {"zarr_format": 3, "node_type": "group",
+                                          "attributes": {}})
+        elif doc.get("node_type") != "group" or doc.get("zarr_format") != 3:
+            # zarr would raise its own error creating an array below it
+            raise CorruptStoreError(
+                f"the resume group's metadata ({group!r} in {self._where}) is not a zarr v3 "
+                "group document: the store is damaged. Restore it from a copy, or re-record "
+                "the run"
+            )
         key = f"{schema.RESUME_GROUP}/s{step}"
         arr = zarr.create_array(
             store=store, name=key, shape=(len(raw),), chunks=(max(len(raw), 1),), dtype="uint8",
@@ -1301,6 +1564,12 @@ class Recorder:
             self._resize_all(self._count, tails=not sharded)  # the tails go whole, below
             if sharded:
                 self._compact(self._count, drop_rows=False)
+                if self._tail is not None and self._tail_start < self._count:
+                    meta = {**self._meta, "commit": dict(self._meta["commit"])}
+                    flushed = self._flush_tail(self._count, meta["commit"])
+                    self._write_root(meta)
+                    self._meta = meta
+                    self._tail_start, self._tail = flushed
                 _io.delete_entry(self._store, schema.TAIL_GROUP)  # every row is compacted
             # the closed marker: readers following the store (grokscope.watch) stop here
             self._meta = {**self._meta, schema.CLOSED_KEY: True}

@@ -26,7 +26,7 @@ from ..errors import (
     UnknownNameError,
     UntrustedCodeError,
 )
-from . import _io, schema
+from . import _io, _scalar_tail, schema
 from .recorder import mismatch_message
 
 _READ_ERRORS = (ValueError, RuntimeError, TypeError, OSError, EOFError)
@@ -261,6 +261,30 @@ class _ArrayReader:
         )
 
 
+class _TailScalarReader(_ArrayReader):
+    """A scalar array (``step``, ``nonfinite``, a metric) of a store being recorded: rows before
+    ``start`` from its chunks, the others from ``values`` (the root document's scalar tail,
+    :mod:`grokscope.store._scalar_tail`, checked when the root was read)."""
+
+    def __init__(self, store: Any, where: str, name: str, array: zarr.Array, count: int,
+                 start: int, values: np.ndarray) -> None:
+        super().__init__(store, where, name, array, count)
+        self.start = start
+        self.values = values
+
+    def rows(self, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
+            raise IndexError(f"row out of range for {self.name!r} with {self.shape[0]} rows")
+        out = np.empty(idx.size, dtype=self.dtype)
+        early = idx < self.start
+        if early.any():
+            out[early] = super().rows(idx[early])
+        if not early.all():
+            out[~early] = self.values[idx[~early] - self.start]
+        return out
+
+
 def _read_whole(store: Any, where: str, path: str, what: str) -> np.ndarray:
     """The whole array at ``path`` through zarr, every chunk required to exist (a missing one
     would read as the fill value) and zarr's errors (its crc32c mismatch included) named."""
@@ -425,8 +449,10 @@ class Run:
         self._count = count
         self._readers: dict[str, _ArrayReader] = {}
         compacted = meta["commit"].get("compacted", 0)  # checked by schema.check_meta
+        arrays = {key: _io.open_zarr_array(store, key, what="parameter") for key in params}
+        self._rows = self._row_files(arrays, count, compacted)
         for key, info in params.items():
-            arr = _io.open_zarr_array(store, key, what="parameter")
+            arr = arrays[key]
             sharded = self._sharded_reader(key, arr, count, compacted, info.get("source_dtype"))
             if sharded is not None:
                 self._readers[key] = sharded
@@ -436,10 +462,17 @@ class Run:
                                               info.get("source_dtype"))
         self._scalar_readers: dict[str, _ArrayReader] = {}
         initialized = meta.get("initialized", True) is not False  # False: being created
+        arrays = {}
         for name in (schema.STEP, schema.NONFINITE, *metrics) if initialized else ():
-            arr = _io.open_zarr_array(store, name, what="scalar array")
+            arrays[name] = arr = _io.open_zarr_array(store, name, what="scalar array")
             self._check_rows(arr, name, count)
-            self._scalar_readers[name] = _ArrayReader(store, self._where, name, arr, count)
+        # a sharded store being recorded holds its newest scalar rows in the root document
+        start, tail = _scalar_tail.read(meta["commit"], {n: np.dtype(a.dtype)
+                                                         for n, a in arrays.items()}, self._where)
+        for name, arr in arrays.items():
+            self._scalar_readers[name] = (
+                _TailScalarReader(store, self._where, name, arr, count, start, tail[name])
+                if start < count else _ArrayReader(store, self._where, name, arr, count))
         self.steps = (self._scalar_readers[schema.STEP][:] if initialized
                       else np.empty(0, dtype=np.int64))
         if count and np.any(np.diff(self.steps) <= 0):
@@ -452,6 +485,34 @@ class Run:
         self._metrics_ds: xr.Dataset | None = None
         self._data: Data | None = None
         return self
+
+    def _row_files(self, arrays: dict[str, zarr.Array], count: int, compacted: int) -> Any:
+        """The row files of a store that keeps its uncompacted rows in them (root metadata
+        ``shards.tail == "rows"``) and has some: ``(array, {key: (offset, nbytes)})``;
+        ``"gone"`` when a writer compacted every row and removed them since the root was read;
+        None otherwise (no uncompacted row, or per-tensor tails: stores written before)."""
+        from . import _shards
+
+        if (self._meta.get(schema.SHARDS_KEY) or {}).get("tail") != _shards.TAIL_ROWS:
+            return None
+        if compacted >= count:
+            return None
+        layouts = {}
+        for key, arr in arrays.items():
+            layout = _shards.layout_of(arr)
+            if layout is not None:
+                layouts[key] = layout
+        if not layouts:
+            return None
+        path = f"{schema.TAIL_GROUP}/{_shards.ROWS_NAME}"
+        try:
+            rows = _io.open_zarr_array(self._store, path, what="per-step tail")
+        except CorruptStoreError:
+            if self._compacted_now() < count:  # not a clean close since we read the root
+                raise
+            return "gone"
+        self._check_rows(rows, path, count)
+        return rows, _shards.check_rows_array(rows, layouts, self._where)
 
     def _sharded_reader(self, key: str, arr: zarr.Array, count: int, compacted: int,
                         source_dtype: str | None) -> _ArrayReader | None:
@@ -469,7 +530,15 @@ class Run:
         tail = None
         path = f"{schema.TAIL_GROUP}/{key}"
         tarr = None
-        if compacted < count:
+        if self._rows == "gone":
+            compacted = count
+        elif self._rows is not None:
+            from ._sharded_reader import RowTailReader
+
+            rows, entries = self._rows
+            tail = RowTailReader(self._store, self._where, key, rows, entries[key][0], layout,
+                                 tuple(arr.shape[1:]), np.dtype(arr.dtype))
+        elif compacted < count:
             try:
                 tarr = _io.open_zarr_array(self._store, path, what="parameter tail")
             except CorruptStoreError:

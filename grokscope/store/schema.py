@@ -11,15 +11,23 @@ A run is one zarr v3 group::
                                   metrics          [name, ...]   (scalar float64 arrays)
                                   commit           {"count": n, "last_step": s,
                                                     "resume": {"step", "key"} | None,
-                                                    "compacted": c}   (sharded stores)
-                                  shards           {"steps_per_shard": S, "compact_every": N}
-                                                   or absent (per-step layout)
+                                                    "compacted": c,   (sharded stores)
+                                                    "tail": {"start": s, "columns": {...}}}
+                                                   (sharded stores while recording: the
+                                                   step/nonfinite/metric values of rows
+                                                   s..n-1, see grokscope.store._scalar_tail)
+                                  shards           {"steps_per_shard": S, "compact_every": N,
+                                                    "tail": "rows"} or absent (per-step
+                                                   layout); "tail" absent in stores written
+                                                   before the row files (per-tensor tails)
                                   closed           true once the writer closed the store
                                                    (absent while one writes, or when it was
                                                    killed; a re-opening writer drops it)
     step                      int64 (capacity,), chunks 1024, dims ("step",)
     nonfinite                 int64 (capacity,): non-finite parameter entries at that row
     <metric>                  float64 (capacity,), chunks 1024, NaN fill
+                              (step, nonfinite, metrics: rows from commit.tail.start on are
+                              held in the root's commit.tail while a sharded store records)
     <state-dict key>          per-step layout: (capacity, *shape), one chunk per step;
                               sharded layout (``shards`` set): (compacted, *shape), shards of
                               (S, *shape) with one inner chunk per step (grokscope.store.
@@ -37,8 +45,14 @@ A run is one zarr v3 group::
                               dict zeroed; zstd), when it could be exported; root metadata
                               "program": {"key", "nbytes", "sha256", "torch", "format"} or
                               None with "export_error" (see grokscope.store.portable)
-    _tail/<state-dict key>    sharded stores: the committed rows not yet compacted, one chunk
-                              per step, (capacity, *shape); removed on a clean close
+    _tail/rows                sharded stores ("tail": "rows"): the committed rows not yet
+                              compacted, one file per step holding every sharded tensor's
+                              stored chunk (raw bytes + CRC32C) one after the other: uint8
+                              (capacity, n), chunks (1, n), plain bytes codec, attrs
+                              grokscope_rows [[key, offset, nbytes], ...]; removed on a clean
+                              close
+    _tail/<state-dict key>    sharded stores written before the row files: the same rows, one
+                              per-step array per tensor, (capacity, *shape)
     results/<measure>/        analysis outputs (written by the engine, read by Run.results)
 
 ``capacity`` grows geometrically; readers use only the first ``commit.count`` rows, which the
@@ -163,6 +177,8 @@ def check_meta(meta: Any, where: str) -> dict:
             if not _is_int(v) or not 1 <= v <= MAX_STEPS_PER_SHARD:
                 raise _bad_meta(where, f"{SHARDS_KEY}.{name} {v!r} is not an integer from 1 to "
                                        f"{MAX_STEPS_PER_SHARD}")
+        if shards.get("tail", "rows") != "rows":
+            raise _bad_meta(where, f"{SHARDS_KEY}.tail {shards.get('tail')!r} is not 'rows'")
     compacted = commit.get("compacted", 0)
     if not _is_int(compacted) or not 0 <= compacted <= count:
         raise _bad_meta(where, f"commit.compacted {compacted!r} is not an integer from 0 to the "
@@ -196,6 +212,9 @@ def check_meta(meta: Any, where: str) -> dict:
             raise _bad_meta(where, f"metric name {name!r} is not a one-segment array name")
     if len(set(metrics)) != len(metrics):
         raise _bad_meta(where, f"metric names repeat: {metrics}")
+    from . import _scalar_tail
+
+    _scalar_tail.check(commit, [STEP, NONFINITE, *metrics], lambda what: _bad_meta(where, what))
     if not isinstance(meta.get("config"), dict):
         raise _bad_meta(where, "'config' is missing or not an object")
     if not isinstance(meta.get(CLOSED_KEY, False), bool):
