@@ -118,3 +118,31 @@ class Data:
             f"Data(task={self.task_name!r}, train={tuple(self.x_train.shape)}, "
             f"test={tuple(self.x_test.shape)}, y={self.y_train.dtype})"
         )
+
+
+def as_data(value: Any, *, what: str = "data") -> Data | None:
+    """``value`` as a :class:`Data`: a ``Data``, a ``(x_train, y_train, x_test, y_test)``
+    tuple or list, a mapping with those four keys (and optionally ``task``, ``extras``), or
+    None (returned as is).
+
+    Raises
+    ------
+    ConfigError
+        Anything else, saying which forms are accepted.
+    """
+    from collections.abc import Mapping, Sequence
+
+    from .errors import ConfigError
+
+    if value is None or isinstance(value, Data):
+        return value
+    if isinstance(value, Mapping) and set(_SPLITS) <= set(value):
+        return Data(**{k: value[k] for k in (*_SPLITS, "task", "extras") if k in value})
+    if (isinstance(value, Sequence) and not isinstance(value, str | bytes)
+            and len(value) == len(_SPLITS)):
+        return Data(*value)
+    raise ConfigError(
+        f"{what} must be a grokscope.Data, a (x_train, y_train, x_test, y_test) tuple, a dict "
+        f"with those keys, or None; got {type(value).__name__}"
+        + (f" of length {len(value)}" if isinstance(value, Sequence) else "")
+    )

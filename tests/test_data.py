@@ -42,3 +42,31 @@ def test_errors_share_one_base():
     assert issubclass(DataError, GrokscopeError)
     with pytest.raises(DataError, match="split"):
         Data(torch.zeros(2, 2), torch.tensor([0, 1]), torch.zeros(1, 2), torch.tensor([1])).split("val")
+
+
+def test_a_plain_split_is_accepted_where_data_is_asked_for(tmp_path):
+    import torch
+    from torch import nn
+
+    import grokscope as gs
+    from grokscope.data import as_data
+    from grokscope.errors import ConfigError
+
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    d = as_data((x[:4], y[:4], x[4:], y[4:]))
+    assert isinstance(d, Data) and d.x_test.shape == (2, 3) and d.y_train.tolist() == [0, 1, 2, 0]
+    d = as_data({"x_train": x[:4], "y_train": y[:4], "x_test": x[4:], "y_test": y[4:],
+                 "task": {"name": "mine"}})
+    assert d.task == {"name": "mine"} and d.y_test.tolist() == [1, 2]
+    assert as_data(None) is None and as_data(d) is d
+    with pytest.raises(ConfigError, match=r"\(x_train, y_train, x_test, y_test\) tuple.*"
+                                          r"got tuple of length 2"):
+        as_data((x, y))
+    with pytest.raises(ConfigError, match="got str"):
+        as_data("train.pt")
+    # a researcher's loop passes its tensors straight to the Recorder
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 3))
+    with gs.Recorder(tmp_path / "r.zarr", model, [x[:4], y[:4], x[4:], y[4:]]) as rec:
+        rec.record(0, metrics={"test_acc": 0.5})
+    run = gs.open_run(tmp_path / "r.zarr")
+    assert torch.equal(run.data.x_test, x[4:]) and torch.equal(run.data.y_train, y[:4])

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import Data
+from ..data import Data, as_data
 from ..errors import ConfigError, GrokscopeError
 
 __all__ = ["MissingFrameworkError", "RecordingSession", "map_metrics", "metric_name", "require"]
@@ -224,8 +224,9 @@ class RecordingSession:
     ----------
     path : str or PathLike
         The store (local folder or fsspec URL).
-    data : Data or None
-        The run's split (stored once; measures need it). None records weights only.
+    data : Data, tuple, dict or None
+        The run's split (stored once; measures need it), as for the Recorder. None records
+        weights only.
     schedule, config, recorder_kwargs
         Passed to :class:`~grokscope.store.recorder.Recorder` (``recorder_kwargs``: any of
         its other keywords, e.g. ``{"overwrite": True}``).
@@ -239,11 +240,7 @@ class RecordingSession:
                  config: dict | None = None, metrics: Mapping[str, str] | None = None,
                  auto_metrics: bool = True, live: Any = None,
                  recorder_kwargs: Mapping[str, Any] | None = None) -> None:
-        if data is not None and not isinstance(data, Data):
-            raise ConfigError(
-                f"data must be a grokscope.Data (the train/test split, e.g. gs.Data(x_train, "
-                f"y_train, x_test, y_test)) or None, got {type(data).__name__}"
-            )
+        data = as_data(data)
         if metrics is not None and not (isinstance(metrics, Mapping) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in metrics.items())):
             raise ConfigError(

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .._cliargs import json_arg
-from ..data import Data
+from ..data import Data, as_data
 from ..errors import ConfigError, DataError, GrokscopeError, ModelMismatchError
 from . import _io, _tl, schema
 from ._formats import Item, Source, jsonable, open_source, weights_digest
@@ -403,7 +403,7 @@ def import_checkpoints(
         ``model_kwargs``), a registered name (built by ``model_for(name, data, **model_kwargs)``)
         or ``"module:qualname"`` (imported only with ``trust_code=True``). Keys and shapes of
         every checkpoint are checked against it; it becomes the run's model.
-    data : Data or None
+    data : Data, tuple, dict or None
         The split the run was trained on; None to read it from the checkpoints (keys
         ``x_train``/``train_data``/... or ``train_indices`` with ``full_data``).
     config : dict, optional
@@ -503,10 +503,10 @@ def import_checkpoints(
             full_data, notes["split_table"] = found
         data, how = _data_from_split(source.split, str(source.split_label), full_data)
         notes.update(how)
-    elif not isinstance(data, Data):
-        raise ConfigError(f"data must be a grokscope.Data or None, got {type(data).__name__}")
-    elif source.split is not None:
-        notes["split_in_checkpoints_ignored"] = source.split_label
+    else:
+        data = as_data(data)
+        if source.split is not None:
+            notes["split_in_checkpoints_ignored"] = source.split_label
     net, spec_kwargs = _resolve_model(model, model_kwargs, data, trust_code)
     key_map = _tl.buffer_key_map(net, key_map)  # TransformerLens: keep the model's own mask buffer
 

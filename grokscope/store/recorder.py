@@ -27,7 +27,7 @@ import torch
 import zarr
 from torch import nn
 
-from ..data import Data
+from ..data import Data, as_data
 from ..errors import (
     ConfigError,
     CorruptStoreError,
@@ -408,9 +408,10 @@ class Recorder:
     model : nn.Module
         The model whose ``state_dict()`` is recorded (its keys and shapes fix the store's
         arrays). Its spec (``grokscope.models.spec_of``) goes into ``config["model"]``.
-    data : Data or None
+    data : Data, tuple, dict or None
         The train/test split, stored once in the ``data/`` group (its task spec becomes
-        ``config["task"]``).
+        ``config["task"]``). A ``(x_train, y_train, x_test, y_test)`` tuple or a dict with
+        those keys is made a :class:`~grokscope.data.Data`.
     config : dict, optional
         JSON-able run settings (seeds, optimizer, hyper-parameters); kept as ``run.config``.
     schedule : Schedule, optional
@@ -512,8 +513,7 @@ class Recorder:
             raise ConfigError(f"compression={compression!r}: use None or 'lz4'")
         if commit not in _COMMITS:
             raise ConfigError(f"commit={commit!r}: use one of {_COMMITS}")
-        if data is not None and not isinstance(data, Data):
-            raise ConfigError(f"data must be a grokscope.Data or None, got {type(data).__name__}")
+        data = as_data(data)
         if schedule is not None and not isinstance(schedule, Schedule):
             raise ConfigError(f"schedule must be a Schedule, got {type(schedule).__name__}")
         self._shard_settings = _shard_settings(steps_per_shard, compact_every)
