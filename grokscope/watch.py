@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -636,14 +637,53 @@ def _preload() -> None:
         from . import forecast  # noqa: F401
 
 
+def _close_wait(value: Any) -> bool | float:
+    """A valid ``close_wait``: True (wait for the final pass), False (do not wait) or a
+    number of seconds >= 0 (wait at most that long)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise ConfigError(f"close_wait must be True, False or a number of seconds >= 0, got "
+                      f"{value!r}")
+
+
+def _at_shutdown(fn: Callable[[], None]) -> None:
+    """Call ``fn`` when the interpreter shuts down, *before* the thread pools close.
+
+    A watcher thread's final pass reads and writes zarr (whose local store runs file I/O on
+    asyncio's default executor) and computes through dask's thread pool; both refuse new work
+    once ``concurrent.futures`` has run its shutdown hook, which comes before
+    :mod:`atexit` handlers and before non-daemon threads are joined. ``threading``'s own
+    shutdown hooks run first, last registered first, so a hook registered now (after those
+    pools' modules were imported by :func:`_preload`) runs while they still accept work.
+    """
+    register = getattr(threading, "_register_atexit", None)  # CPython >= 3.9
+    if register is None:  # pragma: no cover - other interpreters: best effort
+        import atexit
+
+        atexit.register(fn)
+        return
+    register(fn)
+
+
 class _ThreadWatcher:
-    """:func:`watch` in a daemon thread of the writer's process; :meth:`join` stops it after a
-    final pass. A failure is kept and warned on join (never raised into the writer)."""
+    """:func:`watch` in a daemon thread of the writer's process.
+
+    :meth:`close` (what ``Recorder.close`` calls) sets the stop event, so the thread makes a
+    final pass over every committed checkpoint, and waits for it as ``close_wait`` says: True,
+    until it is done; a number, at most that many seconds; False, not at all. A final pass
+    still running when the interpreter exits is finished first (a shutdown hook joins it), so
+    a script that ends right after ``close`` keeps its final results. A failure is kept and
+    warned once it is known (never raised into the writer)."""
 
     def __init__(self, path: Any, options: dict[str, Any]) -> None:
+        options = dict(options)
+        self.close_wait = _close_wait(options.pop("close_wait", True))
         self.stop = threading.Event()
         self.result: Watched | None = None
         self.error: BaseException | None = None
+        self._reported = False
         options = {"progress": False, "num_threads": None, "duty": THREAD_DUTY, **options,
                    "stop": self.stop}
         _preload()
@@ -656,14 +696,40 @@ class _ThreadWatcher:
 
         self.thread = threading.Thread(target=target, name="grokscope-watch", daemon=True)
         self.thread.start()
+        ref = weakref.ref(self)  # a finished watcher (and its results) is not kept alive
 
-    def join(self) -> Watched | None:
+        def at_exit() -> None:
+            handle = ref()
+            if handle is not None and handle.thread.is_alive():
+                handle.join()
+
+        _at_shutdown(at_exit)
+
+    @property
+    def done(self) -> bool:
+        """True once the watcher returned (its final pass, if it was stopped, is written)."""
+        return not self.thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> Watched | None:
+        """Stop the watcher (a final pass) and wait for it, at most ``timeout`` seconds (None:
+        until it is done). Returns what it saw, or None while it still runs (or if it
+        failed: warned)."""
         self.stop.set()
-        self.thread.join()
-        if self.error is not None:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            return None
+        if self.error is not None and not self._reported:
+            self._reported = True
             warnings.warn(f"the watcher of this Recorder failed: {self.error}", RuntimeWarning,
                           stacklevel=3)
         return self.result
+
+    def close(self) -> Watched | None:
+        """Stop the watcher and wait as ``close_wait`` says (see the class docstring)."""
+        if self.close_wait is False:
+            self.stop.set()
+            return None
+        return self.join(None if self.close_wait is True else self.close_wait)
 
 
 #: the ``grokscope`` command run with this interpreter (what the console script runs)
@@ -707,6 +773,10 @@ class _ProcessWatcher:
             warnings.warn(f"the watcher process of this Recorder exited with "
                           f"{self.proc.returncode}: {(err or '').strip()[-2000:]}",
                           RuntimeWarning, stacklevel=3)
+
+    def close(self) -> None:
+        """What ``Recorder.close`` calls: :meth:`join`."""
+        self.join()
 
 
 def start_watcher(path: Any, spec: bool | dict, *, storage_options: dict | None = None
