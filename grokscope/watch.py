@@ -335,7 +335,7 @@ class _Watcher:
     def __init__(self, path: Any, out: Path, measures: Any, *, threshold: float, model: Any,
                  anatomy: dict | None, trust_code: bool, storage_options: dict | None,
                  num_threads: int | str | None, progress: bool, dpi: int,
-                 budget: float = 2.0) -> None:
+                 budget: float = 2.0, redraw: float = 0.0) -> None:
         self.path, self.out, self.measures = path, out, measures
         self.threshold, self.model, self.anatomy = threshold, model, anatomy
         self.trust_code, self.storage_options = trust_code, storage_options
@@ -346,6 +346,9 @@ class _Watcher:
         self.committed = 0  # checkpoints committed when the last pass started
         self.cost: float | None = None  # seconds of analysis per checkpoint, last pass
         self.budget = budget
+        self.redraw = redraw  # seconds between two renders of the live figure, at least
+        self._drawn_at: float | None = None  # time.monotonic() of the last render ...
+        self._drawn_pass = 0  # ... and the pass it showed
         self.state = Watched(path=str(path), out=out)
         self._figure: tuple[bytes | None, list[str]] | None = None
 
@@ -397,7 +400,9 @@ class _Watcher:
                                                   model=self.model, anatomy=self.anatomy)
         fc = _forecast_values(st.forecast)
         self.write_forecast_row(fc)
-        self.write_page(self.live_status(), fc)
+        now = time.monotonic()
+        draw = final or self._drawn_at is None or now - self._drawn_at >= self.redraw
+        self.write_page(self.live_status(), fc, draw=draw)
         phase = ""
         if "phases" in st.results and "label" in st.results["phases"]:
             phase = f", phase {st.results['phases']['label'].values}"
@@ -436,6 +441,7 @@ class _Watcher:
         summary = report_summary(self.run, st.results, threshold=self.threshold)
         if draw or self._figure is None:
             self._figure = _figure_png(self.run, st.results, self.threshold, self.dpi)
+            self._drawn_at, self._drawn_pass = time.monotonic(), st.passes
         png, drawn = self._figure
         summary["watch"] = {"status": status, "passes": st.passes, "forecast": fc,
                             "forecast_note": st.forecast_note}
@@ -448,7 +454,9 @@ class _Watcher:
         st = self.state
         st.reason, st.message = reason, message
         if st.passes:
-            self.write_page(message, draw=False)  # the last pass drew the latest figure
+            # the final pass drew the latest figure; a timeout or Ctrl-C may follow a pass
+            # that kept an older one (``redraw``): the last page shows the last results
+            self.write_page(message, draw=self._drawn_pass != st.passes)
         self.say(message)
         return st
 
@@ -479,6 +487,7 @@ def watch(
     dpi: int = 80,
     duty: float = 0.25,
     budget: float = 2.0,
+    redraw: float = 0.0,
     stop: threading.Event | None = None,
 ) -> Watched:
     """Follow a store while another process records into it; analyse each new checkpoint.
@@ -522,6 +531,12 @@ def watch(
         Seconds of analysis a pass aims at: it analyses the oldest new checkpoints that fit
         (at the last pass's cost per checkpoint, at least one); when the writer commits faster
         than that, the page lags and the final pass catches up (it takes them all).
+    redraw : float
+        Seconds between two renders of the live figure, at least (0: every pass). A pass in
+        between updates the page's numbers and keeps the last figure; the final pass always
+        draws. The figure is the costliest part of a pass that adds a few checkpoints (pure
+        Python: for a watcher thread, time the writer cannot hold the GIL); a watcher thread
+        redraws every :data:`THREAD_REDRAW` seconds.
     stop : threading.Event, optional
         When set, watch makes a final pass over what is committed and returns.
 
@@ -553,13 +568,16 @@ def watch(
         raise ConfigError(f"budget must be a positive number of seconds, got {budget!r}")
     if not (isinstance(duty, int | float) and 0 < duty <= 1):
         raise ConfigError(f"duty must be a share of the time in (0, 1], got {duty!r}")
+    if not (isinstance(redraw, int | float) and redraw >= 0 and math.isfinite(redraw)):
+        raise ConfigError(f"redraw must be a number of seconds >= 0, got {redraw!r}")
     if measures is None:
         measures = {k: dict(v) for k, v in DEFAULT_MEASURES.items()}
     out_dir = Path(out) if out is not None else default_out(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     w = _Watcher(path, out_dir, measures, threshold=threshold, model=model, anatomy=anatomy,
                  trust_code=trust_code, storage_options=storage_options,
-                 num_threads=num_threads, progress=progress, dpi=dpi, budget=budget)
+                 num_threads=num_threads, progress=progress, dpi=dpi, budget=budget,
+                 redraw=redraw)
     store = _io.open_store(path, read_only=True, storage_options=storage_options)
     where = _io.store_label(store)
     stop = stop if stop is not None else threading.Event()
@@ -622,6 +640,9 @@ def watch(
 #: ``duty`` of a watcher thread in the writer's process (it shares the GIL with the training
 #: loop; see docs/watch.md for the measured slowdown)
 THREAD_DUTY = 0.1
+#: ``redraw`` of a watcher thread: the live figure (~1-4 s of matplotlib, all of it holding the
+#: GIL, measured on the shared 2-core machine) at most once a minute; the numbers every pass
+THREAD_REDRAW = 60.0
 
 
 def _preload() -> None:
@@ -686,8 +707,8 @@ class _ThreadWatcher:
         self.result: Watched | None = None
         self.error: BaseException | None = None
         self._reported = False
-        options = {"progress": False, "num_threads": None, "duty": THREAD_DUTY, **options,
-                   "stop": self.stop}
+        options = {"progress": False, "num_threads": None, "duty": THREAD_DUTY,
+                   "redraw": THREAD_REDRAW, **options, "stop": self.stop}
         _preload()
 
         def target() -> None:

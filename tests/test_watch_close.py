@@ -143,3 +143,42 @@ def test_a_final_pass_left_running_finishes_before_the_interpreter_exits(tmp_pat
     assert run.closed and len(run.steps) == 15
     stored = {name: run.results[name] for name in MEASURES}
     _assert_equal_to_fresh(stored, path, tmp_path)
+
+
+# ------------------------------------------------------------------ redraw
+def test_redraw_keeps_the_figure_between_renders_and_the_final_pass_draws(tmp_path,
+                                                                           monkeypatch):
+    """A pass within ``redraw`` seconds of the last render updates the numbers only; the final
+    pass (and the last page after a timeout) shows the last results."""
+    renders = []
+    real = watch_mod._figure_png
+
+    def counted(run, results, threshold, dpi):
+        renders.append(int(results["curves"].step.values[-1]))
+        return real(run, results, threshold, dpi)
+
+    monkeypatch.setattr(watch_mod, "_figure_png", counted)
+    torch.manual_seed(0)
+    data = gs.make_task("modular", p=11, train_frac=0.5)
+    rec = Recorder(str(tmp_path / "run.zarr"), make_model(), data, export_program=False)
+    rec.record(0, metrics={"train_loss": 1.0})
+    (tmp_path / "live").mkdir()
+    w = watch_mod._Watcher(str(tmp_path / "run.zarr"), tmp_path / "live", ["curves"],
+                           threshold=0.9, model=make_model, anatomy=None, trust_code=False,
+                           storage_options=None, num_threads=1, progress=False, dpi=30,
+                           redraw=3600.0)
+    assert w.analysis_pass(final=False) and renders == [0]  # the first pass draws
+    rec.record(1, metrics={"train_loss": 0.5})
+    assert w.analysis_pass(final=False) and renders == [0]  # within redraw: numbers only
+    page = (tmp_path / "live" / "index.html").read_text()
+    assert "<th scope=\"row\">last step</th><td>1</td>" in page
+    w.finish("timeout", "stopped: no new checkpoint")  # the last page shows step 1's figure
+    assert renders == [0, 1]
+    rec.record(2, metrics={"train_loss": 0.25})
+    assert w.analysis_pass(final=True) and renders == [0, 1, 2]  # the final pass draws
+    w.redraw = 0.0
+    rec.record(3, metrics={"train_loss": 0.2})
+    assert w.analysis_pass(final=False) and renders == [0, 1, 2, 3]  # 0: every pass
+    rec.close()
+    with pytest.raises(ConfigError, match="redraw must be a number of seconds >= 0"):
+        gs.watch(str(tmp_path / "run.zarr"), redraw=-1.0)
