@@ -182,3 +182,23 @@ def test_redraw_keeps_the_figure_between_renders_and_the_final_pass_draws(tmp_pa
     rec.close()
     with pytest.raises(ConfigError, match="redraw must be a number of seconds >= 0"):
         gs.watch(str(tmp_path / "run.zarr"), redraw=-1.0)
+
+
+def test_a_watcher_thread_runs_within_the_gil_share_that_keeps_a_writer_within_10_percent(
+        tmp_path, monkeypatch):
+    """A thread holding the GIL a share d of the time slows a GIL-bound writer by at most d:
+    the thread's default duty must leave the writer >= 0.91x; the user's options win."""
+    seen = []
+
+    def fake_watch(path, **options):
+        seen.append(options)
+
+    monkeypatch.setattr(watch_mod, "watch", fake_watch)
+    for spec, duty, redraw in ((True, watch_mod.THREAD_DUTY, watch_mod.THREAD_REDRAW),
+                               ({"duty": 0.5, "redraw": 0.0}, 0.5, 0.0)):
+        handle = watch_mod.start_watcher(tmp_path / "x.zarr", spec)
+        assert handle.join(timeout=30) is None and handle.done  # fake_watch returned None
+        assert (seen[-1]["duty"], seen[-1]["redraw"]) == (duty, redraw)
+        assert seen[-1]["num_threads"] is None and seen[-1]["progress"] is False
+    assert 1 - watch_mod.THREAD_DUTY >= 0.91
+    assert watch_mod.THREAD_REDRAW > 0
