@@ -15,17 +15,26 @@ The timed loop is the steady state of a long run: step 0 is recorded and the wat
 pass (imports, rebuilding the model, every measure at step 0: a one-time cost of a few
 seconds of one core, reported in the row) is over before the loop starts.
 
-Each row's ratio is ``baseline / with watcher`` (medians of interleaved repeats): >= 0.91
-means the writer is at most 10% slower. Each row also says how many analysis passes the
-watcher made during the run, so a watcher that did nothing cannot pass for a cheap one.
+Each row's ratio is ``baseline / with watcher``: >= 0.91 means the writer is at most 10%
+slower. The machine this runs on is shared (load 4-9 on 2 cores was seen: the same writer
+alone then varies by 30-60% between runs a minute apart, and a thread that only polls
+``zarr.json`` twice a second, 0.05 ms of CPU a poll, "cost" 34% in one run), so the modes run
+in rounds, the order rotating from round to round, and the reported time of a mode is
+``median(alone) / median(paired ratio)``: each round's ratio compares runs made within a minute
+of each other, which cancels the slow drift of the load. Each row also says how many analysis
+passes the watcher made during the loop and the CPU seconds the watcher itself used in it (from
+``/proc``: noise-free, unlike wall times), so a watcher that did nothing cannot pass for a
+cheap one.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,12 +64,34 @@ def _first_pass(out: Path, proc: subprocess.Popen | None = None) -> None:
     raise RuntimeError(f"the watcher wrote no pass into {out} in 10 minutes")
 
 
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by a process (all its threads) or, with
+    ``tid``, by one thread of it (Linux ``/proc``); NaN elsewhere."""
+    stat = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    try:
+        with open(stat) as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _watcher_cpu(mode: str, proc: subprocess.Popen | None) -> float:
+    if mode == "process" and proc is not None:
+        return _cpu_seconds(proc.pid)
+    if mode == "thread":
+        th = next((t for t in threading.enumerate() if t.name == "grokscope-watch"), None)
+        return _cpu_seconds(os.getpid(), th.native_id) if th is not None else float("nan")
+    return 0.0
+
+
 def _writer(path: Path, data, *, width: int, steps: int, every: int, mode: str = "alone",
-            out: Path | None = None) -> tuple[float, float, float, int]:
+            out: Path | None = None) -> tuple[float, float, float, int, float]:
     """One recording: step 0 is recorded and the watcher (``mode`` "process" or "thread")
     makes its first pass (imports, the model, every measure on step 0) before the timed loop
     of steps 1..``steps``. Returns the loop's seconds, the first pass's seconds (0 alone),
-    the seconds ``close`` took (a thread's final pass) and the watcher's passes."""
+    the seconds ``close`` took (a thread's final pass), the watcher's passes during the loop
+    and the CPU seconds the watcher used during the loop."""
     from grokscope.models import model_for
     from grokscope.store import Recorder
 
@@ -80,18 +111,22 @@ def _writer(path: Path, data, *, width: int, steps: int, every: int, mode: str =
     if mode != "alone":
         _first_pass(out, proc)
     first = time.perf_counter() - t0
+    passes0 = _passes(out) if out is not None else 0
+    cpu0 = _watcher_cpu(mode, proc)
     t0 = time.perf_counter()
     for step in range(1, steps):
         loss = _train_step(model, opt, data)
         if step % every == 0 or step == steps - 1:
             rec.record(step, metrics={"train_loss": loss})
     loop = time.perf_counter() - t0
+    cpu = _watcher_cpu(mode, proc) - cpu0
+    passes = (_passes(out) if out is not None else 0) - passes0
     t1 = time.perf_counter()
     rec.close()
     closing = time.perf_counter() - t1
     if proc is not None:
         proc.wait(timeout=600)
-    return loop, first, closing, _passes(out) if out is not None else 0
+    return loop, first, closing, passes, cpu
 
 
 def _passes(out: Path) -> int:
@@ -103,41 +138,52 @@ def _passes(out: Path) -> int:
 def run(quick: bool = False) -> list[Row]:
     from grokscope.tasks import make_task
 
-    p, width, steps, every, repeat = (23, 64, 1500, 10, 1) if quick else (59, 256, 1500, 10, 3)
+    p, width, steps, every, repeat = (23, 64, 1500, 10, 1) if quick else (59, 256, 1500, 10, 4)
     data = make_task("modular", p=p, train_frac=0.45)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    times: dict[str, list[float]] = {"alone": [], "process": [], "thread": []}
-    info: dict[str, list[tuple[float, float, int]]] = {"process": [], "thread": []}
+    modes = ("alone", "process", "thread")
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    info: dict[str, list[tuple[float, float, int, float]]] = {"process": [], "thread": []}
     kw = {"width": width, "steps": steps, "every": every}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             _writer(tmp / "warm", data, **kw)  # imports and first-touch costs
-            for i in range(repeat):  # interleaved: drifting machine load hits every mode alike
-                for mode in ("alone", "process", "thread"):
-                    loop, first, closing, n = _writer(tmp / f"{mode}{i}", data, **kw, mode=mode,
-                                                      out=tmp / f"{mode}{i}-live")
+            for i in range(repeat):  # rounds; the order rotates so no mode always goes first
+                for mode in modes[i % 3:] + modes[:i % 3]:
+                    loop, *rest = _writer(tmp / f"{mode}{i}", data, **kw, mode=mode,
+                                          out=tmp / f"{mode}{i}-live")
                     times[mode].append(loop)
                     if mode != "alone":
-                        info[mode].append((first, closing, n))
+                        info[mode].append(tuple(rest))
     finally:
         torch.set_num_threads(previous)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    alone = statistics.median(times["alone"])
     label = f"p={p}, width {width}, {steps} steps, record every {every}"
 
+    def paired(mode: str) -> float:
+        """The mode's time as ``median(alone) / median(per-round alone/mode ratio)``."""
+        ratio = statistics.median(a / b for a, b in zip(times["alone"], times[mode],
+                                                         strict=True))
+        return alone / ratio
+
     def about(mode: str) -> str:
-        first, closing, n = (statistics.median(x) for x in zip(*info[mode], strict=True))
-        return (f"{n:g} passes; not timed: its first pass {first:.1f} s before the loop, "
-                f"close {closing:.1f} s")
+        first, closing, n, cpu = (statistics.median(x) for x in zip(*info[mode], strict=True))
+        loop = statistics.median(times[mode])
+        return (f"{n:g} passes and {cpu:.2f} s of watcher CPU ({cpu / loop:.0%} of the loop) "
+                f"during the loop; not timed: its first pass {first:.1f} s before the loop, "
+                f"close {closing:.1f} s; per-round ratios "
+                + " ".join(f"{a / b:.2f}" for a, b in zip(times["alone"], times[mode],
+                                                           strict=True)))
 
     return [
         Row(f"writer with a watcher process ({label})",
-            f"+ grokscope watch process ({about('process')})", med["process"],
-            "writer alone", med["alone"], ">= 0.91x"),
+            f"+ grokscope watch process ({about('process')})", paired("process"),
+            "writer alone", alone, ">= 0.91x"),
         Row(f"writer with a watcher thread ({label})",
-            f"+ Recorder(watch=...) thread ({about('thread')})", med["thread"],
-            "writer alone", med["alone"], ">= 0.91x"),
+            f"+ Recorder(watch=...) thread ({about('thread')})", paired("thread"),
+            "writer alone", alone, ">= 0.91x"),
     ]
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,6 +265,8 @@ def _figure_png(run: Any, results: Mapping[str, xr.Dataset], threshold: float, d
         try:
             draw(ax)
             drawn.append(title)
+            if ax.get_title():  # a fixed title position: matplotlib's automatic placement
+                ax.set_title(ax.get_title(), y=1.0)  # measures every tick label (~40% of a save)
         except PlotDataError as exc:
             ax.set_axis_off()
             ax.text(0.5, 0.5, f"{title}: {exc}", ha="center", va="center", wrap=True,
@@ -332,7 +335,7 @@ class _Watcher:
     def __init__(self, path: Any, out: Path, measures: Any, *, threshold: float, model: Any,
                  anatomy: dict | None, trust_code: bool, storage_options: dict | None,
                  num_threads: int | str | None, progress: bool, dpi: int,
-                 budget: float = 2.0) -> None:
+                 budget: float = 2.0, redraw: float = 0.0) -> None:
         self.path, self.out, self.measures = path, out, measures
         self.threshold, self.model, self.anatomy = threshold, model, anatomy
         self.trust_code, self.storage_options = trust_code, storage_options
@@ -343,6 +346,9 @@ class _Watcher:
         self.committed = 0  # checkpoints committed when the last pass started
         self.cost: float | None = None  # seconds of analysis per checkpoint, last pass
         self.budget = budget
+        self.redraw = redraw  # seconds between two renders of the live figure, at least
+        self._drawn_at: float | None = None  # time.monotonic() of the last render ...
+        self._drawn_pass = 0  # ... and the pass it showed
         self.state = Watched(path=str(path), out=out)
         self._figure: tuple[bytes | None, list[str]] | None = None
 
@@ -394,7 +400,9 @@ class _Watcher:
                                                   model=self.model, anatomy=self.anatomy)
         fc = _forecast_values(st.forecast)
         self.write_forecast_row(fc)
-        self.write_page(self.live_status(), fc)
+        now = time.monotonic()
+        draw = final or self._drawn_at is None or now - self._drawn_at >= self.redraw
+        self.write_page(self.live_status(), fc, draw=draw)
         phase = ""
         if "phases" in st.results and "label" in st.results["phases"]:
             phase = f", phase {st.results['phases']['label'].values}"
@@ -433,6 +441,7 @@ class _Watcher:
         summary = report_summary(self.run, st.results, threshold=self.threshold)
         if draw or self._figure is None:
             self._figure = _figure_png(self.run, st.results, self.threshold, self.dpi)
+            self._drawn_at, self._drawn_pass = time.monotonic(), st.passes
         png, drawn = self._figure
         summary["watch"] = {"status": status, "passes": st.passes, "forecast": fc,
                             "forecast_note": st.forecast_note}
@@ -445,7 +454,9 @@ class _Watcher:
         st = self.state
         st.reason, st.message = reason, message
         if st.passes:
-            self.write_page(message, draw=False)  # the last pass drew the latest figure
+            # the final pass drew the latest figure; a timeout or Ctrl-C may follow a pass
+            # that kept an older one (``redraw``): the last page shows the last results
+            self.write_page(message, draw=self._drawn_pass != st.passes)
         self.say(message)
         return st
 
@@ -476,6 +487,7 @@ def watch(
     dpi: int = 80,
     duty: float = 0.25,
     budget: float = 2.0,
+    redraw: float = 0.0,
     stop: threading.Event | None = None,
 ) -> Watched:
     """Follow a store while another process records into it; analyse each new checkpoint.
@@ -519,6 +531,12 @@ def watch(
         Seconds of analysis a pass aims at: it analyses the oldest new checkpoints that fit
         (at the last pass's cost per checkpoint, at least one); when the writer commits faster
         than that, the page lags and the final pass catches up (it takes them all).
+    redraw : float
+        Seconds between two renders of the live figure, at least (0: every pass). A pass in
+        between updates the page's numbers and keeps the last figure; the final pass always
+        draws. The figure is the costliest part of a pass that adds a few checkpoints (pure
+        Python: for a watcher thread, time the writer cannot hold the GIL); a watcher thread
+        redraws every :data:`THREAD_REDRAW` seconds.
     stop : threading.Event, optional
         When set, watch makes a final pass over what is committed and returns.
 
@@ -550,13 +568,16 @@ def watch(
         raise ConfigError(f"budget must be a positive number of seconds, got {budget!r}")
     if not (isinstance(duty, int | float) and 0 < duty <= 1):
         raise ConfigError(f"duty must be a share of the time in (0, 1], got {duty!r}")
+    if not (isinstance(redraw, int | float) and redraw >= 0 and math.isfinite(redraw)):
+        raise ConfigError(f"redraw must be a number of seconds >= 0, got {redraw!r}")
     if measures is None:
         measures = {k: dict(v) for k, v in DEFAULT_MEASURES.items()}
     out_dir = Path(out) if out is not None else default_out(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     w = _Watcher(path, out_dir, measures, threshold=threshold, model=model, anatomy=anatomy,
                  trust_code=trust_code, storage_options=storage_options,
-                 num_threads=num_threads, progress=progress, dpi=dpi, budget=budget)
+                 num_threads=num_threads, progress=progress, dpi=dpi, budget=budget,
+                 redraw=redraw)
     store = _io.open_store(path, read_only=True, storage_options=storage_options)
     where = _io.store_label(store)
     stop = stop if stop is not None else threading.Event()
@@ -616,9 +637,15 @@ def watch(
 
 
 # ----------------------------------------------------------------------------- Recorder(watch=)
-#: ``duty`` of a watcher thread in the writer's process (it shares the GIL with the training
-#: loop; see docs/watch.md for the measured slowdown)
-THREAD_DUTY = 0.1
+#: ``duty`` of a watcher thread in the writer's process. It shares the GIL with the training
+#: loop, and nearly all of a pass holds it (matplotlib, xarray, zarr metadata, dask's scheduler;
+#: torch's kernels release it): a thread that holds the GIL a share ``d`` of the wall time slows
+#: a writer that needs the GIL all the time by at most ``d``, so 0.08 keeps even that writer
+#: within 10% (0.1 allowed 0.90x). Between passes it polls one small JSON (0.05 ms of CPU).
+THREAD_DUTY = 0.08
+#: ``redraw`` of a watcher thread: the live figure (~1-4 s of matplotlib, all of it holding the
+#: GIL, measured on the shared 2-core machine) at most once a minute; the numbers every pass
+THREAD_REDRAW = 60.0
 
 
 def _preload() -> None:
@@ -636,16 +663,55 @@ def _preload() -> None:
         from . import forecast  # noqa: F401
 
 
+def _close_wait(value: Any) -> bool | float:
+    """A valid ``close_wait``: True (wait for the final pass), False (do not wait) or a
+    number of seconds >= 0 (wait at most that long)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise ConfigError(f"close_wait must be True, False or a number of seconds >= 0, got "
+                      f"{value!r}")
+
+
+def _at_shutdown(fn: Callable[[], None]) -> None:
+    """Call ``fn`` when the interpreter shuts down, *before* the thread pools close.
+
+    A watcher thread's final pass reads and writes zarr (whose local store runs file I/O on
+    asyncio's default executor) and computes through dask's thread pool; both refuse new work
+    once ``concurrent.futures`` has run its shutdown hook, which comes before
+    :mod:`atexit` handlers and before non-daemon threads are joined. ``threading``'s own
+    shutdown hooks run first, last registered first, so a hook registered now (after those
+    pools' modules were imported by :func:`_preload`) runs while they still accept work.
+    """
+    register = getattr(threading, "_register_atexit", None)  # CPython >= 3.9
+    if register is None:  # pragma: no cover - other interpreters: best effort
+        import atexit
+
+        atexit.register(fn)
+        return
+    register(fn)
+
+
 class _ThreadWatcher:
-    """:func:`watch` in a daemon thread of the writer's process; :meth:`join` stops it after a
-    final pass. A failure is kept and warned on join (never raised into the writer)."""
+    """:func:`watch` in a daemon thread of the writer's process.
+
+    :meth:`close` (what ``Recorder.close`` calls) sets the stop event, so the thread makes a
+    final pass over every committed checkpoint, and waits for it as ``close_wait`` says: True,
+    until it is done; a number, at most that many seconds; False, not at all. A final pass
+    still running when the interpreter exits is finished first (a shutdown hook joins it), so
+    a script that ends right after ``close`` keeps its final results. A failure is kept and
+    warned once it is known (never raised into the writer)."""
 
     def __init__(self, path: Any, options: dict[str, Any]) -> None:
+        options = dict(options)
+        self.close_wait = _close_wait(options.pop("close_wait", True))
         self.stop = threading.Event()
         self.result: Watched | None = None
         self.error: BaseException | None = None
-        options = {"progress": False, "num_threads": None, "duty": THREAD_DUTY, **options,
-                   "stop": self.stop}
+        self._reported = False
+        options = {"progress": False, "num_threads": None, "duty": THREAD_DUTY,
+                   "redraw": THREAD_REDRAW, **options, "stop": self.stop}
         _preload()
 
         def target() -> None:
@@ -656,14 +722,40 @@ class _ThreadWatcher:
 
         self.thread = threading.Thread(target=target, name="grokscope-watch", daemon=True)
         self.thread.start()
+        ref = weakref.ref(self)  # a finished watcher (and its results) is not kept alive
 
-    def join(self) -> Watched | None:
+        def at_exit() -> None:
+            handle = ref()
+            if handle is not None and handle.thread.is_alive():
+                handle.join()
+
+        _at_shutdown(at_exit)
+
+    @property
+    def done(self) -> bool:
+        """True once the watcher returned (its final pass, if it was stopped, is written)."""
+        return not self.thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> Watched | None:
+        """Stop the watcher (a final pass) and wait for it, at most ``timeout`` seconds (None:
+        until it is done). Returns what it saw, or None while it still runs (or if it
+        failed: warned)."""
         self.stop.set()
-        self.thread.join()
-        if self.error is not None:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            return None
+        if self.error is not None and not self._reported:
+            self._reported = True
             warnings.warn(f"the watcher of this Recorder failed: {self.error}", RuntimeWarning,
                           stacklevel=3)
         return self.result
+
+    def close(self) -> Watched | None:
+        """Stop the watcher and wait as ``close_wait`` says (see the class docstring)."""
+        if self.close_wait is False:
+            self.stop.set()
+            return None
+        return self.join(None if self.close_wait is True else self.close_wait)
 
 
 #: the ``grokscope`` command run with this interpreter (what the console script runs)
@@ -707,6 +799,10 @@ class _ProcessWatcher:
             warnings.warn(f"the watcher process of this Recorder exited with "
                           f"{self.proc.returncode}: {(err or '').strip()[-2000:]}",
                           RuntimeWarning, stacklevel=3)
+
+    def close(self) -> None:
+        """What ``Recorder.close`` calls: :meth:`join`."""
+        self.join()
 
 
 def start_watcher(path: Any, spec: bool | dict, *, storage_options: dict | None = None

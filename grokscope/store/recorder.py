@@ -472,7 +472,10 @@ class Recorder:
         Follow the store with :func:`grokscope.watch` while recording: True (defaults), or a
         dict of its options plus ``"mode"``: ``"thread"`` (default, a background thread of
         this process) or ``"process"`` (a ``grokscope watch`` subprocess). It starts when
-        the Recorder opens and :meth:`close` waits for its final pass (see docs/watch.md).
+        the Recorder opens and :meth:`close` waits for its final pass; a thread's
+        ``"close_wait"`` (True, False or seconds) bounds that wait, the pass then finishing in
+        the background (before the interpreter exits); ``rec.watcher.join()`` waits for it
+        (see docs/watch.md).
 
     Notes
     -----
@@ -564,10 +567,14 @@ class Recorder:
                 "permissions"
             ) from exc
         self._watcher = None
+        #: the watcher started by ``watch=`` (None without one); kept after :meth:`close`, so
+        #: ``rec.watcher.join()`` can wait for a final pass that ``close_wait`` left running
+        self.watcher = None
         if watch:  # a live analysis of this store (grokscope.watch), stopped by close()
             from ..watch import start_watcher
 
-            self._watcher = start_watcher(path, watch, storage_options=storage_options)
+            self._watcher = self.watcher = start_watcher(path, watch,
+                                                         storage_options=storage_options)
 
     # ------------------------------------------------------------------ open / create
     def _existing_root(self, overwrite: bool) -> dict | None:
@@ -1599,7 +1606,7 @@ class Recorder:
     def _stop_watcher(self) -> None:
         watcher, self._watcher = getattr(self, "_watcher", None), None
         if watcher is not None:
-            watcher.join()  # its final pass; a failure is warned, never raised
+            watcher.close()  # its final pass (close_wait); a failure is warned, never raised
 
     def _check_open(self) -> None:
         if self._closed:
