@@ -178,6 +178,32 @@ def summarize(pts: list[dict], preds: list[dict]) -> dict:
     }
 
 
+def score_methods(pts: list[dict], methods: dict[str, Any],
+                  summarize_fn: Any = None) -> tuple[dict[str, dict], dict[str, list]]:
+    """Each method's predictions at every point and its summary per forecasting fraction
+    (``{name: {"25%": summary, ...}}``, ``{name: predictions}``); the weight-norm baseline's
+    calls and leads come from its own threshold, not from ``p >= 0.5``."""
+    summarize_fn = summarize if summarize_fn is None else summarize_fn
+    results: dict[str, dict] = {}
+    all_preds: dict[str, list] = {}
+    for name, fn in methods.items():
+        preds = [fn(p) for p in pts]
+        all_preds[name] = preds
+        results[name] = {}
+        for f in FRACTIONS:
+            sel = [i for i, p in enumerate(pts) if p["fraction"] == f]
+            s = summarize_fn([pts[i] for i in sel], [preds[i] for i in sel])
+            if name.startswith("baseline: weight"):
+                calls = np.array([preds[i]["call"] for i in sel])
+                y = np.array([pts[i]["run"]["groks"] for i in sel])
+                s["frac_called"] = float(calls[y].mean()) if y.any() else math.nan
+                lead = np.array([pts[i]["run"]["t_test"] - pts[i]["upto"] for i in sel])[y]
+                s["median_lead"] = (float(np.median(lead[calls[y]])) if calls[y].any()
+                                    else math.nan)
+            results[name][f"{int(f * 100)}%"] = s
+    return results, all_preds
+
+
 def warning_leads(runs: list[dict], p_at: Any = None) -> dict:
     """The earliest sustained warning of each grokking run: the first stored step from which
     ``p_grok >= 0.5`` at every stored step until ``t_test``; lead = ``t_test`` minus it.
@@ -521,23 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     tau, side = fitted["norm_tau"], fitted["norm_side"]
     methods = {"gs.forecast": model_predict, "baseline: test-accuracy extrapolation":
                acc_baseline, "baseline: weight-norm threshold": lambda p: norm_baseline(p, tau, side)}
-    results: dict[str, dict] = {}
-    all_preds: dict[str, list] = {}
-    for name, fn in methods.items():
-        preds = [fn(p) for p in pts]
-        all_preds[name] = preds
-        results[name] = {}
-        for f in FRACTIONS:
-            sel = [i for i, p in enumerate(pts) if p["fraction"] == f]
-            s = summarize([pts[i] for i in sel], [preds[i] for i in sel])
-            if name.startswith("baseline: weight"):
-                calls = np.array([preds[i]["call"] for i in sel])
-                y = np.array([pts[i]["run"]["groks"] for i in sel])
-                s["frac_called"] = float(calls[y].mean()) if y.any() else math.nan
-                lead = np.array([pts[i]["run"]["t_test"] - pts[i]["upto"] for i in sel])[y]
-                s["median_lead"] = float(np.median(lead[calls[y]])) if calls[y].any() \
-                    else math.nan
-            results[name][f"{int(f * 100)}%"] = s
+    results, all_preds = score_methods(pts, methods)
     figure(pts, all_preds["gs.forecast"], OUT / "pred_vs_true.png")
     doc = {
         "results": results,

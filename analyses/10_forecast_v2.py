@@ -365,23 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline: test-accuracy extrapolation": EV.acc_baseline,
         "baseline: weight-norm threshold": lambda p: EV.norm_baseline(p, tau, side),
     }
-    results: dict[str, dict] = {}
-    all_preds: dict[str, list] = {}
-    for name, fn in methods.items():
-        preds = [fn(p) for p in pts]
-        all_preds[name] = preds
-        results[name] = {}
-        for f in EV.FRACTIONS:
-            sel = [i for i, p in enumerate(pts) if p["fraction"] == f]
-            s = summarize([pts[i] for i in sel], [preds[i] for i in sel])
-            if name.startswith("baseline: weight"):
-                calls = np.array([preds[i]["call"] for i in sel])
-                y = np.array([pts[i]["run"]["groks"] for i in sel])
-                s["frac_called"] = float(calls[y].mean()) if y.any() else math.nan
-                lead = np.array([pts[i]["run"]["t_test"] - pts[i]["upto"] for i in sel])[y]
-                s["median_lead"] = (float(np.median(lead[calls[y]])) if calls[y].any()
-                                    else math.nan)
-            results[name][f"{int(f * 100)}%"] = s
+    results, all_preds = EV.score_methods(pts, methods, summarize)
     n2 = meets(results["gs.forecast v2"]["50%"])
     n1 = meets(results["gs.forecast v1"]["50%"])
     doc = {

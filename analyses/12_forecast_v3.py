@@ -325,23 +325,7 @@ def evaluate(args: argparse.Namespace) -> int:
                for name, v in VERSIONS.items()}
     methods["baseline: test-accuracy extrapolation"] = EV.acc_baseline
     methods["baseline: weight-norm threshold"] = lambda p: EV.norm_baseline(p, tau, side)
-    results: dict[str, dict] = {}
-    all_preds: dict[str, list] = {}
-    for name, fn in methods.items():
-        preds = [fn(p) for p in pts]
-        all_preds[name] = preds
-        results[name] = {}
-        for f in EV.FRACTIONS:
-            sel = [i for i, p in enumerate(pts) if p["fraction"] == f]
-            s = V2.summarize([pts[i] for i in sel], [preds[i] for i in sel])
-            if name.startswith("baseline: weight"):
-                calls = np.array([preds[i]["call"] for i in sel])
-                y = np.array([pts[i]["run"]["groks"] for i in sel])
-                s["frac_called"] = float(calls[y].mean()) if y.any() else math.nan
-                lead = np.array([pts[i]["run"]["t_test"] - pts[i]["upto"] for i in sel])[y]
-                s["median_lead"] = (float(np.median(lead[calls[y]])) if calls[y].any()
-                                    else math.nan)
-            results[name][f"{int(f * 100)}%"] = s
+    results, all_preds = EV.score_methods(pts, methods, V2.summarize)
     met = {v: V2.meets(results[name]["50%"]) for name, v in VERSIONS.items()}
     best_old = max(met["v2"], met["v1"])
     default = "v3" if met["v3"] >= best_old else ("v2" if met["v2"] >= met["v1"] else "v1")
