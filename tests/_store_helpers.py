@@ -109,3 +109,22 @@ def child_main(path: str, seed: int, close_every: int, sleep: float, max_steps: 
         traceback.print_exc()
         code = 1
     os._exit(code)
+
+
+def exit_code_of_forked(body) -> int:
+    """Run ``body()`` in a forked child and return its exit status: 0 when it returns, 1 when
+    it raises (the traceback is printed), or the code of an ``os._exit`` it calls (e.g. a kill
+    point); -1 when the child died of a signal."""
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            body()
+        except BaseException:  # noqa: BLE001 (reported through the exit code)
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1

@@ -63,5 +63,14 @@ def tiny_transformer_run(tmp_path):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch at one thread for the test (a watcher and a writer in one process), then back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)

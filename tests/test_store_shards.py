@@ -18,7 +18,13 @@ from torch import nn
 from grokscope.errors import ConfigError, CorruptStoreError
 from grokscope.store import Recorder, open_run
 from grokscope.store import recorder as recorder_mod
-from tests._store_helpers import TinyNet, check_run_exact, fill_step, tiny_data
+from tests._store_helpers import (
+    TinyNet,
+    check_run_exact,
+    exit_code_of_forked,
+    fill_step,
+    tiny_data,
+)
 
 TENSORS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
 
@@ -358,28 +364,19 @@ def _kill_child(path, kill_at: int) -> int:
     """Fork a writer that records steps 0..9 (shards of 4, compacting every 4), closes, then
     records 10..17 and closes, exiting at the ``kill_at``-th compaction kill point; its exit
     status (77: killed there). It writes how many kill points it passed to ``hits.txt``."""
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.environ[recorder_mod.KILL_ENV] = str(kill_at)
-            recorder_mod._kill_hits = 0
-            model = TinyNet()
-            for steps in (range(0, 10), range(10, 18)):
-                with Recorder(path, model, tiny_data(), export_program=False,
-                              steps_per_shard=4, compact_every=4) as rec:
-                    for s in steps:
-                        fill_step(model, s)
-                        rec.record(s, metrics={"train_loss": s * 0.5})
-            (path.parent / "hits.txt").write_text(str(recorder_mod._kill_hits))
-        except BaseException:  # noqa: BLE001 (reported through the exit code)
-            import traceback
+    def child() -> None:
+        os.environ[recorder_mod.KILL_ENV] = str(kill_at)
+        recorder_mod._kill_hits = 0
+        model = TinyNet()
+        for steps in (range(0, 10), range(10, 18)):
+            with Recorder(path, model, tiny_data(), export_program=False,
+                          steps_per_shard=4, compact_every=4) as rec:
+                for s in steps:
+                    fill_step(model, s)
+                    rec.record(s, metrics={"train_loss": s * 0.5})
+        (path.parent / "hits.txt").write_text(str(recorder_mod._kill_hits))
 
-            traceback.print_exc()
-            code = 1
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+    return exit_code_of_forked(child)
 
 
 def _check_killed_store(path) -> None:

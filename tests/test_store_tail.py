@@ -19,7 +19,13 @@ from torch import nn
 from grokscope.errors import CorruptStoreError
 from grokscope.store import Recorder, _io, _scalar_tail, open_run
 from grokscope.store import recorder as recorder_mod
-from tests._store_helpers import TinyNet, check_run_exact, fill_step, tiny_data
+from tests._store_helpers import (
+    TinyNet,
+    check_run_exact,
+    exit_code_of_forked,
+    fill_step,
+    tiny_data,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "store_formats"
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -164,37 +170,28 @@ def _kill_child(path: Path, n: int, where: str) -> int:
     """Fork a writer that records steps 0..n-1 (shards of 4, compacting every 8, a scalar tail
     of at most 3 rows), then dies (exit 77) inside the record of step n: ``"commit"`` when it
     writes the root document, ``"flush"`` after the first scalar chunk a tail flush writes."""
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            _scalar_tail.MAX_ROWS = 3
-            model = TinyNet()
-            rec = Recorder(path, model, tiny_data(), export_program=False, steps_per_shard=4,
-                           compact_every=8)
-            for s in range(n):
-                fill_step(model, s)
-                rec.record(s, metrics=_kill_metrics(s))
-            if where == "commit":
-                recorder_mod.Recorder._write_root = lambda *a, **k: os._exit(77)
-            else:
-                flush = recorder_mod._Scalar.flush
+    def child() -> None:
+        _scalar_tail.MAX_ROWS = 3
+        model = TinyNet()
+        rec = Recorder(path, model, tiny_data(), export_program=False, steps_per_shard=4,
+                       compact_every=8)
+        for s in range(n):
+            fill_step(model, s)
+            rec.record(s, metrics=_kill_metrics(s))
+        if where == "commit":
+            recorder_mod.Recorder._write_root = lambda *a, **k: os._exit(77)
+        else:
+            flush = recorder_mod._Scalar.flush
 
-                def flush_then_die(self, *a, **k):
-                    flush(self, *a, **k)
-                    os._exit(77)
+            def flush_then_die(self, *a, **k):
+                flush(self, *a, **k)
+                os._exit(77)
 
-                recorder_mod._Scalar.flush = flush_then_die
-            fill_step(model, n)
-            rec.record(n, metrics=_kill_metrics(n))
-        except BaseException:  # noqa: BLE001 (reported through the exit code)
-            import traceback
+            recorder_mod._Scalar.flush = flush_then_die
+        fill_step(model, n)
+        rec.record(n, metrics=_kill_metrics(n))
 
-            traceback.print_exc()
-            code = 1
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+    return exit_code_of_forked(child)
 
 
 @needs_fork

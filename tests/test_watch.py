@@ -50,11 +50,8 @@ def _thread_writer(path: Path, **kw) -> threading.Thread:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch at one thread."""
 
 
 # ------------------------------------------------------------------ the closed marker

@@ -27,11 +27,8 @@ MEASURES = {"curves": {}, "phases": {}}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch at one thread."""
 
 
 def _assert_equal_to_fresh(watched: dict, path: Path, tmp_path: Path, **kw) -> None:
