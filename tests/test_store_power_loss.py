@@ -260,3 +260,20 @@ def test_compaction_syncs_data_before_the_root_that_names_it(tmp_path, monkeypat
                 if kind == "fsync" and p.startswith(str(path / "_commit" / ".zarr.json.")))
     assert i_root < i_fb < after.index(("put", fallback))
     assert puts[-1] == fallback
+
+
+def test_a_power_cut_before_the_first_compaction_keeps_the_store(tmp_path):
+    path = tmp_path / "run.zarr"
+    model = _sequential()
+    _power_cut(_record(path, model, range(5)))
+    (path / "zarr.json").write_bytes(b"")
+    with pytest.warns(UserWarning, match="holds no steps"):
+        run = open_run(path)
+    assert run.steps.tolist() == [] and set(run.config) >= {"model"}
+    with pytest.warns(UserWarning, match="holds no steps"):
+        rec = Recorder(path, model, None)
+    with rec:
+        for s in range(3):
+            _set_step(model, s)
+            rec.record(s, metrics={"train_loss": _loss(s)})
+    _check_steps(open_run(path), _sequential(), [0, 1, 2])

@@ -122,11 +122,13 @@ def read_fallback(store: Any, where: str) -> dict | None:
 
 
 def root_problem(store: Any, where: str) -> tuple[dict | None, str | None]:
-    """``(doc, None)`` for a root document that passes the root checks; ``(None, what)`` for
-    an empty, non-JSON or failing one (``what`` says which); NotAStoreError without one."""
+    """``(meta, None)`` for a root document that passes the root checks (``meta``: its
+    checked grokscope metadata); ``(None, what)`` for an empty, non-JSON or failing one
+    (``what`` says which); NotAStoreError without one."""
     raw = _io.get_bytes(store, "zarr.json")
     if raw is None:
-        return _io.check_root(store), None  # raises NotAStoreError naming the path
+        _io.check_root(store)  # raises NotAStoreError naming the path
+        raise AssertionError("unreachable: check_root raises without a root")
     if not raw.strip():
         return None, "is empty (0 bytes)"
     try:
@@ -134,10 +136,9 @@ def root_problem(store: Any, where: str) -> tuple[dict | None, str | None]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return None, f"is not valid JSON ({exc})"
     try:
-        check_root_doc(doc, where)
+        return check_root_doc(doc, where), None
     except CorruptStoreError as exc:
         return None, f"fails the root checks ({exc})"
-    return doc, None
 
 
 def recovery_message(where: str, what: str, doc: dict, *, writer: bool) -> str:

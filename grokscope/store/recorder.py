@@ -781,7 +781,9 @@ class Recorder:
         self._last_step: int | None = None
         self._resume: dict | None = None
         self._collect_static_nodes()
-        self._write_root(self._meta)
+        # durable from the start: a power cut before the first compaction keeps the store
+        # (with no steps) instead of leaving only an empty root
+        self._publish_durably(self._meta)
 
     def _export(self, spec: dict, data: Data | None) -> tuple[bytes | None, str | None]:
         """The model as a torch.export program, or ``(None, reason)`` (warned once)."""
