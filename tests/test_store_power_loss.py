@@ -91,8 +91,9 @@ def _check_steps(run, model: nn.Module, steps: list[int]) -> None:
 
 # ---------------------------------------------------------------------------- readers
 @FACTORIES
-@pytest.mark.parametrize("damage", [b"", b"\x00\xff garbage", b'{"zarr_format": 3}'],
-                         ids=["empty", "garbage", "fails-checks"])
+@pytest.mark.parametrize("damage", [b"", b"\x00" * 4096, b"\x00\xff garbage",
+                                    b'{"zarr_format":3,"node_type":"gr', b"[3]"],
+                         ids=["empty", "zeros", "garbage", "torn", "not-an-object"])
 def test_a_reader_sees_exactly_the_fallback_steps(tmp_path, factory, damage):
     path = tmp_path / "run.zarr"
     model = factory()
@@ -277,3 +278,22 @@ def test_a_power_cut_before_the_first_compaction_keeps_the_store(tmp_path):
             _set_step(model, s)
             rec.record(s, metrics={"train_loss": _loss(s)})
     _check_steps(open_run(path), _sequential(), [0, 1, 2])
+
+
+def test_a_crafted_root_is_refused_even_with_a_fallback(tmp_path):
+    """A root that is a JSON object failing the checks is no power cut's doing: refused as
+    before (readers and writers), never silently replaced by the fallback."""
+    path = tmp_path / "run.zarr"
+    model = _sequential()
+    _power_cut(_record(path, model, range(20)))
+    doc = json.loads((path / "zarr.json").read_bytes())
+    doc["attributes"]["grokscope"]["params"]["../victim"] = doc["attributes"]["grokscope"][
+        "params"].pop("0.weight")
+    (path / "zarr.json").write_text(json.dumps(doc))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CorruptStoreError, match="damaged or crafted"):
+            open_run(path)
+        with pytest.raises(CorruptStoreError, match="damaged or crafted"):
+            Recorder(path, model, None)
+    assert json.loads((path / "zarr.json").read_bytes()) == doc  # untouched

@@ -121,24 +121,25 @@ def read_fallback(store: Any, where: str) -> dict | None:
     return doc
 
 
-def root_problem(store: Any, where: str) -> tuple[dict | None, str | None]:
-    """``(meta, None)`` for a root document that passes the root checks (``meta``: its
-    checked grokscope metadata); ``(None, what)`` for an empty, non-JSON or failing one
-    (``what`` says which); NotAStoreError without one."""
-    raw = _io.get_bytes(store, "zarr.json")
-    if raw is None:
-        _io.check_root(store)  # raises NotAStoreError naming the path
-        raise AssertionError("unreachable: check_root raises without a root")
-    if not raw.strip():
-        return None, "is empty (0 bytes)"
+def root_problem(store: Any) -> tuple[dict | None, str | None]:
+    """``(doc, None)`` for a root document that is a JSON object (the caller checks it);
+    ``(None, what)`` for what a power cut leaves: an empty file, or bytes that are not a JSON
+    object (zeros, a torn write; ``what`` says which); NotAStoreError without a root.
+
+    A JSON object that fails the root checks is not a power cut's doing (a write lands whole
+    or not at all, never as another valid document): it stays the CorruptStoreError it was.
+    """
     try:
-        doc = json.loads(raw)
+        return _io.check_root(store), None  # NotAStoreError without a root
+    except CorruptStoreError:  # not JSON, or not an object: say which
+        raw = _io.get_bytes(store, "zarr.json") or b""
+    if not raw.strip(b" \t\r\n\x00"):
+        return None, f"is empty ({len(raw)} bytes{', all zero' if raw else ''})"
+    try:
+        json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return None, f"is not valid JSON ({exc})"
-    try:
-        return check_root_doc(doc, where), None
-    except CorruptStoreError as exc:
-        return None, f"fails the root checks ({exc})"
+    return None, "is not a JSON object"
 
 
 def recovery_message(where: str, what: str, doc: dict, *, writer: bool) -> str:

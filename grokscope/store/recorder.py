@@ -620,15 +620,15 @@ class Recorder:
         return root
 
     def _recovered_root(self) -> dict | None:
-        """After a power cut: when the root document is empty, not JSON or fails the root
-        checks and the durable fallback (grokscope.store._durable) is valid, restore the
+        """After a power cut: when the root document is empty or not a JSON object (what a
+        power cut leaves) and the durable fallback (grokscope.store._durable) is valid, restore the
         root from the fallback (durably, with a warning) and return it; else None (the
         caller reads the root as before, and raises as before)."""
         store = self._store
         if not isinstance(store, _io.AtomicLocalStore):
             return None
         try:
-            doc, what = _durable.root_problem(store, self._where)
+            _doc, what = _durable.root_problem(store)
         except GrokscopeError:
             return None
         if what is None:
@@ -1164,7 +1164,6 @@ class Recorder:
         fallback root (grokscope.store._durable). Compactions and close commit this way."""
         store = self._store
         _durable.sync_written(store, skip=skip)
-        _kill_point()
         raw = self._root_json(meta)
         _io.put_bytes(store, "zarr.json", raw)
         _durable.sync_written(store)
@@ -1662,9 +1661,7 @@ class Recorder:
                 _io.delete_entry(self._store, schema.TAIL_GROUP)  # every row is compacted
             # the closed marker: readers following the store (grokscope.watch) stop here
             self._meta = {**self._meta, schema.CLOSED_KEY: True}
-            if self.commit_mode == "consolidated":
-                self._write_root(self._meta)
-            self._publish_durably(self._meta)
+            self._publish_durably(self._meta)  # no consolidated metadata: dropped on close
             self._closed = True
             if self.consolidate:
                 with warnings.catch_warnings():

@@ -440,7 +440,9 @@ class Run:
     def refresh(self) -> Run:
         """Re-read the store (a writer may have committed more steps); returns ``self``."""
         store = self._store
-        meta = self._read_root()
+        attrs = self._read_root().get("attributes", {})
+        schema.check_version(attrs, self._where)
+        meta = schema.check_meta(attrs.get(schema.META_KEY), self._where)
         count = meta["commit"]["count"]
         params, metrics = meta["params"], list(meta["metrics"])
         self._meta = meta
@@ -560,28 +562,28 @@ class Run:
     def _compacted_now(self) -> int:
         """The compacted count the root document publishes now (a writer may have moved more
         rows into shards since this Run read it)."""
-        return int(self._read_root()["commit"].get("compacted", 0))
+        doc = self._read_root()
+        meta = schema.check_meta(doc.get("attributes", {}).get(schema.META_KEY), self._where)
+        return int(meta["commit"].get("compacted", 0))
 
     def _read_root(self) -> dict:
-        """The root document's checked grokscope metadata; after a power cut that left it
-        empty, not JSON or failing the root checks, the durable fallback root's
-        (grokscope.store._durable), with one ``UserWarning`` per Run saying which steps it
-        holds. Without a valid fallback: the errors as before."""
-        meta, what = _durable.root_problem(self._store, self._where)
+        """The root document (the caller checks it); after a power cut that left it empty or
+        not a JSON object, the durable fallback root (grokscope.store._durable, already
+        checked), with one ``UserWarning`` per Run saying which steps it holds. Without a
+        valid fallback: the errors as before."""
+        doc, what = _durable.root_problem(self._store)
         if what is None:
-            return meta
+            return doc
         fallback = _durable.read_fallback(self._store, self._where)
         if fallback is None:
             self.recovered = None
-            attrs = _io.check_root(self._store).get("attributes", {})  # raises as before
-            schema.check_version(attrs, self._where)
-            return schema.check_meta(attrs.get(schema.META_KEY), self._where)
+            return _io.check_root(self._store)  # raises as before
         if getattr(self, "recovered", None) is None:
             warnings.warn(_durable.recovery_message(self._where, what, fallback, writer=False),
                           UserWarning, stacklevel=4)
         #: why the root was replaced by the durable fallback root (None: it was not)
         self.recovered = what
-        return fallback["attributes"][schema.META_KEY]
+        return fallback
 
     def _check_rows(self, arr: zarr.Array, name: str, count: int) -> None:
         if arr.ndim < 1 or arr.shape[0] < count:
