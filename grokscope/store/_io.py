@@ -76,7 +76,7 @@ def is_checksum_error(exc: BaseException) -> bool:
     return isinstance(exc, ValueError) and "checksum do not match" in str(exc)
 
 
-def put_file(path: Path, data: Any, *, durable: bool = False, sync_over: bool = False) -> None:
+def put_file(path: Path, data: Any, *, durable: bool = False, sync_over: bool = False) -> bool:
     """Write ``data`` (bytes-like, or a tuple/list/iterator of bytes-like parts written one
     after the other) to ``path`` atomically: temporary file, then renamed into place.
 
@@ -98,6 +98,7 @@ def put_file(path: Path, data: Any, *, durable: bool = False, sync_over: bool = 
     folder after (grokscope.store._durable: the fallback root). ``sync_over``: when ``path``
     already exists, the new data is ``fsync``-ed before the swap, so a power cut leaves the old
     file or the new one, never an empty one (a writer's every replacement but the root's).
+    Returns whether the data was ``fsync``-ed.
     """
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
     try:
@@ -109,7 +110,8 @@ def put_file(path: Path, data: Any, *, durable: bool = False, sync_over: bool = 
         with f:
             for part in (data if isinstance(data, tuple | list | Iterator) else (data,)):
                 f.write(part)
-            if durable or (sync_over and os.path.lexists(path)):
+            synced = durable or (sync_over and os.path.lexists(path))
+            if synced:
                 f.flush()
                 os.fsync(f.fileno())
         if durable:
@@ -119,14 +121,15 @@ def put_file(path: Path, data: Any, *, durable: bool = False, sync_over: bool = 
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            return
+            return True
         if _swap(tmp, path):
             try:
                 os.unlink(tmp)  # now the old content
             except OSError:
                 pass  # a leftover temporary file: remove_stale_tmp deletes it
-            return
+            return synced
         os.replace(tmp, path)
+        return synced
     except BaseException:
         try:
             tmp.unlink()
@@ -176,8 +179,12 @@ class AtomicLocalStore(LocalStore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: None: not tracked (readers); a Recorder sets a set
+        #: files written and not yet synced (None: not tracked, readers; a Recorder sets a
+        #: set), and the folders of files whose data is synced but whose names are not
         self.written: set[Path] | None = None
+        self.written_dirs: set[Path] = set()
+        #: folders whose own name in their parent is known to be on disk
+        self.durable_dirs: set[Path] = set()
 
     def set_sync(self, key: str, value: Buffer) -> None:
         self._ensure_open_sync()
@@ -198,9 +205,12 @@ class AtomicLocalStore(LocalStore):
 def put_local(store: AtomicLocalStore, key: str, data: Any) -> None:
     """:func:`put_file` of ``key`` in ``store``, remembered in ``store.written``."""
     path = store.root / key
-    put_file(path, data, sync_over=store.written is not None and key != "zarr.json")
+    synced = put_file(path, data, sync_over=store.written is not None and key != "zarr.json")
     if store.written is not None:
-        store.written.add(path)
+        if synced:
+            store.written_dirs.add(path.parent)
+        else:
+            store.written.add(path)
 
 
 def remove_stale_tmp(store: Store) -> int:
