@@ -297,3 +297,46 @@ def test_a_crafted_root_is_refused_even_with_a_fallback(tmp_path):
         with pytest.raises(CorruptStoreError, match="damaged or crafted"):
             Recorder(path, model, None)
     assert json.loads((path / "zarr.json").read_bytes()) == doc  # untouched
+
+
+def _fsync_log(monkeypatch) -> list[str]:
+    """Record the path of every os.fsync (Linux: through /proc/self/fd)."""
+    log: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        log.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return log
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_timed_fallback_names_only_synced_row_files(tmp_path, monkeypatch):
+    path = tmp_path / "run.zarr"
+    model = EinsumNet()
+    rec = _record(path, model, range(3))
+    monkeypatch.setattr(_durable, "INTERVAL_S", 0.0)
+    log = _fsync_log(monkeypatch)
+    _set_step(model, 3)
+    rec.record(3, metrics={"train_loss": _loss(3)})
+    fallback_tmp = next(i for i, p in enumerate(log) if "/_commit/.zarr.json." in p)
+    synced = set(log[:fallback_tmp])
+    rows = {str(path / "_tail" / "rows" / f"c.{r}.0") for r in range(4)}
+    assert rows <= synced  # every row file the fallback lists, before it
+    assert {str(path / "_tail" / "rows"), str(path)} <= synced  # and their folders
+    monkeypatch.undo()
+    rec.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_put_file_syncs_a_replacement_before_swapping_it_in(tmp_path, monkeypatch):
+    target = tmp_path / "chunk"
+    log = _fsync_log(monkeypatch)
+    assert _io.put_file(target, b"new", sync_over=True) is False  # a new file: not synced
+    assert log == []
+    assert _io.put_file(target, b"newer", sync_over=True) is True
+    assert len(log) == 1 and ".chunk." in log[0]  # the temporary file, before the swap
+    assert target.read_bytes() == b"newer"
+    assert _io.put_file(target, b"plain") is False and len(log) == 1
