@@ -1196,13 +1196,23 @@ class Recorder:
     # ------------------------------------------------------------------ capacity
     def _resize_all(self, capacity: int, *, tails: bool = True) -> None:
         store = self._store
+        jobs: list[tuple[zarr.Array, tuple[int, ...]]] = []
         for p in self._params.values():
             if p.row_tail is None and (tails or p.layout is None):
-                _io.grow_array(store, p.rows_array, (capacity, *p.shape))
+                jobs.append((p.rows_array, (capacity, *p.shape)))
         if self._row_tail is not None and tails:
-            _io.grow_array(store, self._row_tail.array, (capacity, self._row_tail.nbytes))
+            jobs.append((self._row_tail.array, (capacity, self._row_tail.nbytes)))
         for sc in self._scalars.values():
-            _io.grow_array(store, sc.array, (capacity,))
+            jobs.append((sc.array, (capacity,)))
+        growing = all(arr.shape[0] <= shape[0] for arr, shape in jobs)
+        if growing and getattr(store, "written", None) is not None:
+            # growing on local disk: each new metadata document is synced before it is
+            # swapped in; all at once, so that their fsyncs share one journal commit
+            _durable.run_concurrently([
+                (lambda a=arr, s=shape: _io.grow_array(store, a, s)) for arr, shape in jobs])
+        else:
+            for arr, shape in jobs:
+                _io.grow_array(store, arr, shape)
         self._capacity = capacity
 
     # ------------------------------------------------------------------ public API
