@@ -340,3 +340,17 @@ def test_put_file_syncs_a_replacement_before_swapping_it_in(tmp_path, monkeypatc
     assert len(log) == 1 and ".chunk." in log[0]  # the temporary file, before the swap
     assert target.read_bytes() == b"newer"
     assert _io.put_file(target, b"plain") is False and len(log) == 1
+
+
+def test_grokscope_verify_says_it_read_the_fallback(tmp_path, capsys):
+    from grokscope.cli import main
+
+    path = tmp_path / "run.zarr"
+    _power_cut(_record(path, _sequential(), range(10)))
+    assert main(["verify", str(path)]) == 0
+    assert "fallback" not in capsys.readouterr().out
+    (path / "zarr.json").write_bytes(b"")
+    with pytest.warns(UserWarning, match="holds 8 steps"):
+        assert main(["verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ": ok (" in out and "read from the durable fallback root _commit/zarr.json" in out
