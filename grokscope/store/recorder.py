@@ -1375,11 +1375,14 @@ class Recorder:
             row_values = {**{n: values.get(n, np.nan) for n in names},
                           schema.NONFINITE: nonfinite, schema.STEP: step}
             tail_start, tail = self._tail_start, None
-            if self._tail is None:
-                for name in names:
-                    self._scalars[name].set(store, row, row_values[name])
-                self._scalars[schema.NONFINITE].set(store, row, nonfinite)
-                self._scalars[schema.STEP].set(store, row, step)
+            if self._tail is None:  # the per-step layout: each scalar's chunk rewritten
+                sets = [(lambda sc=self._scalars[n], v=row_values[n]: sc.set(store, row, v))
+                        for n in (*names, schema.NONFINITE, schema.STEP)]
+                if getattr(store, "written", None) is not None:
+                    _durable.run_concurrently(sets)  # each synced before its swap: together
+                else:
+                    for fn in sets:
+                        fn()
             else:  # committed with the root document below, not by rewriting their chunks
                 tail = self._tail_with(row, row_values)
                 if row + 1 - tail_start > _scalar_tail.MAX_ROWS:  # move it into the arrays
