@@ -208,7 +208,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     for path in args.runs:
         counts = open_run(path).verify()
-        print(f"{path}: ok ({counts['chunks']} chunks of {counts['arrays']} arrays checked)")
+        note = ("; zarr.json was damaged (a power cut?): read from the durable fallback root "
+                "_commit/zarr.json, later steps are lost. Open it with a Recorder to restore "
+                "zarr.json" if counts.get("recovered_from_fallback") else "")
+        print(f"{path}: ok ({counts['chunks']} chunks of {counts['arrays']} arrays checked)"
+              f"{note}")
     return 0
 
 

@@ -81,8 +81,9 @@ def test_files_after_close_follow_the_shard_formula(tmp_path):
         assert total == base + 4 * -(-n // 8)
     # root zarr.json; data/ (folder, zarr.json, 2 x 5 entries for the 2-d x splits and
     # 3 x 4 for y_train, y_test, extra.w_star); step, nonfinite, train_loss (4 each: folder,
-    # zarr.json, c/, c/0); the 4 tensor folders with their zarr.json
-    assert base == 1 + (2 + 2 * 5 + 3 * 4) + 3 * 4 + 4 * 2 == 45
+    # zarr.json, c/, c/0); the 4 tensor folders with their zarr.json; _commit/ and its
+    # zarr.json (the durable fallback root)
+    assert base == 1 + (2 + 2 * 5 + 3 * 4) + 3 * 4 + 4 * 2 + 2 == 47
 
 
 def test_sharded_array_metadata_is_plain_zarr_sharding(tmp_path):

@@ -130,9 +130,9 @@ def test_a_record_writes_one_row_file_and_the_root(tmp_path, monkeypatch):
     written: list[str] = []
     put = _io.put_file
 
-    def counting(path, data):
+    def counting(path, data, **kw):
         written.append(os.path.relpath(path, tmp_path / "run.zarr"))
-        put(path, data)
+        put(path, data, **kw)
 
     model = TinyNet()
     with Recorder(tmp_path / "run.zarr", model, tiny_data(), export_program=False) as rec:

@@ -76,7 +76,7 @@ def is_checksum_error(exc: BaseException) -> bool:
     return isinstance(exc, ValueError) and "checksum do not match" in str(exc)
 
 
-def put_file(path: Path, data: Any) -> None:
+def put_file(path: Path, data: Any, *, durable: bool = False, sync_over: bool = False) -> bool:
     """Write ``data`` (bytes-like, or a tuple/list/iterator of bytes-like parts written one
     after the other) to ``path`` atomically: temporary file, then renamed into place.
 
@@ -91,8 +91,14 @@ def put_file(path: Path, data: Any) -> None:
     to disk first, measured at ~2-3 ms per commit on a loaded machine against ~0.1 ms for the
     exchange. The price: after a power cut or a kernel crash (not a killed process) within
     the file system's commit interval, a file swapped in this way may be empty, as any new
-    file written without ``fsync`` may (see docs/store.md, "Commit protocol"). Elsewhere, or
+    file written without ``fsync`` may (see docs/store.md, "After a power cut"). Elsewhere, or
     where the exchange is refused, ``os.replace``.
+
+    ``durable``: the temporary file is ``fsync``-ed before it is renamed into place, and the
+    folder after (grokscope.store._durable: the fallback root). ``sync_over``: when ``path``
+    already exists, the new data is ``fsync``-ed before the swap, so a power cut leaves the old
+    file or the new one, never an empty one (a writer's every replacement but the root's).
+    Returns whether the data was ``fsync``-ed.
     """
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
     try:
@@ -104,13 +110,26 @@ def put_file(path: Path, data: Any) -> None:
         with f:
             for part in (data if isinstance(data, tuple | list | Iterator) else (data,)):
                 f.write(part)
+            synced = durable or (sync_over and os.path.lexists(path))
+            if synced:
+                f.flush()
+                os.fsync(f.fileno())
+        if durable:
+            os.replace(tmp, path)
+            fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return True
         if _swap(tmp, path):
             try:
                 os.unlink(tmp)  # now the old content
             except OSError:
                 pass  # a leftover temporary file: remove_stale_tmp deletes it
-            return
+            return synced
         os.replace(tmp, path)
+        return synced
     except BaseException:
         try:
             tmp.unlink()
@@ -152,22 +171,46 @@ def _swap(tmp: Path, path: Path) -> bool:
 
 
 class AtomicLocalStore(LocalStore):
-    """A zarr ``LocalStore`` whose every ``set`` is an atomic replace (see :func:`put_file`)."""
+    """A zarr ``LocalStore`` whose every ``set`` is an atomic replace (see :func:`put_file`).
+
+    ``written`` collects the paths written through it (:func:`put_local`), which
+    ``grokscope.store._durable.sync_written`` ``fsync``-s before a durable commit.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: files written and not yet synced (None: not tracked, readers; a Recorder sets a
+        #: set), and the folders of files whose data is synced but whose names are not
+        self.written: set[Path] | None = None
+        self.written_dirs: set[Path] = set()
+        #: folders whose own name in their parent is known to be on disk
+        self.durable_dirs: set[Path] = set()
 
     def set_sync(self, key: str, value: Buffer) -> None:
         self._ensure_open_sync()
         self._check_writable()
-        put_file(self.root / key, value.as_buffer_like())
+        put_local(self, key, value.as_buffer_like())
 
     async def set(self, key: str, value: Buffer) -> None:
         if not self._is_open:
             await self._open()
         self._check_writable()
-        put_file(self.root / key, value.as_buffer_like())
+        put_local(self, key, value.as_buffer_like())
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         if not (self.root / key).exists():
             await self.set(key, value)
+
+
+def put_local(store: AtomicLocalStore, key: str, data: Any) -> None:
+    """:func:`put_file` of ``key`` in ``store``, remembered in ``store.written``."""
+    path = store.root / key
+    synced = put_file(path, data, sync_over=store.written is not None and key != "zarr.json")
+    if store.written is not None:
+        if synced:
+            store.written_dirs.add(path.parent)
+        else:
+            store.written.add(path)
 
 
 def remove_stale_tmp(store: Store) -> int:
@@ -289,7 +332,7 @@ def put_bytes(store: Store, key: str, data: Any, *, checksum: bool = False) -> N
     their CRC32C (what zarr's ``crc32c`` codec writes)."""
     parts = (data, crc32c(data)) if checksum else (data,)
     if isinstance(store, AtomicLocalStore):
-        put_file(store.root / key, parts if checksum else data)
+        put_local(store, key, parts if checksum else data)
         return
     buf = cpu_buffer.Buffer.from_bytes(b"".join(bytes(p) for p in parts))
     sync(store.set(key, buf))
@@ -298,7 +341,7 @@ def put_bytes(store: Store, key: str, data: Any, *, checksum: bool = False) -> N
 def put_parts(store: Store, key: str, parts: list) -> None:
     """Write the buffers ``parts`` one after the other as the value of ``key`` (atomic)."""
     if isinstance(store, AtomicLocalStore):
-        put_file(store.root / key, parts)
+        put_local(store, key, parts)
         return
     sync(store.set(key, cpu_buffer.Buffer.from_bytes(b"".join(bytes(p) for p in parts))))
 
@@ -315,7 +358,7 @@ def grow_array(store: Store, array: zarr.Array, shape: tuple[int, ...]) -> None:
         return
     meta = array.metadata.update_shape(shape)
     for key, buf in meta.to_buffer_dict(default_buffer_prototype()).items():
-        put_file(store.root / array.path / key, buf.as_buffer_like())
+        put_local(store, f"{array.path}/{key}", buf.as_buffer_like())
     object.__setattr__(array.async_array, "metadata", meta)
 
 

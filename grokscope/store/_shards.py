@@ -141,7 +141,7 @@ def write_shard(store: Any, key: str, layout: ShardLayout, rows: int,
         yield index_bytes(layout, rows)
 
     if isinstance(store, _io.AtomicLocalStore):
-        _io.put_file(store.root / key, parts())
+        _io.put_local(store, key, parts())
     else:
         _io.put_bytes(store, key, b"".join(parts()))
 

@@ -38,7 +38,7 @@ from ..errors import (
     StoreError,
     StoreWriteError,
 )
-from . import _io, _scalar_tail, _shards, schema
+from . import _durable, _io, _scalar_tail, _shards, schema
 from .schedule import Schedule
 
 _COMMITS = ("count", "consolidated")
@@ -544,7 +544,13 @@ class Recorder:
         self._model_kwargs = model_kwargs
         self._export_program = export_program
         self._store = _io.open_store(path, read_only=False, storage_options=storage_options)
+        if isinstance(self._store, _io.AtomicLocalStore):  # synced before durable commits
+            self._store.written = set()
         self._where = _io.store_label(self._store)
+        #: when the last durable fallback root was written (time.monotonic), and the resume
+        #: state it names (kept on disk until a newer fallback names another)
+        self._fallback_at = time.monotonic()
+        self._fallback_resume: str | None = None
         self._lock = _writer_lock(path)
         self._closed = False
         self._params: dict[str, _Param] = {}
@@ -579,7 +585,9 @@ class Recorder:
     # ------------------------------------------------------------------ open / create
     def _existing_root(self, overwrite: bool) -> dict | None:
         store = self._store
-        root = _io.read_json(store, "zarr.json", what="the root metadata document")
+        root = None if overwrite else self._recovered_root()
+        if root is None:
+            root = _io.read_json(store, "zarr.json", what="the root metadata document")
         if root is not None and not isinstance(root.get("attributes", {}), dict):
             raise CorruptStoreError(
                 f"the root metadata of {self._where} is damaged (its attributes are not an "
@@ -617,6 +625,31 @@ class Recorder:
             if meta["commit"]["count"] == 0:
                 return None  # nothing committed: start afresh
         return root
+
+    def _recovered_root(self) -> dict | None:
+        """After a power cut: when the root document is empty or not a JSON object (what a
+        power cut leaves) and the durable fallback (grokscope.store._durable) is valid, restore the
+        root from the fallback (durably, with a warning) and return it; else None (the
+        caller reads the root as before, and raises as before)."""
+        store = self._store
+        if not isinstance(store, _io.AtomicLocalStore):
+            return None
+        try:
+            _doc, what = _durable.root_problem(store)
+        except GrokscopeError:
+            return None
+        if what is None:
+            return None
+        fallback = _durable.read_fallback(store, self._where)
+        if fallback is None:
+            return None
+        warnings.warn(_durable.recovery_message(self._where, what, fallback, writer=True),
+                      UserWarning, stacklevel=4)
+        raw = json.dumps(fallback, allow_nan=True, separators=(",", ":")).encode()
+        _io.put_file(Path(store.root) / "zarr.json", raw, durable=True)
+        resume = fallback["attributes"][schema.META_KEY]["commit"].get("resume")
+        self._fallback_resume = resume["key"] if resume else None
+        return fallback
 
     def _new_array(self, name: str, shape: tuple, chunks: tuple, dtype: np.dtype, dims: tuple,
                    *, compress: bool, shards: tuple | None = None,
@@ -755,7 +788,9 @@ class Recorder:
         self._last_step: int | None = None
         self._resume: dict | None = None
         self._collect_static_nodes()
-        self._write_root(self._meta)
+        # durable from the start: a power cut before the first compaction keeps the store
+        # (with no steps) instead of leaving only an empty root
+        self._publish_durably(self._meta)
 
     def _export(self, spec: dict, data: Data | None) -> tuple[bytes | None, str | None]:
         """The model as a torch.export program, or ``(None, reason)`` (warned once)."""
@@ -1057,11 +1092,16 @@ class Recorder:
 
     def _drop_orphan_resume(self) -> None:
         keep = self._resume["key"] if self._resume else None
+        if self._fallback_resume is None:  # the durable fallback root may name another
+            fallback = _durable.read_fallback(self._store, self._where)
+            resume = None if fallback is None else (
+                fallback["attributes"][schema.META_KEY]["commit"].get("resume"))
+            self._fallback_resume = resume["key"] if resume else None
         if not _io.exists(self._store, f"{schema.RESUME_GROUP}/zarr.json"):
             return
         for name in _io.list_dir(self._store, schema.RESUME_GROUP):
             full = f"{schema.RESUME_GROUP}/{name}"
-            if name != "zarr.json" and full != keep:
+            if name != "zarr.json" and full not in (keep, self._fallback_resume):
                 _io.delete_entry(self._store, full)
 
     def _collect_static_nodes(self) -> None:
@@ -1125,16 +1165,61 @@ class Recorder:
         return (f'{{"zarr_format":3,"node_type":"group","attributes":{{"{schema.SCHEMA_KEY}":'
                 f'{schema.SCHEMA_VERSION},"{schema.META_KEY}":{meta_json}}}}}').encode()
 
+    def _publish_durably(self, meta: dict, *, skip: frozenset | set = frozenset()) -> None:
+        """Publish ``meta`` as the root after ``fsync``-ing everything written before it
+        (``skip``: files about to be deleted), ``fsync`` the root too, then write the durable
+        fallback root (grokscope.store._durable). Compactions and close commit this way."""
+        store = self._store
+        _durable.sync_written(store, skip=skip)
+        raw = self._root_json(meta)
+        _io.put_bytes(store, "zarr.json", raw)
+        _durable.sync_written(store)
+        self._write_fallback(raw, meta)
+
+    def _write_fallback(self, raw: bytes, meta: dict) -> None:
+        """Write the durable fallback root ``raw`` (the root just published; every file it
+        names already synced) and free the resume state the previous fallback named."""
+        if not _durable.write_fallback(self._store, raw):
+            return
+        self._fallback_at = time.monotonic()
+        resume = meta["commit"].get("resume")
+        old, self._fallback_resume = self._fallback_resume, resume["key"] if resume else None
+        current = self._resume["key"] if self._resume else None
+        if old is not None and old not in (self._fallback_resume, current):
+            try:
+                _io.delete_entry(self._store, old)
+            except OSError:
+                pass  # an orphan the next writer deletes (_drop_orphan_resume)
+
+    def _rows_to_drop(self, lo: int, hi: int) -> set[Path]:
+        """The per-step files of the uncompacted rows ``lo..hi-1`` (deleted once compacted:
+        never synced)."""
+        if not isinstance(self._store, _io.AtomicLocalStore):
+            return set()
+        root = Path(self._store.root)
+        return {root / p.row_key(row) for p in self._params.values()
+                if p.layout is not None for row in range(lo, hi)}
+
     # ------------------------------------------------------------------ capacity
     def _resize_all(self, capacity: int, *, tails: bool = True) -> None:
         store = self._store
+        jobs: list[tuple[zarr.Array, tuple[int, ...]]] = []
         for p in self._params.values():
             if p.row_tail is None and (tails or p.layout is None):
-                _io.grow_array(store, p.rows_array, (capacity, *p.shape))
+                jobs.append((p.rows_array, (capacity, *p.shape)))
         if self._row_tail is not None and tails:
-            _io.grow_array(store, self._row_tail.array, (capacity, self._row_tail.nbytes))
+            jobs.append((self._row_tail.array, (capacity, self._row_tail.nbytes)))
         for sc in self._scalars.values():
-            _io.grow_array(store, sc.array, (capacity,))
+            jobs.append((sc.array, (capacity,)))
+        growing = all(arr.shape[0] <= shape[0] for arr, shape in jobs)
+        if growing and getattr(store, "written", None) is not None:
+            # growing on local disk: each new metadata document is synced before it is
+            # swapped in; all at once, so that their fsyncs share one journal commit
+            _durable.run_concurrently([
+                (lambda a=arr, s=shape: _io.grow_array(store, a, s)) for arr, shape in jobs])
+        else:
+            for arr, shape in jobs:
+                _io.grow_array(store, arr, shape)
         self._capacity = capacity
 
     # ------------------------------------------------------------------ public API
@@ -1297,11 +1382,14 @@ class Recorder:
             row_values = {**{n: values.get(n, np.nan) for n in names},
                           schema.NONFINITE: nonfinite, schema.STEP: step}
             tail_start, tail = self._tail_start, None
-            if self._tail is None:
-                for name in names:
-                    self._scalars[name].set(store, row, row_values[name])
-                self._scalars[schema.NONFINITE].set(store, row, nonfinite)
-                self._scalars[schema.STEP].set(store, row, step)
+            if self._tail is None:  # the per-step layout: each scalar's chunk rewritten
+                sets = [(lambda sc=self._scalars[n], v=row_values[n]: sc.set(store, row, v))
+                        for n in (*names, schema.NONFINITE, schema.STEP)]
+                if getattr(store, "written", None) is not None:
+                    _durable.run_concurrently(sets)  # each synced before its swap: together
+                else:
+                    for fn in sets:
+                        fn()
             else:  # committed with the root document below, not by rewriting their chunks
                 tail = self._tail_with(row, row_values)
                 if row + 1 - tail_start > _scalar_tail.MAX_ROWS:  # move it into the arrays
@@ -1338,24 +1426,37 @@ class Recorder:
         self._count = row + 1
         self._last_step = step
         self._resume = resume
-        if old is not None and resume is not None and old["key"] != resume["key"]:
+        if (old is not None and resume is not None and old["key"] != resume["key"]
+                and old["key"] != self._fallback_resume):  # the fallback may still need it
             try:
                 _io.delete_entry(store, old["key"])
             except OSError:
                 pass  # an orphan the next writer deletes (_drop_orphan_resume)
+        compacting = False
         if self._shard_settings is not None:
             settings = self._shard_settings
             full = self._count // settings["steps_per_shard"] * settings["steps_per_shard"]
-            if full - self._compacted >= settings["compact_every"]:
-                try:
-                    self._compact(full)
-                except OSError as exc:
-                    raise StoreWriteError(
-                        f"step {step} is committed to {self._where}, but moving committed steps "
-                        f"into shards failed ({exc}); the store is intact (every committed step "
-                        "stays where it is) and compaction is tried again later. Free disk "
-                        "space or fix permissions"
-                    ) from exc
+            compacting = full - self._compacted >= settings["compact_every"]
+        if not compacting and time.monotonic() - self._fallback_at >= _durable.INTERVAL_S:
+            try:  # a durable fallback of this commit: what a power cut can lose is bounded
+                _durable.sync_written(store)
+                self._write_fallback(self._root_json(meta), meta)
+            except OSError as exc:
+                raise StoreWriteError(
+                    f"step {step} is committed to {self._where}, but writing its durable "
+                    f"fallback root failed ({exc}); the store is intact. Free disk space or fix "
+                    "permissions"
+                ) from exc
+        if compacting:
+            try:
+                self._compact(full)
+            except OSError as exc:
+                raise StoreWriteError(
+                    f"step {step} is committed to {self._where}, but moving committed steps "
+                    f"into shards failed ({exc}); the store is intact (every committed step "
+                    "stays where it is) and compaction is tried again later. Free disk "
+                    "space or fix permissions"
+                ) from exc
 
     # ------------------------------------------------------------------ scalar tail
     def _tail_with(self, row: int, row_values: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -1445,7 +1546,7 @@ class Recorder:
         if self._tail is not None and upto > self._tail_start:
             flushed = self._flush_tail(upto, meta["commit"])  # the scalars, with the shards
             _kill_point()
-        self._write_root(meta)
+        self._publish_durably(meta, skip=self._rows_to_drop(c0, upto))
         self._meta, self._compacted = meta, upto
         for row in [r for r in self._row_cache if r < upto]:
             del self._row_cache[row]
@@ -1580,7 +1681,7 @@ class Recorder:
                 _io.delete_entry(self._store, schema.TAIL_GROUP)  # every row is compacted
             # the closed marker: readers following the store (grokscope.watch) stop here
             self._meta = {**self._meta, schema.CLOSED_KEY: True}
-            self._write_root(self._meta)
+            self._publish_durably(self._meta)  # no consolidated metadata: dropped on close
             self._closed = True
             if self.consolidate:
                 with warnings.catch_warnings():

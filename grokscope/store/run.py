@@ -26,7 +26,7 @@ from ..errors import (
     UnknownNameError,
     UntrustedCodeError,
 )
-from . import _io, _scalar_tail, schema
+from . import _durable, _io, _scalar_tail, schema
 from .recorder import mismatch_message
 
 _READ_ERRORS = (ValueError, RuntimeError, TypeError, OSError, EOFError)
@@ -433,14 +433,14 @@ class Run:
         self._stored_templates: dict[str, tuple[str, nn.Module]] = {}
         self._program: bytes | None = None
         self._shapes: tuple[nn.Module, dict[str, tuple[int, ...]]] | None = None
+        self.recovered: str | None = None
         self.refresh()
 
     # ------------------------------------------------------------------ loading
     def refresh(self) -> Run:
         """Re-read the store (a writer may have committed more steps); returns ``self``."""
         store = self._store
-        doc = _io.check_root(store)
-        attrs = doc.get("attributes", {})
+        attrs = self._read_root().get("attributes", {})
         schema.check_version(attrs, self._where)
         meta = schema.check_meta(attrs.get(schema.META_KEY), self._where)
         count = meta["commit"]["count"]
@@ -562,9 +562,28 @@ class Run:
     def _compacted_now(self) -> int:
         """The compacted count the root document publishes now (a writer may have moved more
         rows into shards since this Run read it)."""
-        doc = _io.check_root(self._store)
+        doc = self._read_root()
         meta = schema.check_meta(doc.get("attributes", {}).get(schema.META_KEY), self._where)
         return int(meta["commit"].get("compacted", 0))
+
+    def _read_root(self) -> dict:
+        """The root document (the caller checks it); after a power cut that left it empty or
+        not a JSON object, the durable fallback root (grokscope.store._durable, already
+        checked), with one ``UserWarning`` per Run saying which steps it holds. Without a
+        valid fallback: the errors as before."""
+        doc, what = _durable.root_problem(self._store)
+        if what is None:
+            return doc
+        fallback = _durable.read_fallback(self._store, self._where)
+        if fallback is None:
+            self.recovered = None
+            return _io.check_root(self._store)  # raises as before
+        if getattr(self, "recovered", None) is None:
+            warnings.warn(_durable.recovery_message(self._where, what, fallback, writer=False),
+                          UserWarning, stacklevel=4)
+        #: why the root was replaced by the durable fallback root (None: it was not)
+        self.recovered = what
+        return fallback
 
     def _check_rows(self, arr: zarr.Array, name: str, count: int) -> None:
         if arr.ndim < 1 or arr.shape[0] < count:
@@ -930,7 +949,8 @@ class Run:
         Returns
         -------
         dict
-            ``{"arrays": n, "chunks": n}`` checked.
+            ``{"arrays": n, "chunks": n}`` checked; plus ``"recovered_from_fallback": 1``
+            when the root was damaged and the durable fallback root was read instead.
 
         Raises
         ------
@@ -969,7 +989,10 @@ class Run:
                 f"{len(problems)} damaged part(s) in {self._where}:\n  " + "\n  ".join(shown)
                 + "\nRestore the store from a copy, or re-record/re-import the run"
             )
-        return {"arrays": n_arrays, "chunks": n_chunks}
+        out = {"arrays": n_arrays, "chunks": n_chunks}
+        if self.recovered is not None:  # read from the durable fallback root
+            out["recovered_from_fallback"] = 1
+        return out
 
     # ------------------------------------------------------------------ description
     def info(self) -> dict[str, Any]:

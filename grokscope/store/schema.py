@@ -53,6 +53,13 @@ A run is one zarr v3 group::
                               close
     _tail/<state-dict key>    sharded stores written before the row files: the same rows, one
                               per-step array per tensor, (capacity, *shape)
+    _commit/zarr.json         the durable fallback root: a zarr group document whose attribute
+                              grokscope_committed_root holds a copy of the root document,
+                              written with fsync at every compaction, on close and at most
+                              every grokscope.store._durable.INTERVAL_S seconds while
+                              recording, after everything it names is synced; read when the
+                              root is empty or damaged after a power cut (absent in stores
+                              written before)
     results/<measure>/        analysis outputs (written by the engine, read by Run.results)
 
 ``capacity`` grows geometrically; readers use only the first ``commit.count`` rows, which the
@@ -95,6 +102,7 @@ RESUME_GROUP = "_resume"
 RESULTS_GROUP = "results"
 MODEL_GROUP = "_model"
 TAIL_GROUP = "_tail"
+COMMIT_GROUP = "_commit"  # the durable fallback root, grokscope.store._durable
 SHARDS_KEY = "shards"
 #: the largest ``steps_per_shard`` / ``compact_every`` a store may name
 MAX_STEPS_PER_SHARD = 1 << 16
@@ -109,7 +117,7 @@ CLOSED_KEY = "closed"
 SCALAR_CHUNK = 1024
 INITIAL_CAPACITY = 64
 RESERVED = frozenset({STEP, NONFINITE, DATA_GROUP, RESUME_GROUP, RESULTS_GROUP, MODEL_GROUP,
-                      TAIL_GROUP})
+                      TAIL_GROUP, COMMIT_GROUP})
 
 #: the forms of the keys a store's metadata names (anything else is refused on read, so a
 #: crafted store cannot point a reader or a writer outside itself)
