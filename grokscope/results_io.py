@@ -580,8 +580,10 @@ def write_result(where: Any, name: str, ds: xr.Dataset, *, storage_options: dict
         if loc.local is not None:
             results = loc.local / RESULTS_GROUP
             final, old = results / name, results / f".{name}.old-{tag}"
+            from .store._io import exchange
+
             with _flock(loc.lock_path(name), exclusive=True, create=True):
-                if final.exists() and _exchange(new, final):
+                if final.exists() and exchange(new, final):
                     old = new  # the old version now sits at the new one's name
                 else:
                     if final.exists():
@@ -603,30 +605,6 @@ def write_result(where: Any, name: str, ds: xr.Dataset, *, storage_options: dict
         raise
 
 
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two directories in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``), so even a
-    reader taking no lock never finds the result absent; False where unsupported."""
-    global _renameat2
-    if _renameat2 is None:
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            fn = libc.renameat2
-            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-            _renameat2 = fn
-        except (OSError, AttributeError, ImportError):
-            _renameat2 = False
-    if _renameat2 is False:
-        return False
-    at_fdcwd = -100
-    return _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
-
-
-_renameat2: Any = None
 
 
 class ResultsView(Mapping):

@@ -14,7 +14,9 @@ root may come back empty. This module keeps that from costing the run:
   root document, so zarr and xarray see a plain empty group. Because everything written
   before it is synced first, the fallback only ever names durable data.
 * :func:`read_fallback` reads and checks it back; readers and writers use it when the root is
-  empty, not JSON, or fails the root checks (see docs/store.md, "After a power cut").
+  not a JSON object (empty, zeros, torn: what a power cut leaves), never for a root that is
+  valid JSON but fails the root checks (a crafted or hand-edited root is refused as before;
+  see docs/store.md, "After a power cut").
 """
 
 from __future__ import annotations

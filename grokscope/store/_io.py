@@ -142,18 +142,10 @@ _RENAME_EXCHANGE = 2
 _renameat2: Any = None
 
 
-def _swap(tmp: Path, path: Path) -> bool:
-    """Exchange ``tmp`` and ``path`` atomically when ``path`` is a regular file (Linux
-    ``renameat2(RENAME_EXCHANGE)``); False (nothing changed) when it is not, or the call is
-    unsupported or refused (the caller then renames)."""
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` (files or folders) in one atomic step (Linux
+    ``renameat2(RENAME_EXCHANGE)``); False (nothing changed) where unsupported or refused."""
     global _renameat2
-    if _renameat2 is False:
-        return False
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return False
-    except OSError:
-        return False
     if _renameat2 is None:
         try:
             import ctypes
@@ -164,10 +156,25 @@ def _swap(tmp: Path, path: Path) -> bool:
             _renameat2 = fn
         except (OSError, AttributeError):
             _renameat2 = False
-            return False
+    if _renameat2 is False:
+        return False
     at_fdcwd = -100
-    return _renameat2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(path),
+    return _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b),
                       _RENAME_EXCHANGE) == 0
+
+
+def _swap(tmp: Path, path: Path) -> bool:
+    """Exchange ``tmp`` and ``path`` atomically when ``path`` is a regular file
+    (:func:`exchange`); False (nothing changed) when it is not, or the call is unsupported or
+    refused (the caller then renames)."""
+    if _renameat2 is False:
+        return False
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    return exchange(tmp, path)
 
 
 class AtomicLocalStore(LocalStore):
