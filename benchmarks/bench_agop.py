@@ -23,6 +23,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from benchmarks._common import Row, median_time
+from grokscope._threads import torch_threads
 from grokscope.measures.nfa import agop
 from grokscope.models import build_model
 
@@ -62,12 +63,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run(quick: bool = False) -> list[Row]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: oversubscribed threads make noise
-    try:
+    with torch_threads(1):  # the machine is shared: oversubscribed threads make noise
         return _run(quick)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(quick: bool) -> list[Row]:

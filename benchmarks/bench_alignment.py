@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._common import Row, median_time
+from grokscope._threads import torch_threads
 from grokscope.measures import Checkpoint
 from grokscope.measures._jacobian import as_view, centroid, input_view
 from grokscope.measures.alignment import alignment, alignment_per_point, centroid_per_point
@@ -57,12 +58,8 @@ def _loop_centroids(view, x: torch.Tensor) -> torch.Tensor:
 
 
 def run(quick: bool = False) -> list[Row]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: oversubscribed threads make noise
-    try:
+    with torch_threads(1):  # the machine is shared: oversubscribed threads make noise
         return _run(quick)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(quick: bool) -> list[Row]:

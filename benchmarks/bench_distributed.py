@@ -56,6 +56,7 @@ import torch
 import xarray as xr
 
 from benchmarks._common import Row
+from grokscope._threads import torch_threads
 
 MEASURE = "alignment"
 #: every point of the table, full Jacobians on all of them: ~0.1 s a checkpoint here
@@ -107,14 +108,12 @@ def _faults() -> int:
 
 
 def run(quick: bool = False) -> list[Row]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
-    try:
-        return _run(quick, tmp)
-    finally:
-        torch.set_num_threads(threads)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with torch_threads(1):
+        try:
+            return _run(quick, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _label(k: int) -> str:

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from grokscope._threads import torch_threads
+
 from ._common import Row, median_time
 
 
@@ -44,9 +46,7 @@ def run(quick: bool = False) -> list[Row]:
 
     fc = importlib.import_module("grokscope.forecast")
     n_ckpt, width = (60, 128) if quick else (300, 1024)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         with tempfile.TemporaryDirectory() as tmp:
             r = _store(Path(tmp) / "run.zarr", n_ckpt, width)
 
@@ -55,8 +55,6 @@ def run(quick: bool = False) -> list[Row]:
 
             ours = median_time(lambda: gs.forecast(r), repeat=5)
             full = median_time(naive, repeat=5)
-    finally:
-        torch.set_num_threads(threads)
     n_params = 128 * width + width + width * 8 + 8
     return [Row(f"forecast at the last of {n_ckpt} checkpoints ({n_params:,} parameters)",
                 "gs.forecast (norms: step 0 + window)", ours,

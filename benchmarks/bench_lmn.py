@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from grokscope._threads import torch_threads
 from grokscope.anatomy import ModelView, detect
 from grokscope.measures.lmn import lmn_from_matrix, subnetwork
 
@@ -70,12 +71,8 @@ def _forward_only(g, h: torch.Tensor, n_points: int, chunk: int) -> None:
 
 def run(quick: bool = False) -> list[Row]:
     """Both sides run with one torch thread (the shared CI machine oversubscribes otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _run(quick)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(quick: bool) -> list[Row]:

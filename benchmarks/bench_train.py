@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from grokscope._threads import torch_threads
+
 from ._common import Row, median_time
 
 
@@ -44,9 +46,7 @@ def run(quick: bool = False) -> list[Row]:
     p, width, steps = (23, 64, 100) if quick else (59, 256, 200)
     data = make_task("modular", p=p, train_frac=0.5)
     sched = Schedule(log_until=1, per_decade=1, every=10**9)  # records step 0 and the last
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same (and contention-proof) setting for both loops
-    try:
+    with torch_threads(1):  # the same (and contention-proof) setting for both loops
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
 
@@ -61,8 +61,6 @@ def run(quick: bool = False) -> list[Row]:
 
             ours_1, ours_2 = ours(steps), ours(2 * steps)
             naive_1, naive_2 = naive(steps), naive(2 * steps)
-    finally:
-        torch.set_num_threads(previous)
     label = f"p={p}, width {width}, full batch"
     return [
         # marginal cost of one epoch (= one full-batch step): setup cancels out

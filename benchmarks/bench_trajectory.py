@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from grokscope._threads import torch_threads
 
 from ._common import Row
 
@@ -39,9 +39,7 @@ def run(quick: bool = False) -> list[Row]:
     import grokscope as gs
     from grokscope.cli import demo_measures
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core machine: one thread is faster and steadier
-    try:
+    with torch_threads(1):  # the shared 2-core machine: one thread is faster and steadier
         with tempfile.TemporaryDirectory() as tmp:
             run_ = _train(Path(tmp) / "run.zarr", quick)
             n = len(run_.steps)
@@ -59,5 +57,3 @@ def run(quick: bool = False) -> list[Row]:
                 rows.append(Row(f"  {name} alone, {n} checkpoints", "gs.analyze", alone,
                                 "all measures together", total, "share of the total"))
             return rows
-    finally:
-        torch.set_num_threads(threads)

@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from grokscope._threads import torch_threads
+
 from ._common import Row
 
 
@@ -140,13 +142,11 @@ def run(quick: bool = False) -> list[Row]:
 
     p, width, steps, every, repeat = (23, 64, 1500, 10, 1) if quick else (59, 256, 1500, 10, 4)
     data = make_task("modular", p=p, train_frac=0.45)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     modes = ("alone", "process", "thread")
     times: dict[str, list[float]] = {m: [] for m in modes}
     info: dict[str, list[tuple[float, float, int, float]]] = {"process": [], "thread": []}
     kw = {"width": width, "steps": steps, "every": every}
-    try:
+    with torch_threads(1):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             _writer(tmp / "warm", data, **kw)  # imports and first-touch costs
@@ -157,8 +157,6 @@ def run(quick: bool = False) -> list[Row]:
                     times[mode].append(loop)
                     if mode != "alone":
                         info[mode].append(tuple(rest))
-    finally:
-        torch.set_num_threads(previous)
     alone = statistics.median(times["alone"])
     label = f"p={p}, width {width}, {steps} steps, record every {every}"
 
